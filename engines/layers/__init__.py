@@ -1,0 +1,1 @@
+"""Layers of the model: UniFormer blocks, EMIM attention and its neighbourhood op, VMP."""

@@ -1,0 +1,126 @@
+"""The EMIM neighbourhood op: next-frame local attention logits and context.
+
+EMIM ("A Renaissance of Explicit Motion Information Mining from Transformers for Action
+Recognition") pairs each query frame t with the key/value frame t+1 and attends over a 7x7
+window centred on the query position, on key/value maps padded with the constant 1e-6 (the
+padded positions are not masked). The op returns both the raw logits ``A`` (the motion branch
+consumes them) and the context ``F = softmax(A) @ V``. MODEL_SPEC.md section 2 is the contract.
+
+Deviation from the released code (MODEL_SPEC "Decision (full width)"): the released CUDA kernel
+computes the context for only 32 channels per head; we compute the full head width.
+
+Kernels (one function, interchangeable implementations, each tested against a float64
+loop-over-positions reference):
+
+- ``reference``: portable PyTorch. The window is walked as 49 shifted slices of the padded
+  key/value maps, each a vectorised product over all positions at once (no Python loop over
+  positions; 49 static slices export to ONNX as plain Slice/Mul/ReduceSum, which TensorRT
+  compiles with native layers). MODEL_SPEC measured this shape of kernel at ~34 ms per stage-3
+  layer on 2 CPU cores against ~570 ms for an ``unfold`` version, which materialises 49 copies
+  of K and V.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from engines.errors import KernelUnavailableError
+
+WINDOW = 7
+PAD = WINDOW // 2
+PAD_VALUE = 1e-6
+
+__all__ = ["KERNELS", "PAD", "PAD_VALUE", "WINDOW", "emim_neighborhood", "pair_frames", "resolve_kernel"]
+
+
+def pair_frames(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """EMIM's frame pairing for the T-1 distinct output slots.
+
+    Slot t < T-1 uses query frame t with key/value frame t+1. (Slot T-1 repeats slot T-2, which
+    :func:`emim_neighborhood` adds by copying, so only T-1 slots are computed.)
+
+    Args:
+        q, k, v: ``[B, heads, T, H, W, d]`` with T >= 2.
+
+    Returns:
+        ``(q[:, :, :-1], k[:, :, 1:], v[:, :, 1:])``.
+    """
+    if q.shape[2] < 2:
+        raise ValueError(f"EMIM needs at least 2 frames, got T={q.shape[2]}")
+    return q[:, :, :-1], k[:, :, 1:], v[:, :, 1:]
+
+
+def _pad(x: torch.Tensor) -> torch.Tensor:
+    """Pad the H and W dims of ``[..., H, W, d]`` by PAD with the constant PAD_VALUE."""
+    return F.pad(x, (0, 0, PAD, PAD, PAD, PAD), value=PAD_VALUE)
+
+
+def _reference_kernel(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Portable kernel on paired frames: q, k, v ``[B, h, T', H, W, d]`` -> (A, F)."""
+    H, W = q.shape[3], q.shape[4]
+    q = q * scale
+    k_pad, v_pad = _pad(k), _pad(v)
+    logits = [(q * k_pad[:, :, :, dy : dy + H, dx : dx + W, :]).sum(-1) for dy in range(WINDOW) for dx in range(WINDOW)]
+    attn = torch.stack(logits, dim=-1) + rpb.reshape(1, -1, 1, 1, 1, WINDOW * WINDOW).to(q.dtype)
+    softmax_dtype = torch.promote_types(attn.dtype, torch.float32)  # fp16/bf16 logits: softmax in fp32
+    weights = torch.softmax(attn.to(softmax_dtype), dim=-1).to(v.dtype)
+    context = None
+    for p in range(WINDOW * WINDOW):
+        dy, dx = divmod(p, WINDOW)
+        term = weights[..., p : p + 1] * v_pad[:, :, :, dy : dy + H, dx : dx + W, :]
+        context = term if context is None else context + term
+    return attn, context
+
+
+KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, ...]]
+
+# Kernel name -> implementation. Faster kernels register here (engines.backends may add more).
+KERNELS: dict[str, KernelFn] = {"reference": _reference_kernel}
+
+
+def resolve_kernel(name: str) -> str:
+    """Resolve ``'auto'`` to the fastest exact kernel present; check that a named one exists.
+
+    Raises:
+        KernelUnavailableError: the named kernel is not available here.
+    """
+    if name == "auto":
+        return "reference"
+    if name not in KERNELS:
+        raise KernelUnavailableError(
+            f"EMIM kernel {name!r} is not available here; available: {sorted(KERNELS)} or 'auto'"
+        )
+    return name
+
+
+def emim_neighborhood(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rpb: torch.Tensor,
+    scale: float | None = None,
+    kernel: str = "reference",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EMIM's next-frame 7x7 neighbourhood attention, all T output slots.
+
+    Args:
+        q, k, v: ``[B, heads, T, H, W, d]`` (T >= 2), token grid of one clip.
+        rpb: ``[heads, 7, 7]`` relative positional bias, indexed by window offset (dy+3, dx+3).
+        scale: logit scale; default ``d ** -0.5``.
+        kernel: a key of :data:`KERNELS` (resolve ``'auto'`` with :func:`resolve_kernel` first).
+
+    Returns:
+        ``(A, F)``: raw logits ``[B, heads, T, H, W, 49]`` (scaled q.k plus rpb, row-major window
+        index ``p = (dy+3)*7 + (dx+3)``) and context ``[B, heads, T, H, W, d]``. Slot T-1 is a copy
+        of slot T-2 (EMIM's last-slot rule).
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    attn, context = KERNELS[kernel](*pair_frames(q, k, v), rpb, scale)
+    attn = torch.cat([attn, attn[:, :, -1:]], dim=2)
+    context = torch.cat([context, context[:, :, -1:]], dim=2)
+    return attn, context

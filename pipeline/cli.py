@@ -1,0 +1,52 @@
+"""``emim-stream``: the command-line entry point.
+
+Each sub-command lives in its own module under :mod:`pipeline.commands` and exposes
+``HELP`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``. User errors
+(:class:`engines.errors.EmimError`) print one line and exit with the error's code; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from engines.errors import EmimError
+
+# Sub-command name -> module under pipeline.commands. Imported lazily so `--help` stays fast.
+COMMANDS: dict[str, str] = {
+    "info": "info",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="emim-stream", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"pipeline.commands.{module_name}")
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the sub-command; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args._main(args) or 0)
+    except EmimError as err:
+        print(f"emim-stream {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

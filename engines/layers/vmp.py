@@ -80,7 +80,9 @@ class VmpLayer(nn.Module):
             raise ValueError(f"grey_weights needs 3 values, got {list(grey_weights)}")
         self.m = nn.Parameter(torch.empty(1))
         self.n = nn.Parameter(torch.empty(1))
-        self.register_buffer("grey", torch.tensor([float(w) for w in grey_weights], dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "grey", torch.tensor([float(w) for w in grey_weights], dtype=torch.float64), persistent=False
+        )
         self.mean, self.std = float(mean), float(std)
         self.reset_parameters()
 

@@ -1,0 +1,93 @@
+"""The live VMP stage: one motion prompt per new frame, computed once, on the engine's device.
+
+Each prompt depends only on frames t and t+1 (VMP paper; MODEL_SPEC section 3), so the stage
+keeps the previous normalised frame and calls the same maths as the batch layer
+(:func:`engines.layers.vmp.motion_attention` / :func:`motion_prompt`). A window of T streamed
+prompts therefore equals :class:`engines.layers.vmp.VmpLayer` applied to the same T+1 raw frames.
+Without VMP parameters (public UniFormer / EMIM weights) the stage passes the normalised frame
+through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from engines.errors import ConfigError
+from engines.layers.vmp import VmpLayer, motion_attention, motion_prompt
+
+__all__ = ["VmpStage", "normalise_frames"]
+
+
+def normalise_frames(
+    frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """uint8 RGB ``[..., H, W, 3]`` -> normalised float ``[..., 3, H, W]`` (``(x/255 - mean) / std``)."""
+    x = frames.movedim(-1, -3).to(dtype) / 255.0
+    shape = (3, 1, 1)
+    m = torch.tensor(mean, dtype=dtype, device=x.device).reshape(shape)
+    s = torch.tensor(std, dtype=dtype, device=x.device).reshape(shape)
+    return (x - m) / s
+
+
+class VmpStage:
+    """Turns consecutive uint8 frames into prompts ``[3, H, W]`` on ``device``.
+
+    Args:
+        vmp: the checkpoint's VMP layer, or None to pass normalised frames through.
+        device: where prompts are computed (the engine's device).
+        mean, std: the model's input normalisation (VMP de-normalises with the same values,
+            so they must be equal across channels when VMP is used).
+        dtype: prompt dtype.
+    """
+
+    def __init__(
+        self,
+        vmp: VmpLayer | None,
+        device: torch.device | str = "cpu",
+        mean: Sequence[float] = (0.45, 0.45, 0.45),
+        std: Sequence[float] = (0.225, 0.225, 0.225),
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.device = torch.device(device)
+        self.mean, self.std, self.dtype = tuple(mean), tuple(std), dtype
+        self.enabled = vmp is not None
+        if vmp is not None:
+            if (
+                len(set(self.mean)) != 1
+                or len(set(self.std)) != 1
+                or (self.mean[0], self.std[0]) != (vmp.mean, vmp.std)
+            ):
+                raise ConfigError(
+                    f"VMP de-normalises with mean {vmp.mean} / std {vmp.std}; the clip normalisation "
+                    f"{self.mean} / {self.std} must be the same on every channel"
+                )
+            self._m = vmp.m.detach().to(self.device)
+            self._n = vmp.n.detach().to(self.device)
+            self._grey = vmp.grey.to(self.device)
+        self._prev: torch.Tensor | None = None
+        self._prev_seq = -2
+
+    def reset(self) -> None:
+        """Forget the previous frame (the next frame starts a new window)."""
+        self._prev, self._prev_seq = None, -2
+
+    @torch.no_grad()
+    def push(self, frame: np.ndarray | torch.Tensor, seq: int) -> torch.Tensor | None:
+        """Add frame ``seq`` (uint8 RGB ``[H, W, 3]``); return its prompt, or None after a gap.
+
+        The first frame, and the first frame after a gap in ``seq``, only serve as the reference
+        for the next one: they return None.
+        """
+        x = torch.as_tensor(frame).to(self.device, non_blocking=True)
+        x = normalise_frames(x, self.mean, self.std, self.dtype)
+        prev, contiguous = self._prev, seq == self._prev_seq + 1
+        self._prev, self._prev_seq = x, seq
+        if prev is None or not contiguous:
+            return None
+        if not self.enabled:
+            return x
+        attn = motion_attention(prev[None], x[None], self._m, self._n, self._grey, self.mean[0], self.std[0])
+        return motion_prompt(attn, x[None])[0]

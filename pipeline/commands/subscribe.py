@@ -1,0 +1,106 @@
+"""``emim-stream subscribe``: print the label (and status) messages of a running pipeline.
+
+One line per message: camera, window frames, top-1 label and score, latency in ms; ``--jsonl`` appends each
+payload as one JSON line. At the end (``--count`` reached, ``--timeout`` passed, or Ctrl-C) a summary line
+gives the messages received, lost (``msg_seq`` gaps) and malformed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import AbstractContextManager, nullcontext
+from typing import TextIO
+
+from pipeline.errors import PipelineError
+from pipeline.messages import LabelMessage, MessageError, StatusMessage, parse_payload
+from pipeline.subscribe import Received, Subscriber
+
+HELP = "print label/status messages of a running pipeline (ZeroMQ SUB)"
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``emim-stream subscribe``."""
+    parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"publisher endpoint (default {DEFAULT_ENDPOINT})")
+    parser.add_argument(
+        "--topic",
+        action="append",
+        dest="topics",
+        metavar="PREFIX",
+        help="topic prefix, repeatable: labels/, labels/cam1/, status/ (default labels/)",
+    )
+    parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N messages")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds in total")
+    parser.add_argument("--jsonl", default=None, metavar="FILE", help="append each payload as a JSON line to FILE")
+    parser.add_argument("--max-msg-bytes", type=int, default=1 << 20, metavar="BYTES", help="refuse bigger messages")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Receive and print; exit 0, or 1 when ``--count`` was given and fewer messages arrived."""
+    topics = args.topics or ["labels/"]
+    with _open_jsonl(args.jsonl) as sink, Subscriber(args.endpoint, topics, max_msg_bytes=args.max_msg_bytes) as sub:
+        n = 0
+        try:
+            for received in sub.iter_messages(count=args.count, total_timeout_s=args.timeout):
+                n += 1
+                print(describe(received), flush=True)
+                if sink is not None:
+                    sink.write(json.dumps(received.payload, separators=(",", ":")) + "\n")
+                    sink.flush()
+        except KeyboardInterrupt:
+            pass
+        _print_summary(sub, sys.stderr)
+    return 1 if args.count is not None and n < args.count else 0
+
+
+def _open_jsonl(path: str | None) -> AbstractContextManager[TextIO | None]:
+    if path is None:
+        return nullcontext()
+    try:
+        return open(path, "a", encoding="utf-8")
+    except OSError as err:
+        raise PipelineError(f"cannot open --jsonl file {path!r}: {err}") from err
+
+
+def describe(received: Received) -> str:
+    """One line for a message: label, status, or the topic and why it could not be read."""
+    try:
+        msg = parse_payload(received.payload)
+    except MessageError as err:
+        return f"{received.topic} #{received.msg_seq} unreadable: {err}"
+    if isinstance(msg, LabelMessage):
+        return _describe_label(msg)
+    return _describe_status(msg)
+
+
+def _describe_label(msg: LabelMessage) -> str:
+    top = f"{msg.topk[0][0]} {msg.topk[0][1]:.2f}" if msg.topk else "-"
+    total = msg.latency_ms.get("total")
+    latency = "-" if total is None else f"{total:.1f} ms"
+    drops = ""
+    if msg.dropped_frames or msg.dropped_windows:
+        drops = f" dropped {msg.dropped_frames} frames/{msg.dropped_windows} windows"
+    return (
+        f"{msg.camera_id} #{msg.msg_seq} frames {msg.window.first_seq}-{msg.window.last_seq} "
+        f"{top} latency {latency}{drops}"
+    )
+
+
+def _describe_status(msg: StatusMessage) -> str:
+    stale = "-" if msg.staleness_ms is None else f"{msg.staleness_ms:.0f} ms"
+    return (
+        f"{msg.camera_id} #{msg.msg_seq} status {msg.state} {msg.fps:.1f} fps stale {stale} "
+        f"reconnects {msg.reconnects} lost {msg.frames_lost}"
+    )
+
+
+def _print_summary(sub: Subscriber, out: TextIO) -> None:
+    lost = {topic: n for topic, n in sub.lost.items() if n}
+    print(
+        f"received {sub.received}, lost {sub.total_lost}{' ' + str(lost) if lost else ''}, "
+        f"malformed {sub.malformed}",
+        file=out,
+    )

@@ -1,0 +1,185 @@
+"""ZeroMQ PUB side of the label and status streams.
+
+:class:`Publisher` binds one PUB socket and sends ``[topic, JSON payload]`` multipart messages (the schema is
+in :mod:`pipeline.messages`). Sends never block the inference loop: the queue to each subscriber is bounded
+(``send_hwm`` messages) and a send that cannot be queued is dropped and counted. Each topic has its own message
+number ``msg_seq``, inserted into the payload, so subscribers see every loss as a gap.
+
+Only loopback (``tcp://127.0.0.1``, ``localhost``, ``[::1]``), ``ipc://`` and ``inproc://`` endpoints are bound by
+default; any other TCP address needs ``allow_remote=True``. CURVE encryption is the seam for remote use: pass the
+server key pair (``zmq.curve_keypair()``, Z85 bytes); client authentication (a ZAP handler such as
+``zmq.auth.thread.ThreadAuthenticator``) is set up by whoever owns the context.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import zmq
+
+from pipeline.errors import PublishError
+
+__all__ = ["Publisher", "SlowSubscriberPolicy", "check_bind_endpoint"]
+
+_LOG = logging.getLogger(__name__)
+
+_LOCAL_SCHEMES = ("ipc://", "inproc://")
+_LOOPBACK_NAMES = ("localhost",)
+
+
+class SlowSubscriberPolicy(str, enum.Enum):
+    """What a send does when a matching subscriber's queue already holds ``send_hwm`` messages."""
+
+    DROP_MESSAGE = "drop_message"
+    """The message goes to no subscriber; ``send`` returns False and counts it (ZMQ_XPUB_NODROP). The loss is
+    visible at both ends, but one stalled subscriber of a topic stops that topic for all of its subscribers."""
+    DROP_FOR_SLOW = "drop_for_slow"
+    """ZeroMQ's default: only the full subscriber misses the message (it sees a ``msg_seq`` gap); ``send``
+    returns True and the publisher cannot count the loss."""
+
+
+def check_bind_endpoint(endpoint: str, allow_remote: bool = False) -> None:
+    """Refuse an endpoint that would expose the stream beyond this host unless ``allow_remote``.
+
+    Raises:
+        PublishError: unsupported scheme, malformed TCP endpoint, or a non-loopback TCP bind not allowed.
+    """
+    if endpoint.startswith(_LOCAL_SCHEMES):
+        return
+    if not endpoint.startswith("tcp://"):
+        raise PublishError(
+            f"publish endpoint {endpoint!r} is not supported; use tcp://127.0.0.1:PORT, ipc://PATH or inproc://NAME"
+        )
+    host, sep, port = endpoint[len("tcp://") :].rpartition(":")
+    if not sep or not host or not port:
+        raise PublishError(f"publish endpoint {endpoint!r} is malformed; expected tcp://HOST:PORT")
+    if allow_remote or _is_loopback(host):
+        return
+    raise PublishError(
+        f"publish endpoint {endpoint!r} is not a loopback address; binding it exposes the label stream to the "
+        "network. Use tcp://127.0.0.1:PORT, or allow remote subscribers explicitly (allow_remote) and consider CURVE"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # an interface name or a wildcard ("*", "eth0"): may be reachable from outside
+
+
+class Publisher:
+    """A ZeroMQ PUB socket bound to ``endpoint`` that never blocks its caller.
+
+    Counters: ``sent`` and ``dropped`` (messages not queued because a subscriber's queue was full, only
+    counted under :attr:`SlowSubscriberPolicy.DROP_MESSAGE`). A context manager; ``close()`` waits at most
+    ``linger_ms`` for queued messages.
+
+    Args:
+        endpoint: where to bind, e.g. ``tcp://127.0.0.1:5556`` (port ``*`` = any free port, see
+            :attr:`endpoint`), ``ipc:///run/emim/labels.sock``.
+        send_hwm: messages queued per subscriber before sends drop.
+        linger_ms: how long ``close()`` may spend delivering queued messages.
+        allow_remote: allow binding a non-loopback TCP address.
+        slow_subscriber: see :class:`SlowSubscriberPolicy`.
+        curve_secret_key, curve_public_key: server key pair (Z85, 40 bytes each) to make this a CURVE server;
+            both or neither.
+        context: ZeroMQ context to use; default a private one, terminated by ``close()``.
+
+    Raises:
+        PublishError: the endpoint is refused or cannot be bound, or the CURVE keys are incomplete/unsupported.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        send_hwm: int = 100,
+        linger_ms: int = 200,
+        *,
+        allow_remote: bool = False,
+        slow_subscriber: SlowSubscriberPolicy = SlowSubscriberPolicy.DROP_MESSAGE,
+        curve_secret_key: bytes | None = None,
+        curve_public_key: bytes | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        check_bind_endpoint(endpoint, allow_remote)
+        if (curve_secret_key is None) != (curve_public_key is None):
+            raise PublishError("CURVE needs both curve_secret_key and curve_public_key (or neither)")
+        if curve_secret_key is not None and not zmq.has("curve"):
+            raise PublishError(f"CURVE was asked for but this libzmq {zmq.zmq_version()} is built without it")
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._socket = self._context.socket(zmq.PUB)
+        self._msg_seq: dict[bytes, int] = {}
+        self.sent = 0
+        self.dropped = 0
+        try:
+            self._socket.sndhwm = send_hwm
+            self._socket.linger = linger_ms
+            self._socket.setsockopt(zmq.XPUB_NODROP, int(slow_subscriber is SlowSubscriberPolicy.DROP_MESSAGE))
+            if curve_secret_key is not None:
+                self._socket.curve_secretkey = curve_secret_key
+                self._socket.curve_publickey = curve_public_key
+                self._socket.curve_server = True  # must come before bind
+            self._socket.bind(endpoint)
+        except zmq.ZMQError as err:
+            self.close()
+            raise PublishError(f"cannot bind publisher to {endpoint!r}: {err}") from err
+        self._endpoint = self._socket.last_endpoint.decode()
+        _LOG.info("publishing on %s (send_hwm=%d, %s)", self._endpoint, send_hwm, slow_subscriber.value)
+
+    @property
+    def endpoint(self) -> str:
+        """The bound endpoint, with a wildcard port resolved (e.g. ``tcp://127.0.0.1:40123``)."""
+        return self._endpoint
+
+    def next_msg_seq(self, topic: bytes) -> int:
+        """The ``msg_seq`` the next message on ``topic`` gets."""
+        return self._msg_seq.get(topic, 0)
+
+    def send(self, topic: bytes, payload: Mapping[str, Any]) -> bool:
+        """Send ``[topic, JSON(payload + msg_seq)]`` without blocking.
+
+        The caller's payload is not modified; the sent copy carries the topic's next ``msg_seq`` (numbers are
+        used up by dropped messages too, so subscribers see the gap).
+
+        Args:
+            topic: e.g. ``label_topic(camera_id)``.
+            payload: JSON-serialisable mapping (no NaN/Infinity), e.g. ``LabelMessage.to_payload()``.
+
+        Returns:
+            True if queued, False if dropped (counted in ``dropped``).
+
+        Raises:
+            ValueError, TypeError: the payload is not JSON-serialisable (a caller bug).
+        """
+        msg_seq = self._msg_seq.get(topic, 0)
+        self._msg_seq[topic] = msg_seq + 1
+        body = json.dumps({**payload, "msg_seq": msg_seq}, separators=(",", ":"), allow_nan=False).encode()
+        try:
+            self._socket.send_multipart([topic, body], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        self.sent += 1
+        return True
+
+    def close(self) -> None:
+        """Close the socket (queued messages get at most ``linger_ms``) and a private context. Idempotent."""
+        if not self._socket.closed:
+            self._socket.close()
+        if self._own_context and not self._context.closed:
+            self._context.term()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,203 @@
+"""ZeroMQ SUB side of the label and status streams: receive, parse, detect loss.
+
+:class:`Subscriber` connects to a :class:`pipeline.publish.Publisher` and yields :class:`Received` records.
+Loss is detected from the per-topic ``msg_seq`` (a gap counts in ``lost[topic]``). Frames larger than
+``max_msg_bytes`` are refused by the socket itself (ZMQ_MAXMSGSIZE), so they never reach memory. libzmq treats
+such a frame as a protocol error and closes the connection *without* reconnecting (libzmq 4.3); the subscriber
+watches its socket's DISCONNECTED events and connects again itself, so the oversize message and any sent during
+the reconnect show up as a ``msg_seq`` gap (and in ``disconnects``). Payloads that are not a JSON object with an
+integer ``msg_seq`` are counted in ``malformed`` and skipped. Schema checks beyond that belong to
+:mod:`pipeline.messages` (``parse_payload``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from pipeline.errors import PublishError
+
+__all__ = ["Received", "Subscriber"]
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message as received: ``topic`` (e.g. ``labels/cam1/``), the decoded JSON ``payload``, the receipt
+    time ``recv_mono_ns`` (CLOCK_MONOTONIC) and ``recv_wall_ns`` (CLOCK_REALTIME), and ``size`` in bytes."""
+
+    topic: str
+    payload: dict[str, Any]
+    recv_mono_ns: int
+    recv_wall_ns: int
+    size: int
+
+    @property
+    def msg_seq(self) -> int:
+        return self.payload["msg_seq"]
+
+
+class Subscriber:
+    """A ZeroMQ SUB socket connected to ``endpoint``, subscribed to topic prefixes.
+
+    Counters: ``received`` (valid messages), ``lost[topic]`` (messages missing from ``msg_seq`` gaps),
+    ``restarts[topic]`` (``msg_seq`` went back: the publisher restarted), ``malformed`` (not a JSON object with
+    an integer ``msg_seq``, or not two frames), ``disconnects`` (connection to the publisher lost: publisher gone
+    or an oversize message). A context manager; closing never waits (LINGER 0).
+
+    Args:
+        endpoint: the publisher's endpoint, e.g. ``tcp://127.0.0.1:5556``.
+        topics: topic prefixes (bytes or str), e.g. ``(b"labels/",)`` or ``(b"labels/cam1/", b"status/cam1/")``;
+            ``b""`` = everything.
+        timeout_s: default wait of :meth:`recv`.
+        max_msg_bytes: largest frame accepted; bigger ones are refused by the socket.
+        rcv_hwm: messages queued on the subscriber's side before ZeroMQ drops.
+        context: ZeroMQ context; default a private one, terminated by ``close()``.
+
+    Raises:
+        PublishError: the endpoint cannot be connected (malformed).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        topics: Iterable[bytes | str] = (b"labels/",),
+        timeout_s: float = 5.0,
+        max_msg_bytes: int = 1 << 20,
+        *,
+        rcv_hwm: int = 1000,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._socket = self._context.socket(zmq.SUB)
+        self._last_seq: dict[str, int] = {}
+        self.lost: dict[str, int] = {}
+        self.restarts: dict[str, int] = {}
+        self.received = 0
+        self.malformed = 0
+        self.disconnects = 0
+        self.endpoint = endpoint
+        self._monitor: zmq.Socket | None = None
+        try:
+            self._socket.linger = 0
+            self._socket.rcvhwm = rcv_hwm
+            self._socket.maxmsgsize = max_msg_bytes
+            for topic in topics:
+                self._socket.subscribe(topic.encode() if isinstance(topic, str) else topic)
+            self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._socket.connect(endpoint)
+        except zmq.ZMQError as err:
+            self.close()
+            raise PublishError(f"cannot connect subscriber to {endpoint!r}: {err}") from err
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+
+    def recv(self, timeout_s: float | None = None) -> Received | None:
+        """The next valid message, or None if none arrives within ``timeout_s`` (default ``self.timeout_s``).
+
+        Malformed messages are counted and skipped (they do not end the wait).
+        """
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining_ms = max(0, round((deadline - time.monotonic()) * 1000))
+            ready = dict(self._poller.poll(remaining_ms))
+            if self._monitor in ready:
+                self._on_monitor_event()
+            if self._socket in ready:
+                received = self._decode(self._socket.recv_multipart(zmq.NOBLOCK))
+                if received is not None:
+                    return received
+            if remaining_ms == 0:
+                return None
+
+    def _on_monitor_event(self) -> None:
+        """Reconnect after a lost connection (libzmq does not after a protocol error such as an oversize frame)."""
+        while self._monitor.poll(0):
+            recv_monitor_message(self._monitor)
+            self.disconnects += 1
+            _LOG.info("disconnected from %s; reconnecting", self.endpoint)
+            with contextlib.suppress(zmq.ZMQError):  # already gone after a protocol error
+                self._socket.disconnect(self.endpoint)
+            self._socket.connect(self.endpoint)
+
+    def _decode(self, frames: list[bytes]) -> Received | None:
+        recv_mono_ns, recv_wall_ns = time.monotonic_ns(), time.time_ns()
+        try:
+            topic_bytes, body = frames
+            topic = topic_bytes.decode()
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):  # wrong frame count, bad UTF-8, bad JSON
+            payload = None
+        if not isinstance(payload, dict) or type(payload.get("msg_seq")) is not int:
+            self.malformed += 1
+            _LOG.debug("skipped a malformed message (%d frames)", len(frames))
+            return None
+        self._track(topic, payload["msg_seq"])
+        self.received += 1
+        return Received(topic, payload, recv_mono_ns, recv_wall_ns, len(body))
+
+    def _track(self, topic: str, msg_seq: int) -> None:
+        last = self._last_seq.get(topic)
+        self._last_seq[topic] = msg_seq
+        if last is None:  # first message of this topic: joined mid-stream, nothing lost yet
+            self.lost.setdefault(topic, 0)
+        elif msg_seq > last + 1:
+            self.lost[topic] += msg_seq - last - 1
+            _LOG.debug("%s: %d message(s) lost before msg_seq %d", topic, msg_seq - last - 1, msg_seq)
+        elif msg_seq <= last:
+            self.restarts[topic] = self.restarts.get(topic, 0) + 1
+            _LOG.info("%s: msg_seq went from %d to %d; the publisher restarted", topic, last, msg_seq)
+
+    def iter_messages(self, count: int | None = None, total_timeout_s: float | None = None) -> Iterator[Received]:
+        """Yield messages until ``count`` have arrived or ``total_timeout_s`` has passed (None: no limit).
+
+        With neither limit it runs until the caller stops iterating.
+        """
+        deadline = None if total_timeout_s is None else time.monotonic() + total_timeout_s
+        n = 0
+        while count is None or n < count:
+            wait_s = self.timeout_s if deadline is None else max(0.0, deadline - time.monotonic())
+            received = self.recv(wait_s)
+            if received is not None:
+                n += 1
+                yield received
+            elif deadline is not None:
+                return
+
+    def __iter__(self) -> Iterator[Received]:
+        """Messages until none arrives for ``timeout_s``."""
+        while (received := self.recv()) is not None:
+            yield received
+
+    @property
+    def total_lost(self) -> int:
+        return sum(self.lost.values())
+
+    def close(self) -> None:
+        """Close the socket at once and a private context. Idempotent."""
+        if self._monitor is not None and not self._monitor.closed:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+        if not self._socket.closed:
+            self._socket.close(linger=0)
+        if self._own_context and not self._context.closed:
+            self._context.term()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,431 @@
+"""Synthetic motion scenes: the demo camera (``synthetic://``) and the demo model's data set, written once.
+
+A scene is 1-3 randomly shaped, randomly textured objects (noise, stripes, checkers; random colours)
+over a random textured background, seen by a slightly shaky camera with sensor noise. Every object
+of a clip moves with the clip's class motion (:data:`CLASSES`), each at its own speed:
+
+- ``static``: objects stay put (only camera shake and sensor noise change the picture);
+- ``left`` / ``right`` / ``up`` / ``down``: translation in image coordinates; the view wraps around
+  (an object leaving one edge re-enters at the opposite one), so motion is endless and continuous;
+- ``approach`` / ``recede``: the object grows / shrinks about its centre at a constant log rate; it
+  cycles through the radius range, fading out at one end while a new object fades in at the other;
+- ``rotate_cw`` / ``rotate_ccw``: rotation about the object's centre, clockwise / counter-clockwise as
+  seen on screen (image y pointing down).
+
+Appearance is drawn from the seed alone, never from the class: for one seed, frame 0 is the same
+picture whatever the class, so only motion tells the classes apart. Sizes are fractions of
+``S = min(height, width)``; motion is defined per frame at :data:`REFERENCE_FPS` and is a continuous
+function of time, so a scene at another frame rate samples the same motion in time. Camera shake is
+a smooth, zero-mean sub-pixel wobble, several times slower than the slowest object.
+
+Everything is numpy + OpenCV and deterministic: the same arguments give the same pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engines.errors import ConfigError
+
+__all__ = [
+    "CLASSES",
+    "REFERENCE_FPS",
+    "SPLITS",
+    "SyntheticScene",
+    "clip_seed",
+    "label_index",
+    "label_of",
+    "render_clip",
+]
+
+CLASSES: tuple[str, ...] = (
+    "static", "left", "right", "up", "down", "approach", "recede", "rotate_cw", "rotate_ccw",
+)
+REFERENCE_FPS = 30.0
+"""Frame rate at which the motion constants below are defined (and at which clips are rendered)."""
+SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+"""Data-set split -> block of clip seeds; blocks are disjoint (see :func:`clip_seed`)."""
+
+_SEEDS_PER_SPLIT = 1 << 40
+_CLIP_TAG, _SCENE_TAG, _SCHEDULE_TAG = 0x5EC11B, 0x5E5CE7, 0x5E5C4D  # keep the random streams apart
+_MIN_SIZE = 8
+
+# Scene constants. Lengths are fractions of S = min(height, width), times are reference frames.
+_RADIUS = (0.10, 0.34)  # object radius range (log-uniform); zooming objects cycle through it
+_LOG_SPAN = math.log(_RADIUS[1] / _RADIUS[0])
+_FADE = 0.12  # log-radius band at each end of the range over which an object fades in / out
+_SPEED = (0.015, 0.03)  # a clip's base speed, S per frame (translations, and the rims of spinning objects)
+_OBJECT_SPEED = (0.8, 1.25)  # per-object factor on the base speed
+_ZOOM_GAIN = 2.0  # log-radius change per frame per unit of speed
+_MAX_SPIN = 0.35  # rad per frame; far below the 45 degrees at which a 4-fold texture would alias
+_SHAKE = 0.003  # largest shake amplitude, S; shake speed <= 0.0015 S per frame, 8x below the slowest object
+_SHAKE_FREQ = (0.01, 0.08)  # shake frequencies, cycles per frame
+_NOISE = (1.0, 5.0)  # sensor-noise standard deviation, uint8 levels
+_NOISE_PAD = 32  # the noise field is this much larger than a frame; each frame reads a shifted window
+
+_TRANSLATIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+_ZOOMS = {"approach": 1.0, "recede": -1.0}
+_SPINS = {"rotate_cw": 1.0, "rotate_ccw": -1.0}
+
+
+def label_index(label: int | str) -> int:
+    """The index in :data:`CLASSES` of a class given by index or name.
+
+    Raises:
+        ConfigError: unknown name or index out of range.
+    """
+    if isinstance(label, str):
+        if label in CLASSES:
+            return CLASSES.index(label)
+        raise ConfigError(f"unknown synthetic class {label!r}; expected one of {', '.join(CLASSES)}")
+    if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(CLASSES):
+        return int(label)
+    raise ConfigError(f"synthetic class index {label!r} out of range 0..{len(CLASSES) - 1}")
+
+
+def label_of(index: int) -> int:
+    """Class index of clip ``index`` of a data set: classes in turn, so any 9 consecutive clips are balanced."""
+    return index % len(CLASSES)
+
+
+def clip_seed(split: str, index: int) -> int:
+    """Seed of clip ``index`` of ``split`` ('train', 'val' or 'test'); the splits' seeds never overlap.
+
+    Raises:
+        ConfigError: unknown split, or ``index`` outside ``[0, 2**40)``.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown data-set split {split!r}; expected one of {', '.join(SPLITS)}")
+    if not 0 <= index < _SEEDS_PER_SPLIT:
+        raise ConfigError(f"clip index {index} out of range 0..{_SEEDS_PER_SPLIT - 1}")
+    return SPLITS[split] * _SEEDS_PER_SPLIT + index
+
+
+def render_clip(label: int | str, seed: int, frames: int, height: int, width: int) -> np.ndarray:
+    """Render one clip of class ``label`` at :data:`REFERENCE_FPS`.
+
+    Args:
+        label: class index or name (:data:`CLASSES`).
+        seed: non-negative seed; the appearance depends on it alone, the motion on it and the class.
+        frames: number of frames T.
+        height, width: frame size in pixels (at least 8).
+
+    Returns:
+        ``[T, height, width, 3]`` uint8 RGB, C-contiguous; the same arguments give the same array.
+
+    Raises:
+        ConfigError: invalid class, seed or size.
+    """
+    index = label_index(label)
+    _check_seed(seed)
+    _check_size(height, width)
+    if frames < 1:
+        raise ConfigError(f"a clip needs at least 1 frame, got frames={frames}")
+    segment = _Segment((_CLIP_TAG, seed), index, height, width)
+    clip = np.empty((frames, height, width, 3), np.uint8)
+    for k in range(frames):
+        segment.render(float(k), k, clip[k])
+    return clip
+
+
+class SyntheticScene:
+    """An endless synthetic scene, frame by frame, as a live camera sees it.
+
+    Time is cut into segments of ``segment_s`` seconds; each segment is a fresh scene (new seed-derived
+    objects and background) whose class is ``label`` or, when ``label`` is None, the next entry of a
+    seeded schedule that visits every class once per ``len(CLASSES)`` segments in shuffled order.
+    Motion is continuous inside a segment; segment boundaries are cuts. ``frame(i)`` depends only on
+    the constructor arguments and ``i`` (the current segment is cached, so sequential reads are cheap).
+
+    Args:
+        seed: non-negative scene seed.
+        height, width: frame size in pixels (at least 8).
+        fps: frame rate the scene is sampled at; motion speeds are per second (defined at 30 fps).
+        label: class index or name for every segment, or None to cycle through the classes.
+        segment_s: segment length in seconds.
+
+    Raises:
+        ConfigError: invalid argument.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        height: int,
+        width: int,
+        fps: float = REFERENCE_FPS,
+        label: int | str | None = None,
+        segment_s: float = 4.0,
+    ) -> None:
+        _check_seed(seed)
+        _check_size(height, width)
+        if not (math.isfinite(fps) and fps > 0):
+            raise ConfigError(f"synthetic scene fps must be > 0, got {fps}")
+        if not (math.isfinite(segment_s) and segment_s > 0):
+            raise ConfigError(f"synthetic scene segment_s must be > 0, got {segment_s}")
+        self.seed = seed
+        self.height = height
+        self.width = width
+        self.fps = float(fps)
+        self.segment_frames = max(1, round(segment_s * fps))
+        self._fixed_class = None if label is None else label_index(label)
+        self._time_per_frame = REFERENCE_FPS / self.fps
+        self._cached: tuple[int, _Segment] | None = None
+
+    def class_at(self, i: int) -> int:
+        """Class index of frame ``i``."""
+        if self._fixed_class is not None:
+            return self._fixed_class
+        segment = i // self.segment_frames
+        block, slot = divmod(segment, len(CLASSES))
+        order = np.random.default_rng([_SCHEDULE_TAG, self.seed, block]).permutation(len(CLASSES))
+        return int(order[slot])
+
+    def label_at(self, i: int) -> str:
+        """Class name of frame ``i``."""
+        return CLASSES[self.class_at(i)]
+
+    def frame(self, i: int) -> np.ndarray:
+        """Frame ``i`` (``i >= 0``) as ``[height, width, 3]`` uint8 RGB."""
+        if i < 0:
+            raise ValueError(f"frame index must be >= 0, got {i}")
+        j, k = divmod(i, self.segment_frames)
+        if self._cached is None or self._cached[0] != j:
+            segment = _Segment((_SCENE_TAG, self.seed, j), self.class_at(i), self.height, self.width)
+            self._cached = (j, segment)
+        out = np.empty((self.height, self.width, 3), np.uint8)
+        self._cached[1].render(k * self._time_per_frame, k, out)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+@dataclass(frozen=True, slots=True)
+class _Object:
+    """One textured object. ``levels``: RGBA patch [P, P, 4] uint8 (shape in alpha) and 2 pyrDown levels."""
+
+    levels: tuple[np.ndarray, ...]
+    x: float  # centre at t=0, view pixels
+    y: float
+    phase: float  # log-radius position in _RADIUS at t=0, in [0, 1)
+    theta: float  # angle at t=0, radians, clockwise on screen
+
+
+class _Segment:
+    """One class, one set of objects; ``render(t)`` is a continuous function of time ``t`` (reference frames)."""
+
+    def __init__(self, entropy: tuple[int, ...], label: int, height: int, width: int) -> None:
+        self._entropy = entropy
+        self._name = CLASSES[label]
+        self._h, self._w = height, width
+        self._s = min(height, width)
+        # Patch half-size: the largest radius; a multiple of 4 pixels keeps pyrDown levels centred.
+        self._patch_r = max(8, 4 * math.ceil(_RADIUS[1] * self._s / 4))
+        self._margin = math.ceil(_SHAKE * self._s) + 2
+        self._cycles: dict[tuple[int, int], _Object] = {}
+
+        # Everything below is drawn in a fixed order that does not depend on the class.
+        rng = np.random.default_rng([*entropy])
+        bg_h, bg_w = height + 2 * self._margin, width + 2 * self._margin
+        colours = _colours(rng, contrast=(15.0, 70.0))
+        self._background = _paint(_pattern(rng, bg_h, bg_w, self._s * rng.uniform(0.03, 0.25)), colours)
+        self._background_luma = _luma(colours).mean()
+        self._shake_amp = rng.uniform(0.0, _SHAKE) * self._s / 3.0  # three sines: |shake| <= _SHAKE * S
+        self._shake_freq = rng.uniform(*_SHAKE_FREQ, size=(2, 3)) * 2.0 * math.pi
+        self._shake_phase = rng.uniform(0.0, 2.0 * math.pi, size=(2, 3))
+        half_width = round(rng.uniform(*_NOISE) * math.sqrt(3.0))  # uniform noise with that std
+        noise_shape = (height + _NOISE_PAD, width + _NOISE_PAD, 3)
+        raw = np.frombuffer(rng.bytes(math.prod(noise_shape)), np.uint8).reshape(noise_shape)
+        self._noise = ((raw.astype(np.int16) * (2 * half_width + 1)) >> 8) - half_width
+        self._noise_key = int(rng.integers(1 << 62))
+        count = int(rng.integers(1, 4))
+        base_speed = rng.uniform(*_SPEED)
+        self._speeds = base_speed * rng.uniform(*_OBJECT_SPEED, size=count)
+        opaque = _FADE / _LOG_SPAN  # start every object fully visible, whatever the class
+        self._objects = [self._new_object(rng, rng.uniform(opaque, 1.0 - opaque)) for _ in range(count)]
+
+    def render(self, t: float, k: int, out: np.ndarray) -> None:
+        """Write the frame at time ``t`` (reference frames) into ``out`` [H, W, 3] uint8; ``k`` keys the noise."""
+        canvas = self._background.copy()
+        for slot, obj in enumerate(self._objects):
+            self._draw(canvas, slot, obj, t)
+        shake = self._shake_amp * np.sin(self._shake_freq * t + self._shake_phase).sum(axis=1)
+        move = np.array([[1.0, 0.0, self._margin + shake[0]], [0.0, 1.0, self._margin + shake[1]]])
+        cv2.warpAffine(canvas, move, (self._w, self._h), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        key = _mix(self._noise_key + k)
+        oy, ox = key % _NOISE_PAD, (key >> 16) % _NOISE_PAD
+        cv2.add(out, self._noise[oy : oy + self._h, ox : ox + self._w], dst=out, dtype=cv2.CV_8U)
+
+    def _draw(self, canvas: np.ndarray, slot: int, obj: _Object, t: float) -> None:
+        speed = self._speeds[slot]
+        x, y, phase, theta = obj.x, obj.y, obj.phase, obj.theta
+        if self._name in _ZOOMS:
+            u = phase + _ZOOMS[self._name] * _ZOOM_GAIN * speed * t / _LOG_SPAN
+            cycle = math.floor(u)
+            if cycle:
+                obj = self._cycle_object(slot, cycle)
+                x, y, theta = obj.x, obj.y, obj.theta
+            phase = u - cycle
+        radius = self._s * _RADIUS[0] * math.exp(phase * _LOG_SPAN)
+        alpha = min(1.0, phase * _LOG_SPAN / _FADE, (1.0 - phase) * _LOG_SPAN / _FADE)
+        if alpha <= 0.0:
+            return
+        if self._name in _SPINS:
+            theta += _SPINS[self._name] * min(_MAX_SPIN, speed * self._s / radius) * t
+        centres = [(x, y)]
+        if self._name in _TRANSLATIONS:
+            # The view wraps around along the motion: an object leaving one edge enters at the other.
+            dx, dy = _TRANSLATIONS[self._name]
+            if dx:
+                x = (x + dx * speed * self._s * t) % self._w
+                centres = [(x, y), (x - self._w if x > self._w / 2 else x + self._w, y)]
+            else:
+                y = (y + dy * speed * self._s * t) % self._h
+                centres = [(x, y), (x, y - self._h if y > self._h / 2 else y + self._h)]
+        for cx, cy in centres:
+            _paste(canvas, obj.levels, cx + self._margin, cy + self._margin, radius / self._patch_r, theta, alpha)
+
+    def _cycle_object(self, slot: int, cycle: int) -> _Object:
+        """The object that takes ``slot``'s place in zoom cycle ``cycle`` (seeded, drawn once)."""
+        key = (slot, cycle)
+        if key not in self._cycles:
+            if len(self._cycles) >= 8:  # keep the few that are on screen, forget the oldest
+                del self._cycles[next(iter(self._cycles))]
+            rng = np.random.default_rng([*self._entropy, slot, cycle % (1 << 32)])
+            self._cycles[key] = self._new_object(rng, 0.5)
+        return self._cycles[key]
+
+    def _new_object(self, rng: np.random.Generator, phase: float) -> _Object:
+        size = 2 * self._patch_r
+        radius = self._s * _RADIUS[0] * math.exp(phase * _LOG_SPAN)
+        colours = _colours(rng, contrast=(50.0, 255.0), avoid_luma=self._background_luma)
+        texture = _paint(_pattern(rng, size, size, self._patch_r * math.exp(rng.uniform(-2.8, -1.2))), colours)
+        mask = _shape(rng, size, self._patch_r - 2)
+        patch = np.dstack([texture, mask])
+        levels = (patch, cv2.pyrDown(patch), cv2.pyrDown(cv2.pyrDown(patch)))
+        x = rng.uniform(0.6 * radius, max(0.6 * radius, self._w - 0.6 * radius))
+        y = rng.uniform(0.6 * radius, max(0.6 * radius, self._h - 0.6 * radius))
+        return _Object(levels, x, y, phase, rng.uniform(0.0, 2.0 * math.pi))
+
+
+def _paste(canvas: np.ndarray, levels: tuple[np.ndarray, ...], cx: float, cy: float,
+           scale: float, theta: float, alpha: float) -> None:
+    """Alpha-blend an RGBA patch, scaled by ``scale`` and rotated by ``theta``, centred at (cx, cy)."""
+    level = 0 if scale >= 0.5 else 1 if scale >= 0.25 else 2
+    patch = levels[level]
+    size = patch.shape[0]
+    centre = (size - 1) / 2.0
+    scale *= 2**level
+    reach = scale * size / 2.0 + 1.0  # the shape lies inside the patch's inscribed circle
+    x0, y0 = max(0, math.floor(cx - reach)), max(0, math.floor(cy - reach))
+    x1, y1 = min(canvas.shape[1], math.ceil(cx + reach) + 1), min(canvas.shape[0], math.ceil(cy + reach) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return
+    a, b = scale * math.cos(theta), scale * math.sin(theta)
+    # patch (u, v) -> canvas: x = a (u - c) - b (v - c) + cx, y = b (u - c) + a (v - c) + cy; theta > 0 turns clockwise.
+    forward = np.array([
+        [a, -b, cx - x0 - (a - b) * centre],
+        [b, a, cy - y0 - (a + b) * centre],
+    ])
+    warped = cv2.warpAffine(patch, forward, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    weight = warped[..., 3].astype(np.float32) * np.float32(alpha / 255.0)
+    roi = canvas[y0:y1, x0:x1]
+    mixed = roi.astype(np.float32)
+    mixed += (warped[..., :3] - mixed) * weight[..., None]
+    mixed += 0.5
+    roi[...] = mixed
+
+
+def _pattern(rng: np.random.Generator, height: int, width: int, scale: float) -> np.ndarray:
+    """A random texture [height, width] float32 in [0, 1]: noise blobs, stripes or checkers of size ``scale`` px."""
+    kind = int(rng.integers(3))
+    angle = rng.uniform(0.0, math.pi)
+    scale = max(scale, 1.5)
+    if kind == 0:
+        grid = rng.random((round(height / scale) + 2, round(width / scale) + 2), dtype=np.float32)
+        value = cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+    else:
+        ys = np.arange(height, dtype=np.float32)[:, None]
+        xs = np.arange(width, dtype=np.float32)[None, :]
+        along = xs * np.float32(math.cos(angle)) + ys * np.float32(math.sin(angle))
+        if kind == 1:
+            value = np.sin(along * np.float32(math.pi / scale) + np.float32(rng.uniform(0, 2 * math.pi)))
+        else:
+            across = ys * np.float32(math.cos(angle)) - xs * np.float32(math.sin(angle))
+            value = (np.floor(along / scale) + np.floor(across / scale)) % 2
+    low, high = float(value.min()), float(value.max())
+    gain = rng.uniform(1.0, 3.0)  # > 1 hardens the pattern's edges
+    value = (value - (low + high) / 2) * np.float32(gain / max(high - low, 1e-6)) + np.float32(0.5)
+    return np.clip(value, 0.0, 1.0, out=value)
+
+
+def _luma(colours: np.ndarray) -> np.ndarray:
+    return colours @ np.array([0.299, 0.587, 0.114])
+
+
+def _colours(rng: np.random.Generator, contrast: tuple[float, float], avoid_luma: float | None = None) -> np.ndarray:
+    """Two RGB colours [2, 3] whose luma differs by ``contrast``; their mean luma stays 40 away from ``avoid_luma``."""
+    for _ in range(64):
+        colours = rng.uniform(0.0, 255.0, size=(2, 3))
+        luma = _luma(colours)
+        if not contrast[0] <= abs(luma[0] - luma[1]) <= contrast[1]:
+            continue
+        if avoid_luma is None or abs(luma.mean() - avoid_luma) >= 40.0:
+            return colours
+    return colours  # rare; the texture still differs from the background
+
+
+def _paint(value: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Map a [H, W] pattern in [0, 1] onto the colour pair: [H, W, 3] uint8."""
+    low = colours[0].astype(np.float32)
+    step = (colours[1] - colours[0]).astype(np.float32)
+    image = value[..., None] * step + (low + 0.5)
+    return image.astype(np.uint8)
+
+
+def _shape(rng: np.random.Generator, size: int, radius: float) -> np.ndarray:
+    """An anti-aliased mask [size, size] uint8 of a random ellipse, rectangle or polygon within ``radius``."""
+    mask = np.zeros((size, size), np.uint8)
+    centre = (size - 1) / 2.0
+    kind = int(rng.integers(3))
+    if kind == 0:
+        axes = np.array([1.0, rng.uniform(0.4, 0.75)]) * radius
+        corners = np.array([[math.cos(a), math.sin(a)] for a in np.linspace(0, 2 * math.pi, 48, endpoint=False)])
+        points = corners * axes
+    elif kind == 1:
+        half_angle = rng.uniform(math.radians(20), math.radians(40))
+        a, b = radius * math.cos(half_angle), radius * math.sin(half_angle)
+        points = np.array([[a, b], [-a, b], [-a, -b], [a, -b]])
+    else:
+        count = int(rng.integers(3, 8))
+        angles = (np.arange(count) + rng.uniform(-0.3, 0.3, count)) * (2 * math.pi / count)
+        radii = rng.uniform(0.7, 1.0, count) * radius
+        points = np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+    fixed = np.round((points + centre) * 16).astype(np.int32)  # 4 fractional bits
+    cv2.fillPoly(mask, [fixed], 255, lineType=cv2.LINE_AA, shift=4)
+    return mask
+
+
+def _mix(value: int) -> int:
+    """SplitMix64 finaliser: a well-spread 64-bit hash of ``value``."""
+    value = (value + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return value ^ (value >> 31)
+
+
+def _check_seed(seed: int) -> None:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"synthetic seed must be an integer >= 0, got {seed!r}")
+
+
+def _check_size(height: int, width: int) -> None:
+    if height < _MIN_SIZE or width < _MIN_SIZE:
+        raise ConfigError(f"synthetic frame size must be at least {_MIN_SIZE}x{_MIN_SIZE}, got {width}x{height}")

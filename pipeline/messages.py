@@ -27,8 +27,10 @@ Fields common to both kinds:
   ``vmp_done_mono_ns`` (its motion prompt ready), ``infer_start_mono_ns``, ``infer_end_mono_ns`` (the engine call
   that classified the window), ``publish_mono_ns``, ``publish_wall_ns`` (message built for sending).
 - ``latency`` object: ``unit`` = ``"ms"``, ``clock`` = ``"CLOCK_MONOTONIC"``, ``stages`` = {stage: float ms}; the
-  stages made by :func:`latency_breakdown_ms` are ``vmp`` (capture -> prompt ready), ``wait`` (prompt ready ->
-  inference start), ``infer``, ``publish`` (inference end -> publish) and ``total`` (capture -> publish, the
+  stages made by :func:`latency_breakdown_ms` are ``capture_to_ring`` (capture -> written to the shared-memory
+  ring: resize and copy in the camera process), ``queue`` (in the ring until the inference process read it),
+  ``vmp`` (read -> prompt ready), ``wait`` (prompt ready -> inference start: waiting for the window to complete
+  and for the engine), ``infer``, ``publish`` (inference end -> publish) and ``total`` (capture -> publish, the
   per-frame latency of the window).
 - ``dropped_frames`` int: frames of this camera the pipeline never processed (ring overruns, torn reads, gaps).
 - ``dropped_windows`` int: ready windows of this camera skipped because inference was behind.
@@ -123,6 +125,8 @@ def local_clock_domain() -> str:
 
 def latency_breakdown_ms(
     capture_mono_ns: int,
+    ring_mono_ns: int,
+    read_mono_ns: int,
     vmp_done_mono_ns: int,
     infer_start_mono_ns: int,
     infer_end_mono_ns: int,
@@ -131,15 +135,15 @@ def latency_breakdown_ms(
     """Stage latencies in ms from CLOCK_MONOTONIC stamps of one window's newest frame.
 
     Returns:
-        ``{"vmp", "wait", "infer", "publish", "total"}`` (see the module docstring).
+        ``{"capture_to_ring", "queue", "vmp", "wait", "infer", "publish", "total"}`` (see the module
+        docstring); the stages add up to ``total``.
     """
-    return {
-        "vmp": (vmp_done_mono_ns - capture_mono_ns) / 1e6,
-        "wait": (infer_start_mono_ns - vmp_done_mono_ns) / 1e6,
-        "infer": (infer_end_mono_ns - infer_start_mono_ns) / 1e6,
-        "publish": (publish_mono_ns - infer_end_mono_ns) / 1e6,
-        "total": (publish_mono_ns - capture_mono_ns) / 1e6,
-    }
+    stamps = (capture_mono_ns, ring_mono_ns, read_mono_ns, vmp_done_mono_ns, infer_start_mono_ns,
+              infer_end_mono_ns, publish_mono_ns)
+    names = ("capture_to_ring", "queue", "vmp", "wait", "infer", "publish")
+    stages = {name: (b - a) / 1e6 for name, a, b in zip(names, stamps, stamps[1:], strict=False)}
+    stages["total"] = (publish_mono_ns - capture_mono_ns) / 1e6
+    return stages
 
 
 @dataclass(frozen=True, slots=True)

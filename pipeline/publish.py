@@ -6,9 +6,12 @@ in :mod:`pipeline.messages`). Sends never block the inference loop: the queue to
 number ``msg_seq``, inserted into the payload, so subscribers see every loss as a gap.
 
 Only loopback (``tcp://127.0.0.1``, ``localhost``, ``[::1]``), ``ipc://`` and ``inproc://`` endpoints are bound by
-default; any other TCP address needs ``allow_remote=True``. CURVE encryption is the seam for remote use: pass the
-server key pair (``zmq.curve_keypair()``, Z85 bytes); client authentication (a ZAP handler such as
-``zmq.auth.thread.ThreadAuthenticator``) is set up by whoever owns the context.
+default; any other TCP address needs ``allow_remote=True`` (and should use CURVE). ``curve=CurveServer(...)``
+(:mod:`pipeline.keys`) encrypts the stream and admits only authorised subscribers: the publisher runs a ZAP handler
+in its context that accepts the listed client public keys; a subscriber without keys or with an unknown key
+completes no handshake and receives nothing. The lower-level ``curve_secret_key``/``curve_public_key`` pair only
+encrypts; authentication is then up to whoever owns the context (without a ZAP handler any client that knows the
+server's public key is admitted).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline.errors import PublishError
+from pipeline.keys import CurveServer, start_authenticator
 
-__all__ = ["Publisher", "SlowSubscriberPolicy", "check_bind_endpoint"]
+__all__ = ["CurveServer", "Publisher", "SlowSubscriberPolicy", "check_bind_endpoint"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,6 +71,11 @@ def check_bind_endpoint(endpoint: str, allow_remote: bool = False) -> None:
     )
 
 
+def _tcp_host(endpoint: str) -> str:
+    """The host of ``tcp://HOST:PORT``."""
+    return endpoint[len("tcp://") :].rpartition(":")[0]
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() in _LOOPBACK_NAMES:
         return True
@@ -89,12 +99,17 @@ class Publisher:
         linger_ms: how long ``close()`` may spend delivering queued messages.
         allow_remote: allow binding a non-loopback TCP address.
         slow_subscriber: see :class:`SlowSubscriberPolicy`.
-        curve_secret_key, curve_public_key: server key pair (Z85, 40 bytes each) to make this a CURVE server;
-            both or neither.
-        context: ZeroMQ context to use; default a private one, terminated by ``close()``.
+        curve: make this a CURVE server that admits only the authorised client keys (starts a ZAP handler in
+            the context, stopped by ``close()``).
+        curve_secret_key, curve_public_key: server key pair (Z85, 40 bytes each) for encryption without
+            authentication by this publisher; both or neither, and not with ``curve``.
+        context: ZeroMQ context to use; default a private one, terminated by ``close()``. With ``curve`` it must
+            not already run a ZAP handler.
 
     Raises:
-        PublishError: the endpoint is refused or cannot be bound, or the CURVE keys are incomplete/unsupported.
+        PublishError: the endpoint is refused or cannot be bound, the CURVE options are incomplete, conflicting
+            or unsupported by libzmq, or the context already has a ZAP handler.
+        ConfigError: a ``curve`` key file or the authorised-clients directory is missing, malformed or unsafe.
     """
 
     def __init__(
@@ -107,16 +122,24 @@ class Publisher:
         slow_subscriber: SlowSubscriberPolicy = SlowSubscriberPolicy.DROP_MESSAGE,
         curve_secret_key: bytes | None = None,
         curve_public_key: bytes | None = None,
+        curve: CurveServer | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         check_bind_endpoint(endpoint, allow_remote)
         if (curve_secret_key is None) != (curve_public_key is None):
             raise PublishError("CURVE needs both curve_secret_key and curve_public_key (or neither)")
+        if curve is not None and curve_secret_key is not None:
+            raise PublishError("pass either curve=CurveServer(...) or curve_secret_key/curve_public_key, not both")
+        client_keys: frozenset[bytes] = frozenset()
+        if curve is not None:
+            server_keys, client_keys = curve.load()
+            curve_secret_key, curve_public_key = server_keys.secret_key, server_keys.public_key
         if curve_secret_key is not None and not zmq.has("curve"):
             raise PublishError(f"CURVE was asked for but this libzmq {zmq.zmq_version()} is built without it")
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
         self._socket = self._context.socket(zmq.PUB)
+        self._authenticator: ThreadAuthenticator | None = None
         self._msg_seq: dict[bytes, int] = {}
         self.sent = 0
         self.dropped = 0
@@ -124,16 +147,27 @@ class Publisher:
             self._socket.sndhwm = send_hwm
             self._socket.linger = linger_ms
             self._socket.setsockopt(zmq.XPUB_NODROP, int(slow_subscriber is SlowSubscriberPolicy.DROP_MESSAGE))
+            if curve is not None:
+                self._authenticator = start_authenticator(self._context, client_keys)
             if curve_secret_key is not None:
                 self._socket.curve_secretkey = curve_secret_key
                 self._socket.curve_publickey = curve_public_key
                 self._socket.curve_server = True  # must come before bind
             self._socket.bind(endpoint)
+        except PublishError:  # the context already has a ZAP handler
+            self.close()
+            raise
         except zmq.ZMQError as err:
             self.close()
             raise PublishError(f"cannot bind publisher to {endpoint!r}: {err}") from err
         self._endpoint = self._socket.last_endpoint.decode()
-        _LOG.info("publishing on %s (send_hwm=%d, %s)", self._endpoint, send_hwm, slow_subscriber.value)
+        if curve is not None:
+            security = f"CURVE, {len(client_keys)} authorised client key(s)"
+        else:
+            security = "CURVE, clients not authenticated here" if curve_secret_key is not None else "no encryption"
+        _LOG.info("publishing on %s (send_hwm=%d, %s, %s)", self._endpoint, send_hwm, slow_subscriber.value, security)
+        if curve_secret_key is None and endpoint.startswith("tcp://") and not _is_loopback(_tcp_host(endpoint)):
+            _LOG.warning("publishing on %s without CURVE: anyone who reaches it can read the labels", self._endpoint)
 
     @property
     def endpoint(self) -> str:
@@ -171,10 +205,21 @@ class Publisher:
         self.sent += 1
         return True
 
+    @property
+    def authenticates_clients(self) -> bool:
+        """True when this publisher's ZAP handler admits only authorised CURVE clients."""
+        return self._authenticator is not None
+
     def close(self) -> None:
-        """Close the socket (queued messages get at most ``linger_ms``) and a private context. Idempotent."""
+        """Close the socket (queued messages get at most ``linger_ms``), the authenticator and a private context.
+
+        Idempotent.
+        """
         if not self._socket.closed:
             self._socket.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
         if self._own_context and not self._context.closed:
             self._context.term()
 

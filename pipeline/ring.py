@@ -8,7 +8,8 @@ Segment layout (one ``multiprocessing.shared_memory`` block, named ``emim_<id>``
 
     header   256 B   magic, layout version, slots, height, width, latest_seq, heartbeat_mono_ns,
                      writer status (state, fps, reconnects, frames_lost, source_width, source_height)
-    meta     slots x 64 B   per slot: version, seq, capture_mono_ns, capture_wall_ns, source_pts_ns
+    meta     slots x 64 B   per slot: version, seq, capture_mono_ns, capture_wall_ns, source_pts_ns,
+                            ring_mono_ns (when the frame was written)
     images   slots x H*W*3 B (each rounded up to 64 B)   uint8 RGB, HWC
 
 Seqlock: the writer makes a slot's ``version`` odd, writes the slot's meta and image, makes it even again, then
@@ -57,7 +58,7 @@ _LOG = logging.getLogger(__name__)
 
 NAME_PREFIX = "emim_"
 _MAGIC = int.from_bytes(b"EMIMRING", "little")
-_LAYOUT_VERSION = 1
+_LAYOUT_VERSION = 2
 _ALIGN = 64
 
 # Header: 32 int64 words (fps is stored as float64 in its word).
@@ -67,7 +68,7 @@ _H_STATE, _H_FPS, _H_RECONNECTS, _H_FRAMES_LOST, _H_SOURCE_WIDTH, _H_SOURCE_HEIG
 
 # Per-slot meta: 8 int64 words.
 _META_WORDS = 8
-_M_VERSION, _M_SEQ, _M_CAPTURE_MONO, _M_CAPTURE_WALL, _M_SOURCE_PTS = range(5)
+_M_VERSION, _M_SEQ, _M_CAPTURE_MONO, _M_CAPTURE_WALL, _M_SOURCE_PTS, _M_RING_MONO = range(6)
 
 _TRACKER_LOCK = threading.Lock()
 
@@ -123,13 +124,17 @@ class RingStatus:
 
 @dataclass(frozen=True, slots=True)
 class RingFrame:
-    """One frame read out of the ring. ``image``: [H, W, 3] uint8 RGB, owned by the reader (a copy)."""
+    """One frame read out of the ring. ``image``: [H, W, 3] uint8 RGB, owned by the reader (a copy).
+
+    ``ring_mono_ns`` is when the writer finished writing it (CLOCK_MONOTONIC).
+    """
 
     seq: int
     image: np.ndarray
     capture_mono_ns: int
     capture_wall_ns: int
     source_pts_ns: int
+    ring_mono_ns: int = 0
 
 
 class ReadStatus(str, enum.Enum):
@@ -326,9 +331,11 @@ class SharedRing:
         meta[slot, _M_VERSION] = version
         meta[slot, _M_SEQ : _M_SOURCE_PTS + 1] = (seq, capture_mono_ns, capture_wall_ns, source_pts_ns)
         self._copy_in(slot, image)
+        now = time.monotonic_ns()
+        meta[slot, _M_RING_MONO] = now
         meta[slot, _M_VERSION] = version + 1  # even: slot consistent
         header[_H_LATEST_SEQ] = seq
-        header[_H_HEARTBEAT] = time.monotonic_ns()
+        header[_H_HEARTBEAT] = now
 
     def _copy_in(self, slot: int, image: np.ndarray) -> None:
         """Copy the pixels of a frame into ``slot`` (the step the seqlock protects)."""
@@ -447,8 +454,8 @@ class RingReader:
         slot = seq % ring.slots
         meta = ring._meta
         version = int(meta[slot, _M_VERSION])
-        slot_seq, capture_mono_ns, capture_wall_ns, source_pts_ns = (
-            int(v) for v in meta[slot, _M_SEQ : _M_SOURCE_PTS + 1]
+        slot_seq, capture_mono_ns, capture_wall_ns, source_pts_ns, ring_mono_ns = (
+            int(v) for v in meta[slot, _M_SEQ : _M_RING_MONO + 1]
         )
         if version & 1:
             return ReadResult(ReadStatus.TORN, slot_seq=slot_seq)
@@ -460,7 +467,8 @@ class RingReader:
         self._copy_out(slot, out)
         if int(meta[slot, _M_VERSION]) != version:
             return ReadResult(ReadStatus.TORN, slot_seq=slot_seq)
-        return ReadResult(ReadStatus.OK, RingFrame(seq, out, capture_mono_ns, capture_wall_ns, source_pts_ns), seq)
+        frame = RingFrame(seq, out, capture_mono_ns, capture_wall_ns, source_pts_ns, ring_mono_ns)
+        return ReadResult(ReadStatus.OK, frame, seq)
 
     def _copy_out(self, slot: int, out: np.ndarray) -> None:
         """Copy the pixels of ``slot`` into ``out`` (the step the seqlock checks)."""

@@ -5,8 +5,11 @@ Loss is detected from the per-topic ``msg_seq`` (a gap counts in ``lost[topic]``
 ``max_msg_bytes`` are refused by the socket itself (ZMQ_MAXMSGSIZE), so they never reach memory. libzmq treats
 such a frame as a protocol error and closes the connection *without* reconnecting (libzmq 4.3); the subscriber
 watches its socket's DISCONNECTED events and connects again itself, so the oversize message and any sent during
-the reconnect show up as a ``msg_seq`` gap (and in ``disconnects``). Payloads that are not a JSON object with an
-integer ``msg_seq`` are counted in ``malformed`` and skipped. Schema checks beyond that belong to
+the reconnect show up as a ``msg_seq`` gap (and in ``disconnects``). With ``curve=CurveClient(...)``
+(:mod:`pipeline.keys`) the connection is encrypted and authenticated; a handshake the publisher refuses (a key it
+does not authorise, a missing or wrong server key, CURVE on one side only) is counted in ``handshake_failures``
+and logged with the likely cause; no message ever arrives over such a connection. Payloads that are not a JSON
+object with an integer ``msg_seq`` are counted in ``malformed`` and skipped. Schema checks beyond that belong to
 :mod:`pipeline.messages` (``parse_payload``).
 """
 
@@ -24,10 +27,19 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from pipeline.errors import PublishError
+from pipeline.keys import CurveClient
 
-__all__ = ["Received", "Subscriber"]
+__all__ = ["CurveClient", "Received", "Subscriber"]
 
 _LOG = logging.getLogger(__name__)
+
+_MONITORED_EVENTS = (
+    zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +63,9 @@ class Subscriber:
 
     Counters: ``received`` (valid messages), ``lost[topic]`` (messages missing from ``msg_seq`` gaps),
     ``restarts[topic]`` (``msg_seq`` went back: the publisher restarted), ``malformed`` (not a JSON object with
-    an integer ``msg_seq``, or not two frames), ``disconnects`` (connection to the publisher lost: publisher gone
-    or an oversize message). A context manager; closing never waits (LINGER 0).
+    an integer ``msg_seq``, or not two frames), ``disconnects`` (an established connection to the publisher lost:
+    publisher gone or an oversize message), ``handshake_failures`` (connections the publisher or this side
+    refused: keys, or CURVE on one side only). A context manager; closing never waits (LINGER 0).
 
     Args:
         endpoint: the publisher's endpoint, e.g. ``tcp://127.0.0.1:5556``.
@@ -61,10 +74,12 @@ class Subscriber:
         timeout_s: default wait of :meth:`recv`.
         max_msg_bytes: largest frame accepted; bigger ones are refused by the socket.
         rcv_hwm: messages queued on the subscriber's side before ZeroMQ drops.
+        curve: this subscriber's key pair and the publisher's public key, for a CURVE publisher.
         context: ZeroMQ context; default a private one, terminated by ``close()``.
 
     Raises:
-        PublishError: the endpoint cannot be connected (malformed).
+        PublishError: the endpoint cannot be connected (malformed), or libzmq lacks CURVE.
+        ConfigError: a ``curve`` key file is missing, malformed or readable by others.
     """
 
     def __init__(
@@ -75,8 +90,14 @@ class Subscriber:
         max_msg_bytes: int = 1 << 20,
         *,
         rcv_hwm: int = 1000,
+        curve: CurveClient | None = None,
         context: zmq.Context | None = None,
     ) -> None:
+        keys = None
+        if curve is not None:
+            if not zmq.has("curve"):
+                raise PublishError(f"CURVE was asked for but this libzmq {zmq.zmq_version()} is built without it")
+            keys = curve.load()
         self.timeout_s = timeout_s
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
@@ -87,15 +108,22 @@ class Subscriber:
         self.received = 0
         self.malformed = 0
         self.disconnects = 0
+        self.handshake_failures = 0
         self.endpoint = endpoint
         self._monitor: zmq.Socket | None = None
+        self._connected = False  # a handshake succeeded and that connection has not been lost since
         try:
             self._socket.linger = 0
             self._socket.rcvhwm = rcv_hwm
             self._socket.maxmsgsize = max_msg_bytes
+            if keys is not None:
+                client_keys, server_public_key = keys
+                self._socket.curve_serverkey = server_public_key
+                self._socket.curve_publickey = client_keys.public_key
+                self._socket.curve_secretkey = client_keys.secret_key
             for topic in topics:
                 self._socket.subscribe(topic.encode() if isinstance(topic, str) else topic)
-            self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._monitor = self._socket.get_monitor_socket(_MONITORED_EVENTS)
             self._socket.connect(endpoint)
         except zmq.ZMQError as err:
             self.close()
@@ -124,14 +152,37 @@ class Subscriber:
                 return None
 
     def _on_monitor_event(self) -> None:
-        """Reconnect after a lost connection (libzmq does not after a protocol error such as an oversize frame)."""
+        """Track the connection; reconnect after losing an established one.
+
+        libzmq does not reconnect after a protocol error such as an oversize frame, so this does. A handshake
+        that failed is left to libzmq (it retries a protocol mismatch with its backoff and gives up after an
+        authentication refusal): reconnecting at once would only repeat the refusal.
+        """
         while self._monitor.poll(0):
-            recv_monitor_message(self._monitor)
-            self.disconnects += 1
-            _LOG.info("disconnected from %s; reconnecting", self.endpoint)
-            with contextlib.suppress(zmq.ZMQError):  # already gone after a protocol error
-                self._socket.disconnect(self.endpoint)
-            self._socket.connect(self.endpoint)
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                if not self._connected:
+                    continue  # the end of a refused handshake, already counted
+                self._connected = False
+                self.disconnects += 1
+                _LOG.info("disconnected from %s; reconnecting", self.endpoint)
+                with contextlib.suppress(zmq.ZMQError):  # already gone after a protocol error
+                    self._socket.disconnect(self.endpoint)
+                self._socket.connect(self.endpoint)
+            else:
+                self._on_handshake_failure(event)
+
+    def _on_handshake_failure(self, event: int) -> None:
+        self.handshake_failures += 1
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            cause = "the publisher refused this subscriber's CURVE key (not in its authorised clients)"
+        else:
+            cause = "security mismatch: CURVE on one side only, or a wrong server public key"
+        # the first time a warning; libzmq retries mismatches every ~0.1 s, so later ones are debug lines
+        level = logging.WARNING if self.handshake_failures == 1 else logging.DEBUG
+        _LOG.log(level, "handshake with %s failed: %s", self.endpoint, cause)
 
     def _decode(self, frames: list[bytes]) -> Received | None:
         recv_mono_ns, recv_wall_ns = time.monotonic_ns(), time.time_ns()

@@ -2,7 +2,9 @@
 
 One line per message: camera, window frames, top-1 label and score, latency in ms; ``--jsonl`` appends each
 payload as one JSON line. At the end (``--count`` reached, ``--timeout`` passed, or Ctrl-C) a summary line
-gives the messages received, lost (``msg_seq`` gaps) and malformed.
+gives the messages received, lost (``msg_seq`` gaps) and malformed, and refused handshakes if any. A publisher
+with CURVE needs ``--curve-server-key`` (its ``server.key``) and ``--curve-client-key`` (this subscriber's
+``NAME.key_secret``, whose ``NAME.key`` the publisher authorises); see ``emim-stream keys``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import sys
 from contextlib import AbstractContextManager, nullcontext
 from typing import TextIO
 
+from engines.errors import ConfigError
 from pipeline.errors import PipelineError
+from pipeline.keys import CurveClient
 from pipeline.messages import LabelMessage, MessageError, StatusMessage, parse_payload
 from pipeline.subscribe import Received, Subscriber
 
@@ -36,12 +40,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds in total")
     parser.add_argument("--jsonl", default=None, metavar="FILE", help="append each payload as a JSON line to FILE")
     parser.add_argument("--max-msg-bytes", type=int, default=1 << 20, metavar="BYTES", help="refuse bigger messages")
+    parser.add_argument("--curve-server-key", metavar="FILE", help="the CURVE publisher's public key file (server.key)")
+    parser.add_argument(
+        "--curve-client-key", metavar="FILE", help="this subscriber's CURVE secret key file (NAME.key_secret)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """Receive and print; exit 0, or 1 when ``--count`` was given and fewer messages arrived."""
     topics = args.topics or ["labels/"]
-    with _open_jsonl(args.jsonl) as sink, Subscriber(args.endpoint, topics, max_msg_bytes=args.max_msg_bytes) as sub:
+    curve = _curve_client(args.curve_client_key, args.curve_server_key)
+    with (
+        _open_jsonl(args.jsonl) as sink,
+        Subscriber(args.endpoint, topics, max_msg_bytes=args.max_msg_bytes, curve=curve) as sub,
+    ):
         n = 0
         try:
             for received in sub.iter_messages(count=args.count, total_timeout_s=args.timeout):
@@ -54,6 +66,14 @@ def main(args: argparse.Namespace) -> int:
             pass
         _print_summary(sub, sys.stderr)
     return 1 if args.count is not None and n < args.count else 0
+
+
+def _curve_client(client_key: str | None, server_key: str | None) -> CurveClient | None:
+    if client_key is None and server_key is None:
+        return None
+    if client_key is None or server_key is None:
+        raise ConfigError("CURVE needs both --curve-server-key and --curve-client-key")
+    return CurveClient(client_key, server_key)
 
 
 def _open_jsonl(path: str | None) -> AbstractContextManager[TextIO | None]:
@@ -101,6 +121,7 @@ def _print_summary(sub: Subscriber, out: TextIO) -> None:
     lost = {topic: n for topic, n in sub.lost.items() if n}
     print(
         f"received {sub.received}, lost {sub.total_lost}{' ' + str(lost) if lost else ''}, "
-        f"malformed {sub.malformed}",
+        f"malformed {sub.malformed}"
+        + (f", refused handshakes {sub.handshake_failures}" if sub.handshake_failures else ""),
         file=out,
     )

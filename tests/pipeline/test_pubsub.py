@@ -32,7 +32,8 @@ from pipeline.subscribe import Received, Subscriber
 
 def _label(camera_id: str = "cam1", last_seq: int = 15, label: str = "wave") -> LabelMessage:
     capture = time.monotonic_ns()
-    stamps = (capture, capture + 2_000_000, capture + 3_000_000, capture + 9_000_000, capture + 10_000_000)
+    stamps = (capture, capture + 500_000, capture + 1_000_000, capture + 2_000_000, capture + 3_000_000,
+              capture + 9_000_000, capture + 10_000_000)
     return LabelMessage(
         camera_id=camera_id,
         window=WindowInfo(first_seq=last_seq - 15, last_seq=last_seq, frames=16, stride=4),
@@ -40,10 +41,10 @@ def _label(camera_id: str = "cam1", last_seq: int = 15, label: str = "wave") -> 
         model=ModelInfo("emim_xs.demo", "torch", "fp32", "cpu", "ab" * 32),
         capture_mono_ns=capture,
         capture_wall_ns=time.time_ns(),
-        vmp_done_mono_ns=stamps[1],
-        infer_start_mono_ns=stamps[2],
-        infer_end_mono_ns=stamps[3],
-        publish_mono_ns=stamps[4],
+        vmp_done_mono_ns=stamps[3],
+        infer_start_mono_ns=stamps[4],
+        infer_end_mono_ns=stamps[5],
+        publish_mono_ns=stamps[6],
         publish_wall_ns=time.time_ns(),
         latency_ms=latency_breakdown_ms(*stamps),
         dropped_frames=2,

@@ -1,0 +1,234 @@
+"""A real RTSP camera on loopback for tests: ``rtsp-server-perl`` relays an H.264 test pattern that ``ffmpeg``
+pushes, served at ``rtsp://127.0.0.1:PORT/cam``.
+
+ffmpeg cannot serve RTSP itself; Debian's ``rtsp-server-perl`` accepts a stream pushed to its source port
+(ANNOUNCE/RECORD) and serves it to clients on its client port, RTP over UDP only. OpenCV's FFmpeg backend asks for
+RTP over TCP by default, so readers must set ``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;udp``
+(:data:`CAPTURE_ENV`; spawned camera processes inherit it from ``os.environ``).
+
+:class:`RtspCamera` picks free ports once and keeps them, so ``stop()`` then ``start()`` is a camera that goes
+away and comes back at the same URL. Its processes get SIGTERM if the test process dies (``PR_SET_PDEATHSIG``),
+and the :func:`rtsp_camera` fixture stops every camera it made, also when the test fails (import it into a
+test module: ``from tests.rtsp_rig import rtsp_camera``). Install
+the tools with ``apt-get install -y --no-install-recommends ffmpeg rtsp-server-perl``; :data:`MISSING` says why
+the rig cannot run, for ``pytest.mark.skipif``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+FFMPEG = shutil.which("ffmpeg")
+RTSP_SERVER = shutil.which("rtsp-server-perl")
+MISSING: str | None = (
+    None
+    if FFMPEG and RTSP_SERVER and sys.platform == "linux"
+    else "the RTSP rig needs Linux, ffmpeg and rtsp-server-perl "
+    "(apt-get install -y --no-install-recommends ffmpeg rtsp-server-perl)"
+)
+"""None when the rig can run, else the skip reason."""
+
+CAPTURE_ENV = {"OPENCV_FFMPEG_CAPTURE_OPTIONS": "rtsp_transport;udp"}
+"""Environment OpenCV needs to read this server (it serves RTP over UDP only)."""
+
+_RTP_PORTS = 16  # UDP ports rtsp-server-perl may use from --rtp_start_port: 2 for the source, 2 per client SETUP
+_PR_SET_PDEATHSIG = 1
+# resolved here, not in the forked child, where only async-signal-safe work is allowed before exec
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+class RtspCamera:
+    """An RTSP server plus an ffmpeg test-pattern pusher on 127.0.0.1.
+
+    Args:
+        log_dir: where ``rtsp-server.log`` and ``ffmpeg.log`` are written (appended across restarts).
+        size: (width, height) of the pushed test pattern.
+        fps: its frame rate (ffmpeg pushes in real time, ``-re``).
+        gop: frames between key frames; a reader (re)starts decoding at the next one.
+    """
+
+    def __init__(self, log_dir: Path, size: tuple[int, int] = (320, 240), fps: int = 30, gop: int = 15) -> None:
+        if MISSING:
+            raise RuntimeError(MISSING)
+        self.log_dir = log_dir
+        self.size, self.fps, self.gop = size, fps, gop
+        self.client_port, self.source_port = _free_tcp_port(), _free_tcp_port()
+        self.rtp_start_port = _free_udp_range(_RTP_PORTS)
+        self._server: subprocess.Popen | None = None
+        self._ffmpeg: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """Where readers connect: ``rtsp://127.0.0.1:PORT/cam``."""
+        return f"rtsp://127.0.0.1:{self.client_port}/cam"
+
+    @property
+    def running(self) -> bool:
+        return all(p is not None and p.poll() is None for p in (self._server, self._ffmpeg))
+
+    def start(self, timeout_s: float = 10.0) -> float:
+        """Start the server and the pusher; return once the stream is served (seconds that took).
+
+        Raises:
+            RuntimeError: a process exited or the stream was not served within ``timeout_s`` (logs attached).
+        """
+        if self._server is not None:
+            raise RuntimeError("the RTSP camera is already started")
+        start = time.monotonic()
+        deadline = start + timeout_s
+        try:
+            self._server = self._spawn(
+                [
+                    RTSP_SERVER,
+                    "--clientport", str(self.client_port),
+                    "--serverport", str(self.source_port),
+                    "--client_listen_address", "127.0.0.1",
+                    "--source_listen_address", "127.0.0.1",
+                    "--rtp_start_port", str(self.rtp_start_port),
+                ],
+                "rtsp-server.log",
+            )  # fmt: skip
+            self._wait(lambda: _accepts(self.source_port), deadline, "the server to listen")
+            width, height = self.size
+            self._ffmpeg = self._spawn(
+                [
+                    FFMPEG, "-hide_banner", "-loglevel", "warning", "-nostdin", "-re",
+                    "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={self.fps}",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(self.gop),
+                    "-f", "rtsp", "-rtsp_transport", "udp", f"rtsp://127.0.0.1:{self.source_port}/cam",
+                ],
+                "ffmpeg.log",
+            )  # fmt: skip
+            self._wait(lambda: _describe_ok(self.client_port), deadline, "the stream to be served")
+        except BaseException:
+            self.stop()
+            raise
+        return time.monotonic() - start
+
+    def stop(self) -> None:
+        """Stop both processes (SIGTERM, then SIGKILL after 3 s): the camera is gone. Safe to call twice."""
+        for proc in (self._ffmpeg, self._server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in (self._ffmpeg, self._server):
+            if proc is not None:
+                try:
+                    proc.wait(3)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(3)
+        self._ffmpeg = self._server = None
+
+    def logs(self) -> str:
+        """The tail of both logs, for assertion messages."""
+        parts = []
+        for name in ("rtsp-server.log", "ffmpeg.log"):
+            path = self.log_dir / name
+            text = path.read_text(errors="replace")[-2000:] if path.exists() else "(none)"
+            parts.append(f"--- {name}\n{text}")
+        return "\n".join(parts)
+
+    def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
+        with open(self.log_dir / log_name, "ab") as log:
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+
+    def _wait(self, ready, deadline: float, what: str) -> None:
+        while not ready():
+            exited = [p.args[0] for p in (self._server, self._ffmpeg) if p is not None and p.poll() is not None]
+            if exited:
+                raise RuntimeError(f"{', '.join(exited)} exited while waiting for {what}\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}\n{self.logs()}")
+            time.sleep(0.05)
+
+    def __enter__(self) -> RtspCamera:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def rtsp_camera(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., RtspCamera]]:
+    """A factory of started :class:`RtspCamera` s (keyword arguments as the class); all are stopped at teardown.
+
+    Sets :data:`CAPTURE_ENV` in ``os.environ`` for the test. Skips the test when the tools are missing.
+    """
+    if MISSING:
+        pytest.skip(MISSING)
+    for name, value in CAPTURE_ENV.items():
+        monkeypatch.setenv(name, value)
+    made: list[RtspCamera] = []
+
+    def make(**kwargs) -> RtspCamera:
+        camera = RtspCamera(tmp_path, **kwargs)
+        made.append(camera)
+        camera.start()
+        return camera
+
+    yield make
+    for camera in made:
+        camera.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies, so no camera outlives a killed run."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _free_udp_range(count: int) -> int:
+    """An even port P with P .. P+count-1 free for UDP on 127.0.0.1 right now."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1] & ~1
+        if base + count > 65535:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError(f"found no {count} consecutive free UDP ports on 127.0.0.1")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def _describe_ok(port: int) -> bool:
+    """True once ``rtsp://127.0.0.1:PORT/cam`` answers DESCRIBE with 200 (a source is pushing to it)."""
+    request = f"DESCRIBE rtsp://127.0.0.1:{port}/cam RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n"
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            conn.sendall(request.encode())
+            status_line = conn.recv(256).split(b"\r\n", 1)[0]
+    except OSError:
+        return False
+    return status_line.startswith(b"RTSP/1.0 200")

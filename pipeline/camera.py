@@ -1,0 +1,180 @@
+"""The camera process: source -> decode -> RGB, resize, centre crop -> shared-memory ring.
+
+One spawned process per camera (``camera_main``). It never waits for the consumer: the ring
+overwrites its oldest slots. A network source that drops is reopened with capped exponential
+backoff; the frames expected during the outage (outage x nominal fps) are counted as lost and
+skipped in the sequence numbers, so the consumer sees a gap and restarts its window. Problems
+go to the supervisor as one-line notes over a pipe (credentials redacted by the sources).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import signal
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+
+from engines.errors import ConfigError
+from pipeline.config import CameraConfig
+from pipeline.errors import EndOfStream, SourceConnectionError, SourceError
+from pipeline.preprocess import Preprocessor
+from pipeline.ring import SharedRing
+from pipeline.sources import SourceInfo, SourceState, open_source
+
+__all__ = ["STATE_CODES", "CameraExit", "camera_main", "state_from_code"]
+
+_log = logging.getLogger(__name__)
+
+STATE_CODES: dict[SourceState, int] = {state: i for i, state in enumerate(SourceState)}
+_STATUS_EVERY_NS = 250_000_000
+
+
+def state_from_code(code: int) -> SourceState:
+    """The :class:`SourceState` stored in a ring header as an int."""
+    states = list(SourceState)
+    return states[code] if 0 <= code < len(states) else SourceState.CONNECTING
+
+
+class CameraExit:
+    """Exit codes of a camera process (the supervisor restarts only on others, i.e. crashes)."""
+
+    STOPPED = 0
+    """Asked to stop, or the parent went away."""
+    ENDED = 10
+    """A finite source (a file without loop) has no more frames."""
+    SOURCE_ERROR = 11
+    """The source cannot work (missing file, corrupt video, no such camera): restarting would not help."""
+
+
+class _Camera:
+    """State of the capture loop of one camera."""
+
+    def __init__(self, cfg: CameraConfig, ring: SharedRing, notes: Connection, backoff: tuple[float, float]) -> None:
+        self.cfg, self.ring, self.notes = cfg, ring, notes
+        self.pre = Preprocessor(ring.height, ring.width, cfg.resize)
+        self.seq = ring.latest_seq + 1  # a restarted process continues after the last written frame
+        self.backoff_s, self.backoff_max_s = backoff
+        self.reconnects = 0
+        self.frames_lost = 0
+        self.fps = 0.0
+        self.size = (0, 0)
+        self._last_status_ns = 0
+        self._fps_window: list[int] = []
+
+    def note(self, text: str) -> None:
+        _log.warning("camera %s: %s", self.cfg.id, text)
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.notes.send(text)
+
+    def status(self, state: SourceState, force: bool = False) -> None:
+        now = time.monotonic_ns()
+        if force or now - self._last_status_ns >= _STATUS_EVERY_NS:
+            self._last_status_ns = now
+            self.ring.set_status(STATE_CODES[state], self.fps, self.reconnects, self.frames_lost, *self.size)
+
+    def count_frame(self, now_ns: int) -> None:
+        self._fps_window.append(now_ns)
+        while self._fps_window and now_ns - self._fps_window[0] > 2_000_000_000:
+            self._fps_window.pop(0)
+        if len(self._fps_window) > 1:
+            self.fps = (len(self._fps_window) - 1) * 1e9 / (self._fps_window[-1] - self._fps_window[0])
+
+
+def _sleep(stop: Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True when asked to stop meanwhile."""
+    return stop.wait(seconds)
+
+
+def camera_main(
+    cfg: CameraConfig,
+    ring_name: str,
+    stop: Event,
+    notes: Connection,
+    backoff: tuple[float, float] = (0.5, 10.0),
+    log_level: int = logging.WARNING,
+) -> None:
+    """Entry point of a camera process (spawned by :class:`pipeline.supervisor.CameraSupervisor`).
+
+    Args:
+        cfg: this camera's config section.
+        ring_name: the shared-memory ring to attach (created by the supervisor, which owns it).
+        stop: set by the supervisor to end the process.
+        notes: write end of a pipe for one-line problem reports.
+        backoff: (first, max) reconnect delay in seconds; it doubles per failed attempt.
+        log_level: logging level in this process.
+
+    Exits with a :class:`CameraExit` code.
+    """
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(processName)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent coordinates
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ring = SharedRing.attach(ring_name)
+    try:
+        raise SystemExit(_capture_loop(_Camera(cfg, ring, notes, backoff), stop))
+    finally:
+        ring.close()
+
+
+def _capture_loop(cam: _Camera, stop: Event) -> int:
+    cfg = cam.cfg
+    parent = multiprocessing.parent_process()
+    delay = cam.backoff_s
+    down_since_ns: int | None = None
+    info: SourceInfo | None = None
+    while not stop.is_set():
+        source = open_source(
+            cfg.source,
+            loop=cfg.loop,
+            pace=cfg.pace,
+            open_timeout_s=cfg.open_timeout_s,
+            read_timeout_s=cfg.read_timeout_s,
+        )
+        try:
+            cam.status(SourceState.RECONNECTING if cam.reconnects else SourceState.CONNECTING, force=True)
+            info = source.open()
+            cam.size = (info.width, info.height)
+            if down_since_ns is not None:  # frames the camera sent while we were away
+                lost = int((time.monotonic_ns() - down_since_ns) / 1e9 * (info.fps or cam.fps))
+                cam.frames_lost += lost
+                cam.seq += lost
+                cam.note(f"reconnected after {(time.monotonic_ns() - down_since_ns) / 1e9:.1f} s, ~{lost} frames lost")
+                down_since_ns = None
+            delay = cam.backoff_s
+            cam.status(SourceState.LIVE, force=True)
+            while not stop.is_set():
+                if parent is not None and not parent.is_alive():
+                    return CameraExit.STOPPED
+                frame = source.read()
+                if frame is None:
+                    cam.status(source.state)
+                    continue
+                if frame.image.shape[1::-1] != cam.size:
+                    cam.size = frame.image.shape[1::-1]
+                    cam.note(f"source resolution changed to {cam.size[0]}x{cam.size[1]}")
+                image = cam.pre(frame.image, bgr=True)
+                cam.ring.write(image, cam.seq, frame.capture_mono_ns, frame.capture_wall_ns, frame.source_pts_ns)
+                cam.seq += 1
+                cam.count_frame(frame.capture_mono_ns)
+                cam.status(SourceState.LIVE)
+        except EndOfStream:
+            cam.status(SourceState.ENDED, force=True)
+            return CameraExit.ENDED
+        except SourceConnectionError as err:
+            cam.reconnects += 1
+            down_since_ns = down_since_ns or time.monotonic_ns()
+            cam.note(f"{err}; reconnecting in {delay:.1f} s")
+            cam.status(SourceState.RECONNECTING, force=True)
+            if _sleep(stop, delay):
+                break
+            delay = min(delay * 2, cam.backoff_max_s)
+        except (SourceError, ConfigError) as err:
+            cam.note(str(err))
+            cam.status(SourceState.ENDED, force=True)
+            return CameraExit.SOURCE_ERROR
+        finally:
+            source.close()
+    cam.status(SourceState.ENDED, force=True)
+    return CameraExit.STOPPED

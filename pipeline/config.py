@@ -1,0 +1,352 @@
+"""Pipeline configuration: nested frozen dataclasses, loaded from YAML and validated.
+
+The dataclass field defaults (with their attribute docstrings) are the single source of
+defaults; YAML files set only what differs. Unknown keys are refused with a close-match hint,
+values are type-checked, and every error names the field (``cameras[1].stride``,
+``publish.endpoint``). ``--set key.path=value`` overrides (YAML syntax for the value) apply
+before validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from engines.backends.base import EngineConfig
+from engines.errors import ConfigError
+
+__all__ = [
+    "CameraConfig",
+    "MetricsConfig",
+    "OutputConfig",
+    "PipelineConfig",
+    "PublishConfig",
+    "RingConfig",
+    "SupervisorConfig",
+    "WindowConfig",
+    "config_hash",
+    "load_config",
+]
+
+ResizeMethod = Literal["area", "linear", "pyramid"]
+
+
+class FieldError(ConfigError):
+    """A value of one field is invalid; the loader prefixes the field's full path."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field_name, self.detail = field_name, message
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """One camera: where its frames come from and how they are prepared."""
+
+    id: str
+    """Camera id: used in topics (``labels/<id>/``); letters, digits, ``-``, ``_``, ``.``."""
+    source: str
+    """``synthetic://?...``, a file path, ``rtsp://...``, ``http(s)://...`` or a USB index (``0``)."""
+    loop: bool = False
+    """Files: rewind at the end instead of ending the camera."""
+    pace: bool = True
+    """Files and synthetic sources: deliver frames at the source's own fps."""
+    resize: ResizeMethod = "area"
+    """Resize method (train and evaluate with the same one): area, linear (fastest) or pyramid."""
+    open_timeout_s: float = 10.0
+    """Network sources: give up opening after this long (then reconnect with backoff)."""
+    read_timeout_s: float = 5.0
+    """Network sources: a read that takes longer counts as a dropped connection."""
+    stride: int | None = None
+    """Frames between windows for this camera (default: ``window.stride``)."""
+
+    def __post_init__(self) -> None:
+        if not self.id or not all(c.isalnum() or c in "-_." for c in self.id) or len(self.id) > 64:
+            raise FieldError("id", f"must be 1-64 letters, digits, '-', '_' or '.', got {self.id!r}")
+        if self.id == "all":
+            raise FieldError("id", "'all' is reserved (latency summaries use it for all cameras)")
+        if not str(self.source).strip():
+            raise FieldError("source", "must not be empty")
+        for name in ("open_timeout_s", "read_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise FieldError(name, f"must be > 0, got {getattr(self, name)}")
+        if self.stride is not None and self.stride < 1:
+            raise FieldError("stride", f"must be >= 1, got {self.stride}")
+
+
+@dataclass(frozen=True)
+class RingConfig:
+    """The shared-memory frame ring of each camera."""
+
+    slots: int = 64
+    """Frames kept per camera (must exceed the clip length; more slots tolerate longer stalls)."""
+
+    def __post_init__(self) -> None:
+        if not 4 <= self.slots <= 4096:
+            raise FieldError("slots", f"must be in 4..4096, got {self.slots}")
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Sliding clip windows."""
+
+    stride: int = 4
+    """A window is classified every ``stride`` frames (per camera; ``cameras[i].stride`` overrides)."""
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise FieldError("stride", f"must be >= 1, got {self.stride}")
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """The ZeroMQ publisher of labels and status."""
+
+    endpoint: str = "tcp://127.0.0.1:5556"
+    """Where the PUB socket binds. Only loopback unless ``allow_remote``."""
+    allow_remote: bool = False
+    """Allow a non-loopback bind (then consider CURVE keys)."""
+    send_hwm: int = 100
+    """Messages queued per subscriber before sends are dropped (and counted)."""
+    linger_ms: int = 200
+    """How long closing waits to flush queued messages."""
+    heartbeat_s: float = 1.0
+    """Period of ``status/<camera>/`` messages."""
+    curve_secret_key_file: str | None = None
+    """The publisher's CURVE secret key file (server.key_secret from ``emim-stream keys --name server``, mode
+    0600). Set together with ``curve_clients_dir`` to encrypt the stream and admit only authorised subscribers."""
+    curve_clients_dir: str | None = None
+    """Directory of the authorised subscribers' public key files (NAME.key); read once at start."""
+    slow_subscriber: Literal["drop_for_slow", "drop_message"] = "drop_for_slow"
+    """A subscriber whose queue is full: drop_for_slow = only it misses messages (it sees msg_seq gaps);
+    drop_message = the message goes to no subscriber and the publisher counts it."""
+
+    def __post_init__(self) -> None:
+        if "://" not in self.endpoint:
+            raise FieldError("endpoint", f"must be a ZeroMQ endpoint like tcp://127.0.0.1:5556, got {self.endpoint!r}")
+        if self.send_hwm < 1:
+            raise FieldError("send_hwm", f"must be >= 1, got {self.send_hwm}")
+        if not 0 <= self.linger_ms <= 10_000:
+            raise FieldError("linger_ms", f"must be in 0..10000, got {self.linger_ms}")
+        if self.heartbeat_s <= 0:
+            raise FieldError("heartbeat_s", f"must be > 0, got {self.heartbeat_s}")
+        if (self.curve_secret_key_file is None) != (self.curve_clients_dir is None):
+            raise FieldError("curve_clients_dir", "must be set together with curve_secret_key_file")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What the ``run`` command shows and how labels are post-processed."""
+
+    print_labels: bool = True
+    """Print one line per published label message."""
+    topk: int = 3
+    """Labels (with scores) per message."""
+    smoothing: float = 0.0
+    """Exponential smoothing of scores over a camera's windows (0 = off, 0.9 = heavy)."""
+
+    def __post_init__(self) -> None:
+        if self.topk < 1:
+            raise FieldError("topk", f"must be >= 1, got {self.topk}")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise FieldError("smoothing", f"must be in [0, 1), got {self.smoothing}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics over HTTP (``GET /metrics``)."""
+
+    port: int | None = None
+    """HTTP port; None = off, 0 = any free port (logged)."""
+    host: str = "127.0.0.1"
+    """Interface to serve on (loopback by default)."""
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise FieldError("port", f"must be in 0..65535 or null, got {self.port}")
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """Camera-process supervision."""
+
+    restart_backoff_s: float = 0.5
+    """First delay before restarting a dead camera process (doubles per restart)."""
+    restart_backoff_max_s: float = 10.0
+    """Cap of the restart delay."""
+    stall_timeout_s: float = 5.0
+    """A camera whose ring has no heartbeat for this long is reported stalled."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.restart_backoff_s <= self.restart_backoff_max_s:
+            raise FieldError("restart_backoff_s", "must be > 0 and <= restart_backoff_max_s")
+        if self.stall_timeout_s <= 0:
+            raise FieldError("stall_timeout_s", f"must be > 0, got {self.stall_timeout_s}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole pipeline."""
+
+    cameras: tuple[CameraConfig, ...]
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    ring: RingConfig = field(default_factory=RingConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        if not self.cameras:
+            raise FieldError("cameras", "at least one camera is needed")
+        ids = [c.id for c in self.cameras]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise FieldError("cameras", f"camera ids must be unique, repeated: {dup}")
+
+    def stride_of(self, camera: CameraConfig) -> int:
+        """The window stride of ``camera``."""
+        return camera.stride or self.window.stride
+
+
+def config_hash(cfg: PipelineConfig) -> str:
+    """Short stable hash of the resolved config (published in status messages)."""
+    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _convert(options[0], value, path)
+        raise ConfigError(f"{path}: unsupported type {tp}")  # pragma: no cover - not used by the schema
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+            raise ConfigError(f"{path}: must be a list, got {value!r}")
+        item = args[0]
+        return tuple(_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ConfigError(f"{path}: must be a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, naming ``path`` in every error."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'}: must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{path}." if path else ""
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise ConfigError(f"missing key(s): {', '.join(prefix + m for m in missing)}")
+    kwargs = {key: _convert(hints[key], value, prefix + key) for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except FieldError as err:
+        raise ConfigError(f"{prefix}{err.field_name}: {err.detail}") from None
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key.path=value, got {assignment!r}")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({err})") from None
+    node: Any = data
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: no list item {part!r}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None), apply overrides, validate.
+
+    Raises:
+        ConfigError: unreadable file, invalid YAML, unknown key, wrong type or invalid value;
+            the message names the file and the field.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"config '{path}' cannot be read: {err.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config '{path}' is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config '{path}' must be a mapping at the top level")
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    try:
+        return _build(PipelineConfig, data, "")
+    except ConfigError as err:
+        where = f"config '{path}': " if path is not None else "config: "
+        raise ConfigError(where + str(err)) from None

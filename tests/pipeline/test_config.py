@@ -1,0 +1,68 @@
+"""Config loading: defaults, overrides, and errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engines.errors import ConfigError
+from pipeline.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_load():
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    assert cfg.cameras[0].source.startswith("synthetic://")
+    assert cfg.publish.endpoint == "tcp://127.0.0.1:5556" and not cfg.publish.allow_remote
+    assert cfg.engine.backend == "torch" and cfg.engine.device == "cpu"
+    edge = load_config(ROOT / "configs" / "edge-gpu.yaml")
+    assert edge.engine.backend == "tensorrt" and len(edge.cameras) == 4
+
+
+def test_overrides_apply_before_validation(tmp_path):
+    path = write(tmp_path, "cameras: [{id: a, source: 'synthetic://'}]\n")
+    cfg = load_config(path, ["window.stride=2", "cameras.0.stride=6", "engine.max_batch=3"])
+    assert cfg.window.stride == 2 and cfg.stride_of(cfg.cameras[0]) == 6 and cfg.engine.max_batch == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        (
+            "cameras: [{id: a, source: x}]\nwindow: {strid: 2}\n",
+            [],
+            "unknown key 'window.strid'; did you mean 'window.stride'",
+        ),
+        ("cameras: [{id: a, source: x}, {id: b, source: y, stride: 0}]\n", [], r"cameras\[1\]\.stride: must be >= 1"),
+        ("cameras: [{id: a, source: x}]\nring: {slots: many}\n", [], "ring.slots: must be an integer, got 'many'"),
+        (
+            "cameras: [{id: a, source: x}]\npublish: {endpoint: localhost}\n",
+            [],
+            "publish.endpoint: must be a ZeroMQ endpoint",
+        ),
+        ("cameras: [{id: a, source: x}, {id: a, source: y}]\n", [], "camera ids must be unique"),
+        ("cameras: [{id: 'a/b', source: x}]\n", [], r"cameras\[0\]\.id"),
+        ("cameras: [{source: x}]\n", [], r"missing key\(s\): cameras\[0\]\.id"),
+        ("cameras: []\n", [], "cameras: at least one camera"),
+        ("cameras: [{id: a, source: x, resize: cubic}]\n", [], r"cameras\[0\]\.resize: must be one of"),
+        ("cameras: [{id: a, source: x}]\nengine: {backend: tpu}\n", [], "engine.backend must be one of"),
+        ("cameras: [{id: a, source: x}]\n", ["output.topk"], "--set expects key.path=value"),
+        ("cameras: [{id: a, source: x}\n", [], "is not valid YAML"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path, text, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), overrides)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path / "nope.yaml")

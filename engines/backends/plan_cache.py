@@ -1,0 +1,208 @@
+"""TensorRT plan cache: plans keyed by everything that makes a plan valid, with a JSON sidecar.
+
+A serialized plan runs only on the TensorRT version and GPU model it was built for, and only
+means the model and input it was built from. The key is therefore the ONNX file's hash (weights,
+export settings, Q/DQ nodes), the input spec, the precision, the TensorRT version, the GPU name
+and its compute capability. Each plan ``<stem>.plan`` has a sidecar ``<stem>.json`` holding the
+key fields and the plan's own hash. A plan whose sidecar is missing, unreadable, written for
+another key, or whose bytes do not match the recorded hash is never loaded: it is rebuilt, with
+one log line saying why. Files are written atomically (temporary file, then rename).
+
+This module needs neither TensorRT nor torch; :mod:`engines.backends.trt_engine` supplies the
+build and deserialise functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engines.errors import BackendUnavailableError
+
+__all__ = ["PLAN_FORMAT", "PlanCache", "PlanKey", "PlanStatus", "default_cache_dir", "load_or_build"]
+
+log = logging.getLogger(__name__)
+
+PLAN_FORMAT = "emim-stream.plan/1"
+T = TypeVar("T")
+
+
+class PlanStatus(str, Enum):
+    """What :meth:`PlanCache.lookup` found."""
+
+    VALID = "valid"
+    MISSING = "missing"
+    NO_SIDECAR = "no-sidecar"
+    UNREADABLE = "unreadable"
+    MISMATCHED = "mismatched"
+    CORRUPT = "corrupt"
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/emim-stream`` (``~/.cache/emim-stream`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "emim-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanKey:
+    """Everything a plan depends on. Two equal keys may share one plan file."""
+
+    onnx_sha256: str
+    frames: int
+    height: int
+    width: int
+    max_batch: int
+    input_dtype: str
+    precision: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    """``major.minor``, e.g. '9.0' for an H100."""
+
+    def digest(self) -> str:
+        """SHA-256 of the key fields (sorted JSON)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def stem(self) -> str:
+        """File name stem: readable prefix plus the digest."""
+        return f"{self.precision}-b{self.max_batch}-{self.frames}x{self.height}x{self.width}-{self.digest()[:20]}"
+
+    def mismatches(self, record: dict[str, Any]) -> list[str]:
+        """``field: expected X, sidecar has Y`` for each key field a sidecar record disagrees on."""
+        return [
+            f"{f.name}: expected {getattr(self, f.name)!r}, sidecar has {record.get(f.name)!r}"
+            for f in fields(self)
+            if record.get(f.name) != getattr(self, f.name)
+        ]
+
+
+class PlanCache:
+    """Plans and sidecars under ``root / 'plans'``; the timing cache beside them.
+
+    Args:
+        root: the cache directory (created on first store).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root) / "plans"
+
+    def paths(self, key: PlanKey) -> tuple[Path, Path]:
+        """(plan file, sidecar file) of ``key``."""
+        return self.root / f"{key.stem}.plan", self.root / f"{key.stem}.json"
+
+    def timing_cache_path(self, key: PlanKey) -> Path:
+        """TensorRT's timing cache for this TensorRT version and GPU (shared by all models)."""
+        gpu = "".join(c if c.isalnum() else "_" for c in key.gpu_name)
+        return self.root / f"timing-trt{key.tensorrt_version}-{gpu}-sm{key.compute_capability}.cache"
+
+    def lookup(self, key: PlanKey) -> tuple[bytes | None, PlanStatus, str]:
+        """The cached plan of ``key`` if it is valid, else None and why.
+
+        Returns:
+            ``(plan bytes or None, status, a sentence for the log)``.
+        """
+        plan_path, sidecar_path = self.paths(key)
+        if not plan_path.is_file():
+            return None, PlanStatus.MISSING, f"no cached plan {plan_path.name}"
+        try:
+            record = json.loads(sidecar_path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except FileNotFoundError:
+            return None, PlanStatus.NO_SIDECAR, f"plan {plan_path.name} has no sidecar (foreign or interrupted write)"
+        except (OSError, ValueError) as err:
+            return None, PlanStatus.UNREADABLE, f"sidecar {sidecar_path.name} is unreadable ({err})"
+        if record.get("format") != PLAN_FORMAT:
+            return (
+                None,
+                PlanStatus.UNREADABLE,
+                f"sidecar {sidecar_path.name} has format {record.get('format')!r}, expected {PLAN_FORMAT!r}",
+            )
+        wrong = key.mismatches(record)
+        if wrong:
+            why = f"plan {plan_path.name} was built for another setup ({'; '.join(wrong)})"
+            return None, PlanStatus.MISMATCHED, why
+        data = plan_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != record.get("plan_sha256"):
+            return None, PlanStatus.CORRUPT, f"plan {plan_path.name} is corrupt (bytes differ from the sidecar's hash)"
+        return data, PlanStatus.VALID, f"cached plan {plan_path}"
+
+    def store(self, key: PlanKey, plan: bytes, info: dict[str, Any] | None = None) -> Path:
+        """Write ``plan`` and its sidecar atomically; returns the plan path.
+
+        Args:
+            info: extra sidecar entries (build settings, timings, the ONNX path).
+        """
+        plan_path, sidecar_path = self.paths(key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        record = {
+            "format": PLAN_FORMAT,
+            **asdict(key),
+            "key_sha256": key.digest(),
+            "plan_sha256": hashlib.sha256(plan).hexdigest(),
+            "plan_bytes": len(plan),
+            "created_wall_ns": time.time_ns(),
+            **(info or {}),
+        }
+        _write_atomic(plan_path, bytes(plan))
+        _write_atomic(sidecar_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        return plan_path
+
+    def invalidate(self, key: PlanKey) -> None:
+        """Remove the plan and sidecar of ``key`` (e.g. a plan TensorRT refused to deserialise)."""
+        for path in self.paths(key):
+            path.unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def load_or_build(
+    cache: PlanCache,
+    key: PlanKey,
+    build: Callable[[], tuple[bytes, dict[str, Any]]],
+    deserialize: Callable[[bytes], T | None],
+) -> tuple[T, Path, bool]:
+    """A deserialised engine for ``key``: from the cache when valid, else built, stored and loaded.
+
+    Args:
+        build: returns the serialized plan and sidecar extras; raises BackendUnavailableError on failure.
+        deserialize: plan bytes -> engine, or None when the runtime refuses them.
+
+    Returns:
+        (engine, plan path, whether it was built now).
+
+    Raises:
+        BackendUnavailableError: the build failed, or a fresh plan cannot be deserialised.
+    """
+    data, status, reason = cache.lookup(key)
+    plan_path = cache.paths(key)[0]
+    if data is not None:
+        engine = deserialize(data)
+        if engine is not None:
+            log.info("tensorrt: using %s", reason)
+            return engine, plan_path, False
+        status, reason = PlanStatus.CORRUPT, f"TensorRT refused to deserialise cached plan {plan_path.name}"
+        cache.invalidate(key)
+    level = logging.INFO if status == PlanStatus.MISSING else logging.WARNING
+    log.log(level, "tensorrt: %s; building a new plan", reason)
+    plan, info = build()
+    plan_path = cache.store(key, plan, info)
+    engine = deserialize(plan)
+    if engine is None:
+        cache.invalidate(key)
+        raise BackendUnavailableError("tensorrt", "the plan just built cannot be deserialised (see TensorRT's log)")
+    return engine, plan_path, True

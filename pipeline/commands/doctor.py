@@ -1,0 +1,28 @@
+"""``emim-stream doctor``: what this box has, and which backend and kernel a config would get, and why."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.commands.build_engine import add_engine_arguments, engine_config_from_args
+
+HELP = "report CPU/GPU, CUDA, TensorRT, NATTEN, ONNX Runtime, and the backend/kernel a config would get"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_engine_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engines.doctor import environment, selection
+
+    cfg = engine_config_from_args(args)
+    cache = Path(cfg.plan_cache_dir).expanduser() if cfg.plan_cache_dir else None
+    for section in [*environment(cache), selection(cfg)]:
+        print(f"[{section.title}]")
+        width = max((len(k) for k, _ in section.rows), default=0)
+        for key, value in section.rows:
+            print(f"  {key:<{width}}  {value}")
+    return 0

@@ -1,0 +1,447 @@
+"""Calibration clips: the prompts the engine sees at run time, collected into shards with a manifest.
+
+Frames take the run-time path of :mod:`pipeline.runtime` and :mod:`pipeline.camera`:
+
+- a pipeline source (camera, file, stream, ``synthetic://``): BGR frame ->
+  :class:`~pipeline.preprocess.Preprocessor` (the camera's resize method) ->
+  :class:`~pipeline.vmp_stage.VmpStage` -> :class:`~pipeline.window.ClipWindow`, one clip every
+  ``stride`` frames (default T: clips share no prompt);
+- a data set (:func:`engines.data.open_dataset`: a class-per-folder directory, a list file or
+  ``synthetic://?...``): each item's T+1 RGB frames go through a fresh VmpStage and ClipWindow.
+
+The normalisation is the runtime's: the VMP layer's mean/std, or the VMP defaults without one.
+Clips are split into a calibration set and a held-out set (for the accuracy report) by
+interleaving, so both span the whole footage. A clips folder holds::
+
+    manifest.json                 model hash, input spec, source (redacted), counts, shards, created
+    calibration-000.npy ...       float32 [n, 3, T, H, W] prompts
+    held_out-000.npy ...
+
+and is tied to the model's weights hash: :func:`load_clips` refuses clips made for another model.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from calibration.errors import CalibrationError
+from engines.backends.source import ModelSource
+from engines.data import open_dataset
+from engines.layers.vmp import MEAN, STD
+from pipeline.errors import EndOfStream
+from pipeline.preprocess import Preprocessor
+from pipeline.sources import open_source, redact_uri
+from pipeline.vmp_stage import VmpStage
+from pipeline.window import ClipWindow
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "ClipManifest",
+    "ClipSet",
+    "Progress",
+    "Shard",
+    "Split",
+    "collect_from_dataset",
+    "collect_from_source",
+    "load_clips",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "emim-stream.calibration-clips/1"
+MANIFEST = "manifest.json"
+SHARD_BYTES = 256 << 20
+"""Largest shard file (a clip of emim_xs at 8x128x128 is 1.5 MiB, of emim_s at 16x224x224 9.2 MiB)."""
+
+Progress = Callable[[int, int], None]
+"""Called with (clips done, clips wanted) after each clip."""
+
+
+class Split(str, Enum):
+    """What a clip is for."""
+
+    CALIBRATION = "calibration"
+    HELD_OUT = "held_out"
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One ``.npy`` file of a clips folder: ``count`` clips of one split."""
+
+    file: str
+    split: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClipManifest:
+    """What a clips folder holds, for which model, from where."""
+
+    model_name: str
+    weights_sha256: str
+    input_shape: tuple[int, int, int, int]
+    """One clip: (3, T, H, W)."""
+    dtype: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    vmp: bool
+    """The prompts went through the checkpoint's VMP layer (False: normalised frames)."""
+    resize: str
+    source: str
+    """The source URI or data set spec, credentials redacted."""
+    counts: dict[str, int]
+    """Clips per split."""
+    shards: tuple[Shard, ...]
+    created_wall: str
+    """ISO 8601 UTC time of writing."""
+    seconds: float
+    """Collection time."""
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, where: Path) -> ClipManifest:
+        """Parse a manifest.
+
+        Raises:
+            CalibrationError: not JSON, another format, or fields missing.
+        """
+        try:
+            data = json.loads(text)
+            if data.pop("format", None) != FORMAT:
+                raise ValueError(f"format is not {FORMAT!r}")
+            data["shards"] = tuple(Shard(**s) for s in data["shards"])
+            for key in ("input_shape", "mean", "std"):
+                data[key] = tuple(data[key])
+            return cls(**data)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise CalibrationError(f"'{where}' is not a calibration clips manifest ({err})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ClipSet:
+    """A checked clips folder; clips are read shard by shard (memory-mapped)."""
+
+    root: Path
+    manifest: ClipManifest
+
+    def count(self, split: Split) -> int:
+        return self.manifest.counts.get(split.value, 0)
+
+    def batches(self, split: Split, batch_size: int) -> Iterator[torch.Tensor]:
+        """Clips of ``split`` as float32 ``[b, 3, T, H, W]`` batches, b <= ``batch_size``, in order."""
+        for shard in self.manifest.shards:
+            if shard.split != split.value:
+                continue
+            data = np.load(self.root / shard.file, mmap_mode="r")
+            for start in range(0, shard.count, batch_size):
+                yield torch.from_numpy(np.array(data[start : start + batch_size]))
+
+
+def _stage_normalisation(model: ModelSource) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Mean and std the runtime's VMP stage uses for this model (pipeline.runtime._Camera)."""
+    if model.vmp is not None:
+        return (model.vmp.mean,) * 3, (model.vmp.std,) * 3
+    return (MEAN,) * 3, (STD,) * 3
+
+
+def _held_out(i: int, total: int, held_out: int) -> bool:
+    """Whether clip ``i`` of ``total`` is held out: ``held_out`` of them, evenly spread."""
+    return (i + 1) * held_out // total > i * held_out // total
+
+
+class _Prompts:
+    """The runtime's VMP stage and clip window for one model: RGB frames in, clips out."""
+
+    def __init__(self, model: ModelSource, stride: int) -> None:
+        clip = model.clip
+        mean, std = _stage_normalisation(model)
+        self.stage = VmpStage(model.vmp, "cpu", mean, std, dtype=torch.float32)
+        self.window = ClipWindow(clip.frames, stride, clip.height, clip.width, "cpu", torch.float32)
+
+    def push(self, rgb: np.ndarray, seq: int) -> torch.Tensor | None:
+        """Frame ``seq`` (uint8 RGB ``[H, W, 3]``); a ready clip ``[3, T, H, W]`` (a view) or None."""
+        prompt = self.stage.push(rgb, seq)
+        if prompt is None or not self.window.push(prompt, seq):
+            return None
+        return self.window.clip()
+
+    def reset(self) -> None:
+        self.stage.reset()
+        self.window.reset()
+
+
+class _Writer:
+    """Writes clips of both splits into shards of a folder, then the manifest."""
+
+    def __init__(self, root: Path, model: ModelSource, total: int, held_out: int) -> None:
+        clip = model.clip
+        self.root, self.model, self.total, self.held_out = root, model, total, held_out
+        self.shape = (3, clip.frames, clip.height, clip.width)
+        self.written = 0
+        self.shards: list[Shard] = []
+        per_shard = max(1, SHARD_BYTES // (4 * int(np.prod(self.shape))))
+        wanted = {Split.CALIBRATION: total - held_out, Split.HELD_OUT: held_out}
+        self._buffers = {s: np.empty((min(per_shard, n), *self.shape), np.float32) for s, n in wanted.items()}
+        self._filled = dict.fromkeys(Split, 0)
+        self._counts = dict.fromkeys(Split, 0)
+        root.mkdir(parents=True, exist_ok=True)
+        for old in [root / MANIFEST, *root.glob("calibration-*.npy"), *root.glob("held_out-*.npy")]:
+            old.unlink(missing_ok=True)
+
+    def add(self, clip: torch.Tensor) -> None:
+        split = Split.HELD_OUT if _held_out(self.written, self.total, self.held_out) else Split.CALIBRATION
+        buf = self._buffers[split]
+        buf[self._filled[split]] = clip.numpy()
+        self._filled[split] += 1
+        self._counts[split] += 1
+        self.written += 1
+        if self._filled[split] == len(buf):
+            self._flush(split)
+
+    def _flush(self, split: Split) -> None:
+        n = self._filled[split]
+        if not n:
+            return
+        index = sum(1 for s in self.shards if s.split == split.value)
+        name = f"{split.value}-{index:03d}.npy"
+        tmp = self.root / f".{name}.tmp{os.getpid()}.npy"
+        np.save(tmp, self._buffers[split][:n])
+        os.replace(tmp, self.root / name)
+        self.shards.append(Shard(name, split.value, n))
+        self._filled[split] = 0
+
+    def finish(self, source: str, resize: str, seconds: float) -> ClipManifest:
+        for split in Split:
+            self._flush(split)
+        mean, std = _stage_normalisation(self.model)
+        manifest = ClipManifest(
+            model_name=self.model.model_name,
+            weights_sha256=self.model.weights_sha256,
+            input_shape=self.shape,
+            dtype="float32",
+            mean=mean,
+            std=std,
+            vmp=self.model.vmp is not None,
+            resize=resize,
+            source=source,
+            counts={s.value: self._counts[s] for s in Split},
+            shards=tuple(self.shards),
+            created_wall=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            seconds=round(seconds, 3),
+        )
+        tmp = self.root / f".{MANIFEST}.tmp{os.getpid()}"
+        tmp.write_text(manifest.to_json())
+        os.replace(tmp, self.root / MANIFEST)
+        return manifest
+
+
+def _check_counts(calibration: int, held_out: int) -> None:
+    if calibration < 1:
+        raise CalibrationError(f"calibration needs at least 1 clip, got {calibration}")
+    if held_out < 0:
+        raise CalibrationError(f"held-out clips must be >= 0, got {held_out}")
+
+
+def _finish(writer: _Writer, source: str, resize: str, start: float) -> ClipManifest:
+    manifest = writer.finish(source, resize, time.perf_counter() - start)
+    got = manifest.counts
+    if got[Split.CALIBRATION.value] == 0:
+        raise CalibrationError(f"no calibration clips could be collected from {source}")
+    if writer.written < writer.total:
+        log.warning(
+            "%s gave %d of %d clips (%d calibration, %d held out)",
+            source,
+            writer.written,
+            writer.total,
+            got[Split.CALIBRATION.value],
+            got[Split.HELD_OUT.value],
+        )
+    log.info("collected %d clips from %s in %.1f s into %s", writer.written, source, manifest.seconds, writer.root)
+    return manifest
+
+
+def collect_from_source(
+    uri: str,
+    model: ModelSource,
+    out_dir: str | os.PathLike[str],
+    calibration: int,
+    held_out: int,
+    *,
+    resize: str = "area",
+    stride: int | None = None,
+    read_timeout_s: float = 5.0,
+    progress: Progress | None = None,
+) -> ClipManifest:
+    """Collect clips from a pipeline source, through the runtime's preprocessing, VMP stage and window.
+
+    Files and synthetic sources are read as fast as they decode (unpaced); a file that ends early
+    gives fewer clips (a warning), live sources deliver at their own rate.
+
+    Args:
+        uri: a source URI as in a camera config (file, ``rtsp://...``, USB index, ``synthetic://...``).
+        model: the model the clips are for (clip size, VMP layer, weights hash).
+        out_dir: the clips folder (created; earlier clips in it are replaced).
+        calibration, held_out: clips wanted for each split.
+        resize: the camera's resize method (``cameras[i].resize``).
+        stride: frames between clips (default T: consecutive clips share no prompt).
+        read_timeout_s: live sources: how long a silent source may stall before it counts as lost.
+        progress: called after each clip.
+
+    Returns:
+        The manifest written to ``out_dir``.
+
+    Raises:
+        CalibrationError: bad counts, or the source ended before the first calibration clip.
+        SourceError: the source cannot be opened or is lost.
+    """
+    _check_counts(calibration, held_out)
+    total = calibration + held_out
+    frames = model.clip.frames
+    stride = stride or frames
+    if stride < 1:
+        raise CalibrationError(f"clip stride must be >= 1 frame, got {stride}")
+    source = redact_uri(uri)
+    pre = Preprocessor(model.clip.height, model.clip.width, resize)
+    prompts = _Prompts(model, stride)
+    writer = _Writer(Path(out_dir), model, total, held_out)
+    start = time.perf_counter()
+    seq = 0
+    with open_source(uri, pace=False, read_timeout_s=read_timeout_s) as src:
+        while writer.written < total:
+            try:
+                frame = src.read()
+            except EndOfStream:
+                log.warning("%s ended after %d frames", source, seq)
+                break
+            if frame is None:  # a stalled live source; it raises once it counts as lost
+                continue
+            clip = prompts.push(pre(frame.image, bgr=True), seq)
+            seq += 1
+            if clip is not None:
+                writer.add(clip)
+                if progress is not None:
+                    progress(writer.written, total)
+    return _finish(writer, source, resize, start)
+
+
+def collect_from_dataset(
+    spec: str,
+    model: ModelSource,
+    out_dir: str | os.PathLike[str],
+    calibration: int,
+    held_out: int,
+    *,
+    resize: str = "area",
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> ClipManifest:
+    """Collect clips from a data set (:func:`engines.data.open_dataset` spec), each item's T+1 frames -> one clip.
+
+    Items are visited in a seeded random order; when more clips are wanted than the data set
+    has items, it is visited again with the next epoch (videos: other random clip starts).
+
+    Args:
+        spec: a class-per-folder directory, a list file, or ``synthetic://?split=val...``
+            (synthetic ``n`` defaults to the clips wanted).
+        model, out_dir, calibration, held_out, resize, progress: as :func:`collect_from_source`.
+        seed: the visiting order and the videos' clip starts.
+
+    Raises:
+        CalibrationError: bad counts or an empty data set.
+        DatasetError, ConfigError: the data set cannot be opened or read (naming the file).
+    """
+    _check_counts(calibration, held_out)
+    total = calibration + held_out
+    T = model.clip.frames
+    dataset = open_dataset(
+        spec,
+        T + 1,
+        model.clip.height,
+        model.clip.width,
+        train=True,
+        method=resize,
+        seed=seed,
+        default_split="val",
+        default_n=total,
+    )
+    if len(dataset) == 0:
+        raise CalibrationError(f"data set {redact_uri(spec)} has no items")
+    if total > len(dataset):
+        log.warning("data set has %d items for %d clips: items are visited more than once", len(dataset), total)
+    prompts = _Prompts(model, T)
+    writer = _Writer(Path(out_dir), model, total, held_out)
+    rng = np.random.default_rng([seed, 0xCA11B])
+    start = time.perf_counter()
+    order: list[int] = []
+    for k in range(total):
+        if not order:
+            dataset.set_epoch(k // len(dataset))
+            order = rng.permutation(len(dataset)).tolist()
+        frames, _ = dataset[order.pop()]
+        prompts.reset()
+        clip = None
+        for seq, rgb in enumerate(frames.numpy()):
+            clip = prompts.push(rgb, seq)
+        assert clip is not None  # T+1 frames make exactly one window of T prompts
+        writer.add(clip)
+        if progress is not None:
+            progress(writer.written, total)
+    return _finish(writer, redact_uri(spec), resize, start)
+
+
+def load_clips(root: str | os.PathLike[str], model: ModelSource) -> ClipSet:
+    """Open a clips folder and check that it fits ``model``.
+
+    Raises:
+        CalibrationError: no manifest (no clips), a manifest for another model (weights hash) or
+            another input shape, no calibration clip, or a shard missing or of the wrong shape.
+    """
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise CalibrationError(
+            f"no calibration clips in '{root}' (no {MANIFEST}); collect them with "
+            "emim-stream calibrate --source URI or --data DIR"
+        )
+    manifest = ClipManifest.from_json(path.read_text(), path)
+    if manifest.weights_sha256 != model.weights_sha256:
+        raise CalibrationError(
+            f"the clips in '{root}' were collected for {manifest.model_name} weights "
+            f"{manifest.weights_sha256[:12]}, but the model is {model.model_name} weights "
+            f"{model.weights_sha256[:12]}; collect clips for this checkpoint (the prompts depend on its VMP layer)"
+        )
+    clip = model.clip
+    expected = (3, clip.frames, clip.height, clip.width)
+    if manifest.input_shape != expected:
+        raise CalibrationError(
+            f"the clips in '{root}' are {list(manifest.input_shape)} (3, T, H, W) but the model takes "
+            f"{list(expected)}; collect clips at this input size or set engine.frames/height/width"
+        )
+    if manifest.counts.get(Split.CALIBRATION.value, 0) < 1:
+        raise CalibrationError(f"'{root}' holds no calibration clip")
+    for shard in manifest.shards:
+        file = root / shard.file
+        try:
+            data = np.load(file, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise CalibrationError(f"clip shard '{file}' cannot be read ({err})") from None
+        if data.shape != (shard.count, *expected) or data.dtype != np.float32:
+            raise CalibrationError(
+                f"clip shard '{file}' is {data.dtype} {list(data.shape)}, "
+                f"expected float32 {[shard.count, *expected]} as its manifest says"
+            )
+    return ClipSet(root, manifest)

@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
 
-.PHONY: install run test lint ci clean
+.PHONY: install system-deps run test lint ci clean
 
 install: $(VENV)/.installed
 
@@ -20,9 +20,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-build-isolation "natten>=0.21"
 	touch $@
 
+# ffmpeg and rtsp-server-perl serve a real RTSP camera on loopback for the RTSP tests (Debian; needs root).
+system-deps:
+	@if command -v ffmpeg >/dev/null && command -v rtsp-server-perl >/dev/null; then \
+		echo "system-deps: ffmpeg and rtsp-server-perl are installed"; \
+	else \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			ffmpeg rtsp-server-perl; \
+	fi
+
 run: install
-	# smoke check until the streaming runtime lands: build the demo model and count its cost
-	$(BIN)/emim-stream info --model emim_xs
+	$(BIN)/emim-stream run --config $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest -q

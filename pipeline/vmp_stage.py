@@ -1,8 +1,8 @@
 """The live VMP stage: one motion prompt per new frame, computed once, on the engine's device.
 
 Each prompt depends only on frames t and t+1 (VMP paper; MODEL_SPEC section 3), so the stage
-keeps the previous normalised frame and calls the same maths as the batch layer
-(:func:`engines.layers.vmp.motion_attention` / :func:`motion_prompt`). A window of T streamed
+keeps the previous frame's grey level and calls the same maths as the batch layer
+(:func:`engines.layers.vmp.grey_level`, :func:`attention_from_grey`, :func:`motion_prompt`). A window of T streamed
 prompts therefore equals :class:`engines.layers.vmp.VmpLayer` applied to the same T+1 raw frames.
 Without VMP parameters (public UniFormer / EMIM weights) the stage passes the normalised frame
 through.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from engines.errors import ConfigError
-from engines.layers.vmp import VmpLayer, motion_attention, motion_prompt
+from engines.layers.vmp import VmpLayer, attention_from_grey, grey_level, motion_prompt
 
 __all__ = ["VmpStage", "normalise_frames"]
 
@@ -24,12 +24,11 @@ __all__ = ["VmpStage", "normalise_frames"]
 def normalise_frames(
     frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """uint8 RGB ``[..., H, W, 3]`` -> normalised float ``[..., 3, H, W]`` (``(x/255 - mean) / std``)."""
-    x = frames.movedim(-1, -3).to(dtype) / 255.0
-    shape = (3, 1, 1)
-    m = torch.tensor(mean, dtype=dtype, device=x.device).reshape(shape)
-    s = torch.tensor(std, dtype=dtype, device=x.device).reshape(shape)
-    return (x - m) / s
+    """uint8 RGB ``[..., H, W, 3]`` -> normalised float ``[..., 3, H, W]`` (``(x/255 - mean) / std``), contiguous."""
+    x = frames.movedim(-1, -3).to(dtype=dtype, memory_format=torch.contiguous_format)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=dtype, device=x.device).reshape(3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], dtype=dtype, device=x.device)
+    return x.mul_(scale).sub_(shift.reshape(3, 1, 1))
 
 
 class VmpStage:
@@ -66,13 +65,13 @@ class VmpStage:
                 )
             self._m = vmp.m.detach().to(self.device)
             self._n = vmp.n.detach().to(self.device)
-            self._grey = vmp.grey.to(self.device)
-        self._prev: torch.Tensor | None = None
+            self._grey = vmp.grey
+        self._prev_grey: torch.Tensor | None = None
         self._prev_seq = -2
 
     def reset(self) -> None:
         """Forget the previous frame (the next frame starts a new window)."""
-        self._prev, self._prev_seq = None, -2
+        self._prev_grey, self._prev_seq = None, -2
 
     @torch.no_grad()
     def push(self, frame: np.ndarray | torch.Tensor, seq: int) -> torch.Tensor | None:
@@ -82,12 +81,15 @@ class VmpStage:
         for the next one: they return None.
         """
         x = torch.as_tensor(frame).to(self.device, non_blocking=True)
-        x = normalise_frames(x, self.mean, self.std, self.dtype)
-        prev, contiguous = self._prev, seq == self._prev_seq + 1
-        self._prev, self._prev_seq = x, seq
-        if prev is None or not contiguous:
-            return None
+        x = normalise_frames(x, self.mean, self.std, self.dtype)[None]
+        contiguous = seq == self._prev_seq + 1
+        self._prev_seq = seq
         if not self.enabled:
-            return x
-        attn = motion_attention(prev[None], x[None], self._m, self._n, self._grey, self.mean[0], self.std[0])
-        return motion_prompt(attn, x[None])[0]
+            first = self._prev_grey is None or not contiguous
+            self._prev_grey = x  # only its presence matters here
+            return None if first else x[0]
+        g = grey_level(x, self._grey, self.mean[0], self.std[0])
+        g_prev, self._prev_grey = self._prev_grey, g
+        if g_prev is None or not contiguous:
+            return None
+        return motion_prompt(attention_from_grey(g_prev, g, self._m, self._n), x)[0]

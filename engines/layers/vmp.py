@@ -8,9 +8,10 @@ MODEL_SPEC.md section 3 is the contract.
 Deviation from the released code (MODEL_SPEC "Decision (grey weights)"): the grey weights are
 the standard RGB ones (0.299, 0.587, 0.114) by default, and a setting.
 
-The maths lives once, in :func:`motion_attention` and :func:`motion_prompt`; the batch layer
-and the live streaming stage (pipeline.vmp_stage) both call them, so a streamed window equals
-the batch layer on the same T+1 raw frames.
+The maths lives once, in :func:`grey_level`, :func:`attention_from_grey` and :func:`motion_prompt`;
+the batch layer and the live streaming stage (pipeline.vmp_stage, which computes each frame's grey
+level once and keeps it for the next step) both call them, so a streamed window equals the batch
+layer on the same T+1 raw frames.
 """
 
 from __future__ import annotations
@@ -24,12 +25,37 @@ ALPHA, BETA, GAMMA, EPS = 5.0, 0.45, 0.6, 0.1
 RGB_GREY = (0.299, 0.587, 0.114)
 MEAN, STD = 0.45, 0.225
 
-__all__ = ["RGB_GREY", "VmpLayer", "motion_attention", "motion_prompt", "slope_shift"]
+__all__ = [
+    "RGB_GREY",
+    "VmpLayer",
+    "attention_from_grey",
+    "grey_level",
+    "motion_attention",
+    "motion_prompt",
+    "slope_shift",
+]
 
 
 def slope_shift(m: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The slope ``a = alpha / (beta |tanh m| + eps)`` (9.09..50) and shift ``b = gamma tanh n`` (-0.6..0.6)."""
     return ALPHA / (BETA * torch.tanh(m).abs() + EPS), GAMMA * torch.tanh(n)
+
+
+def grey_level(frames: torch.Tensor, grey: torch.Tensor, mean: float = MEAN, std: float = STD) -> torch.Tensor:
+    """Grey level in [0, 1] of normalised frames ``[B, 3, ...]`` (channel dim 1) -> ``[B, ...]``.
+
+    De-normalises (``x * std + mean``) and weights the channels. Written as elementwise operations
+    so each frame's result is the same whether it is computed alone or in a clip.
+    """
+    w = grey.tolist()
+    x = frames * std + mean
+    return x[:, 0] * w[0] + x[:, 1] * w[1] + x[:, 2] * w[2]
+
+
+def attention_from_grey(g_prev: torch.Tensor, g_cur: torch.Tensor, m: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """``A = sigmoid(a(m) * (g_cur - g_prev - b(n)))`` from grey levels of consecutive frames."""
+    a, b = slope_shift(m.to(g_cur.dtype), n.to(g_cur.dtype))
+    return torch.sigmoid(a * (g_cur - g_prev - b))
 
 
 def motion_attention(
@@ -53,12 +79,7 @@ def motion_attention(
     Returns:
         ``A`` with the channel dim removed: ``[B, ...]``.
     """
-    shape = (1, 3) + (1,) * (cur.dim() - 2)
-    w = grey.to(cur.dtype).reshape(shape)
-    g_prev = ((prev * std + mean) * w).sum(1)
-    g_cur = ((cur * std + mean) * w).sum(1)
-    a, b = slope_shift(m.to(cur.dtype), n.to(cur.dtype))
-    return torch.sigmoid(a * (g_cur - g_prev - b))
+    return attention_from_grey(grey_level(prev, grey, mean, std), grey_level(cur, grey, mean, std), m, n)
 
 
 def motion_prompt(attn: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,101 @@
+"""``emim-stream soak``: run the pipeline for minutes and report memory growth and latency drift."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HELP = "run the pipeline for M minutes; report RSS growth and p99 latency of the first and last minute"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/default.yaml", help="YAML config (default: %(default)s)")
+    parser.add_argument("--minutes", type=float, required=True, help="how long to run (fractions allowed)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
+    parser.add_argument("--sample-s", type=float, default=10.0, help="RSS sampling period, default %(default)s")
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident set size of a process in MiB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _tree_rss_mib() -> float:
+    """RSS of this process and its children (the camera processes)."""
+    me = os.getpid()
+    kids = set()
+    for task in Path(f"/proc/{me}/task").glob("*"):
+        try:
+            kids |= {int(p) for p in (task / "children").read_text().split()}
+        except OSError:
+            continue
+    return _rss_mib(me) + sum(_rss_mib(k) for k in kids)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.runtime import run
+
+    cfg = load_config(args.config, args.overrides)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    duration_s = args.minutes * 60
+    window_s = min(60.0, duration_s / 3)
+    samples: list[tuple[float, float]] = []
+    latencies: list[tuple[float, float]] = []
+    start = time.monotonic()
+
+    def sampler() -> None:
+        while not stop.wait(args.sample_s if samples else min(args.sample_s, 5.0)):
+            samples.append((time.monotonic() - start, _tree_rss_mib()))
+            print(f"  t={samples[-1][0]:6.0f} s  RSS {samples[-1][1]:7.1f} MiB  labels {len(latencies)}", flush=True)
+
+    def on_label(msg) -> None:
+        latencies.append((time.monotonic() - start, msg.latency_ms["total"]))
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    thread.start()
+    print(f"soak: {args.minutes:g} min on {args.config}; first/last window {window_s:.0f} s", flush=True)
+    report = run(cfg, duration_s, stop, on_label)
+    stop.set()
+    thread.join(1)
+    end = time.monotonic() - start
+    first = [ms for t, ms in latencies if t <= window_s]
+    last = [ms for t, ms in latencies if t >= end - window_s]
+    settled = [rss for t, rss in samples if t >= min(window_s, end / 2)]
+    print(f"\nengine: {report.engine}\nended: {report.reason}, {len(latencies)} labels")
+    if samples:
+        base = settled[0] if settled else samples[0][1]
+        print(
+            f"RSS: start {samples[0][1]:.1f} MiB, after warm-up {base:.1f} MiB, end {samples[-1][1]:.1f} MiB, "
+            f"growth after warm-up {samples[-1][1] - base:+.1f} MiB"
+        )
+    for name, values in (("first", first), ("last", last)):
+        if values:
+            print(
+                f"{name} {window_s:.0f} s: {len(values)} labels, p50 {np.percentile(values, 50):.1f} ms, "
+                f"p99 {np.percentile(values, 99):.1f} ms"
+            )
+    dropped = sum(report.dropped_frames.values())
+    print(f"dropped frames {dropped}, skipped windows {sum(report.dropped_windows.values())}")
+    return 0

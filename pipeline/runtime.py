@@ -1,0 +1,352 @@
+"""The inference process: rings -> VMP stage -> clip windows -> scheduler -> engine -> publish.
+
+``run(cfg)`` wires the parts and runs the loop below until the duration passes, ``stop`` is
+set, or every camera has ended::
+
+    for each camera with no window waiting:        drain its ring frame by frame
+        RingReader.read_next -> VmpStage.push -> ClipWindow.push
+        a window that completes while the ring already holds the frames of the next one is
+        skipped (counted): when behind, only the newest window is served
+    Scheduler: ready windows, round-robin over cameras, up to the engine's max batch
+    Engine.infer(batch) -> Postprocessor -> Publisher.send -> LatencyRecorder.add
+    every heartbeat_s: status/<camera>/ messages
+
+The camera processes never wait for this loop: when it falls behind, rings overwrite their oldest
+frames and the readers count them as dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engines.backends import load_engine
+from engines.backends.base import Engine
+from engines.layers.vmp import MEAN, STD
+from pipeline.camera import CameraExit, state_from_code
+from pipeline.config import CameraConfig, PipelineConfig, config_hash
+from pipeline.latency import LatencyRecorder
+from pipeline.messages import (
+    LabelMessage,
+    ModelInfo,
+    StatusMessage,
+    WindowInfo,
+    label_topic,
+    latency_breakdown_ms,
+    status_topic,
+)
+from pipeline.metrics import Metrics
+from pipeline.postprocess import Postprocessor
+from pipeline.publish import CurveServer, Publisher, SlowSubscriberPolicy
+from pipeline.ring import RingReader, SharedRing
+from pipeline.sources import SourceState
+from pipeline.supervisor import CameraSupervisor
+from pipeline.vmp_stage import VmpStage
+from pipeline.window import ClipWindow
+
+__all__ = ["RunReport", "Scheduler", "run"]
+
+_log = logging.getLogger(__name__)
+_IDLE_SLEEP_S = 0.0005
+
+
+@dataclass(frozen=True, slots=True)
+class WindowJob:
+    """A ready window of one camera, waiting for the engine (its clip is a view, valid until the next push)."""
+
+    camera_id: str
+    clip: torch.Tensor
+    first_seq: int
+    last_seq: int
+    capture_mono_ns: int
+    capture_wall_ns: int
+    ring_mono_ns: int
+    read_mono_ns: int
+    vmp_done_mono_ns: int
+
+
+class _Camera:
+    """Per-camera state of the inference loop."""
+
+    def __init__(self, cfg: CameraConfig, ring: SharedRing, engine: Engine, stride: int, smoothing: float, topk: int):
+        spec = engine.input_spec
+        vmp = engine.vmp
+        mean, std = ((vmp.mean,) * 3, (vmp.std,) * 3) if vmp is not None else ((MEAN,) * 3, (STD,) * 3)
+        self.cfg, self.ring, self.stride = cfg, ring, stride
+        self.reader = RingReader(ring, start_seq=0)
+        self.stage = VmpStage(vmp, engine.device, mean, std, dtype=torch.float32)
+        self.window = ClipWindow(spec.frames, stride, spec.height, spec.width, engine.device, torch.float32)
+        self.post = Postprocessor(engine.labels, topk, smoothing)
+        self.buf = np.empty((ring.height, ring.width, 3), dtype=np.uint8)
+        self.pending: WindowJob | None = None
+        self.dropped_windows = 0
+        self.labels_sent = 0
+        self.last_capture_mono_ns = 0
+        self.last_status_mono = 0.0
+
+    def drain(self, limit: int) -> bool:
+        """Read up to ``limit`` frames; True when a window is ready (``pending`` set)."""
+        for _ in range(limit):
+            frame = self.reader.read_next(out=self.buf)
+            if frame is None:
+                return False
+            read_mono = time.monotonic_ns()
+            self.last_capture_mono_ns = frame.capture_mono_ns
+            prompt = self.stage.push(frame.image, frame.seq)
+            if prompt is None:
+                self.post.reset()
+                continue
+            vmp_done = time.monotonic_ns()
+            if not self.window.push(prompt, frame.seq):
+                continue
+            if self.window.will_be_ready_within(self.ring.latest_seq - frame.seq):
+                self.dropped_windows += 1  # a newer window is already in the ring: serve that one
+                continue
+            self.pending = WindowJob(
+                self.cfg.id,
+                self.window.clip(),
+                self.window.first_seq,
+                frame.seq,
+                frame.capture_mono_ns,
+                frame.capture_wall_ns,
+                frame.ring_mono_ns,
+                read_mono,
+                vmp_done,
+            )
+            return True
+        return False
+
+
+class Scheduler:
+    """Picks ready windows for one engine call: round-robin over cameras, at most ``max_batch``.
+
+    Every camera with a ready window is served within ``ceil(cameras / max_batch)`` calls.
+    """
+
+    def __init__(self, camera_ids: list[str], max_batch: int) -> None:
+        self.order = list(camera_ids)
+        self.max_batch = max_batch
+        self._start = 0
+
+    def pick(self, ready: set[str]) -> list[str]:
+        """Camera ids to serve now, in a fair rotating order."""
+        n = len(self.order)
+        rotated = [self.order[(self._start + i) % n] for i in range(n)]
+        chosen = [c for c in rotated if c in ready][: self.max_batch]
+        if chosen:
+            self._start = (self.order.index(chosen[-1]) + 1) % n
+        return chosen
+
+
+@dataclass
+class RunReport:
+    """What a run did: labels per camera, drops, the latency summary and why it ended."""
+
+    labels: dict[str, int] = field(default_factory=dict)
+    dropped_frames: dict[str, int] = field(default_factory=dict)
+    dropped_windows: dict[str, int] = field(default_factory=dict)
+    latency: dict = field(default_factory=dict)
+    engine: str = ""
+    reason: str = ""
+    publish_dropped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    """Cameras whose source cannot work (missing file, corrupt video, no such camera) -> why."""
+
+
+def run(
+    cfg: PipelineConfig,
+    duration_s: float | None = None,
+    stop: threading.Event | None = None,
+    on_label: Callable[[LabelMessage], None] | None = None,
+    on_note: Callable[[str, str], None] | None = None,
+) -> RunReport:
+    """Run the pipeline until ``duration_s`` passes, ``stop`` is set or every camera has ended.
+
+    Args:
+        cfg: the validated pipeline config.
+        duration_s: stop after this many seconds (None: run until stopped).
+        stop: set it (e.g. from a signal handler) to end the run cleanly.
+        on_label: called with every published label message.
+        on_note: called with ``(camera_id, text)`` for every camera problem report.
+
+    Returns:
+        The :class:`RunReport`. Every camera process is stopped, every ring unlinked and the
+        sockets closed before this returns, also on errors.
+    """
+    stop = stop or threading.Event()
+    report = RunReport()
+    with ExitStack() as resources:
+        engine = resources.enter_context(load_engine(cfg.engine))
+        info = engine.describe()
+        report.engine = info.summary()
+        _log.info("engine: %s", report.engine)
+        if engine.vmp is None:
+            _log.warning("the checkpoint has no VMP parameters: normalised frames go to the model unchanged")
+        publisher = resources.enter_context(
+            Publisher(
+                cfg.publish.endpoint,
+                cfg.publish.send_hwm,
+                cfg.publish.linger_ms,
+                allow_remote=cfg.publish.allow_remote,
+                slow_subscriber=SlowSubscriberPolicy(cfg.publish.slow_subscriber),
+                curve=_curve(cfg),
+            )
+        )
+        metrics = None
+        if cfg.metrics.port is not None:
+            metrics = Metrics(cfg.metrics.port, cfg.metrics.host)
+            resources.callback(metrics.close)
+            metrics.set_engine(info)
+            _log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, metrics.port)
+        spec = engine.input_spec
+        sup = resources.enter_context(
+            CameraSupervisor(cfg.cameras, cfg.ring.slots, spec.height, spec.width, cfg.supervisor)
+        )
+        loop = _Loop(cfg, engine, sup, publisher, metrics, on_label, on_note)
+        sup.start()
+        report.reason = loop.run(duration_s, stop)
+        for cam_id, cam in loop.cams.items():
+            report.labels[cam_id] = cam.labels_sent
+            report.dropped_frames[cam_id] = cam.reader.dropped
+            report.dropped_windows[cam_id] = cam.dropped_windows
+        report.failed = {cam_id: h.detail for cam_id, h in sup.cameras.items() if h.finished == CameraExit.SOURCE_ERROR}
+        report.publish_dropped = publisher.dropped
+        report.latency = loop.recorder.summary()
+    return report
+
+
+def _curve(cfg: PipelineConfig) -> CurveServer | None:
+    p = cfg.publish
+    return CurveServer(p.curve_secret_key_file, p.curve_clients_dir) if p.curve_secret_key_file else None
+
+
+class _Loop:
+    """The inference loop over all cameras (see the module docstring)."""
+
+    def __init__(self, cfg, engine, sup, publisher, metrics, on_label, on_note) -> None:
+        self.cfg, self.engine, self.sup, self.publisher, self.metrics = cfg, engine, sup, publisher, metrics
+        self.on_label, self.on_note = on_label, on_note
+        self.recorder = LatencyRecorder()
+        self.cfg_hash = config_hash(cfg)
+        info = engine.describe()
+        self.model_info = ModelInfo(info.model_name, info.backend, info.precision, info.device, info.checkpoint_sha256)
+        out = cfg.output
+        self.cams = {
+            cam.id: _Camera(cam, sup.cameras[cam.id].ring, engine, cfg.stride_of(cam), out.smoothing, out.topk)
+            for cam in cfg.cameras
+        }
+        self.scheduler = Scheduler(list(self.cams), engine.input_spec.max_batch)
+
+    def run(self, duration_s: float | None, stop: threading.Event) -> str:
+        """Loop until stopped; returns why it ended."""
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        drain_limit = self.cfg.ring.slots
+        while True:
+            if stop.is_set():
+                return "stopped"
+            if deadline is not None and time.monotonic() >= deadline:
+                return "duration reached"
+            for cam_id, text in self.sup.poll():
+                if self.on_note is not None:
+                    self.on_note(cam_id, text)
+            busy = False
+            for cam in self.cams.values():
+                if cam.pending is None:
+                    busy |= cam.drain(drain_limit)
+            chosen = self.scheduler.pick({cam_id for cam_id, cam in self.cams.items() if cam.pending is not None})
+            if chosen:
+                self.serve([self.cams[c] for c in chosen])
+                busy = True
+            self.heartbeats()
+            if not busy:
+                if self.sup.all_finished() and all(c.ring.latest_seq < c.reader.next_seq for c in self.cams.values()):
+                    return "all cameras ended"
+                time.sleep(_IDLE_SLEEP_S)
+
+    def serve(self, batch: list[_Camera]) -> None:
+        """One engine call for the pending windows of ``batch``, then one label message per camera."""
+        jobs = [cam.pending for cam in batch]
+        clips = jobs[0].clip.unsqueeze(0) if len(jobs) == 1 else torch.stack([j.clip for j in jobs])
+        infer_start = time.monotonic_ns()
+        logits = self.engine.infer(clips)
+        infer_end = time.monotonic_ns()
+        for cam, job, row in zip(batch, jobs, logits, strict=True):
+            cam.pending = None
+            topk = tuple(cam.post(row))
+            topic = label_topic(cam.cfg.id)
+            publish_mono, publish_wall = time.monotonic_ns(), time.time_ns()
+            stages = latency_breakdown_ms(
+                job.capture_mono_ns,
+                job.ring_mono_ns,
+                job.read_mono_ns,
+                job.vmp_done_mono_ns,
+                infer_start,
+                infer_end,
+                publish_mono,
+            )
+            msg = LabelMessage(
+                camera_id=cam.cfg.id,
+                window=WindowInfo(job.first_seq, job.last_seq, cam.window.frames, cam.stride),
+                topk=topk,
+                model=self.model_info,
+                capture_mono_ns=job.capture_mono_ns,
+                capture_wall_ns=job.capture_wall_ns,
+                vmp_done_mono_ns=job.vmp_done_mono_ns,
+                infer_start_mono_ns=infer_start,
+                infer_end_mono_ns=infer_end,
+                publish_mono_ns=publish_mono,
+                publish_wall_ns=publish_wall,
+                latency_ms=stages,
+                dropped_frames=cam.reader.dropped,
+                dropped_windows=cam.dropped_windows,
+                msg_seq=self.publisher.next_msg_seq(topic),
+            )
+            self.publisher.send(topic, msg.to_payload())
+            cam.labels_sent += 1
+            self.recorder.add(cam.cfg.id, stages)
+            if self.metrics is not None:
+                self.metrics.observe_label(msg)
+            if self.on_label is not None:
+                self.on_label(msg)
+
+    def heartbeats(self) -> None:
+        """A ``status/<camera>/`` message per camera every ``publish.heartbeat_s``."""
+        now = time.monotonic()
+        for cam_id, cam in self.cams.items():
+            if now - cam.last_status_mono < self.cfg.publish.heartbeat_s:
+                continue
+            cam.last_status_mono = now
+            st = cam.ring.status()
+            now_ns = time.monotonic_ns()
+            state = state_from_code(st.state)
+            if state is SourceState.LIVE and now_ns - st.heartbeat_mono_ns > self.cfg.supervisor.stall_timeout_s * 1e9:
+                state = SourceState.STALLED
+            topic = status_topic(cam_id)
+            msg = StatusMessage(
+                camera_id=cam_id,
+                state=state.value,
+                fps=st.fps,
+                staleness_ms=(now_ns - cam.last_capture_mono_ns) / 1e6 if cam.last_capture_mono_ns else None,
+                latest_seq=st.latest_seq,
+                reconnects=st.reconnects,
+                frames_lost=st.frames_lost,
+                dropped_frames=cam.reader.dropped,
+                source_width=st.source_width,
+                source_height=st.source_height,
+                heartbeat_mono_ns=st.heartbeat_mono_ns,
+                publish_mono_ns=now_ns,
+                publish_wall_ns=time.time_ns(),
+                config_hash=self.cfg_hash,
+                detail=self.sup.cameras[cam_id].detail,
+                msg_seq=self.publisher.next_msg_seq(topic),
+            )
+            self.publisher.send(topic, msg.to_payload())
+            if self.metrics is not None:
+                self.metrics.observe_status(msg)

@@ -29,7 +29,7 @@ from torch import nn
 
 from engines.errors import CheckpointError, ConfigError
 from engines.layers.vmp import VmpLayer
-from engines.models import build_model
+from engines.models import build_model, get_model_cfg, list_models
 
 FORMAT = "emim-stream.checkpoint/1"
 _WRAPPERS = ("model", "model_state", "state_dict")
@@ -271,11 +271,30 @@ def save_checkpoint(
     return digest
 
 
+def resolve_checkpoint(name: str | os.PathLike[str]) -> Path:
+    """A checkpoint file path, or the shipped weights of a tagged model name (e.g. ``emim_xs.demo``).
+
+    Raises:
+        CheckpointError: neither an existing file nor a model name with shipped weights.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = {n: get_model_cfg(n).weights_path for n in list_models(tagged=True) if "." in n}
+    if str(name) in shipped:
+        weights = shipped[str(name)]
+        if weights is None or not weights.is_file():
+            raise CheckpointError(f"the shipped weights of {name} are missing ({weights}); reinstall the package")
+        return weights
+    names = ", ".join(sorted(shipped)) or "none"
+    raise CheckpointError(f"checkpoint '{name}' does not exist (shipped model names: {names})")
+
+
 def load_checkpoint(path: str | os.PathLike[str], kernel: str = "auto", verify: bool = True) -> Checkpoint:
     """Load a project checkpoint: rebuild the model from its record and load it strictly.
 
     Args:
-        path: the file written by :func:`save_checkpoint`.
+        path: the file written by :func:`save_checkpoint`, or a shipped model name (``emim_xs.demo``).
         kernel: EMIM neighbourhood kernel for the rebuilt model.
         verify: check the content hash.
 
@@ -283,7 +302,7 @@ def load_checkpoint(path: str | os.PathLike[str], kernel: str = "auto", verify: 
         CheckpointError: unreadable, not this project's format, corrupted (hash mismatch), or the
             weights do not fit the recorded architecture (naming the first keys).
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     record = read_file(path)
     found = record.get("format") if isinstance(record, dict) else None
     if found != FORMAT:

@@ -17,7 +17,21 @@ from engines.errors import EmimError
 
 # Sub-command name -> module under pipeline.commands. Imported lazily so `--help` stays fast.
 COMMANDS: dict[str, str] = {
+    "run": "run",
+    "subscribe": "subscribe",
+    "profile": "profile",
+    "relay": "relay",
+    "keys": "keys",
+    "bench-pipeline": "bench_pipeline",
+    "soak": "soak",
     "info": "info",
+    "export": "export",
+    "build-engine": "build_engine",
+    "bench": "bench",
+    "doctor": "doctor",
+    "calibrate": "calibrate",
+    "train": "train",
+    "evaluate": "evaluate",
 }
 
 

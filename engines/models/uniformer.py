@@ -13,6 +13,7 @@ engines/layers/neighborhood.py).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Sequence
 
@@ -151,19 +152,27 @@ _PAPER_UNIFORMER = "arXiv:2201.04676"
 _PAPER_EMIM = "EMIM: A Renaissance of Explicit Motion Information Mining from Transformers for Action Recognition"
 SYNTHETIC_LABELS = ("static", "left", "right", "up", "down", "approach", "recede", "rotate_cw", "rotate_ccw")
 
+_EMIM_XS = ModelCfg(
+    num_classes=len(SYNTHETIC_LABELS),
+    input_size=(3, 8, 128, 128),
+    label_names=SYNTHETIC_LABELS,
+    paper=_PAPER_EMIM,
+    notes="small CPU preset of this project: EMIM-S block types, depths (1, 1, 2, 2), dims (32, 64, 128, 256), "
+    "head_dim 32",
+)
+
 register_cfgs(
     {
         "uniformer_s": ModelCfg(paper=_PAPER_UNIFORMER),
         "uniformer_b": ModelCfg(paper=_PAPER_UNIFORMER),
         "emim_s": ModelCfg(paper=_PAPER_EMIM),
         "emim_b": ModelCfg(paper=_PAPER_EMIM),
-        "emim_xs": ModelCfg(
-            num_classes=len(SYNTHETIC_LABELS),
-            input_size=(3, 8, 128, 128),
-            label_names=SYNTHETIC_LABELS,
-            paper=_PAPER_EMIM,
-            notes="small CPU preset of this project: EMIM-S block types, depths (1, 1, 2, 2), "
-            "dims (32, 64, 128, 256), head_dim 32",
+        "emim_xs": _EMIM_XS,
+        "emim_xs.demo": dataclasses.replace(
+            _EMIM_XS,
+            file="emim_xs_demo.pt",
+            notes="the demo model shipped in the repository, trained on the synthetic motion scenes "
+            "(engines/weights/emim_xs_demo.json is its model card)",
         ),
     }
 )

@@ -1,0 +1,440 @@
+"""Training and fine-tuning of a VMP layer + backbone on clip data sets.
+
+The trained unit is what the pipeline runs: the VMP layer turns T+1 normalised frames into T
+prompts (MODEL_SPEC section 3) and the backbone classifies them; without VMP the backbone sees
+the last T frames, as the pipeline's pass-through stage gives them. The loss is
+``cross_entropy + vmp_lambda * reg`` (``reg``: the VMP temporal-variation regulariser).
+
+AdamW (no weight decay on biases, norms, ``rpb`` and the VMP scalars), a per-step schedule with
+linear warm-up then cosine decay to ``min_lr``, evaluation after every epoch, a progress line every
+``log_every`` steps. Training is resumable: every ``save_every`` steps and after every epoch a
+resume file (weights, optimizer state, step, history) is written atomically beside the output, and
+the data order is a pure function of (seed, epoch), so a resumed run continues with the same
+batches. After every epoch the output checkpoint is written with
+:func:`engines.checkpoint.save_checkpoint` (labels, clip spec, VMP parameters, training record).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from engines.checkpoint import FORMAT, ClipSpec, LoadReport, load_pretrained, read_file, save_checkpoint
+from engines.data import ClipDataset, open_dataset, split_validation
+from engines.errors import CheckpointError, ConfigError
+from engines.evaluate import EvalResult, evaluate, forward_clips
+from engines.layers.vmp import VmpLayer, slope_shift
+from engines.models import build_model, get_model_cfg
+
+__all__ = ["RESUME_FORMAT", "EpochRecord", "StepInfo", "TrainConfig", "TrainResult", "resume_path", "train"]
+
+_log = logging.getLogger(__name__)
+
+RESUME_FORMAT = "emim-stream.resume/1"
+# Settings a resumed run must share with the run it continues (others, e.g. workers, may change).
+_RESUME_KEYS = (
+    "model", "data", "val_data", "epochs", "frames", "size", "overrides", "batch_size", "lr", "min_lr",
+    "weight_decay", "warmup_epochs", "vmp", "vmp_lambda", "vmp_init", "val_fraction", "val_n", "method", "seed", "init",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``frames`` / ``size`` default to the model's input size (``size`` is square)."""
+
+    model: str
+    data: str
+    out: Path
+    epochs: int
+    val_data: str | None = None
+    """Validation set spec; default: the synthetic ``val`` split for synthetic data, else a held-out part."""
+    init: str | None = None
+    """Initial weights: public UniFormer / EMIM (2-D inflated or 3-D) or an emim-stream checkpoint."""
+    frames: int | None = None
+    size: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Architecture arguments for :func:`engines.models.build_model` (e.g. ``emim=False``)."""
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    vmp: bool = True
+    vmp_lambda: float = 0.1
+    vmp_init: tuple[float, float] | None = None
+    """Initial VMP ``(m, n)`` instead of N(1e-5, 1) draws; ``(0.0, 0.168)`` is slope 50 and shift 0.1, which
+    suppresses static pixels (prompts start motion-only: learning from scratch on the synthetic scenes
+    starts far sooner than from a random draw)."""
+    val_fraction: float = 0.1
+    """Share of each class held out for validation when ``val_data`` is not given (video data)."""
+    val_n: int = 180
+    """Synthetic validation clips when ``val_data`` is not given (synthetic data)."""
+    method: str = "area"
+    """Resize method (as the camera's ``resize`` setting)."""
+    seed: int = 0
+    workers: int = 0
+    resume: bool = False
+    log_every: int = 20
+    save_every: int = 50
+    command: str = ""
+    """The command line that started the run (recorded in the checkpoint)."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"),
+            ("min_lr", 0 <= self.min_lr <= self.lr, "in [0, lr]"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+            ("vmp_lambda", self.vmp_lambda >= 0, ">= 0"),
+            ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)"),
+            ("val_n", self.val_n >= 0, ">= 0"),
+            ("workers", self.workers >= 0, ">= 0"),
+            ("log_every", self.log_every >= 1, ">= 1"),
+            ("save_every", self.save_every >= 1, ">= 1"),
+            ("frames", self.frames is None or self.frames >= 2, ">= 2"),
+            ("size", self.size is None or (self.size > 0 and self.size % 32 == 0), "a positive multiple of 32"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"training setting {name}={getattr(self, name)!r} must be {rule}")
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """Where training stands after an optimizer step (passed to the ``on_step`` callback)."""
+
+    epoch: int
+    step_in_epoch: int
+    steps_per_epoch: int
+    global_step: int
+    total_steps: int
+    loss: float
+    lr: float
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """Summary of one finished epoch."""
+
+    epoch: int
+    train_loss: float
+    train_top1: float
+    val_top1: float | None
+    lr: float
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """The finished run: output path, per-epoch history, final validation result, total training time."""
+
+    out: Path
+    history: tuple[EpochRecord, ...]
+    val: EvalResult | None
+    train_seconds: float
+    weights_sha256: str
+
+
+def resume_path(out: str | os.PathLike[str]) -> Path:
+    """The resume file of a run writing ``out``: ``<out>.resume`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".resume")
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine decay to ``min_lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = None) -> TrainResult:
+    """Run (or resume) training and write the checkpoint ``cfg.out`` after every epoch.
+
+    Args:
+        cfg: the run's settings.
+        on_step: called after every optimizer step (and after the resume file, when one is due).
+
+    Returns:
+        The :class:`TrainResult`; the resume file is removed once the last epoch is written.
+
+    Raises:
+        ConfigError: invalid settings, or ``resume`` without a matching resume file.
+        DatasetError: bad data set (naming the file).
+        CheckpointError: unreadable or unfitting ``init`` / resume file.
+    """
+    _, default_t, default_h, default_w = get_model_cfg(cfg.model).input_size
+    frames = cfg.frames or default_t
+    height = width = cfg.size or default_h
+    if cfg.size is None and default_h != default_w:
+        width = default_w
+    clip = ClipSpec(frames, height, width)
+
+    train_set = open_dataset(cfg.data, frames + 1, height, width, train=True, method=cfg.method, seed=cfg.seed)
+    labels = train_set.labels
+    train_set, val_set = _validation_split(cfg, train_set, frames + 1, height, width)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=len(labels), **cfg.overrides)
+    vmp = VmpLayer() if cfg.vmp else None
+    if cfg.init and not cfg.resume:
+        _load_init(model, vmp, cfg.init, labels)
+    if vmp is not None and cfg.vmp_init is not None and not cfg.resume:
+        with torch.no_grad():  # after --init: an explicit VMP start overrides the one it brings
+            vmp.m.fill_(cfg.vmp_init[0])
+            vmp.n.fill_(cfg.vmp_init[1])
+    optimizer = torch.optim.AdamW(_param_groups(model, vmp, cfg.weight_decay), lr=cfg.lr)
+
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
+    settings = _settings(cfg)
+    resume_file = resume_path(cfg.out)
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "train_seconds": 0.0,
+             "epoch_totals": [0.0] * 4}
+    if cfg.resume:
+        state = _load_resume(resume_file, settings, labels, model, vmp, optimizer)
+        _log.info("resuming %s at epoch %d step %d", resume_file, state["epoch"] + 1, state["step_in_epoch"])
+    elif resume_file.exists():
+        _log.warning("%s exists and will be overwritten (pass --resume to continue that run)", resume_file)
+
+    params = sum(p.numel() for p in model.parameters())
+    _log.info("model %s%s: %s parameters, %d classes, input %dx%dx%d (T x H x W) from %d frames",
+              cfg.model, f" {cfg.overrides}" if cfg.overrides else "", f"{params:,}", len(labels),
+              frames, height, width, frames + 1)
+    _log.info("train data: %s", train_set.describe())
+    _log.info("validation data: %s", val_set.describe() if val_set is not None else "none (no evaluation)")
+    if vmp is not None:
+        a, b = slope_shift(vmp.m.detach(), vmp.n.detach())
+        _log.info("VMP: slope %.3g, shift %.3g, lambda %g", a.item(), b.item(), cfg.vmp_lambda)
+    _log.info("%d epochs x %d steps of %d clips, warm-up %d steps, lr %g -> %g",
+              cfg.epochs, steps_per_epoch, cfg.batch_size, warmup_steps, cfg.lr, cfg.min_lr)
+
+    def save_resume(
+        epoch: int, step_in_epoch: int, global_step: int, history: list, seconds: float, totals: np.ndarray
+    ) -> None:
+        record = {
+            "format": RESUME_FORMAT,
+            "settings": settings,
+            "labels": list(labels),
+            "model": model.state_dict(),
+            "vmp": vmp.state_dict() if vmp is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": global_step,
+            "history": history,
+            "train_seconds": seconds,
+            "epoch_totals": [float(v) for v in totals],
+        }
+        _atomic_save(record, resume_file)
+
+    history: list[dict[str, Any]] = list(state["history"])
+    global_step = state["global_step"]
+    seconds_before = state["train_seconds"]
+    run_start = time.monotonic()
+    val_result: EvalResult | None = None
+    digest = ""
+    for epoch in range(state["epoch"], cfg.epochs):
+        skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
+        epoch_start = time.monotonic()
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # drop path: reproducible per epoch
+        train_set.set_epoch(epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_set))
+        loader = DataLoader(
+            train_set, batch_size=cfg.batch_size, sampler=order[skip * cfg.batch_size :].tolist(),
+            num_workers=cfg.workers,
+        )
+        model.train()
+        if vmp is not None:
+            vmp.train()
+        totals = np.zeros(4)  # loss sum, correct, clips, reg sum (this epoch)
+        if skip:
+            totals[:] = state["epoch_totals"]
+        window = np.zeros(4)  # loss sum, correct, clips, steps (since the last progress line)
+        window_start = time.monotonic()
+        step_in_epoch = skip
+        lr = cfg.lr
+        for clips, target in loader:
+            lr = lr_at(global_step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits, reg = forward_clips(model, vmp, clips, clip.mean, clip.std)
+            loss = F.cross_entropy(logits, target) + cfg.vmp_lambda * reg
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            global_step += 1
+            step_in_epoch += 1
+            n = len(target)
+            correct = (logits.detach().argmax(1) == target).sum().item()
+            totals += (loss.item() * n, correct, n, reg.item() * n)
+            window += (loss.item() * n, correct, n, 1)
+            if step_in_epoch % cfg.log_every == 0 or step_in_epoch == steps_per_epoch:
+                elapsed = time.monotonic() - window_start
+                remaining = (total_steps - global_step) * elapsed / window[3]
+                _log.info(
+                    "epoch %d/%d step %d/%d  loss %.4f  acc %.1f%%  lr %.2e  %.1f clips/s  eta %s",
+                    epoch + 1, cfg.epochs, step_in_epoch, steps_per_epoch, window[0] / window[2],
+                    100 * window[1] / window[2], lr, window[2] / max(elapsed, 1e-9), _duration(remaining),
+                )
+                window[:] = 0
+                window_start = time.monotonic()
+            if step_in_epoch % cfg.save_every == 0 and step_in_epoch < steps_per_epoch:
+                seconds = seconds_before + time.monotonic() - run_start
+                save_resume(epoch, step_in_epoch, global_step, history, seconds, totals)
+            if on_step is not None:
+                on_step(StepInfo(epoch, step_in_epoch, steps_per_epoch, global_step, total_steps, loss.item(), lr))
+
+        if val_set is not None:
+            val_result = evaluate(model, vmp, val_set, cfg.batch_size, cfg.workers, labels, clip.mean, clip.std)
+        record = EpochRecord(
+            epoch=epoch + 1,
+            train_loss=float(totals[0] / max(totals[2], 1)),
+            train_top1=float(totals[1] / max(totals[2], 1)),
+            val_top1=val_result.top1 if val_result is not None else None,
+            lr=float(lr),
+            seconds=time.monotonic() - epoch_start,
+        )
+        history.append(asdict(record))
+        seconds = seconds_before + time.monotonic() - run_start
+        _log.info(
+            "epoch %d/%d done in %s: train loss %.4f, train acc %.1f%%, VMP reg %.4f%s",
+            epoch + 1, cfg.epochs, _duration(record.seconds), record.train_loss, 100 * record.train_top1,
+            totals[3] / max(totals[2], 1),
+            f", val top-1 {100 * record.val_top1:.2f}% ({val_result.n} clips)" if val_result is not None else "",
+        )
+        extra = {
+            "training": {
+                **settings,
+                "command": cfg.command,
+                "epochs_done": epoch + 1,
+                "train_data": train_set.describe(),
+                "val_data": val_set.describe() if val_set is not None else None,
+                "train_seconds": seconds,
+                "history": history,
+                "torch": str(torch.__version__),
+            },
+            "val": val_result.as_dict() if val_result is not None else None,
+        }
+        digest = save_checkpoint(cfg.out, model, labels, clip, vmp, extra)
+        save_resume(epoch + 1, 0, global_step, history, seconds, np.zeros(4))
+
+    resume_file.unlink(missing_ok=True)
+    seconds = seconds_before + time.monotonic() - run_start
+    _log.info("wrote %s (weights %s) after %s of training", cfg.out, digest[:12], _duration(seconds))
+    return TrainResult(
+        Path(cfg.out), tuple(EpochRecord(**h) for h in history), val_result, seconds, digest
+    )
+
+
+def _validation_split(
+    cfg: TrainConfig, train_set: ClipDataset, frames: int, height: int, width: int
+) -> tuple[ClipDataset, ClipDataset | None]:
+    """``(train, val)``: ``--val-data``, else the synthetic val split, else videos held out of the training set."""
+    if cfg.val_data:
+        return train_set, open_dataset(
+            cfg.val_data, frames, height, width, train=False, labels=train_set.labels, method=cfg.method,
+            default_split="val", default_n=cfg.val_n,
+        )
+    if cfg.data.startswith("synthetic:"):
+        if cfg.val_n == 0:
+            return train_set, None
+        method = getattr(train_set, "method", cfg.method)
+        window = getattr(train_set, "window", "first")
+        size = "x".join(str(v) for v in getattr(train_set, "source_size", (320, 240)))
+        spec = f"synthetic://?split=val&n={cfg.val_n}&method={method}&window={window}&size={size}"
+        return train_set, open_dataset(spec, frames, height, width, train=False)
+    return split_validation(train_set, cfg.val_fraction, cfg.seed)
+
+
+def _param_groups(model: nn.Module, vmp: VmpLayer | None, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weight matrices and conv kernels only."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() <= 1 or name.endswith(".rpb") else decay).append(p)
+    if vmp is not None:
+        no_decay += list(vmp.parameters())
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _load_init(model: nn.Module, vmp: VmpLayer | None, path: str, labels: tuple[str, ...]) -> LoadReport:
+    """Load ``--init`` weights: public UniFormer / EMIM ones, or an emim-stream checkpoint (with its VMP)."""
+    record = read_file(path)
+    if isinstance(record, dict) and record.get("format") == FORMAT:
+        state = dict(record["state_dict"])
+        if tuple(record["labels"]) != labels:
+            head = [k for k in state if k.startswith("head.")]
+            for key in head:
+                del state[key]
+            _log.info("init %s: its labels differ from the data set's; head not loaded", path)
+        report = load_pretrained(model, state)
+        if vmp is not None and record.get("vmp") is not None:
+            with torch.no_grad():
+                vmp.m.fill_(record["vmp"]["m"])
+                vmp.n.fill_(record["vmp"]["n"])
+            _log.info("init %s: VMP parameters loaded", path)
+    else:
+        report = load_pretrained(model, record)
+    _log.info("init %s:\n%s", path, report.summary())
+    return report
+
+
+def _settings(cfg: TrainConfig) -> dict[str, Any]:
+    values = {key: getattr(cfg, key) for key in _RESUME_KEYS}
+    values["overrides"] = dict(cfg.overrides)
+    return values
+
+
+def _load_resume(
+    path: Path,
+    settings: dict[str, Any],
+    labels: tuple[str, ...],
+    model: nn.Module,
+    vmp: VmpLayer | None,
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"no resume file '{path}' to continue from; start the run without --resume")
+    record = read_file(path)
+    if not isinstance(record, dict) or record.get("format") != RESUME_FORMAT:
+        raise CheckpointError(f"'{path}' is not an emim-stream resume file")
+    saved = record["settings"]
+    changed = [f"{k} {saved.get(k)!r} -> {settings[k]!r}" for k in settings if saved.get(k) != settings[k]]
+    if changed:
+        raise ConfigError(f"--resume needs the settings of the run in '{path}'; changed: {'; '.join(changed)}")
+    if tuple(record["labels"]) != labels:
+        raise ConfigError(f"--resume: the data set's labels differ from those in '{path}'")
+    model.load_state_dict(record["model"])
+    if vmp is not None:
+        vmp.load_state_dict(record["vmp"])
+    optimizer.load_state_dict(record["optimizer"])
+    return record
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -1,0 +1,138 @@
+"""``emim-stream train``: train or fine-tune a model (VMP layer + backbone) on clips; resumable."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from engines.errors import ConfigError
+
+HELP = "train or fine-tune a model on synthetic clips, a class-per-folder video set or a list file"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="emim_xs", help="registry name (default: emim_xs)")
+    parser.add_argument(
+        "--data", required=True,
+        help="training data: synthetic://?split=train&n=3600[&window=any&fresh=1], a folder DIR/<class>/<video>, "
+        "or a list file of '<video path> <label>' lines",
+    )
+    parser.add_argument("--val-data", default=None,
+                        help="validation data (default: synthetic val split, or --val-fraction of the videos)")
+    parser.add_argument("--epochs", type=int, required=True, help="training epochs")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write (after every epoch)")
+    parser.add_argument(
+        "--init", default=None,
+        help="initial weights: public UniFormer/EMIM (2-D inflated or 3-D) or an emim-stream checkpoint",
+    )
+    parser.add_argument("--frames", type=int, default=None, help="clip length T (default: the model's)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="square input size, a multiple of 32 (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    parser.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of the cosine decay")
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length in epochs")
+    parser.add_argument("--vmp", action=argparse.BooleanOptionalAction, default=True,
+                        help="train a VMP layer in front of the backbone (default: on)")
+    parser.add_argument("--vmp-lambda", type=float, default=0.1, help="weight of the VMP regulariser")
+    parser.add_argument("--vmp-init", default=None, metavar="M,N",
+                        help="initial VMP m,n (default: N(1e-5, 1) draws); 0,0.168 = slope 50, shift 0.1 (motion-only)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of each class held out for validation (video data without --val-data)")
+    parser.add_argument("--val-n", type=int, default=180, help="synthetic validation clips (default 180)")
+    parser.add_argument("--resize", default="area", choices=("area", "linear", "pyramid"),
+                        help="frame resize method; use the camera's (default: area)")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="architecture argument, e.g. emim=false or temporal_stride=2 (repeatable)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; 1 is faster on a CPU shared with other jobs)")
+    parser.add_argument("--resume", action="store_true", help="continue the run from <out>.resume")
+    parser.add_argument("--log-every", type=int, default=20, help="progress line every N steps")
+    parser.add_argument("--save-every", type=int, default=50, help="write the resume file every N steps")
+
+
+def parse_model_args(items: list[str]) -> dict[str, object]:
+    """``['emim=false', 'depths=1,1,2,2']`` -> ``{'emim': False, 'depths': (1, 1, 2, 2)}``.
+
+    Raises:
+        ConfigError: an item without ``=``.
+    """
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--model-arg {item!r} must look like KEY=VALUE, e.g. emim=false")
+        values = [_value(v) for v in text.split(",")]
+        out[key] = tuple(values) if "," in text else values[0]
+    return out
+
+
+def _pair(text: str | None, option: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        m, n = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} must be two numbers M,N, e.g. 0,0.168") from None
+    return m, n
+
+
+def _value(text: str) -> object:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from engines.train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = TrainConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        val_data=args.val_data,
+        init=args.init,
+        frames=args.frames,
+        size=args.size,
+        overrides=parse_model_args(args.model_arg),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        vmp=args.vmp,
+        vmp_lambda=args.vmp_lambda,
+        vmp_init=_pair(args.vmp_init, "--vmp-init"),
+        val_fraction=args.val_fraction,
+        val_n=args.val_n,
+        method=args.resize,
+        seed=args.seed,
+        workers=args.workers,
+        resume=args.resume,
+        log_every=args.log_every,
+        save_every=args.save_every,
+        command=shlex.join(["emim-stream", *sys.argv[1:]]),
+    )
+    result = train(cfg)
+    if result.val is not None:
+        print(result.val.report())
+    minutes = result.train_seconds / 60
+    print(f"wrote {result.out} (weights {result.weights_sha256[:12]}) after {minutes:.1f} min of training")
+    return 0

@@ -115,6 +115,10 @@ def _onnx_for(source: ModelSource, cfg: EngineConfig, step: Candidate) -> Path:
     from engines.backends.ort_engine import cached_onnx
 
     if cfg.onnx is not None:
+        from calibration.report import check_deployable
+
+        # a calibration artifact must be for these weights, unchanged, and past its gate (or forced)
+        check_deployable(cfg.onnx, source.weights_sha256, force=cfg.force_undeployable)
         return Path(cfg.onnx)
     try:
         return cached_onnx(source, _cache_dir(cfg), half=step.precision == Precision.FP16)

@@ -101,6 +101,8 @@ class EngineConfig:
     """Where exported ONNX files and TensorRT plans are cached (default: ~/.cache/emim-stream)."""
     onnx: str | None = None
     """A ready ONNX (e.g. the Q/DQ graph from calibration) for onnxruntime / tensorrt, instead of exporting."""
+    force_undeployable: bool = False
+    """Use ``onnx`` even when its calibration record says it failed the accuracy gate (logged as a warning)."""
     kernel: str = "auto"
     """EMIM neighbourhood kernel for the torch backend (auto = fastest exact one present)."""
     fallback: bool = True

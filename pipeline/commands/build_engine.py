@@ -73,12 +73,16 @@ def engine_config_from_args(args: argparse.Namespace, **fixed: object):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser, backend=False)
+    parser.add_argument(
+        "--force", action="store_true", help="build from --onnx even if its calibration failed the accuracy gate"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     from engines.backends import Candidate, open_backend
 
-    cfg = engine_config_from_args(args, backend="tensorrt")
+    fixed = {"force_undeployable": True} if args.force else {}
+    cfg = engine_config_from_args(args, backend="tensorrt", **fixed)
     device = cfg.device if cfg.device.startswith("cuda") else "cuda"
     step = Candidate("tensorrt", device, cfg.precision)
     log.info("build-engine: %s", step)

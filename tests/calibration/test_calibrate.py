@@ -15,6 +15,7 @@ Tolerances (ONNX Runtime against the fake-quant torch model):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 
@@ -35,6 +36,7 @@ from calibration.quantize import (
     quantize_model,
 )
 from calibration.report import build_report, infer_logits
+from engines.backends import load_engine
 from engines.backends.base import EngineConfig
 from engines.backends.source import load_source
 from engines.checkpoint import ClipSpec, save_checkpoint
@@ -165,6 +167,12 @@ def test_fp8_reuses_the_clips_and_a_failed_gate_is_refused(int8_run, config, mod
     assert json.loads((tmp_path / "calibration.json").read_text())["deployable"] is False
     with pytest.raises(CalibrationError, match=r"not deployable: fp8 top-1 agreement .* below the gate 101\.00%"):
         check_deployable(tmp_path / "model.qdq.onnx", model.weights_sha256)
+    engine_cfg = EngineConfig(**ENGINE, backend="onnxruntime", precision="fp8", onnx=str(tmp_path / "model.qdq.onnx"))
+    with pytest.raises(CalibrationError, match="not deployable"):
+        load_engine(engine_cfg, model)  # the engine refuses it too ...
+    forced = dataclasses.replace(engine_cfg, force_undeployable=True)
+    with load_engine(forced, model) as engine:  # ... unless forced
+        assert engine.describe().backend == "onnxruntime"
 
 
 def test_foreign_wrong_shape_and_missing_clips_are_refused(int8_run, config, model, tmp_path):

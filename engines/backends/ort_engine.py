@@ -135,15 +135,12 @@ class OrtEngine:
     def describe(self) -> EngineInfo:
         providers = ", ".join(self._session.get_providers())
         threads = self._threads or "default"
-        return EngineInfo(
-            backend="onnxruntime",
-            precision=self._precision.value,
-            device=str(self.device),
-            checkpoint_sha256=self._source.weights_sha256,
-            model_name=self._source.model_name,
-            weights=self._source.weights,
-            kernel="ONNX graph (reference kernel lowered to standard ops)",
-            detail=f"onnxruntime {self._ort_version}, providers {providers}, threads {threads}, graph {self._onnx}",
+        return self._source.info(
+            "onnxruntime",
+            self._precision.value,
+            str(self.device),
+            "ONNX graph (reference kernel lowered to standard ops)",
+            f"onnxruntime {self._ort_version}, providers {providers}, threads {threads}, graph {self._onnx}",
         )
 
     def close(self) -> None:

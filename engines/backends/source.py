@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engines.backends.base import EngineConfig
+from engines.backends.base import EngineConfig, EngineInfo
 from engines.checkpoint import ClipSpec, load_checkpoint, weights_sha256
 from engines.errors import ConfigError
 from engines.layers.vmp import VmpLayer
@@ -32,6 +32,19 @@ class ModelSource:
     weights: str
     """'checkpoint <path>' or 'untrained <name> (seed 0)'."""
     vmp: VmpLayer | None
+
+    def info(self, backend: str, precision: str, device: str, kernel: str, detail: str) -> EngineInfo:
+        """The :class:`EngineInfo` of an engine running these weights."""
+        return EngineInfo(
+            backend=backend,
+            precision=precision,
+            device=device,
+            checkpoint_sha256=self.weights_sha256,
+            model_name=self.model_name,
+            weights=self.weights,
+            kernel=kernel,
+            detail=detail,
+        )
 
 
 def load_source(cfg: EngineConfig) -> ModelSource:

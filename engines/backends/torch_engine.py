@@ -150,15 +150,12 @@ class TorchEngine:
         if self._graphs is not None:
             sizes = ", ".join(map(str, sorted(self._graphs.graphs))) or "none yet"
             graphs = f"on (captured batch sizes: {sizes})"
-        return EngineInfo(
-            backend="torch",
-            precision=self._precision.value,
-            device=str(self.device),
-            checkpoint_sha256=self._source.weights_sha256,
-            model_name=self._source.model_name,
-            weights=self._source.weights,
-            kernel=", ".join(kernels) or "-",
-            detail=f"torch {torch.__version__}, compile {'on' if self._compiled else 'off'}, CUDA graphs {graphs}",
+        return self._source.info(
+            "torch",
+            self._precision.value,
+            str(self.device),
+            ", ".join(kernels) or "-",
+            f"torch {torch.__version__}, compile {'on' if self._compiled else 'off'}, CUDA graphs {graphs}",
         )
 
     def close(self) -> None:

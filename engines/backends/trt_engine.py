@@ -311,15 +311,12 @@ class TrtEngine:
     def describe(self) -> EngineInfo:
         state = "built now" if self._built else "cached"
         graphs = "on" if self._use_graphs else "off"
-        return EngineInfo(
-            backend="tensorrt",
-            precision=self._precision.value,
-            device=str(self.device),
-            checkpoint_sha256=self._source.weights_sha256,
-            model_name=self._source.model_name,
-            weights=self._source.weights,
-            kernel="TensorRT layers (reference kernel lowered to standard ops)",
-            detail=f"TensorRT {self._trt_version}, plan {self._plan_path} ({state}), CUDA graphs {graphs}",
+        return self._source.info(
+            "tensorrt",
+            self._precision.value,
+            str(self.device),
+            "TensorRT layers (reference kernel lowered to standard ops)",
+            f"TensorRT {self._trt_version}, plan {self._plan_path} ({state}), CUDA graphs {graphs}",
         )
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "relay": "relay",
     "keys": "keys",
     "bench-pipeline": "bench_pipeline",
+    "bench-cameras": "bench_cameras",
     "soak": "soak",
     "info": "info",
     "export": "export",

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train a VMP layer in front of the backbone (default: on)")
     parser.add_argument("--vmp-lambda", type=float, default=0.1, help="weight of the VMP regulariser")
     parser.add_argument("--vmp-init", default=None, metavar="M,N",
-                        help="initial VMP m,n (default: N(1e-5, 1) draws); 0,0.168 = slope 50, shift 0.1 (motion-only)")
+                        help="initial VMP m,n, also over --init's (default: N(1e-5, 1) draws, or --init's); "
+                        "0,0.168 = slope 50, shift 0.1 (motion-only); 0,0 = slope 50, shift 0 (signed)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of each class held out for validation (video data without --val-data)")
     parser.add_argument("--val-n", type=int, default=180, help="synthetic validation clips (default 180)")

@@ -144,6 +144,13 @@ def test_init_from_own_checkpoint_keeps_backbone_and_vmp_and_resets_the_head(tmp
     torch.testing.assert_close(b.model.state_dict()[key], a.model.state_dict()[key], rtol=0, atol=1e-6)
     torch.testing.assert_close(b.vmp.n, a.vmp.n, rtol=0, atol=1e-6)
 
+    third = tmp_path / "third.pt"  # an explicit --vmp-init overrides the VMP that --init brings
+    train(TrainConfig(data=str(data), out=third, epochs=1, init=str(first), vmp_init=(0.0, 0.0), lr=1e-12,
+                      min_lr=0.0, val_fraction=0.0, **TINY))
+    c = load_checkpoint(third)
+    assert c.vmp.n.item() == pytest.approx(0.0, abs=1e-6) and a.vmp.n.item() != pytest.approx(0.0, abs=1e-3)
+    torch.testing.assert_close(c.model.state_dict()[key], a.model.state_dict()[key], rtol=0, atol=1e-6)
+
 
 def test_learning_rate_warms_up_then_decays_by_cosine():
     lrs = [lr_at(s, total=100, warmup=10, lr=1.0, min_lr=0.01) for s in range(100)]

@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-# The CPU build of PyTorch (CI, the demo). On a GPU box install a CUDA build first (README).
+# PyTorch 2.13.0: a CPU build where pip has one on disk (CI machines), otherwise from PyPI. On a GPU box
+# pass your own, e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" (README).
 TORCH  ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
 
@@ -14,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev,quant]"
 	# natten's build imports torch, so it is installed after torch, without build isolation.
 	$(BIN)/python -m pip install --quiet --no-build-isolation "natten>=0.21"

@@ -181,9 +181,9 @@ class SupervisorConfig:
     """Camera-process supervision."""
 
     restart_backoff_s: float = 0.5
-    """First delay before restarting a dead camera process (doubles per restart)."""
+    """First delay before restarting a dead camera process or reconnecting a lost source (doubles each time)."""
     restart_backoff_max_s: float = 10.0
-    """Cap of the restart delay."""
+    """Cap of the restart / reconnect delay."""
     stall_timeout_s: float = 5.0
     """A camera whose ring has no heartbeat for this long is reported stalled."""
 

@@ -21,8 +21,9 @@ Fields common to both kinds:
 - ``window`` object: ``first_seq``, ``last_seq`` (int, frame sequence numbers of the oldest and newest frame),
   ``frames`` (int, T), ``stride`` (int, frames between consecutive windows).
 - ``topk`` list of ``{"label": str, "score": float}``, best first; scores are probabilities in [0, 1].
-- ``model`` object: ``name`` (registry name, e.g. ``emim_xs.demo``), ``backend`` (``torch``, ``onnxruntime``,
-  ``tensorrt``), ``precision`` (``fp32``, ``fp16``, ...), ``device``, ``checkpoint_sha256`` (str, may be empty).
+- ``model`` object: ``name`` (the architecture's registry name, e.g. ``emim_xs``), ``backend`` (``torch``,
+  ``onnxruntime``, ``tensorrt``), ``precision`` (``fp32``, ``fp16``, ...), ``device``, ``checkpoint_sha256`` (str,
+  may be empty; it tells weights of one architecture apart).
 - ``timestamps`` object (int ns): ``capture_mono_ns``, ``capture_wall_ns`` (capture of the window's newest frame),
   ``vmp_done_mono_ns`` (its motion prompt ready), ``infer_start_mono_ns``, ``infer_end_mono_ns`` (the engine call
   that classified the window), ``publish_mono_ns``, ``publish_wall_ns`` (message built for sending).

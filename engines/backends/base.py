@@ -47,7 +47,7 @@ class Backend(str, Enum):
 
 
 class Precision(str, Enum):
-    """Compute precision. ``INT8`` / ``FP8`` need a Q/DQ ONNX from calibration (TensorRT only)."""
+    """Compute precision. ``INT8`` / ``FP8`` need a Q/DQ ONNX from calibration (onnxruntime, tensorrt)."""
 
     FP32 = "fp32"
     FP16 = "fp16"

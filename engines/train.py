@@ -31,7 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from engines.checkpoint import FORMAT, ClipSpec, LoadReport, load_pretrained, read_file, save_checkpoint
+from engines.checkpoint import (
+    FORMAT,
+    ClipSpec,
+    LoadReport,
+    load_pretrained,
+    read_file,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from engines.data import ClipDataset, open_dataset, split_validation
 from engines.errors import CheckpointError, ConfigError
 from engines.evaluate import EvalResult, evaluate, forward_clips
@@ -374,8 +382,11 @@ def _param_groups(model: nn.Module, vmp: VmpLayer | None, weight_decay: float) -
 
 
 def _load_init(model: nn.Module, vmp: VmpLayer | None, path: str, labels: tuple[str, ...]) -> LoadReport:
-    """Load ``--init`` weights: public UniFormer / EMIM ones, or an emim-stream checkpoint (with its VMP)."""
-    record = read_file(path)
+    """Load ``--init`` weights: public UniFormer / EMIM ones, or an emim-stream checkpoint (with its VMP).
+
+    ``path`` is a file or a shipped model name (``emim_xs.demo``).
+    """
+    record = read_file(resolve_checkpoint(path))
     if isinstance(record, dict) and record.get("format") == FORMAT:
         state = dict(record["state_dict"])
         if tuple(record["labels"]) != labels:

@@ -127,7 +127,7 @@ def test_killed_camera_process_is_restarted(pipeline_factory):
     assert "exited with code -9; restarting" in p.output()
 
 
-@pytest.mark.parametrize("label", ["left", "approach"])
+@pytest.mark.parametrize("label", ["left", "approach", "rotate_ccw"])
 def test_embedded_default_prints_the_forced_class(pipeline_factory, label):
     """configs/default.yaml as shipped (the demo checkpoint), its synthetic camera forced to one class."""
     config = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())

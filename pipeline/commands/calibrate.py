@@ -26,14 +26,18 @@ _PARITY_CLIPS = 2  # clips for the per-pair Q/DQ check (one ONNX Runtime run wit
 
 
 class _Progress:
-    """``what done/total`` on one stderr line, rewritten in place."""
+    """``what done/total`` on stderr: one line rewritten in place on a terminal, else a line per tenth."""
 
     def __init__(self, what: str) -> None:
         self.what = what
+        self.tty = sys.stderr.isatty()
 
     def __call__(self, done: int, total: int) -> None:
-        end = "\n" if done >= total else ""
-        print(f"\r{self.what} {done}/{total}", end=end, file=sys.stderr, flush=True)
+        if self.tty:
+            end = "\n" if done >= total else ""
+            print(f"\r{self.what} {done}/{total}", end=end, file=sys.stderr, flush=True)
+        elif done >= total or done * 10 // total > (done - 1) * 10 // total:
+            print(f"{self.what} {done}/{total}", file=sys.stderr, flush=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

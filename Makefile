@@ -1,5 +1,5 @@
 # Set-up and everyday commands. Every target is idempotent: the virtual environment is built once
-# and rebuilt only when pyproject.toml changes.
+# and rebuilt only when pyproject.toml or this file changes.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -12,11 +12,11 @@ CONFIG ?= configs/default.yaml
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,quant]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,quant,plot]"
 	# natten's build imports torch, so it is installed after torch, without build isolation.
 	$(BIN)/python -m pip install --quiet --no-build-isolation "natten>=0.21"
 	touch $@

@@ -21,13 +21,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-build-isolation "natten>=0.21"
 	touch $@
 
-# ffmpeg and rtsp-server-perl serve a real RTSP camera on loopback for the RTSP tests (Debian; needs root).
+# Real peers for the tests (Debian; needs root): ffmpeg and rtsp-server-perl serve an RTSP camera on
+# loopback, mosquitto is the MQTT broker, chromium the browser of the live-view tests.
+SYSTEM_TOOLS = ffmpeg rtsp-server-perl mosquitto mosquitto_sub chromium
+SYSTEM_PACKAGES = ffmpeg rtsp-server-perl mosquitto mosquitto-clients chromium
 system-deps:
-	@if command -v ffmpeg >/dev/null && command -v rtsp-server-perl >/dev/null; then \
-		echo "system-deps: ffmpeg and rtsp-server-perl are installed"; \
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then \
+		echo "system-deps: $(SYSTEM_TOOLS) are installed"; \
 	else \
+		echo "system-deps: installing (missing:$$missing)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			ffmpeg rtsp-server-perl; \
+			$(SYSTEM_PACKAGES); \
 	fi
 
 run: install

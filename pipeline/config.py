@@ -26,6 +26,7 @@ from engines.backends.base import EngineConfig
 from engines.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "CameraConfig",
     "MetricsConfig",
     "OutputConfig",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 ResizeMethod = Literal["area", "linear", "pyramid"]
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+"""The embedded default config, shipped in the package (``configs/default.yaml`` links to it)."""
 
 
 class FieldError(ConfigError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from pipeline.publish import CurveServer, Publisher, SlowSubscriberPolicy
 from pipeline.ring import RingReader, SharedRing
 from pipeline.sources import SourceState
 from pipeline.supervisor import CameraSupervisor
+from pipeline.truth import truth_for
 from pipeline.vmp_stage import VmpStage
 from pipeline.window import ClipWindow
 
@@ -84,12 +86,24 @@ class _Camera:
         self.stage = VmpStage(vmp, engine.device, mean, std, dtype=torch.float32)
         self.window = ClipWindow(spec.frames, stride, spec.height, spec.width, engine.device, torch.float32)
         self.post = Postprocessor(engine.labels, topk, smoothing)
+        self.truth = truth_for(cfg, engine.labels)
+        self.pts: deque[tuple[int, int]] = deque(maxlen=spec.frames + stride + 1)
+        """(seq, source pts) of the latest frames: a window's truth is read from its first and last frame."""
         self.buf = np.empty((ring.height, ring.width, 3), dtype=np.uint8)
         self.pending: WindowJob | None = None
         self.dropped_windows = 0
         self.labels_sent = 0
         self.last_capture_mono_ns = 0
         self.last_status_mono = 0.0
+
+    def window_truth(self, first_seq: int, last_seq: int) -> str | None:
+        """The true class of the window from the frame before ``first_seq`` (VMP's reference) to ``last_seq``."""
+        if self.truth is None:
+            return None
+        pts = {seq: p for seq, p in self.pts if first_seq - 1 <= seq <= last_seq}
+        if last_seq not in pts:
+            return None
+        return self.truth.window(pts[min(pts)], pts[last_seq])
 
     def drain(self, limit: int) -> bool:
         """Read up to ``limit`` frames; True when a window is ready (``pending`` set)."""
@@ -99,6 +113,8 @@ class _Camera:
                 return False
             read_mono = time.monotonic_ns()
             self.last_capture_mono_ns = frame.capture_mono_ns
+            if self.truth is not None:
+                self.pts.append((frame.seq, frame.source_pts_ns))
             prompt = self.stage.push(frame.image, frame.seq)
             if prompt is None:
                 self.post.reset()
@@ -204,7 +220,6 @@ def run(
             metrics = Metrics(cfg.metrics.port, cfg.metrics.host)
             resources.callback(metrics.close)
             metrics.set_engine(info)
-            _log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, metrics.port)
         spec = engine.input_spec
         sup = resources.enter_context(
             CameraSupervisor(cfg.cameras, cfg.ring.slots, spec.height, spec.width, cfg.supervisor)
@@ -307,6 +322,7 @@ class _Loop:
                 dropped_frames=cam.reader.dropped,
                 dropped_windows=cam.dropped_windows,
                 msg_seq=self.publisher.next_msg_seq(topic),
+                truth=cam.window_truth(job.first_seq, job.last_seq),
             )
             self.publisher.send(topic, msg.to_payload())
             cam.labels_sent += 1

@@ -18,6 +18,7 @@ from engines.errors import EmimError
 # Sub-command name -> module under pipeline.commands. Imported lazily so `--help` stays fast.
 COMMANDS: dict[str, str] = {
     "run": "run",
+    "config": "config",
     "subscribe": "subscribe",
     "profile": "profile",
     "relay": "relay",
@@ -33,13 +34,20 @@ COMMANDS: dict[str, str] = {
     "calibrate": "calibrate",
     "train": "train",
     "evaluate": "evaluate",
+    "import-weights": "import_weights",
 }
+
+# Loggers of this project; every other (third-party) logger is shown from WARNING up unless -v.
+OWN_LOGGERS = ("engines", "pipeline", "calibration")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per entry of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(prog="emim-stream", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug log output (default: info)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0,
+        help="debug log output, and info from third-party libraries (default: info, theirs from warning)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"pipeline.commands.{module_name}")
@@ -49,11 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: int) -> None:
+    """INFO (DEBUG with ``-v``) on stderr; third-party loggers only from WARNING unless ``-v``."""
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_own_or_warning)
+
+
+def _own_or_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in OWN_LOGGERS
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the sub-command; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         return int(args._main(args) or 0)
     except EmimError as err:

@@ -35,6 +35,8 @@ Fields common to both kinds:
   per-frame latency of the window).
 - ``dropped_frames`` int: frames of this camera the pipeline never processed (ring overruns, torn reads, gaps).
 - ``dropped_windows`` int: ready windows of this camera skipped because inference was behind.
+- ``truth`` str, optional: the window's true class where the source knows it (the synthetic camera, a video
+  file with a ``.truth`` sidecar: :mod:`pipeline.truth`); absent otherwise, and readers must not require it.
 
 ``status`` (topic ``status/<camera_id>/``), a heartbeat about once a second:
 
@@ -192,6 +194,7 @@ class LabelMessage:
     dropped_windows: int = 0
     msg_seq: int = -1
     clock_domain: str = field(default_factory=local_clock_domain)
+    truth: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON-ready dict of schema 1."""
@@ -231,6 +234,7 @@ class LabelMessage:
             },
             "dropped_frames": self.dropped_frames,
             "dropped_windows": self.dropped_windows,
+            **({"truth": self.truth} if self.truth is not None else {}),
         }
 
     def to_json(self) -> bytes:
@@ -287,6 +291,7 @@ class LabelMessage:
             dropped_windows=p.integer("dropped_windows"),
             msg_seq=p.integer("msg_seq"),
             clock_domain=p.text("clock_domain"),
+            truth=p.optional_text("truth"),
         )
 
     @classmethod
@@ -439,6 +444,9 @@ class _Fields:
 
     def text(self, key: str) -> str:
         return self._get(key, (str,), "a string")
+
+    def optional_text(self, key: str) -> str | None:
+        return self._get(key, (str,), "a string", nullable=True) if key in self._obj else None
 
     def mapping(self, key: str) -> Mapping[str, Any]:
         return self._get(key, (Mapping,), "an object")

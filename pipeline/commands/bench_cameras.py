@@ -6,11 +6,13 @@ import argparse
 import signal
 import threading
 
+from pipeline.commands.common import add_config_argument, config_path
+
 HELP = "run the pipeline at 1, 2, ... cameras; report the largest count sustained without drops or latency drift"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="configs/default.yaml", help="base config; its first camera is copied")
+    add_config_argument(parser, "base config; its first camera is copied")
     parser.add_argument("--max-cameras", type=int, default=8, help="largest camera count to try (default 8)")
     parser.add_argument("--seconds", type=float, default=30.0, help="run length per camera count (default 30)")
     parser.add_argument(
@@ -42,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.max_cameras < 1 or args.seconds < 3:
         raise ConfigError("--max-cameras must be >= 1 and --seconds >= 3")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(config_path(args), args.overrides)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

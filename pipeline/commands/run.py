@@ -6,6 +6,9 @@ import argparse
 import signal
 import sys
 import threading
+from collections import Counter
+
+from pipeline.commands.common import add_config_argument, config_path
 
 HELP = (
     "run the pipeline on a config: cameras -> VMP -> EMIM engine -> ZeroMQ labels "
@@ -14,7 +17,7 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="configs/default.yaml", help="YAML config (default: %(default)s)")
+    add_config_argument(parser)
     parser.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     parser.add_argument(
         "--set",
@@ -27,13 +30,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="do not print each label")
 
 
-def _format_label(msg) -> str:
+def _format_label(msg, scored: bool) -> str:
+    """One label line; ``scored``: the camera's source knows the truth (adds ``ok`` / ``WRONG (true: x)`` / ``-``)."""
     best, *rest = msg.topk
     others = " ".join(f"{label} {score:.2f}" for label, score in rest)
-    return (
+    line = (
         f"{msg.camera_id:>8} frames {msg.window.first_seq:>6}-{msg.window.last_seq:<6} "
         f"{best[0]:<11} {best[1]:.2f}  ({others})  latency {msg.latency_ms['total']:.1f} ms"
     )
+    if msg.truth is not None:
+        return f"{line}  {'ok' if best[0] == msg.truth else f'WRONG (true: {msg.truth})'}"
+    return f"{line}  -" if scored else line
+
+
+class Accuracy:
+    """Top-1 against the truth per camera, over the windows that have one."""
+
+    def __init__(self) -> None:
+        self.right: Counter[str] = Counter()
+        self.scored: Counter[str] = Counter()
+
+    def add(self, msg) -> None:
+        if msg.truth is not None:
+            self.scored[msg.camera_id] += 1
+            self.right[msg.camera_id] += msg.topk[0][0] == msg.truth
+
+    def summary(self, camera_id: str) -> str:
+        """``, top-1 vs truth 93.8% (197/210 windows)``, or empty when the camera had no truth."""
+        n = self.scored[camera_id]
+        if not n:
+            return ""
+        right = self.right[camera_id]
+        return f", top-1 vs truth {100 * right / n:.1f}% ({right}/{n} windows)"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,15 +70,18 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.latency import format_table
     from pipeline.runtime import run
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(config_path(args), args.overrides)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     show = cfg.output.print_labels and not args.quiet
 
+    accuracy = Accuracy()
+
     def on_label(msg) -> None:
+        accuracy.add(msg)
         if show:
-            print(_format_label(msg), flush=True)
+            print(_format_label(msg, msg.camera_id in accuracy.scored), flush=True)
 
     def on_note(camera_id: str, text: str) -> None:
         print(f"{camera_id:>8} ! {text}", file=sys.stderr, flush=True)
@@ -62,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
     for cam_id, n in report.labels.items():
         print(
             f"camera {cam_id}: {n} labels, {report.dropped_frames[cam_id]} dropped frames, "
-            f"{report.dropped_windows[cam_id]} skipped windows"
+            f"{report.dropped_windows[cam_id]} skipped windows{accuracy.summary(cam_id)}"
         )
     if report.latency:
         print("\nper-window latency (CLOCK_MONOTONIC, ms; total = publish - capture of the newest frame):")

@@ -1,4 +1,9 @@
-"""``emim-stream soak``: run the pipeline for minutes and report memory growth and latency drift."""
+"""``emim-stream soak``: run the pipeline for minutes and report memory growth and latency drift.
+
+Ends with a verdict: it passes when the RSS of the process tree grew by at most ``--max-rss-growth`` MiB after
+the warm-up and the last minute's p99 latency is at most ``--max-p99-ratio`` times the first minute's; exit 1
+otherwise (or when no label came in either minute).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-HELP = "run the pipeline for M minutes; report RSS growth and p99 latency of the first and last minute"
+from pipeline.commands.common import add_config_argument, config_label, config_path
+
+HELP = (
+    "run the pipeline for M minutes; report RSS growth and p99 latency of the first and last minute "
+    "(exit 1 when they exceed the thresholds)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="configs/default.yaml", help="YAML config (default: %(default)s)")
+    add_config_argument(parser)
     parser.add_argument("--minutes", type=float, required=True, help="how long to run (fractions allowed)")
     parser.add_argument(
         "--set",
@@ -26,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a config value (repeatable)",
     )
     parser.add_argument("--sample-s", type=float, default=10.0, help="RSS sampling period, default %(default)s")
+    parser.add_argument(
+        "--max-rss-growth", type=float, default=50.0, metavar="MIB",
+        help="largest RSS growth after the warm-up that passes, MiB (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-p99-ratio", type=float, default=1.5, metavar="R",
+        help="largest last-minute / first-minute p99 latency ratio that passes (default %(default)s)",
+    )
 
 
 def _rss_mib(pid: int) -> float:
@@ -55,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.runtime import run
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(config_path(args), args.overrides)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -75,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
 
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
-    print(f"soak: {args.minutes:g} min on {args.config}; first/last window {window_s:.0f} s", flush=True)
+    print(f"soak: {args.minutes:g} min on {config_label(args)}; first/last window {window_s:.0f} s", flush=True)
     report = run(cfg, duration_s, stop, on_label)
     stop.set()
     thread.join(1)
@@ -84,11 +102,13 @@ def main(args: argparse.Namespace) -> int:
     last = [ms for t, ms in latencies if t >= end - window_s]
     settled = [rss for t, rss in samples if t >= min(window_s, end / 2)]
     print(f"\nengine: {report.engine}\nended: {report.reason}, {len(latencies)} labels")
+    growth = None
     if samples:
         base = settled[0] if settled else samples[0][1]
+        growth = samples[-1][1] - base
         print(
             f"RSS: start {samples[0][1]:.1f} MiB, after warm-up {base:.1f} MiB, end {samples[-1][1]:.1f} MiB, "
-            f"growth after warm-up {samples[-1][1] - base:+.1f} MiB"
+            f"growth after warm-up {growth:+.1f} MiB"
         )
     for name, values in (("first", first), ("last", last)):
         if values:
@@ -98,4 +118,30 @@ def main(args: argparse.Namespace) -> int:
             )
     dropped = sum(report.dropped_frames.values())
     print(f"dropped frames {dropped}, skipped windows {sum(report.dropped_windows.values())}")
-    return 0
+    checks = verdict(growth, first, last, args.max_rss_growth, args.max_p99_ratio)
+    passed = all(ok for ok, _ in checks)
+    print(f"verdict: {'PASS' if passed else 'FAIL'}")
+    for ok, text in checks:
+        print(f"  {'ok    ' if ok else 'FAILED'}  {text}")
+    return 0 if passed else 1
+
+
+def verdict(
+    growth_mib: float | None, first_ms: list[float], last_ms: list[float], max_growth_mib: float, max_ratio: float
+) -> list[tuple[bool, str]]:
+    """``(passed, description)`` of the RSS-growth and p99-drift checks."""
+    checks = []
+    if growth_mib is None:
+        checks.append((True, "RSS growth: not sampled (run longer than --sample-s)"))
+    else:
+        text = f"RSS growth after warm-up {growth_mib:+.1f} MiB <= {max_growth_mib:g}"
+        checks.append((growth_mib <= max_growth_mib, text))
+    if not first_ms or not last_ms:
+        checks.append((False, "p99 drift: no label in the first or the last window"))
+    else:
+        p99_first, p99_last = np.percentile(first_ms, 99), np.percentile(last_ms, 99)
+        ratio = p99_last / max(p99_first, 1e-9)
+        checks.append(
+            (ratio <= max_ratio, f"p99 last/first {ratio:.2f} <= {max_ratio:g} ({p99_first:.1f} -> {p99_last:.1f} ms)")
+        )
+    return checks

@@ -32,8 +32,10 @@ __all__ = [
     "OutputConfig",
     "PipelineConfig",
     "PublishConfig",
+    "RecordConfig",
     "RingConfig",
     "SupervisorConfig",
+    "ViewConfig",
     "WindowConfig",
     "config_hash",
     "load_config",
@@ -199,6 +201,60 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class ViewConfig:
+    """The live view: JPEG previews on ``preview/<camera>/`` and the browser page ``run`` can serve."""
+
+    preview_fps: float = 4.0
+    """JPEG previews per second and camera published on ``preview/<camera>/`` (0 = none)."""
+    preview_quality: int = 80
+    """JPEG quality of the previews, 1..100."""
+    port: int | None = None
+    """``run`` serves the page on this port (None = no page; ``emim-stream view`` serves one separately)."""
+    host: str = "127.0.0.1"
+    """Interface the page is served on; anything but loopback needs ``allow_remote`` (and then a token)."""
+    allow_remote: bool = False
+    """Allow a non-loopback ``host``; the page then asks for the token of ``token_file``."""
+    token_file: str | None = None
+    """File holding the access token (default with ``allow_remote``: a random token, printed once at start)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.preview_fps <= 30:
+            raise FieldError("preview_fps", f"must be in [0, 30], got {self.preview_fps}")
+        if not 1 <= self.preview_quality <= 100:
+            raise FieldError("preview_quality", f"must be in 1..100, got {self.preview_quality}")
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise FieldError("port", f"must be in 0..65535 or null, got {self.port}")
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """Annotated MP4 recordings of every camera (label, score and latency drawn on the frames)."""
+
+    dir: str | None = None
+    """Directory of the recordings (None = off); one file series per camera, ``<camera>_<UTC time>.mp4``."""
+    height: int = 360
+    """Height in pixels of the recorded picture (frames are scaled up to it), a text band is added above."""
+    codec: Literal["auto", "h264", "mpeg4"] = "auto"
+    """``auto``: H.264 where the OpenCV build can encode it, else MPEG-4 part 2."""
+    max_s: float = 300.0
+    """Start a new file after this many seconds of video."""
+    max_mb: float = 100.0
+    """Start a new file once the current one reaches this size."""
+    queue_frames: int = 256
+    """Frames waiting for the encoder; when full, frames are dropped (counted), never the inference loop slowed."""
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.height <= 2160:
+            raise FieldError("height", f"must be in 32..2160, got {self.height}")
+        if self.max_s <= 0:
+            raise FieldError("max_s", f"must be > 0, got {self.max_s}")
+        if self.max_mb <= 0:
+            raise FieldError("max_mb", f"must be > 0, got {self.max_mb}")
+        if self.queue_frames < 1:
+            raise FieldError("queue_frames", f"must be >= 1, got {self.queue_frames}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The whole pipeline."""
 
@@ -210,6 +266,8 @@ class PipelineConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
     def __post_init__(self) -> None:
         if not self.cameras:

@@ -23,7 +23,7 @@ from engines.backends import Candidate, Engine, EngineConfig, EngineInfo, open_b
 from engines.backends.source import ModelSource, load_source
 from engines.errors import BackendUnavailableError, KernelUnavailableError
 from engines.flops import count_cost
-from engines.layers.neighborhood import KERNELS, WINDOW, emim_neighborhood
+from engines.layers.neighborhood import KERNELS, WINDOW, choose_kernel, emim_neighborhood
 
 __all__ = [
     "OP_LAYERS",
@@ -227,7 +227,13 @@ def _op_runs(
     rpb = (torch.randn(layer.heads, WINDOW, WINDOW, generator=gen) * 0.02).to(device, dtype)
     runs: list[tuple[str, Callable[[], object], str]] = []
     for name in kernels:
-        runs.append((name, functools.partial(emim_neighborhood, q, k, v, rpb, kernel=name), ""))
+        try:
+            choose_kernel(name, device)
+        except KernelUnavailableError as err:
+            log.info("bench --op: skipping %s: %s", name, err)
+            continue
+        note = "Triton interpreter: not a speed figure" if name == "triton" and device.type == "cpu" else ""
+        runs.append((name, functools.partial(emim_neighborhood, q, k, v, rpb, kernel=name), note))
         if compile:
             compiled = torch.compile(emim_neighborhood)
             runs.append((f"{name} + torch.compile", functools.partial(compiled, q, k, v, rpb, kernel=name), ""))
@@ -249,15 +255,15 @@ def bench_op(
     """Time each EMIM kernel (logits and context, all T slots) at each layer size.
 
     Args:
-        kernels: names from the kernel table (default: all of them).
+        kernels: names from the kernel table (default: all of them; ``triton`` only where it runs:
+            CUDA, or the CPU under Triton's interpreter, whose timings are not speed figures).
         compile: also time ``torch.compile`` of the op with each kernel.
         natten: also time NATTEN's fused ``na2d`` where installed; it computes only the context
             branch with rpb = 0 (no logits), so it is a reference point, not an EMIM kernel.
     """
     device = device or torch.device("cpu")
     for name in kernels or ():
-        if name not in KERNELS:
-            raise KernelUnavailableError(f"EMIM kernel {name!r} is not available here; available: {sorted(KERNELS)}")
+        choose_kernel(name, device)  # a kernel asked for by name must run here
     sync = _sync_for(device)
     results = []
     for layer in layers:
@@ -272,6 +278,7 @@ def bench_op(
                 warnings.simplefilter("ignore")  # natten on the CPU warns that flex attention runs uncompiled
                 times_ms = time_calls(fn, warmup, min_iters, min_time_s, sync)
             p50 = percentile(times_ms, 50)
-            macs_per_s = float("nan") if note else layer.macs * batch * 1000 / p50  # natten: other work
+            other_work = name == "natten.na2d"  # context only: its MAC/s would not compare
+            macs_per_s = float("nan") if other_work else layer.macs * batch * 1000 / p50
             results.append(OpBenchResult(layer, name, batch, p50, percentile(times_ms, 90), macs_per_s, note))
     return results

@@ -18,6 +18,12 @@ loop-over-positions reference):
   compiles with native layers). MODEL_SPEC measured this shape of kernel at ~34 ms per stage-3
   layer on 2 CPU cores against ~570 ms for an ``unfold`` version, which materialises 49 copies
   of K and V.
+- ``triton``: one fused Triton kernel (logits + rpb + online softmax + context) registered as the
+  op ``emim::neighborhood`` (:mod:`engines.layers.neighborhood_triton`), present when Triton is
+  installed. It runs on CUDA GPUs, and on the CPU only under Triton's interpreter (tests).
+
+``auto`` resolves per device (:func:`choose_kernel`): ``triton`` on a CUDA device when Triton is
+installed, ``reference`` otherwise. The ONNX export always uses ``reference``.
 """
 
 from __future__ import annotations
@@ -33,7 +39,16 @@ WINDOW = 7
 PAD = WINDOW // 2
 PAD_VALUE = 1e-6
 
-__all__ = ["KERNELS", "PAD", "PAD_VALUE", "WINDOW", "emim_neighborhood", "pair_frames", "resolve_kernel"]
+__all__ = [
+    "KERNELS",
+    "PAD",
+    "PAD_VALUE",
+    "WINDOW",
+    "choose_kernel",
+    "emim_neighborhood",
+    "pair_frames",
+    "resolve_kernel",
+]
 
 
 def pair_frames(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -83,19 +98,54 @@ KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, flo
 KERNELS: dict[str, KernelFn] = {"reference": _reference_kernel}
 
 
-def resolve_kernel(name: str) -> str:
-    """Resolve ``'auto'`` to the fastest exact kernel present; check that a named one exists.
+def _runs_on(name: str, device: torch.device) -> str | None:
+    """Why kernel ``name`` cannot run on ``device`` (None: it can)."""
+    if name != "triton" or device.type == "cuda":
+        return None
+    from engines.layers.neighborhood_triton import interpreted
+
+    if device.type == "cpu" and interpreted():
+        return None
+    return f"kernel 'triton' runs on CUDA GPUs, not on {device.type} (the CPU only under TRITON_INTERPRET=1, for tests)"
+
+
+def choose_kernel(name: str, device: torch.device | str | None = None) -> tuple[str, str]:
+    """The kernel ``name`` means on ``device``, and why.
+
+    Args:
+        name: a key of :data:`KERNELS` or ``'auto'``.
+        device: where the op will run (None: not known yet; ``auto`` then means ``reference``).
+
+    Returns:
+        ``(kernel, reason)``, e.g. ``('triton', 'auto: CUDA device and Triton installed')``.
 
     Raises:
-        KernelUnavailableError: the named kernel is not available here.
+        KernelUnavailableError: the named kernel is not installed or cannot run on ``device``.
     """
+    device = torch.device(device) if device is not None else None
     if name == "auto":
-        return "reference"
+        if device is not None and device.type == "cuda" and "triton" in KERNELS:
+            return "triton", "auto: CUDA device and Triton installed"
+        if device is None or device.type != "cuda":
+            return "reference", f"auto: {'no device yet' if device is None else device.type} (triton needs CUDA)"
+        return "reference", "auto: Triton is not installed"
     if name not in KERNELS:
         raise KernelUnavailableError(
             f"EMIM kernel {name!r} is not available here; available: {sorted(KERNELS)} or 'auto'"
         )
-    return name
+    why = _runs_on(name, device) if device is not None else None
+    if why is not None:
+        raise KernelUnavailableError(f"{why}; set engine.kernel to reference or auto")
+    return name, "asked for"
+
+
+def resolve_kernel(name: str, device: torch.device | str | None = None) -> str:
+    """The kernel :func:`choose_kernel` picks for ``name`` on ``device``.
+
+    Raises:
+        KernelUnavailableError: the named kernel is not available here.
+    """
+    return choose_kernel(name, device)[0]
 
 
 def emim_neighborhood(
@@ -124,3 +174,11 @@ def emim_neighborhood(
     attn = torch.cat([attn, attn[:, :, -1:]], dim=2)
     context = torch.cat([context, context[:, :, -1:]], dim=2)
     return attn, context
+
+
+try:  # the fused kernel registers when Triton is installed (it imports this module's constants)
+    from engines.layers.neighborhood_triton import triton_kernel
+except ImportError:
+    pass
+else:
+    KERNELS["triton"] = triton_kernel

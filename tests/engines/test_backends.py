@@ -217,7 +217,7 @@ def test_bench_op_times_every_kernel():
 
     layer = OpLayer("tiny", heads=2, frames=3, height=5, width=4, head_dim=8)
     rows = bench_op(layers=(layer,), natten=False, warmup=0, min_iters=2, min_time_s=0)
-    assert [r.kernel for r in rows] == sorted(KERNELS)
+    assert [r.kernel for r in rows] == sorted(set(KERNELS) - {"triton"})  # triton: CUDA or its interpreter
     assert all(r.ms_p50 > 0 and r.macs_per_s == pytest.approx(layer.macs * 1000 / r.ms_p50) for r in rows)
     assert layer.macs == 2 * 49 * 2 * 8 * 2 * 5 * 4
     assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5 and percentile([1.0, 2.0], 90) == pytest.approx(1.9)

@@ -39,7 +39,8 @@ def loop_reference(q, k, v, rpb, scale):
     return attn, ctx
 
 
-@pytest.mark.parametrize("kernel", sorted(KERNELS))
+# triton runs on the CPU only under its interpreter: tests/engines/test_neighborhood_triton.py
+@pytest.mark.parametrize("kernel", sorted(set(KERNELS) - {"triton"}))
 @pytest.mark.parametrize("shape", [(2, 2, 3, 5, 4, 6), (1, 3, 2, 8, 9, 4), (1, 1, 4, 2, 3, 5)])
 def test_kernel_matches_loop_reference_float64(kernel, shape):
     g = torch.Generator().manual_seed(sum(shape))

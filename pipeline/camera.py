@@ -5,17 +5,24 @@ overwrites its oldest slots. A network source that drops is reopened with capped
 backoff; the frames expected during the outage (outage x nominal fps) are counted as lost and
 skipped in the sequence numbers, so the consumer sees a gap and restarts its window. Problems
 go to the supervisor as one-line notes over a pipe (credentials redacted by the sources).
+
+Stopping: every wait of the process (backoff sleeps, the frame loop) watches the supervisor's stop
+pipe, which also reads as closed when the parent dies, and a SIGTERM flag (the handler only sets
+it; ``signal.set_wakeup_fd`` wakes a wait). On Linux ``PR_SET_PDEATHSIG`` kills the process at once
+when its parent dies, even inside a blocking open or read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
+import sys
 import time
-from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
+from multiprocessing.connection import Connection, wait
 
 from engines.errors import ConfigError
 from pipeline.config import CameraConfig
@@ -83,15 +90,55 @@ class _Camera:
             self.fps = (len(self._fps_window) - 1) * 1e9 / (self._fps_window[-1] - self._fps_window[0])
 
 
-def _sleep(stop: Event, seconds: float) -> bool:
-    """Sleep up to ``seconds``; True when asked to stop meanwhile."""
-    return stop.wait(seconds)
+class StopWatch:
+    """Whether the camera should stop: the stop pipe is readable (stop asked, or parent gone) or SIGTERM came.
+
+    Args:
+        stop: read end of the supervisor's stop pipe; the supervisor closes the write end to stop
+            every camera, and the kernel closes it when the parent dies.
+    """
+
+    def __init__(self, stop: Connection) -> None:
+        self._stop = stop
+        self._terminated = False
+        self._wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self._terminated = True  # only a flag: the handler may run inside any wait of this thread
+
+    def is_set(self) -> bool:
+        """True when asked to stop (also when the parent process is gone)."""
+        return self._terminated or self._stop.poll()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when asked to stop meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._wake_r in wait([self._stop, self._wake_r], left):
+                os.read(self._wake_r, 512)
+        return True
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies (the camera owns nothing to clean up)."""
+    if sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the prctl
+        raise SystemExit(CameraExit.STOPPED)
 
 
 def camera_main(
     cfg: CameraConfig,
     ring_name: str,
-    stop: Event,
+    stop: Connection,
     notes: Connection,
     backoff: tuple[float, float] = (0.5, 10.0),
     log_level: int = logging.WARNING,
@@ -101,7 +148,7 @@ def camera_main(
     Args:
         cfg: this camera's config section.
         ring_name: the shared-memory ring to attach (created by the supervisor, which owns it).
-        stop: set by the supervisor to end the process.
+        stop: read end of the supervisor's stop pipe (readable or closed: end the process).
         notes: write end of a pipe for one-line problem reports.
         backoff: (first, max) reconnect delay in seconds; it doubles per failed attempt.
         log_level: logging level in this process.
@@ -110,17 +157,19 @@ def camera_main(
     """
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(processName)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent coordinates
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None:
+        _die_with_parent(parent.pid)
+    watch = StopWatch(stop)
     ring = SharedRing.attach(ring_name)
     try:
-        raise SystemExit(_capture_loop(_Camera(cfg, ring, notes, backoff), stop))
+        raise SystemExit(_capture_loop(_Camera(cfg, ring, notes, backoff), watch))
     finally:
         ring.close()
 
 
-def _capture_loop(cam: _Camera, stop: Event) -> int:
+def _capture_loop(cam: _Camera, stop: StopWatch) -> int:
     cfg = cam.cfg
-    parent = multiprocessing.parent_process()
     delay = cam.backoff_s
     down_since_ns: int | None = None
     info: SourceInfo | None = None
@@ -145,8 +194,6 @@ def _capture_loop(cam: _Camera, stop: Event) -> int:
             delay = cam.backoff_s
             cam.status(SourceState.LIVE, force=True)
             while not stop.is_set():
-                if parent is not None and not parent.is_alive():
-                    return CameraExit.STOPPED
                 frame = source.read()
                 if frame is None:
                     cam.status(source.state)
@@ -167,7 +214,7 @@ def _capture_loop(cam: _Camera, stop: Event) -> int:
             down_since_ns = down_since_ns or time.monotonic_ns()
             cam.note(f"{err}; reconnecting in {delay:.1f} s")
             cam.status(SourceState.RECONNECTING, force=True)
-            if _sleep(stop, delay):
+            if stop.wait(delay):
                 break
             delay = min(delay * 2, cam.backoff_max_s)
         except (SourceError, ConfigError) as err:

@@ -4,7 +4,8 @@ The writer never waits for a reader. When a reader falls behind, the oldest slot
 finds out from sequence numbers; a slot overwritten *while* it is being copied is caught by a per-slot seqlock
 and reported as torn, never returned.
 
-Segment layout (one ``multiprocessing.shared_memory`` block, named ``emim_<id>``, all integers int64 native-endian)::
+Segment layout (one ``multiprocessing.shared_memory`` block, named ``emim_<owner pid>_<random hex>``, all integers
+int64 native-endian)::
 
     header   256 B   magic, layout version, slots, height, width, latest_seq, heartbeat_mono_ns,
                      writer status (state, fps, reconnects, frames_lost, source_width, source_height)
@@ -21,6 +22,10 @@ Resource tracking: the creating process owns the segment and unlinks it (its res
 if the owner dies). Attaching processes never register the segment with their resource tracker, so a reader
 or writer that exits neither unlinks the owner's segment nor prints "leaked shared_memory" warnings
 (Python 3.10-3.12 register every attach; 3.13 has ``track=False``).
+
+Stale rings: when the owner and its resource tracker are killed together (SIGKILL to the process group), nothing
+unlinks the segment. Its name carries the owner's pid, so :func:`stale_rings` finds segments whose owner is gone
+and :func:`reclaim_stale_rings` (called at every pipeline start) removes them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import enum
 import logging
 import multiprocessing as mp
 import os
+import re
 import secrets
 import sys
 import threading
@@ -51,12 +57,16 @@ __all__ = [
     "RingReader",
     "RingStatus",
     "SharedRing",
+    "reclaim_stale_rings",
     "ring_throughput",
+    "stale_rings",
 ]
 
 _LOG = logging.getLogger(__name__)
 
 NAME_PREFIX = "emim_"
+SHM_DIR = "/dev/shm"
+_OWNED_NAME = re.compile(rf"{NAME_PREFIX}(?P<pid>\d+)_[0-9a-f]+")
 _MAGIC = int.from_bytes(b"EMIMRING", "little")
 _LAYOUT_VERSION = 2
 _ALIGN = 64
@@ -195,7 +205,7 @@ class SharedRing:
         Args:
             slots: number of frames kept (>= 2).
             height, width: frame size in pixels (frames are [height, width, 3] uint8).
-            name: segment name; default ``emim_<pid><random>``.
+            name: segment name; default ``emim_<pid>_<random hex>`` (the pid lets a later run reclaim it).
 
         Raises:
             PipelineError: a segment of that name exists, or the size is invalid.
@@ -206,7 +216,7 @@ class SharedRing:
                 "need slots >= 2 and a positive frame size"
             )
         if name is None:
-            name = f"{NAME_PREFIX}{os.getpid() & 0xFFFF:04x}{secrets.token_hex(3)}"
+            name = f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(3)}"
         size = _layout(slots, height, width)[3]
         try:
             shm = SharedMemory(name=name, create=True, size=size)
@@ -504,6 +514,48 @@ class RingReader:
     def _skip_to(self, seq: int) -> None:
         self.dropped += seq - self.next_seq
         self.next_seq = seq
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_rings(shm_dir: str = SHM_DIR) -> list[str]:
+    """Names of ring segments whose owner process is gone (named ``emim_<pid>_...`` with no such pid).
+
+    Segments of live owners and names without a pid are left alone. A pid reused by an unrelated process hides a
+    stale segment (it is kept, never wrongly removed).
+    """
+    try:
+        names = sorted(os.listdir(shm_dir))
+    except FileNotFoundError:  # no /dev/shm (not Linux)
+        return []
+    return [n for n in names if (m := _OWNED_NAME.fullmatch(n)) and not _pid_alive(int(m["pid"]))]
+
+
+def reclaim_stale_rings(shm_dir: str = SHM_DIR) -> list[str]:
+    """Remove the segments :func:`stale_rings` finds; logs one line when there were any. Returns their names."""
+    removed = []
+    for name in stale_rings(shm_dir):
+        try:
+            os.unlink(os.path.join(shm_dir, name))
+        except FileNotFoundError:  # another process reclaimed it first
+            continue
+        except OSError as err:
+            _LOG.warning("cannot remove stale ring /dev/shm/%s: %s", name, err.strerror)
+            continue
+        removed.append(name)
+    if removed:
+        _LOG.warning(
+            "reclaimed %d shared-memory ring(s) left by killed runs: %s", len(removed), ", ".join(removed)
+        )
+    return removed
 
 
 def _throughput_writer(name: str, frames: int, reader_next: ctypes.c_longlong, conn: Connection) -> None:

@@ -3,9 +3,14 @@
 The supervisor creates (and so owns) each camera's shared-memory ring and spawns its process.
 A process that crashes (any exit code but the clean ones of :class:`pipeline.camera.CameraExit`)
 is restarted after a delay that doubles per restart up to a cap; the ring stays, so the new
-process continues the sequence numbers. ``stop()`` sets the stop event, joins, terminates then
+process continues the sequence numbers. ``stop()`` closes the stop pipe, joins, terminates then
 kills what is left, and unlinks every ring. If the main process itself dies, camera processes
-notice their parent is gone and exit, and Python's resource tracker unlinks the rings it owns.
+die with it (``PR_SET_PDEATHSIG``; elsewhere they see the stop pipe close) and Python's resource
+tracker unlinks the rings it owns. If the whole process group is killed, nothing is left to clean
+up: the next start reclaims those rings (:func:`pipeline.ring.reclaim_stale_rings`).
+
+The supervisor uses no named semaphores (the stop signal is a pipe), so a killed run leaves
+nothing in ``/dev/shm`` but its rings.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from multiprocessing.process import BaseProcess
 
 from pipeline.camera import CameraExit, camera_main
 from pipeline.config import CameraConfig, SupervisorConfig
-from pipeline.ring import SharedRing
+from pipeline.ring import SharedRing, reclaim_stale_rings
 from pipeline.sources import open_source
 
 __all__ = ["CameraHandle", "CameraSupervisor"]
@@ -67,8 +72,10 @@ class CameraSupervisor:
             )
         self.cfg = cfg
         self._ctx = multiprocessing.get_context("spawn")
-        self._stop = self._ctx.Event()
+        self._stop_r, self._stop_w = self._ctx.Pipe(duplex=False)
+        self._stopping = False
         self.cameras: dict[str, CameraHandle] = {}
+        reclaim_stale_rings()
         try:
             for cam in cameras:
                 self.cameras[cam.id] = CameraHandle(cam, SharedRing.create(slots, height, width))
@@ -86,7 +93,7 @@ class CameraSupervisor:
         backoff = (self.cfg.restart_backoff_s, self.cfg.restart_backoff_max_s)
         process = self._ctx.Process(
             target=camera_main,
-            args=(handle.cfg, handle.ring.name, self._stop, send, backoff, logging.getLogger().level),
+            args=(handle.cfg, handle.ring.name, self._stop_r, send, backoff, logging.getLogger().level),
             name=f"camera-{handle.cfg.id}",
             daemon=True,
         )
@@ -107,7 +114,7 @@ class CameraSupervisor:
         for cam_id, handle in self.cameras.items():
             notes += [(cam_id, text) for text in self._drain(handle)]
             process = handle.process
-            if process is None or process.is_alive() or handle.finished is not None or self._stop.is_set():
+            if process is None or process.is_alive() or handle.finished is not None or self._stopping:
                 if process is None and handle.finished is None and now >= handle.next_start_mono:
                     self._spawn(handle)
                 continue
@@ -143,7 +150,8 @@ class CameraSupervisor:
 
     def stop(self) -> None:
         """Stop every camera process and unlink every ring (idempotent)."""
-        self._stop.set()
+        self._stopping = True
+        self._stop_w.close()  # every camera's stop pipe now reads as closed
         deadline = time.monotonic() + _JOIN_S
         for handle in self.cameras.values():
             if handle.process is not None:
@@ -160,6 +168,7 @@ class CameraSupervisor:
             if handle.notes is not None:
                 handle.notes.close()
                 handle.notes = None
+        self._stop_r.close()
         self._unlink_all()
 
     def _unlink_all(self) -> None:

@@ -25,4 +25,16 @@ def main(args: argparse.Namespace) -> int:
         width = max((len(k) for k, _ in section.rows), default=0)
         for key, value in section.rows:
             print(f"  {key:<{width}}  {value}")
+    _report_stale_rings(args.clean_stale_rings)
     return 0
+
+
+def _report_stale_rings(clean: bool) -> None:
+    """The ``[shared memory]`` section: rings left in /dev/shm by runs whose owner process is gone."""
+    from pipeline.ring import SHM_DIR, reclaim_stale_rings, stale_rings
+
+    stale = reclaim_stale_rings() if clean else stale_rings()
+    listed = ", ".join(f"{SHM_DIR}/{n}" for n in stale) or "none"
+    hint = " (their owner is gone; --clean-stale-rings removes them)" if stale and not clean else ""
+    print("[shared memory]")
+    print(f"  {'removed stale rings' if clean else 'stale rings'}  {listed}{hint}")

@@ -11,6 +11,11 @@ HELP = "report CPU/GPU, CUDA, TensorRT, NATTEN, ONNX Runtime, and the backend/ke
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser)
+    parser.add_argument(
+        "--clean-stale-rings",
+        action="store_true",
+        help="remove the shared-memory rings of killed runs (also done at every pipeline start)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

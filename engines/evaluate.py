@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +105,7 @@ def evaluate(
     mean: Sequence[float] = (0.45, 0.45, 0.45),
     std: Sequence[float] = (0.225, 0.225, 0.225),
     log_every_s: float = 30.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Classify every clip of ``dataset`` and count the outcomes (the model is left in eval mode).
 
@@ -115,6 +116,7 @@ def evaluate(
         labels: label names (default: the data set's).
         mean, std: the clip normalisation (the checkpoint's).
         log_every_s: progress log interval, seconds.
+        progress: called with (clips done, total) after each batch.
     """
     labels = tuple(labels or dataset.labels)
     model.eval()
@@ -128,6 +130,8 @@ def evaluate(
         logits, _ = forward_clips(model, vmp, clips, mean, std)
         np.add.at(confusion, (target.numpy(), logits.argmax(1).numpy()), 1)
         done += len(target)
+        if progress is not None:
+            progress(done, len(dataset))
         if time.monotonic() - last_log >= log_every_s:
             last_log = time.monotonic()
             _log.info("evaluated %d/%d clips (%.1f%% so far)", done, len(dataset), 100 * np.trace(confusion) / done)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,7 +47,16 @@ from engines.evaluate import EvalResult, evaluate, forward_clips
 from engines.layers.vmp import VmpLayer, slope_shift
 from engines.models import build_model, get_model_cfg
 
-__all__ = ["RESUME_FORMAT", "EpochRecord", "StepInfo", "TrainConfig", "TrainResult", "resume_path", "train"]
+__all__ = [
+    "RESUME_FORMAT",
+    "EpochRecord",
+    "StepInfo",
+    "TrainConfig",
+    "TrainInterrupted",
+    "TrainResult",
+    "resume_path",
+    "train",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -134,6 +144,17 @@ class StepInfo:
     lr: float
 
 
+class TrainInterrupted(Exception):
+    """Training stopped on request after a step; ``resume_file`` holds its state (``--resume`` continues)."""
+
+    def __init__(self, resume_file: Path, epoch: int, step_in_epoch: int, steps_per_epoch: int) -> None:
+        super().__init__(f"stopped at epoch {epoch} step {step_in_epoch}/{steps_per_epoch}; state in {resume_file}")
+        self.resume_file = resume_file
+        self.epoch = epoch
+        self.step_in_epoch = step_in_epoch
+        self.steps_per_epoch = steps_per_epoch
+
+
 @dataclass(frozen=True, slots=True)
 class EpochRecord:
     """Summary of one finished epoch."""
@@ -171,12 +192,15 @@ def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = None, stop: threading.Event | None = None
+) -> TrainResult:
     """Run (or resume) training and write the checkpoint ``cfg.out`` after every epoch.
 
     Args:
         cfg: the run's settings.
         on_step: called after every optimizer step (and after the resume file, when one is due).
+        stop: set it (e.g. on Ctrl-C) to end the run after the current step with the resume file written.
 
     Returns:
         The :class:`TrainResult`; the resume file is removed once the last epoch is written.
@@ -185,6 +209,7 @@ def train(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = None) -
         ConfigError: invalid settings, or ``resume`` without a matching resume file.
         DatasetError: bad data set (naming the file).
         CheckpointError: unreadable or unfitting ``init`` / resume file.
+        TrainInterrupted: ``stop`` was set; the resume file is written.
     """
     _, default_t, default_h, default_w = get_model_cfg(cfg.model).input_size
     frames = cfg.frames or default_t
@@ -308,6 +333,10 @@ def train(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = None) -
                 save_resume(epoch, step_in_epoch, global_step, history, seconds, totals)
             if on_step is not None:
                 on_step(StepInfo(epoch, step_in_epoch, steps_per_epoch, global_step, total_steps, loss.item(), lr))
+            if stop is not None and stop.is_set():
+                seconds = seconds_before + time.monotonic() - run_start
+                save_resume(epoch, step_in_epoch, global_step, history, seconds, totals)
+                raise TrainInterrupted(resume_file, epoch + 1, step_in_epoch, steps_per_epoch)
 
         if val_set is not None:
             val_result = evaluate(model, vmp, val_set, cfg.batch_size, cfg.workers, labels, clip.mean, clip.std)

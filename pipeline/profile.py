@@ -18,7 +18,8 @@ The report (:meth:`Profiler.report`, written by ``emim-stream profile --json``) 
 - ``messages`` object (int): ``received`` (valid messages), ``labels``, ``statuses``, ``lost`` (``msg_seq`` gaps,
   all topics), ``restarts`` (``msg_seq`` went back: a publisher restarted), ``malformed`` (not a message at all),
   ``unreadable`` (a message this version cannot parse, e.g. another schema, or of a camera named ``all``),
-  ``receive_skipped``.
+  ``receive_skipped``, ``handshake_failures`` (connections refused in the handshake: CURVE keys, see
+  :mod:`pipeline.subscribe`).
 - ``cameras`` object: camera id -> object, cameras in order of first message:
 
   - ``labels`` int: label messages received; ``windows_per_s`` float: ``labels / duration_s``.
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.keys import CurveClient
 from pipeline.latency import ALL_CAMERAS, PERCENTILES, LatencyRecorder, format_table
 from pipeline.messages import (
     LATENCY_CLOCK,
@@ -242,6 +244,7 @@ class Profiler:
                 "malformed": subscriber.malformed,
                 "unreadable": self.unreadable,
                 "receive_skipped": self.receive_skipped,
+                "handshake_failures": subscriber.handshake_failures,
             },
             "cameras": cameras,
             "all": {
@@ -271,6 +274,7 @@ def profile(
     stop: threading.Event | None = None,
     capacity: int = 10_000,
     max_msg_bytes: int = 1 << 20,
+    curve: CurveClient | None = None,
 ) -> tuple[Profiler, dict[str, Any]]:
     """Subscribe to ``endpoint`` and profile until ``duration_s`` passes or ``stop`` is set.
 
@@ -281,6 +285,7 @@ def profile(
         stop: set it (e.g. from a signal handler) to end the period early.
         capacity: see :class:`Profiler`.
         max_msg_bytes: largest message accepted.
+        curve: this subscriber's CURVE keys, for a CURVE publisher.
 
     Returns:
         The profiler (for :func:`plot_profile`) and its report (module docstring).
@@ -292,7 +297,7 @@ def profile(
     stop = threading.Event() if stop is None else stop
     profiler = Profiler(capacity)
     deadline_ns = None if duration_s is None else profiler.started_mono_ns + round(duration_s * 1e9)
-    with Subscriber(endpoint, topics, timeout_s=_POLL_S, max_msg_bytes=max_msg_bytes) as sub:
+    with Subscriber(endpoint, topics, timeout_s=_POLL_S, max_msg_bytes=max_msg_bytes, curve=curve) as sub:
         while not stop.is_set():
             now_ns = time.monotonic_ns()
             if deadline_ns is not None and now_ns >= deadline_ns:

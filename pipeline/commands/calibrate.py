@@ -14,7 +14,8 @@ Exit status: 0 deployable, 1 calibrated but below the gate, others as any comman
 from __future__ import annotations
 
 import argparse
-import sys
+
+from pipeline.commands.common import Progress
 
 HELP = (
     "quantise a model to INT8/FP8 with ModelOpt on calibration clips and gate it on agreement "
@@ -23,21 +24,6 @@ HELP = (
 
 ONNX_NAME = "model.qdq.onnx"
 _PARITY_CLIPS = 2  # clips for the per-pair Q/DQ check (one ONNX Runtime run with every pair exposed)
-
-
-class _Progress:
-    """``what done/total`` on stderr: one line rewritten in place on a terminal, else a line per tenth."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.tty:
-            end = "\n" if done >= total else ""
-            print(f"\r{self.what} {done}/{total}", end=end, file=sys.stderr, flush=True)
-        elif done >= total or done * 10 // total > (done - 1) * 10 // total:
-            print(f"{self.what} {done}/{total}", file=sys.stderr, flush=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
     if args.clips_from:
         clips = load_clips(args.clips_from, model)
     else:
-        wanted = dict(calibration=args.clips, held_out=args.held_out, resize=camera.resize, progress=_Progress("clips"))
+        wanted = dict(calibration=args.clips, held_out=args.held_out, resize=camera.resize, progress=Progress("clips"))
         if args.data:
             collect_from_dataset(args.data, model, out / "clips", seed=args.seed, **wanted)
         else:
@@ -154,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
         args.precision,
         keep,
         total=n_cal,
-        progress=_Progress("calibrating"),
+        progress=Progress("calibrating"),
     )
     print(
         f"quantise {len(quant.quantized)} conv/linear layers {args.precision}, {len(quant.kept)} kept in "

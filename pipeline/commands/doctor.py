@@ -22,7 +22,11 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from engines.doctor import environment, selection
+    from pipeline.config import DEFAULT_CONFIG
 
+    if args.config is None:  # what `emim-stream run` and `make run` use
+        args.config = str(DEFAULT_CONFIG)
+        print(f"config: the embedded default ({DEFAULT_CONFIG}); --config FILE for another")
     cfg = engine_config_from_args(args)
     cache = Path(cfg.plan_cache_dir).expanduser() if cfg.plan_cache_dir else None
     for section in [*environment(cache), selection(cfg)]:

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline.commands.common import Progress
+
 HELP = "evaluate a checkpoint on held-out clips: top-1, per-class accuracy, confusion matrix"
 
 
@@ -42,7 +44,10 @@ def main(args: argparse.Namespace) -> int:
     )
     print(f"checkpoint {ck.path} ({ck.model_name}, VMP {'on' if ck.vmp is not None else 'off'})")
     print(f"data       {dataset.describe()}")
-    result = evaluate(ck.model, ck.vmp, dataset, args.batch_size, args.workers, ck.labels, clip.mean, clip.std)
+    result = evaluate(
+        ck.model, ck.vmp, dataset, args.batch_size, args.workers, ck.labels, clip.mean, clip.std,
+        progress=Progress("evaluating clips"),
+    )
     print(result.report())
     if args.json is not None:
         record = {"checkpoint": str(ck.path), "weights_sha256": ck.weights_sha256, "data": args.data,

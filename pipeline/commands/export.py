@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.commands.common import Progress
+
 HELP = "export a checkpoint or model to ONNX (standard ops only), audit its ops, verify with ONNX Runtime"
 
 # Largest ONNX Runtime vs torch error accepted by the verification, relative to the largest logit.
@@ -47,8 +49,12 @@ def main(args: argparse.Namespace) -> int:
     cfg = EngineConfig(
         checkpoint=args.checkpoint, model=args.model, frames=args.frames, height=args.size, width=args.size
     )
+    steps = 2 if args.no_verify else 3
+    progress = Progress("export")
+    progress.step(1, steps, f"loading {args.checkpoint or args.model}")
     source = load_source(cfg)
     clip = (source.clip.frames, source.clip.height, source.clip.width)
+    progress.step(2, steps, f"exporting with the {args.exporter} exporter and auditing the ops")
     report = export_onnx(
         source.model,
         clip,
@@ -68,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     dtype = torch.float16 if args.half else torch.float32
     clips = torch.randn(args.batch or 2, 3, *clip, generator=torch.Generator().manual_seed(1)).to(dtype)
+    progress.step(3, steps, "verifying with ONNX Runtime")
     abs_err, rel_err = verify_onnx(report.path, source.model, clips)
     limit = _TOLERANCE[report.dtype]
     verdict = "ok" if rel_err <= limit else "FAILED"

@@ -28,7 +28,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"public key  {public_path}  {load_public_key(public_path).decode()}")
     print(f"secret key  {secret_path}  (mode 0600; keep it on this machine)")
     if args.name == "server":
-        print(f"publisher:   set publish.curve_secret_key_file={secret_path}")
+        print(
+            f"publisher:   set both publish.curve_secret_key_file={secret_path} and publish.curve_clients_dir=DIR "
+            f"(DIR holds the public *{PUBLIC_SUFFIX} file of every subscriber allowed in: 'keys --name NAME')"
+        )
         print(f"subscribers: copy {public_path} and pass --curve-server-key {public_path.name}")
     else:
         print(f"publisher:   copy {public_path} into its publish.curve_clients_dir (*{PUBLIC_SUFFIX} files)")

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import threading
 from pathlib import Path
+
+from pipeline.commands.common import add_curve_arguments, curve_client, curve_hint
 
 HELP = "profile per-frame latency of a running pipeline: percentiles per camera and stage, drops, loss"
 
@@ -38,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--samples", type=int, default=10_000, metavar="N", help="latency samples kept per camera and stage"
     )
+    add_curve_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,16 +55,21 @@ def main(args: argparse.Namespace) -> int:
         raise PipelineError(f"--samples must be >= 1, got {args.samples}")
     if args.plot is not None:
         require_matplotlib()  # fail now, not after the profiling period
+    curve = curve_client(args)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         profiler, report = profile(
-            args.endpoint, args.duration, args.topics or DEFAULT_TOPICS, stop=stop, capacity=args.samples
+            args.endpoint, args.duration, args.topics or DEFAULT_TOPICS, stop=stop, capacity=args.samples, curve=curve
         )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(format_report(report), flush=True)
+    if not report["messages"]["labels"]:
+        hint = curve_hint(args, report["messages"]["handshake_failures"])
+        if hint is not None:
+            print(f"emim-stream profile: {hint}", file=sys.stderr)
     if args.json is not None:
         try:
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

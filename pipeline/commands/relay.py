@@ -57,5 +57,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"emim-stream relay: proxy stopped: {failed}", flush=True)
         return 1
     if stats is not None:
-        print(f"relayed {stats.frames} frames ({stats.bytes} bytes); {stats.subscriptions} subscription changes")
+        print(
+            f"relayed {stats.frames} message parts ({stats.frames // 2} messages of topic + payload, {stats.bytes} "
+            f"bytes); {stats.subscriptions} subscription changes"
+        )
     return 0

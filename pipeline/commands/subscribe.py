@@ -15,9 +15,8 @@ import sys
 from contextlib import AbstractContextManager, nullcontext
 from typing import TextIO
 
-from engines.errors import ConfigError
+from pipeline.commands.common import add_curve_arguments, curve_client, curve_hint
 from pipeline.errors import PipelineError
-from pipeline.keys import CurveClient
 from pipeline.messages import LabelMessage, MessageError, StatusMessage, parse_payload
 from pipeline.subscribe import Received, Subscriber
 
@@ -40,16 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds in total")
     parser.add_argument("--jsonl", default=None, metavar="FILE", help="append each payload as a JSON line to FILE")
     parser.add_argument("--max-msg-bytes", type=int, default=1 << 20, metavar="BYTES", help="refuse bigger messages")
-    parser.add_argument("--curve-server-key", metavar="FILE", help="the CURVE publisher's public key file (server.key)")
-    parser.add_argument(
-        "--curve-client-key", metavar="FILE", help="this subscriber's CURVE secret key file (NAME.key_secret)"
-    )
+    add_curve_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     """Receive and print; exit 0, or 1 when ``--count`` was given and fewer messages arrived."""
     topics = args.topics or ["labels/"]
-    curve = _curve_client(args.curve_client_key, args.curve_server_key)
+    curve = curve_client(args)
     with (
         _open_jsonl(args.jsonl) as sink,
         Subscriber(args.endpoint, topics, max_msg_bytes=args.max_msg_bytes, curve=curve) as sub,
@@ -65,15 +61,11 @@ def main(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         _print_summary(sub, sys.stderr)
+        if n == 0:
+            hint = curve_hint(args, sub.handshake_failures)
+            if hint is not None:
+                print(f"emim-stream subscribe: {hint}", file=sys.stderr)
     return 1 if args.count is not None and n < args.count else 0
-
-
-def _curve_client(client_key: str | None, server_key: str | None) -> CurveClient | None:
-    if client_key is None and server_key is None:
-        return None
-    if client_key is None or server_key is None:
-        raise ConfigError("CURVE needs both --curve-server-key and --curve-client-key")
-    return CurveClient(client_key, server_key)
 
 
 def _open_jsonl(path: str | None) -> AbstractContextManager[TextIO | None]:

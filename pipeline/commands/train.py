@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from engines.errors import ConfigError
+from pipeline.commands.common import Progress
 
 HELP = "train or fine-tune a model on synthetic clips, a class-per-folder video set or a list file"
 
@@ -98,7 +101,7 @@ def _value(text: str) -> object:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from engines.train import TrainConfig, train
+    from engines.train import TrainConfig, TrainInterrupted, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,7 +134,29 @@ def main(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         command=shlex.join(["emim-stream", *sys.argv[1:]]),
     )
-    result = train(cfg)
+    progress = Progress("training steps")
+    stop = threading.Event()
+
+    def on_sigint(*_: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+        stop.set()
+        print("\nstopping after this step to save the resume file (Ctrl-C again: stop now, unsaved)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = train(cfg, on_step=lambda step: progress(step.global_step, step.total_steps), stop=stop)
+    except TrainInterrupted as stopped:
+        resume = cfg.command if "--resume" in sys.argv[1:] else f"{cfg.command} --resume"
+        print(
+            f"interrupted at epoch {stopped.epoch} step {stopped.step_in_epoch}/{stopped.steps_per_epoch}; "
+            f"saved {stopped.resume_file}\ncontinue with:\n  {resume}",
+            flush=True,
+        )
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if result.val is not None:
         print(result.val.report())
     minutes = result.train_seconds / 60

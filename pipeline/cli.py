@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "doctor": "doctor",
     "calibrate": "calibrate",
     "train": "train",
+    "view": "view",
     "evaluate": "evaluate",
     "import-weights": "import_weights",
 }

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
 from collections import Counter
+from contextlib import nullcontext
 
 from pipeline.commands.common import add_config_argument, config_path
 
@@ -28,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a config value, e.g. --set engine.backend=torch (repeatable)",
     )
     parser.add_argument("--quiet", action="store_true", help="do not print each label")
+    parser.add_argument(
+        "--view", type=int, default=None, metavar="PORT", help="serve the live view on PORT (view.port)"
+    )
+    parser.add_argument(
+        "--record", default=None, metavar="DIR", help="record annotated MP4s of every camera into DIR (record.dir)"
+    )
 
 
 def _format_label(msg, scored: bool) -> str:
@@ -69,8 +77,14 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.errors import SourceError
     from pipeline.latency import format_table
     from pipeline.runtime import run
+    from pipeline.view.server import ViewProcess
 
-    cfg = load_config(config_path(args), args.overrides)
+    overrides = list(args.overrides)
+    if args.view is not None:
+        overrides.append(f"view.port={args.view}")
+    if args.record is not None:
+        overrides.append(f"record.dir={json.dumps(args.record)}")
+    cfg = load_config(config_path(args), overrides)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -86,8 +100,13 @@ def main(args: argparse.Namespace) -> int:
     def on_note(camera_id: str, text: str) -> None:
         print(f"{camera_id:>8} ! {text}", file=sys.stderr, flush=True)
 
-    print(f"emim-stream: publishing on {cfg.publish.endpoint} (topics labels/<camera>/, status/<camera>/)", flush=True)
-    report = run(cfg, args.duration, stop, on_label, on_note)
+    topics = "labels/<camera>/, status/<camera>/, events/<camera>/"
+    print(f"emim-stream: publishing on {cfg.publish.endpoint} (topics {topics})", flush=True)
+    with ViewProcess.for_pipeline(cfg) or nullcontext() as view:
+        if view is not None:
+            query = f"?token={view.token}" if view.token is not None and cfg.view.token_file is None else ""
+            print(f"emim-stream: live view on {view.url}{query}", flush=True)
+        report = run(cfg, args.duration, stop, on_label, on_note)
     print(f"\nengine: {report.engine}")
     print(f"ended: {report.reason}")
     for cam_id, n in report.labels.items():

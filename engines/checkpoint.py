@@ -19,6 +19,7 @@ missing / unexpected keys reported, never hidden.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -111,11 +112,14 @@ def read_file(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read: the file is empty (0 bytes)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged files
+        first_line = next(iter(str(err).splitlines()), "")[:200]
         raise CheckpointError(
-            f"checkpoint '{path}' cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            f"checkpoint '{path}' cannot be read ({type(err).__name__}: {first_line}); "
             "is it truncated or not a PyTorch file?"
         ) from err
 
@@ -299,8 +303,9 @@ def load_checkpoint(path: str | os.PathLike[str], kernel: str = "auto", verify: 
         verify: check the content hash.
 
     Raises:
-        CheckpointError: unreadable, not this project's format, corrupted (hash mismatch), or the
-            weights do not fit the recorded architecture (naming the first keys).
+        CheckpointError: unreadable, not this project's format, a record entry missing or malformed,
+            corrupted (hash mismatch), non-finite weights, or weights that do not fit the recorded
+            architecture (naming the first keys).
     """
     path = resolve_checkpoint(path)
     record = read_file(path)
@@ -310,37 +315,81 @@ def load_checkpoint(path: str | os.PathLike[str], kernel: str = "auto", verify: 
             f"'{path}' is not an emim-stream checkpoint (format {found!r}); "
             "public UniFormer/EMIM weights load with --init / engines.checkpoint.load_pretrained"
         )
+    missing = [key for key in ("model", "labels", "clip", "state_dict") if key not in record]
+    if missing:
+        raise CheckpointError(f"checkpoint '{path}' lacks {missing}; it was not written by save_checkpoint")
     state, vmp_rec = record["state_dict"], record.get("vmp")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint '{path}': state_dict is not a dict of tensors")
+    if vmp_rec is not None and not isinstance(vmp_rec, dict):
+        raise CheckpointError(f"checkpoint '{path}': vmp is not a dict of VMP parameters")
     digest = weights_sha256(state, vmp_rec)
     if verify and digest != record.get("weights_sha256"):
         raise CheckpointError(f"checkpoint '{path}' is corrupted: content hash does not match its record")
-    overrides = dict(record.get("overrides") or {})
-    overrides.pop("kernel", None)
-    labels = tuple(record["labels"])
-    model = build_model(record["model"], num_classes=len(labels), kernel=kernel, **overrides)
+    try:
+        _check_finite(path, state, vmp_rec)
+        labels, clip = _labels(record["labels"]), _clip(record["clip"])
+        overrides = dict(record.get("overrides") or {})
+        overrides.pop("kernel", None)
+        model = build_model(record["model"], num_classes=len(labels), kernel=kernel, **overrides)
+        vmp = None
+        if vmp_rec is not None:
+            vmp = VmpLayer(vmp_rec["grey_weights"], vmp_rec["mean"], vmp_rec["std"])
+            with torch.no_grad():
+                vmp.m.fill_(vmp_rec["m"])
+                vmp.n.fill_(vmp_rec["n"])
+            vmp.eval()
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint '{path}' has an invalid record: {err}") from None
     model.model_overrides = overrides
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"checkpoint '{path}' does not fit {record['model']}: missing {list(result.missing_keys[:_SHOW])}, "
-            f"unexpected {list(result.unexpected_keys[:_SHOW])}"
-        )
-    vmp = None
-    if vmp_rec is not None:
-        vmp = VmpLayer(vmp_rec["grey_weights"], vmp_rec["mean"], vmp_rec["std"])
-        with torch.no_grad():
-            vmp.m.fill_(vmp_rec["m"])
-            vmp.n.fill_(vmp_rec["n"])
-        vmp.eval()
-    clip = record["clip"]
+    _check_fit(path, record["model"], model, state)
+    model.load_state_dict(state)
     return Checkpoint(
         path=path,
         model=model.eval(),
         vmp=vmp,
         labels=labels,
-        clip=ClipSpec(clip["frames"], clip["height"], clip["width"], tuple(clip["mean"]), tuple(clip["std"])),
+        clip=clip,
         model_name=record["model"],
         overrides=overrides,
         weights_sha256=digest,
         extra=dict(record.get("extra") or {}),
     )
+
+
+def _labels(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"labels must be a non-empty list of strings, got {str(value)[:80]}")
+    return tuple(value)
+
+
+def _clip(value: Any) -> ClipSpec:
+    if not isinstance(value, dict):
+        raise ValueError(f"clip must be a dict of frames, height, width, mean, std, got {str(value)[:80]}")
+    return ClipSpec(value["frames"], value["height"], value["width"], tuple(value["mean"]), tuple(value["std"]))
+
+
+def _check_finite(path: Path, state: dict[str, torch.Tensor], vmp_rec: dict[str, Any] | None) -> None:
+    """Refuse NaN / Inf weights: they would only surface later as NaN scores."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if vmp_rec is not None:
+        bad += [f"vmp.{k}" for k in ("m", "n") if not math.isfinite(float(vmp_rec[k]))]
+    if bad:
+        raise CheckpointError(f"checkpoint '{path}' has non-finite (NaN/Inf) weights in {bad[:_SHOW]}")
+
+
+def _check_fit(path: Path, name: str, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The weights must match the rebuilt architecture key for key and shape for shape."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit {name}: missing {missing[:_SHOW]}, unexpected {unexpected[:_SHOW]}, "
+            f"shape mismatch {shapes[:_SHOW]}"
+        )

@@ -191,6 +191,8 @@ def test_profile_command_writes_json_and_plot_for_every_camera(tmp_path, capsys)
             plot=str(tmp_path / "profile.png"),
             topics=None,
             samples=1000,
+            curve_server_key=None,
+            curve_client_key=None,
         )
         try:
             assert profile_cmd.main(args) == 0
@@ -221,7 +223,10 @@ def test_nothing_received_is_exit_1_and_missing_matplotlib_fails_before_profilin
         profiler, report = profile(pub.endpoint, duration_s=0.3)
         assert report["cameras"] == {} and report["messages"]["received"] == 0 and not profiler.cameras
         assert "no label or status message arrived" in format_report(report)
-        args = argparse.Namespace(endpoint=pub.endpoint, duration=0.2, json=None, plot=None, topics=None, samples=10)
+        args = argparse.Namespace(
+            endpoint=pub.endpoint, duration=0.2, json=None, plot=None, topics=None, samples=10,
+            curve_server_key=None, curve_client_key=None,
+        )  # fmt: skip
         assert profile_cmd.main(args) == 1
         monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
         args.plot = str(tmp_path / "p.png")

@@ -138,3 +138,4 @@ def test_relay_command_relays_and_stops_cleanly_on_signal(tmp_path, sig):
     assert "relayed" in out and "Traceback" not in out
     relayed = int(out.split("relayed ", 1)[1].split(" ", 1)[0])
     assert relayed >= 4  # a probe and a label, 2 frames each
+    assert f"relayed {relayed} message parts ({relayed // 2} messages of topic + payload" in out

@@ -1,0 +1,203 @@
+"""What a new user meets first: the embedded default config, ground truth of sources, the optional ``truth``
+field, quiet third-party logs, soak's verdict, the keys/relay/subscribe/profile wording (issue 15)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+
+import pytest
+import yaml
+import zmq
+
+from engines.errors import ConfigError
+from engines.synthetic import CLASSES
+from pipeline.cli import main as cli_main
+from pipeline.commands import profile as profile_cmd
+from pipeline.commands.soak import verdict
+from pipeline.config import DEFAULT_CONFIG, CameraConfig, load_config
+from pipeline.keys import CurveServer, write_key_pair
+from pipeline.messages import LabelMessage, MessageError, ModelInfo, WindowInfo
+from pipeline.publish import Publisher
+from pipeline.sources import SyntheticSource
+from pipeline.truth import FileTruth, Segment, SyntheticTruth, read_sidecar, truth_for
+from tests.integration.conftest import ROOT
+
+# --- the embedded default ------------------------------------------------------------------------------------
+
+
+def test_configs_default_is_the_packaged_default():
+    """One file: configs/default.yaml (what `make run` passes) is the package's default, byte for byte."""
+    assert (ROOT / "configs" / "default.yaml").read_bytes() == DEFAULT_CONFIG.read_bytes()
+    assert DEFAULT_CONFIG.parent.name == "pipeline"  # inside the package, so an installed copy has it
+    cfg = load_config(DEFAULT_CONFIG)
+    assert cfg.engine.checkpoint == "emim_xs.demo" and cfg.cameras[0].source.startswith("synthetic://")
+
+
+def test_config_show_and_init(tmp_path, capsys, monkeypatch):
+    assert cli_main(["config", "show"]) == 0
+    assert capsys.readouterr().out == DEFAULT_CONFIG.read_text()
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["config", "init"]) == 0
+    written = tmp_path / "emim-stream.yaml"
+    assert written.read_text() == DEFAULT_CONFIG.read_text()
+    assert f"emim-stream run --config {written.name}" in capsys.readouterr().out
+    assert cli_main(["config", "init"]) == 2  # no silent overwrite
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert cli_main(["config", "init", "mine.yaml", "--force"]) == 0
+    assert yaml.safe_load((tmp_path / "mine.yaml").read_text()) == yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+# --- ground truth --------------------------------------------------------------------------------------------
+
+
+def test_synthetic_truth_follows_the_camera_schedule():
+    uri = "synthetic://?seed=4&fps=25&size=64x48&segment_s=0.5"
+    source = SyntheticSource(uri, pace=False)
+    truth = truth_for(CameraConfig(id="c", source=uri))
+    assert isinstance(truth, SyntheticTruth)
+    per_segment = source.scene.segment_frames
+    with source:
+        for n in range(3 * per_segment):
+            frame = source.read()  # the pts a camera writes into the ring
+            assert truth.segment_at(frame.source_pts_ns)[1] == source.label_at(n)
+    pts = [round(n * 1e9 / 25) for n in range(3 * per_segment)]
+    assert truth.window(pts[0], pts[per_segment - 1]) == source.label_at(0)
+    assert truth.window(pts[per_segment - 2], pts[per_segment + 1]) is None  # spans a cut: not scored
+    assert truth.window(-1, pts[3]) is None  # unknown timestamps
+
+
+def test_sidecar_segments_wrap_and_gaps(tmp_path):
+    sidecar = tmp_path / "v.mp4.truth"
+    sidecar.write_text("# start end label\n0 2 left\n2.5 4 air drumming  # spaces in a label\n")
+    segments = read_sidecar(sidecar)
+    assert segments == [Segment(0.0, 2.0, "left"), Segment(2.5, 4.0, "air drumming")]
+    truth = FileTruth(segments, period_s=4.0)
+    assert truth.window(int(0.1e9), int(1.9e9)) == "left"
+    assert truth.window(int(1.9e9), int(2.6e9)) is None  # two segments
+    assert truth.segment_at(int(2.2e9)) is None  # the gap is unlabelled
+    assert truth.window(int(6.6e9), int(7.9e9)) == "air drumming"  # second loop of a 4 s file
+    assert FileTruth(segments).segment_at(int(6.6e9)) is None  # not looping: past the end
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("0 2\n", "line 1: expected 'START_S END_S LABEL'"),
+        ("0 x left\n", "line 1: expected"),
+        ("3 2 left\n", "line 1: need 0 <= start < end"),
+        ("0 2 left\n\n1 3 right\n", "line 3: segment starts before the previous one ends"),
+    ],
+)
+def test_bad_sidecars_name_file_and_line(tmp_path, text, error):
+    sidecar = tmp_path / "v.mp4.truth"
+    sidecar.write_text(text)
+    with pytest.raises(ConfigError, match=error) as info:
+        read_sidecar(sidecar)
+    assert str(sidecar) in str(info.value)
+
+
+def test_truth_for_files_needs_a_sidecar_with_the_models_labels(tmp_path):
+    video = tmp_path / "clip.mp4"
+    assert truth_for(CameraConfig(id="c", source=str(video))) is None  # no sidecar: no truth column
+    assert truth_for(CameraConfig(id="c", source="rtsp://127.0.0.1:8554/x")) is None
+    (tmp_path / "clip.mp4.truth").write_text("0 1 left\n1 2 jumping\n")
+    with pytest.raises(ConfigError, match="'jumping' are not the model's"):
+        truth_for(CameraConfig(id="c", source=str(video)), CLASSES)
+    assert isinstance(truth_for(CameraConfig(id="c", source=f"file://{video}"), ("left", "jumping")), FileTruth)
+
+
+def _label(truth: str | None) -> LabelMessage:
+    return LabelMessage(
+        "cam1", WindowInfo(0, 7, 8, 4), (("left", 0.9), ("right", 0.1)), ModelInfo("emim_xs", "torch", "fp32", "cpu"),
+        1, 2, 3, 4, 5, 6, 7, {"total": 0.1}, msg_seq=0, truth=truth,
+    )  # fmt: skip
+
+
+def test_truth_field_is_optional_in_schema_1():
+    with_truth = _label("left").to_payload()
+    assert with_truth["truth"] == "left" and LabelMessage.from_payload(with_truth).truth == "left"
+    without = _label(None).to_payload()
+    assert "truth" not in without  # older readers see exactly the fields they know
+    assert LabelMessage.from_payload(without).truth is None
+    with pytest.raises(MessageError, match="'truth' must be a string"):
+        LabelMessage.from_payload({**with_truth, "truth": 3})
+
+
+# --- logging -------------------------------------------------------------------------------------------------
+
+_LOG_PROBE = """
+import logging, sys
+from pipeline.cli import configure_logging
+configure_logging(int(sys.argv[1]))
+logging.getLogger("onnxscript.optimizer").info("third-party info")
+logging.getLogger("torch.onnx").warning("third-party warning")
+logging.getLogger("engines.export").info("own info")
+"""
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_third_party_info_only_with_verbose(verbose):
+    err = subprocess.run(
+        [sys.executable, "-c", _LOG_PROBE, str(verbose)], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stderr
+    assert "third-party warning" in err and "own info" in err
+    assert ("third-party info" in err) == bool(verbose)
+
+
+# --- soak's verdict ------------------------------------------------------------------------------------------
+
+
+def test_soak_verdict_thresholds():
+    steady = [30.0] * 99 + [40.0]
+    checks = verdict(3.0, steady, steady, max_growth_mib=50, max_ratio=1.5)
+    assert all(ok for ok, _ in checks)
+    grown = verdict(80.0, steady, steady, 50, 1.5)
+    assert [ok for ok, _ in grown] == [False, True] and "+80.0 MiB <= 50" in grown[0][1]
+    drift = verdict(3.0, steady, [272.0] * 100, 50, 1.5)  # the issue's 33 -> 272 ms
+    assert [ok for ok, _ in drift] == [True, False] and "-> 272.0 ms" in drift[1][1]
+    assert not verdict(None, [], steady, 50, 1.5)[1][0]  # no label in the first window cannot pass
+
+
+# --- wording: keys, CURVE hints ------------------------------------------------------------------------------
+
+
+def test_keys_hint_names_both_publisher_settings(tmp_path, capsys):
+    assert cli_main(["keys", "--out", str(tmp_path), "--name", "server"]) == 0
+    out = capsys.readouterr().out
+    assert "publish.curve_secret_key_file=" in out and "publish.curve_clients_dir=" in out
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq is built without CURVE")
+def test_profile_names_curve_when_the_publisher_refuses(tmp_path, capsys):
+    keys, clients = tmp_path / "keys", tmp_path / "clients"
+    clients.mkdir()
+    write_key_pair(keys, "server")
+    write_key_pair(keys, "alice")
+    (clients / "alice.key").write_bytes((keys / "alice.key").read_bytes())
+    parser = argparse.ArgumentParser()
+    profile_cmd.add_arguments(parser)
+    with Publisher("tcp://127.0.0.1:*", curve=CurveServer(keys / "server.key_secret", clients)) as pub:
+        done = threading.Event()
+
+        def feed() -> None:  # the publisher keeps sending while profile runs (signals need the main thread)
+            while not done.wait(0.02):
+                pub.send(b"labels/cam1/", _label("left").to_payload())
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        try:
+            keyed = ("--curve-server-key", str(keys / "server.key"),
+                     "--curve-client-key", str(keys / "alice.key_secret"))  # fmt: skip
+            results = {
+                name: profile_cmd.main(parser.parse_args(["--endpoint", pub.endpoint, "--duration", "1.5", *extra]))
+                for name, extra in (("bare", ()), ("keyed", keyed))
+            }
+        finally:
+            done.set()
+            feeder.join()
+    assert results == {"bare": 1, "keyed": 0}
+    err = capsys.readouterr().err
+    assert "the publisher uses CURVE; pass --curve-server-key" in err

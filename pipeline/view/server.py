@@ -117,6 +117,8 @@ class _Http(ThreadingHTTPServer):
         self.view = view
         self._slots = threading.BoundedSemaphore(max_connections)
         self.refused = 0
+        self.open = 0
+        self._count_lock = threading.Lock()
         super().__init__(address, _Handler)
 
     def process_request(self, request, client_address) -> None:
@@ -124,17 +126,24 @@ class _Http(ThreadingHTTPServer):
             self.refused += 1
             self.shutdown_request(request)
             return
+        with self._count_lock:
+            self.open += 1
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._release()
             raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release()
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self.open -= 1
+        self._slots.release()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -317,6 +326,11 @@ class ViewServer:
         """The page's address, e.g. ``http://127.0.0.1:8080/`` (without the token)."""
         host, port = self._http.server_address[:2]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now."""
+        return self._http.open
 
     @property
     def refused_connections(self) -> int:

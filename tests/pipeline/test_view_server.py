@@ -1,0 +1,135 @@
+"""The live view's HTTP server with a real publisher: event stream, token, idle and surplus connections."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from engines.errors import ConfigError
+from pipeline.publish import Publisher
+from pipeline.view.server import ViewServer, parse_listen, resolve_token
+from tests.pipeline.test_view_state import label, status
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def publisher():
+    with Publisher(f"tcp://127.0.0.1:{free_port()}", linger_ms=0) as pub:
+        yield pub
+
+
+def publish_until(pub: Publisher, server: ViewServer, payload: dict, timeout_s: float = 10) -> None:
+    """Send ``payload`` until the view has taken it (the subscription needs a moment to reach the publisher)."""
+    topic = f"{payload['kind'] if payload['kind'] != 'label' else 'labels'}/{payload['camera_id']}/".encode()
+    deadline = time.monotonic() + timeout_s
+    start = server.state.messages
+    while server.state.messages == start:
+        assert time.monotonic() < deadline, "the view received nothing"
+        pub.send(topic, payload)
+        server.state.wait(server.state.version, 0.05)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_event_stream_delivers_label_and_status(publisher):
+    with ViewServer(publisher.endpoint, port=0) as server:
+        publish_until(publisher, server, status("cam1"))
+        publish_until(publisher, server, label("cam1", 12.5, 3.0, top="waving"))
+        host, port = server.url[len("http://") : -1].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            stream = b""
+            while b"\n\n" not in stream.partition(b"event: update\n")[2]:
+                chunk = s.recv(65536)
+                assert chunk, f"stream closed early: {stream[:300]!r}"
+                stream += chunk
+        head, _, rest = stream.partition(b"\r\n\r\n")
+        assert b" 200 " in head.split(b"\r\n")[0] and b"text/event-stream" in head
+        data = rest.partition(b"event: update\ndata: ")[2].partition(b"\n\n")[0]
+        (update,) = json.loads(data)
+        assert update["id"] == "cam1"
+        assert update["status"]["state"] == "live"
+        assert update["label"]["topk"][0]["label"] == "waving"
+        code, headers, body = get(server.url)
+        assert code == 200 and b"emim-stream" in body
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        code, headers, body = get(server.url + "static/uPlot.iife.min.js")
+        assert code == 200 and headers["Content-Type"].startswith("text/javascript") and b"uPlot" in body
+
+
+def test_token_is_required_and_traded_for_an_httponly_cookie(publisher, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    token = resolve_token("127.0.0.1", False, str(token_file))
+    assert token == "s3cret-token"
+    with ViewServer(publisher.endpoint, port=0, token=token) as server:
+        assert get(server.url)[0] == 401
+        assert get(server.url + "?token=wrong")[0] == 401
+        assert get(server.url + "api/state")[0] == 401
+        code, headers, _ = get(server.url + "?token=s3cret-token")
+        assert code == 303 and headers["Location"] == "/"
+        cookie = headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        code, _, page = get(server.url, {"Cookie": cookie.split(";")[0]})
+        assert code == 200 and b"s3cret-token" not in page
+        assert get(server.url + "api/state", {"X-Emim-Token": "s3cret-token"})[0] == 200
+        assert get(server.url + "api/state", {"Authorization": "Bearer s3cret-token"})[0] == 200
+        assert get(server.url + "api/state", {"Authorization": "Bearer nope"})[0] == 401
+
+
+def test_remote_binds_need_allow_remote_and_get_a_token(tmp_path):
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        resolve_token("0.0.0.0", False, None)
+    token = resolve_token("0.0.0.0", True, None)
+    assert token is not None and len(token) >= 24
+    assert resolve_token("127.0.0.1", False, None) is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        resolve_token("0.0.0.0", True, str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="cannot be read"):
+        resolve_token("0.0.0.0", True, str(tmp_path / "missing"))
+    assert parse_listen("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert parse_listen("[::1]:9000") == ("::1", 9000)
+    for bad in ("8080", "host:", "h:70000", ":80"):
+        with pytest.raises(ConfigError, match="--listen"):
+            parse_listen(bad)
+
+
+def test_idle_connections_are_closed_and_surplus_ones_refused(publisher):
+    with ViewServer(publisher.endpoint, port=0, idle_timeout_s=3, max_connections=8) as server:
+        host, port = server.url[len("http://") : -1].rsplit(":", 1)
+        idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(8)]
+        deadline = time.monotonic() + 10
+        while server.open_connections < 8:  # until the server has accepted all eight
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        surplus = socket.create_connection((host, int(port)), timeout=10)
+        assert surplus.recv(1) == b"", "a connection beyond max_connections is closed at once"
+        surplus.close()
+        assert server.refused_connections >= 1
+        for s in idle:  # each is closed by the server after idle_timeout_s without a request
+            assert s.recv(1) == b""
+            s.close()
+        assert get(server.url + "healthz")[0] == 200, "the server serves again once the idle ones are gone"
+        assert get(server.url + "nope")[0] == 404

@@ -28,8 +28,11 @@ from engines.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG",
     "CameraConfig",
+    "EventsConfig",
     "MetricsConfig",
+    "MqttConfig",
     "OutputConfig",
+    "OutputsConfig",
     "PipelineConfig",
     "PublishConfig",
     "RecordConfig",
@@ -75,6 +78,8 @@ class CameraConfig:
     """Network sources: a read that takes longer counts as a dropped connection."""
     stride: int | None = None
     """Frames between windows for this camera (default: ``window.stride``)."""
+    rtsp_transport: Literal["auto", "tcp", "udp"] = "auto"
+    """RTSP sources: RTP over ``tcp`` or ``udp``; ``auto`` tries TCP, then UDP, and logs which one worked."""
 
     def __post_init__(self) -> None:
         if not self.id or not all(c.isalnum() or c in "-_." for c in self.id) or len(self.id) > 64:
@@ -175,7 +180,9 @@ class MetricsConfig:
     port: int | None = None
     """HTTP port; None = off, 0 = any free port (logged)."""
     host: str = "127.0.0.1"
-    """Interface to serve on (loopback by default)."""
+    """Interface to serve on (loopback by default; anything else needs ``allow_remote``)."""
+    allow_remote: bool = False
+    """Allow a non-loopback ``host`` (the endpoint has no authentication: a warning is logged)."""
 
     def __post_init__(self) -> None:
         if self.port is not None and not 0 <= self.port <= 65535:
@@ -198,6 +205,120 @@ class SupervisorConfig:
             raise FieldError("restart_backoff_s", "must be > 0 and <= restart_backoff_max_s")
         if self.stall_timeout_s <= 0:
             raise FieldError("stall_timeout_s", f"must be > 0, got {self.stall_timeout_s}")
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """Action events: per camera, a hysteresis state machine over the (smoothed) scores (pipeline/events.py)."""
+
+    enabled: bool = True
+    """Publish ``events/<camera>/`` messages (and print them in ``run``)."""
+    enter: float = 0.6
+    """An event opens when a label's score stays >= ``enter`` for ``min_windows`` consecutive windows."""
+    exit: float = 0.4
+    """An open event closes at the first window whose score of its label is below ``exit`` (<= ``enter``)."""
+    min_windows: int = 3
+    """Consecutive windows >= ``enter`` before an event opens (shorter flickers open none)."""
+    exclude: tuple[str, ...] = ()
+    """Labels that never make events (e.g. ``static``)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.enter <= 1.0:
+            raise FieldError("enter", f"must be in (0, 1], got {self.enter}")
+        if not 0.0 <= self.exit <= self.enter:
+            raise FieldError("exit", f"must be in [0, events.enter = {self.enter}], got {self.exit}")
+        if self.min_windows < 1:
+            raise FieldError("min_windows", f"must be >= 1, got {self.min_windows}")
+
+
+MQTT_KINDS = ("event", "label", "status")
+"""Message kinds the MQTT sink can publish (the last level of its topics)."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The MQTT sink (pipeline/mqtt.py): messages to ``<prefix>/<box_id>/<camera>/<kind>`` on a broker."""
+
+    host: str | None = None
+    """Broker host name or address; None = no MQTT sink."""
+    port: int = 1883
+    """Broker port (8883 is the usual TLS port)."""
+    protocol: str = "3.1.1"
+    """MQTT version: ``3.1.1`` or ``5``."""
+    box_id: str | None = None
+    """This box's name in the topics (default: the host name)."""
+    client_id: str | None = None
+    """MQTT client id (default ``emim-<box_id>``: stable per box, so a broker sees one client per box)."""
+    prefix: str = "emim"
+    """First topic level(s), e.g. ``factory/line1``."""
+    kinds: tuple[str, ...] = ("event",)
+    """What to publish: any of ``event``, ``label``, ``status``."""
+    qos: int = 1
+    """MQTT QoS of every message: 0 (at most once), 1 (at least once), 2 (exactly once)."""
+    retain_status: bool = True
+    """Status messages are retained, so a new subscriber gets each camera's last status at once."""
+    username: str | None = None
+    """Broker user name (with ``password`` or ``password_env``)."""
+    password: str | None = field(default=None, repr=False)
+    """Broker password (never logged); prefer ``password_env``."""
+    password_env: str | None = None
+    """Name of the environment variable holding the broker password."""
+    tls: bool = False
+    """Connect with TLS (the system CA store unless ``ca_file``)."""
+    ca_file: str | None = None
+    """CA certificate(s) that signed the broker's certificate (PEM)."""
+    cert_file: str | None = None
+    """Client certificate (PEM) for brokers that require one, with ``key_file``."""
+    key_file: str | None = None
+    """Private key of ``cert_file`` (PEM)."""
+    tls_insecure: bool = False
+    """Do not check the broker's host name against its certificate (testing only)."""
+    keepalive_s: int = 30
+    """MQTT keep-alive: the broker drops the client after 1.5x this without traffic."""
+    queue_size: int = 1000
+    """Messages waiting for the broker; when full (broker down) the oldest is dropped and counted."""
+    reconnect_min_s: float = 1.0
+    """First delay before reconnecting to a lost or unreachable broker (doubles each time)."""
+    reconnect_max_s: float = 30.0
+    """Cap of the reconnect delay."""
+
+    def __post_init__(self) -> None:
+        if self.host is not None and not self.host.strip():
+            raise FieldError("host", "must be a host name or address, or null (no MQTT sink)")
+        if not 1 <= self.port <= 65535:
+            raise FieldError("port", f"must be in 1..65535, got {self.port}")
+        if self.protocol not in ("3.1.1", "5"):
+            raise FieldError("protocol", f"must be '3.1.1' or '5', got {self.protocol!r}")
+        for name in ("prefix", "box_id"):
+            value = getattr(self, name)
+            if value is not None and (not value or any(c in value for c in "+#") or "//" in f"/{value}/"):
+                raise FieldError(name, f"must be topic levels without '+', '#' or empty levels, got {value!r}")
+        if self.box_id is not None and "/" in self.box_id:
+            raise FieldError("box_id", f"must be one topic level (no '/'), got {self.box_id!r}")
+        unknown = [k for k in self.kinds if k not in MQTT_KINDS]
+        if unknown or not self.kinds:
+            raise FieldError("kinds", f"must be a non-empty list of {', '.join(MQTT_KINDS)}, got {list(self.kinds)}")
+        if self.qos not in (0, 1, 2):
+            raise FieldError("qos", f"must be 0, 1 or 2, got {self.qos}")
+        if self.password is not None and self.password_env is not None:
+            raise FieldError("password_env", "set password or password_env, not both")
+        if (self.password is not None or self.password_env is not None) and self.username is None:
+            raise FieldError("username", "a password needs a username")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise FieldError("key_file", "must be set together with cert_file")
+        if self.keepalive_s < 5:
+            raise FieldError("keepalive_s", f"must be >= 5, got {self.keepalive_s}")
+        if self.queue_size < 1:
+            raise FieldError("queue_size", f"must be >= 1, got {self.queue_size}")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise FieldError("reconnect_min_s", "must be > 0 and <= reconnect_max_s")
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    """Outputs besides the ZeroMQ publisher."""
+
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
 
 @dataclass(frozen=True)
@@ -268,6 +389,8 @@ class PipelineConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     view: ViewConfig = field(default_factory=ViewConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
 
     def __post_init__(self) -> None:
         if not self.cameras:

@@ -1,16 +1,18 @@
-"""The message contract between the pipeline and its subscribers (schema 1).
+"""The message contract between the pipeline and its subscribers (schema 1 of every kind).
 
-Every message is a ZeroMQ multipart ``[topic, payload]``. The topic is ``labels/<camera_id>/`` or
-``status/<camera_id>/``: the trailing ``/`` keeps ``cam1`` from matching ``cam10`` under ZeroMQ's prefix
-filtering. The payload is one UTF-8 JSON object (no NaN/Infinity). Clocks: ``*_mono_ns`` are CLOCK_MONOTONIC
-nanoseconds (``time.monotonic_ns()``), comparable only between processes whose ``clock_domain`` (the kernel boot id)
-is equal; ``*_wall_ns`` are CLOCK_REALTIME nanoseconds since the Unix epoch (``time.time_ns()``), for subscribers
-on other hosts. Counters are cumulative since the pipeline started.
+Every message is a ZeroMQ multipart ``[topic, payload]``. The topic is ``labels/<camera_id>/``,
+``status/<camera_id>/`` or ``events/<camera_id>/``: the trailing ``/`` keeps ``cam1`` from matching ``cam10``
+under ZeroMQ's prefix filtering. The payload is one UTF-8 JSON object (no NaN/Infinity). Clocks: ``*_mono_ns``
+are CLOCK_MONOTONIC nanoseconds (``time.monotonic_ns()``), comparable only between processes whose
+``clock_domain`` (the kernel boot id) is equal; ``*_wall_ns`` are CLOCK_REALTIME nanoseconds since the Unix epoch
+(``time.time_ns()``), for subscribers on other hosts. Counters are cumulative since the pipeline started.
 
-Fields common to both kinds:
+Fields common to every kind:
 
-- ``schema`` int: 1. A reader must refuse other values.
-- ``kind`` str: ``"label"`` or ``"status"``.
+- ``schema`` int: the version of this message's kind; 1 for ``label``, ``status`` and ``event``. A kind's version
+  changes only when its fields change incompatibly; a new kind (``event`` was added after the first release of
+  schema 1) leaves the others alone. A reader must refuse versions it does not know and may skip unknown kinds.
+- ``kind`` str: ``"label"``, ``"status"`` or ``"event"``.
 - ``camera_id`` str: the camera (1-64 printable characters, no ``/``, no whitespace).
 - ``msg_seq`` int: per-topic message number set by the publisher, 0, 1, 2, ...; a gap means messages were lost,
   a decrease means the publisher restarted.
@@ -50,6 +52,19 @@ Fields common to both kinds:
 - ``heartbeat_mono_ns`` int: the camera process's last sign of life; ``publish_mono_ns``, ``publish_wall_ns`` int.
 - ``config_hash`` str: hash of the resolved pipeline config.
 - ``detail`` str: the last problem of the source in words (credentials redacted), empty when none.
+- ``outputs`` object: the state of the box's other outputs, e.g. ``{"mqtt": {"state": "connected", "sent": 120,
+  "dropped": 0, "reconnects": 1, "detail": ""}}`` (:class:`pipeline.mqtt.MqttSink`); empty when there are none.
+
+``event`` (topic ``events/<camera_id>/``), one per action event when it closes (:mod:`pipeline.events`):
+
+- ``label`` str: the action.
+- ``first_seq``, ``last_seq`` int: the oldest frame of the event's first window and the newest frame of its last.
+- ``start_mono_ns``, ``start_wall_ns``, ``end_mono_ns``, ``end_wall_ns`` int: capture times of those two frames.
+- ``peak_score``, ``mean_score`` float: highest and mean (smoothed) score of the label over the event's windows.
+- ``windows`` int: windows counted in the event.
+- ``end_reason`` str: ``exit`` (the score fell below ``events.exit``), ``takeover`` (another label opened an
+  event), ``gap`` (frames were lost: the stream was interrupted) or ``stopped`` (the pipeline stopped).
+- ``publish_mono_ns``, ``publish_wall_ns`` int.
 """
 
 from __future__ import annotations
@@ -69,11 +84,13 @@ __all__ = [
     "LATENCY_CLOCK",
     "LATENCY_UNIT",
     "SCHEMA_VERSION",
+    "EventMessage",
     "LabelMessage",
     "MessageError",
     "ModelInfo",
     "StatusMessage",
     "WindowInfo",
+    "event_topic",
     "label_topic",
     "latency_breakdown_ms",
     "local_clock_domain",
@@ -115,6 +132,11 @@ def label_topic(camera_id: str) -> bytes:
 def status_topic(camera_id: str) -> bytes:
     """ZeroMQ topic of a camera's status heartbeats: ``b"status/<camera_id>/"``."""
     return f"status/{validate_camera_id(camera_id)}/".encode()
+
+
+def event_topic(camera_id: str) -> bytes:
+    """ZeroMQ topic of a camera's action events: ``b"events/<camera_id>/"``."""
+    return f"events/{validate_camera_id(camera_id)}/".encode()
 
 
 @cache
@@ -319,6 +341,7 @@ class StatusMessage:
     publish_wall_ns: int
     config_hash: str
     detail: str = ""
+    outputs: Mapping[str, Any] = field(default_factory=dict)
     msg_seq: int = -1
     clock_domain: str = field(default_factory=local_clock_domain)
 
@@ -344,6 +367,7 @@ class StatusMessage:
             "publish_wall_ns": self.publish_wall_ns,
             "config_hash": self.config_hash,
             "detail": self.detail,
+            "outputs": dict(self.outputs),
         }
 
     def to_json(self) -> bytes:
@@ -374,6 +398,7 @@ class StatusMessage:
             publish_wall_ns=p.integer("publish_wall_ns"),
             config_hash=p.text("config_hash"),
             detail=str(payload.get("detail", "")),
+            outputs=_optional_mapping(payload, "outputs"),
             msg_seq=p.integer("msg_seq"),
             clock_domain=p.text("clock_domain"),
         )
@@ -384,15 +409,114 @@ class StatusMessage:
         return cls.from_payload(_loads(data))
 
 
-_KINDS: dict[str, type[LabelMessage] | type[StatusMessage]] = {"label": LabelMessage, "status": StatusMessage}
+@dataclass(frozen=True, slots=True)
+class EventMessage:
+    """A closed action event of one camera (``kind: "event"``); fields as in the module docstring."""
+
+    camera_id: str
+    label: str
+    first_seq: int
+    last_seq: int
+    start_mono_ns: int
+    start_wall_ns: int
+    end_mono_ns: int
+    end_wall_ns: int
+    peak_score: float
+    mean_score: float
+    windows: int
+    end_reason: str
+    publish_mono_ns: int = 0
+    publish_wall_ns: int = 0
+    msg_seq: int = -1
+    clock_domain: str = field(default_factory=local_clock_domain)
+
+    @property
+    def duration_s(self) -> float:
+        """End minus start capture time in seconds (CLOCK_MONOTONIC)."""
+        return (self.end_mono_ns - self.start_mono_ns) / 1e9
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON-ready dict of schema 1."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "kind": "event",
+            "camera_id": self.camera_id,
+            "msg_seq": self.msg_seq,
+            "clock_domain": self.clock_domain,
+            "label": self.label,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "start_mono_ns": self.start_mono_ns,
+            "start_wall_ns": self.start_wall_ns,
+            "end_mono_ns": self.end_mono_ns,
+            "end_wall_ns": self.end_wall_ns,
+            "peak_score": float(self.peak_score),
+            "mean_score": float(self.mean_score),
+            "windows": self.windows,
+            "end_reason": self.end_reason,
+            "publish_mono_ns": self.publish_mono_ns,
+            "publish_wall_ns": self.publish_wall_ns,
+        }
+
+    def to_json(self) -> bytes:
+        """The payload as compact UTF-8 JSON."""
+        return _dumps(self.to_payload())
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> EventMessage:
+        """Parse a schema-1 event payload.
+
+        Raises:
+            MessageError: wrong schema or kind, a missing field or a field of the wrong type.
+        """
+        p = _Fields(payload, "event")
+        return cls(
+            camera_id=p.text("camera_id"),
+            label=p.text("label"),
+            first_seq=p.integer("first_seq"),
+            last_seq=p.integer("last_seq"),
+            start_mono_ns=p.integer("start_mono_ns"),
+            start_wall_ns=p.integer("start_wall_ns"),
+            end_mono_ns=p.integer("end_mono_ns"),
+            end_wall_ns=p.integer("end_wall_ns"),
+            peak_score=p.number("peak_score"),
+            mean_score=p.number("mean_score"),
+            windows=p.integer("windows"),
+            end_reason=p.text("end_reason"),
+            publish_mono_ns=p.integer("publish_mono_ns"),
+            publish_wall_ns=p.integer("publish_wall_ns"),
+            msg_seq=p.integer("msg_seq"),
+            clock_domain=p.text("clock_domain"),
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> EventMessage:
+        """Parse an event payload from JSON text. Raises MessageError."""
+        return cls.from_payload(_loads(data))
 
 
-def parse_payload(payload: Mapping[str, Any]) -> LabelMessage | StatusMessage:
+Message = LabelMessage | StatusMessage | EventMessage
+_KINDS: dict[str, type[Message]] = {"label": LabelMessage, "status": StatusMessage, "event": EventMessage}
+
+
+SOURCE_STATES = ("connecting", "live", "stalled", "reconnecting", "ended")
+"""The values of a status message's ``state`` (those of :class:`pipeline.sources.SourceState`)."""
+_INT64_MAX = 2**63 - 1
+
+
+def parse_payload(payload: Mapping[str, Any]) -> Message:
     """Parse a payload of either kind (dispatch on ``kind``). Raises MessageError."""
     kind = payload.get("kind") if isinstance(payload, Mapping) else None
     if kind not in _KINDS:
         raise MessageError(f"message kind {kind!r} is unknown; expected one of {sorted(_KINDS)}")
     return _KINDS[kind].from_payload(payload)
+
+
+def _optional_mapping(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = payload.get(key, {})
+    if not isinstance(value, Mapping):
+        raise MessageError(f"field '{key}' must be an object, got {value!r}")
+    return dict(value)
 
 
 def _dumps(payload: Mapping[str, Any]) -> bytes:

@@ -1,9 +1,9 @@
-"""Pipeline metrics for a monitoring stack: plain counters, gauges and histograms, one Prometheus exporter.
+"""Pipeline metrics for a monitoring stack, through ``prometheus_client``.
 
-:class:`Counter`, :class:`Gauge` and :class:`Histogram` are plain Python and know nothing of Prometheus;
-:func:`render_prometheus` is the one place that writes the text exposition format (version 0.0.4), and
-:class:`Metrics` serves it over HTTP (``GET /metrics``) from a daemon thread, on 127.0.0.1 by default, with the
-standard library only. The runtime feeds :class:`Metrics` the messages it publishes.
+:class:`Metrics` owns a private :class:`prometheus_client.CollectorRegistry` (so several pipelines or tests in one
+process never share series) and serves it with ``prometheus_client.start_http_server`` from a daemon thread, on
+127.0.0.1 unless configured otherwise. The runtime feeds it the messages it publishes; the MQTT sink's counters are
+read at scrape time (:meth:`Metrics.watch_mqtt`).
 
 Series (label ``camera`` = camera id):
 
@@ -13,13 +13,17 @@ Series (label ``camera`` = camera id):
 - ``emim_dropped_windows_total`` counter: ready windows skipped because inference was behind.
 - ``emim_frames_lost_total`` counter: frames lost upstream of the ring (source side).
 - ``emim_reconnects_total`` counter: source reconnections.
+- ``emim_events_total`` counter, labels ``camera``, ``label``: action events published (closed).
 - ``emim_camera_fps`` gauge: frames per second the camera delivers.
 - ``emim_camera_staleness_seconds`` gauge: heartbeat time minus capture time of the newest processed frame.
-- ``emim_camera_state`` gauge, labels ``camera``, ``state``: 1 for the current source state, 0 for states seen before.
+- ``emim_camera_state`` gauge, labels ``camera``, ``state``: one series per source state from the start, 1 for the
+  current state (``connecting`` until the first heartbeat) and 0 for the others, so an alert on ``stalled`` has a
+  series before it ever happens.
 - ``emim_stage_latency_seconds`` histogram, labels ``camera``, ``stage``: the stages of each label message
-  (``latency.stages``, whatever they are), in seconds as Prometheus prefers, with fixed buckets
-  :data:`LATENCY_BUCKETS_MS` (ms).
+  (``latency.stages``), in seconds, buckets :data:`LATENCY_BUCKETS_MS` (ms).
 - ``emim_engine_info`` gauge = 1, labels ``model``, ``backend``, ``precision``, ``device``, ``checkpoint_sha256``.
+- With an MQTT sink: ``emim_mqtt_sent_total``, ``emim_mqtt_dropped_total``, ``emim_mqtt_reconnects_total``
+  (counters), ``emim_mqtt_queued`` (gauge) and ``emim_mqtt_state{state}`` (gauge, 1 for the current state).
 
 Counters mirror the cumulative counts the messages carry; they never go down (a pipeline restart starts a new
 process and new series, as Prometheus expects).
@@ -28,233 +32,121 @@ process and new series, as Prometheus expects).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
-import math
 import threading
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from pipeline.errors import PublishError
-from pipeline.messages import LabelMessage, StatusMessage
+from pipeline.messages import EventMessage, LabelMessage, StatusMessage
+from pipeline.sources import SourceState
 
-__all__ = [
-    "LATENCY_BUCKETS_MS",
-    "Counter",
-    "Gauge",
-    "Histogram",
-    "Metrics",
-    "render_prometheus",
-]
+__all__ = ["LATENCY_BUCKETS_MS", "MQTT_STATES", "Metrics"]
 
-_LOG = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """Upper bounds of the stage latency histogram buckets in ms (a ``+Inf`` bucket follows)."""
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ENGINE_LABELS = ("model", "backend", "precision", "device", "checkpoint_sha256")
+MQTT_STATES = ("connecting", "connected", "unreachable", "reconnecting", "refused", "closed")
+"""States of :class:`pipeline.mqtt.MqttSink`, each a series of ``emim_mqtt_state``."""
 
-Labels = tuple[str, ...]
-
-
-class Counter:
-    """A monotonic count per label values.
-
-    Args:
-        name: metric name (``*_total`` by convention), description: one line, labelnames: label names.
-    """
-
-    kind = "counter"
-
-    def __init__(self, name: str, description: str, labelnames: Iterable[str] = ()) -> None:
-        self.name = name
-        self.description = description
-        self.labelnames = tuple(labelnames)
-        self.values: dict[Labels, float] = {}
-
-    def inc(self, labels: Labels = (), amount: float = 1.0) -> None:
-        """Add ``amount`` (>= 0)."""
-        if amount < 0:
-            raise ValueError(f"counter {self.name} cannot decrease (amount {amount})")
-        self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def raise_to(self, labels: Labels, total: float) -> None:
-        """Mirror an external cumulative count: take ``total`` if it is higher (a counter never goes down)."""
-        if total > self.values.get(labels, -math.inf):
-            self.values[labels] = float(total)
+prometheus_client.disable_created_metrics()  # no ``*_created`` series: counters here start with the process
 
 
-class Gauge:
-    """A value that goes up and down, per label values."""
+class StatsSource(Protocol):
+    """Anything with a ``stats()`` dict like :meth:`pipeline.mqtt.MqttSink.stats`."""
 
-    kind = "gauge"
-
-    def __init__(self, name: str, description: str, labelnames: Iterable[str] = ()) -> None:
-        self.name = name
-        self.description = description
-        self.labelnames = tuple(labelnames)
-        self.values: dict[Labels, float] = {}
-
-    def set(self, labels: Labels, value: float) -> None:
-        self.values[labels] = float(value)
-
-    def remove(self, labels: Labels) -> None:
-        """Drop the series of these label values (absent = unknown)."""
-        self.values.pop(labels, None)
-
-
-class Histogram:
-    """Counts of observations per bucket (upper bounds, ascending), their sum and count, per label values."""
-
-    kind = "histogram"
-
-    def __init__(self, name: str, description: str, labelnames: Iterable[str], buckets: Iterable[float]) -> None:
-        self.name = name
-        self.description = description
-        self.labelnames = tuple(labelnames)
-        self.buckets = tuple(float(b) for b in buckets)
-        if list(self.buckets) != sorted(set(self.buckets)):
-            raise ValueError(f"histogram {name} buckets must be strictly ascending, got {self.buckets}")
-        self.series: dict[Labels, _HistogramSeries] = {}
-
-    def observe(self, labels: Labels, value: float) -> None:
-        series = self.series.get(labels)
-        if series is None:
-            series = self.series[labels] = _HistogramSeries(len(self.buckets) + 1)
-        series.counts[bisect_left(self.buckets, value)] += 1  # bucket i holds buckets[i-1] < value <= buckets[i]
-        series.sum += value
-        series.count += 1
-
-
-class _HistogramSeries:
-    """Non-cumulative counts per bucket (the last one is ``+Inf``), sum and count of one label set."""
-
-    __slots__ = ("count", "counts", "sum")
-
-    def __init__(self, n: int) -> None:
-        self.counts = [0] * n
-        self.sum = 0.0
-        self.count = 0
-
-
-Metric = Counter | Gauge | Histogram
-
-
-def render_prometheus(metrics: Iterable[Metric]) -> str:
-    """The Prometheus text exposition format (0.0.4) of ``metrics``: HELP, TYPE, then one line per sample."""
-    lines: list[str] = []
-    for metric in metrics:
-        lines.append(f"# HELP {metric.name} {_escape_help(metric.description)}")
-        lines.append(f"# TYPE {metric.name} {metric.kind}")
-        if isinstance(metric, Histogram):
-            bounds = [*(_number(b) for b in metric.buckets), "+Inf"]
-            for labels, series in metric.series.items():
-                pairs = list(zip(metric.labelnames, labels, strict=True))
-                cumulative = 0
-                for bound, n in zip(bounds, series.counts, strict=True):
-                    cumulative += n
-                    lines.append(f"{metric.name}_bucket{_labels([*pairs, ('le', bound)])} {cumulative}")
-                lines.append(f"{metric.name}_sum{_labels(pairs)} {_number(series.sum)}")
-                lines.append(f"{metric.name}_count{_labels(pairs)} {series.count}")
-        else:
-            for labels, value in metric.values.items():
-                lines.append(f"{metric.name}{_labels(zip(metric.labelnames, labels, strict=True))} {_number(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    body = ",".join(f'{name}="{_escape_label(value)}"' for name, value in pairs)
-    return f"{{{body}}}" if body else ""
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
+    def stats(self) -> dict[str, Any]: ...
 
 
 class Metrics:
     """The pipeline's metrics, optionally served on ``http://host:port/metrics``.
 
-    Thread-safe: the runtime observes while the HTTP thread renders. A context manager.
+    Thread-safe (prometheus_client's metrics are). A context manager; :meth:`close` stops the server.
 
     Args:
-        port: HTTP port to serve on (0: any free one, see :attr:`port`); None: collect only (see :meth:`render`).
-        host: address to bind; the default keeps the endpoint on this host. Anything else exposes it.
+        port: HTTP port (0: any free one, see :attr:`port`); None: collect only (see :meth:`render`).
+        host: address to bind. Anything but loopback needs ``allow_remote`` (the publisher's rule) and logs a
+            warning: the endpoint has no authentication.
+        allow_remote: allow a non-loopback ``host``.
+        cameras: camera ids whose state series exist from the start (``connecting`` = 1).
 
     Raises:
-        PublishError: the port cannot be bound.
+        PublishError: the port cannot be bound, or a non-loopback host without ``allow_remote``.
     """
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
-        self._lock = threading.Lock()
-        self.frames = Counter("emim_frames_total", "Frames the camera delivered into the ring", ["camera"])
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        allow_remote: bool = False,
+        cameras: Iterable[str] = (),
+    ) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames = Counter("emim_frames", "Frames the camera delivered into the ring", ["camera"], registry=r)
         self.labels = Counter(
-            "emim_labels_published_total", "Label messages (classified windows) published", ["camera"]
+            "emim_labels_published", "Label messages (classified windows) published", ["camera"], registry=r
         )
         self.dropped_frames = Counter(
-            "emim_dropped_frames_total", "Frames the pipeline never processed (overruns, torn reads)", ["camera"]
+            "emim_dropped_frames", "Frames the pipeline never processed (overruns, torn reads)", ["camera"], registry=r
         )
         self.dropped_windows = Counter(
-            "emim_dropped_windows_total", "Ready windows skipped because inference was behind", ["camera"]
+            "emim_dropped_windows", "Ready windows skipped because inference was behind", ["camera"], registry=r
         )
-        self.frames_lost = Counter("emim_frames_lost_total", "Frames lost upstream of the ring (source)", ["camera"])
-        self.reconnects = Counter("emim_reconnects_total", "Source reconnections", ["camera"])
-        self.fps = Gauge("emim_camera_fps", "Frames per second the camera delivers", ["camera"])
+        self.frames_lost = Counter(
+            "emim_frames_lost", "Frames lost upstream of the ring (source)", ["camera"], registry=r
+        )
+        self.reconnects = Counter("emim_reconnects", "Source reconnections", ["camera"], registry=r)
+        self.events = Counter("emim_events", "Action events published (closed)", ["camera", "label"], registry=r)
+        self.fps = Gauge("emim_camera_fps", "Frames per second the camera delivers", ["camera"], registry=r)
         self.staleness = Gauge(
-            "emim_camera_staleness_seconds", "Heartbeat time minus capture time of the newest frame", ["camera"]
+            "emim_camera_staleness_seconds",
+            "Heartbeat time minus capture time of the newest frame",
+            ["camera"],
+            registry=r,
         )
-        self.state = Gauge("emim_camera_state", "1 for the current source state of the camera", ["camera", "state"])
+        self.state = Gauge(
+            "emim_camera_state", "1 for the current source state of the camera, 0 for the others", ["camera", "state"],
+            registry=r,
+        )  # fmt: skip
         self.latency = Histogram(
             "emim_stage_latency_seconds",
             "Per-window latency of each pipeline stage (CLOCK_MONOTONIC)",
             ["camera", "stage"],
-            [b / 1000 for b in LATENCY_BUCKETS_MS],
+            buckets=[b / 1000 for b in LATENCY_BUCKETS_MS],
+            registry=r,
         )
-        self.engine = Gauge("emim_engine_info", "Identity of the inference engine (value 1)", ENGINE_LABELS)
-        self._all: tuple[Metric, ...] = (
-            self.frames,
-            self.labels,
-            self.dropped_frames,
-            self.dropped_windows,
-            self.frames_lost,
-            self.reconnects,
-            self.fps,
-            self.staleness,
-            self.state,
-            self.latency,
-            self.engine,
-        )
-        self._server: _MetricsServer | None = None
-        self._thread: threading.Thread | None = None
+        self.engine = Info("emim_engine", "Identity of the inference engine (value 1)", registry=r)
+        self._mirrored: dict[tuple[Counter, str], float] = {}
+        self._lock = threading.Lock()
+        for camera_id in cameras:
+            self._set_state(camera_id, SourceState.CONNECTING.value)
+        self._server = self._thread = None
         if port is not None:
-            self._serve(host, port)
+            self._serve(host, port, allow_remote)
 
-    def _serve(self, host: str, port: int) -> None:
+    def _serve(self, host: str, port: int, allow_remote: bool) -> None:
+        if not _is_loopback(host):
+            if not allow_remote:
+                raise PublishError(
+                    f"metrics host {host!r} is not a loopback address; serving it exposes the metrics to the network. "
+                    "Use 127.0.0.1, or allow it explicitly (metrics.allow_remote: true)"
+                )
+            _log.warning("metrics are served on %s:%d without authentication (metrics.allow_remote)", host, port)
         try:
-            self._server = _MetricsServer((host, port), _MetricsHandler, self.render)
+            self._server, self._thread = prometheus_client.start_http_server(port, host, self.registry)
         except OSError as err:
             raise PublishError(
-                f"cannot serve metrics on {host}:{port}: {err}; choose a free port (0 = any free one)"
+                f"cannot serve metrics on {host}:{port}: {err.strerror or err}; choose a free port (0 = any free one)"
             ) from err
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="emim-metrics", daemon=True
-        )
-        self._thread.start()
-        _LOG.info("metrics on http://%s:%d/metrics", host, self.port)
+        _log.info("metrics on http://%s:%d/metrics", host, self.port)
 
     @property
     def port(self) -> int | None:
@@ -263,31 +155,30 @@ class Metrics:
 
     def observe_label(self, msg: LabelMessage) -> None:
         """Count a published label, mirror its drop counters and record its stage latencies."""
-        cam = (msg.camera_id,)
-        with self._lock:
-            self.labels.inc(cam)
-            self.dropped_frames.raise_to(cam, msg.dropped_frames)
-            self.dropped_windows.raise_to(cam, msg.dropped_windows)
-            for stage, ms in msg.latency_ms.items():
-                self.latency.observe((msg.camera_id, stage), ms / 1000)
+        cam = msg.camera_id
+        self.labels.labels(cam).inc()
+        self._mirror(self.dropped_frames, cam, msg.dropped_frames)
+        self._mirror(self.dropped_windows, cam, msg.dropped_windows)
+        for stage, ms in msg.latency_ms.items():
+            self.latency.labels(cam, stage).observe(ms / 1000)
 
     def observe_status(self, msg: StatusMessage) -> None:
         """Mirror a heartbeat's counters, fps, staleness and source state."""
-        cam = (msg.camera_id,)
-        with self._lock:
-            self.frames.raise_to(cam, msg.latest_seq + 1)
-            self.dropped_frames.raise_to(cam, msg.dropped_frames)
-            self.frames_lost.raise_to(cam, msg.frames_lost)
-            self.reconnects.raise_to(cam, msg.reconnects)
-            self.fps.set(cam, msg.fps)
-            if msg.staleness_ms is None:
-                self.staleness.remove(cam)
-            else:
-                self.staleness.set(cam, msg.staleness_ms / 1000)
-            for camera_id, state in self.state.values:
-                if camera_id == msg.camera_id:
-                    self.state.set((camera_id, state), 0)
-            self.state.set((msg.camera_id, msg.state), 1)
+        cam = msg.camera_id
+        self._mirror(self.frames, cam, msg.latest_seq + 1)
+        self._mirror(self.dropped_frames, cam, msg.dropped_frames)
+        self._mirror(self.frames_lost, cam, msg.frames_lost)
+        self._mirror(self.reconnects, cam, msg.reconnects)
+        self.fps.labels(cam).set(msg.fps)
+        if msg.staleness_ms is None:
+            self.staleness.remove(cam)  # unknown: no sample (a no-op when there is none)
+        else:
+            self.staleness.labels(cam).set(msg.staleness_ms / 1000)
+        self._set_state(cam, msg.state)
+
+    def observe_event(self, msg: EventMessage) -> None:
+        """Count a published action event."""
+        self.events.labels(msg.camera_id, msg.label).inc()
 
     def set_engine(self, info: Mapping[str, Any] | Any) -> None:
         """Set the engine identity from a mapping or dataclass (e.g. ``EngineInfo``, ``ModelInfo``).
@@ -296,25 +187,23 @@ class Metrics:
         """
         fields = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
         model = fields.get("model", fields.get("model_name", fields.get("name", "")))
-        values = (str(model), *(str(fields.get(key, "")) for key in ENGINE_LABELS[1:]))
-        with self._lock:
-            self.engine.values.clear()
-            self.engine.set(values, 1)
+        self.engine.info({"model": str(model), **{key: str(fields.get(key, "")) for key in ENGINE_LABELS[1:]}})
+
+    def watch_mqtt(self, sink: StatsSource) -> None:
+        """Export the MQTT sink's counters and state, read at every scrape."""
+        self.registry.register(_MqttCollector(sink))
 
     def render(self) -> str:
-        """All metrics in the Prometheus text format."""
-        with self._lock:
-            return render_prometheus(self._all)
+        """All metrics in the Prometheus text format (what a scrape gets)."""
+        return prometheus_client.generate_latest(self.registry).decode()
 
     def close(self) -> None:
         """Stop the HTTP server. Idempotent."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-            self._server = None
-        if self._thread is not None:
             self._thread.join()
-            self._thread = None
+            self._server = self._thread = None
 
     def __enter__(self) -> Metrics:
         return self
@@ -322,30 +211,46 @@ class Metrics:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _mirror(self, counter: Counter, camera_id: str, total: float) -> None:
+        """Raise ``counter{camera}`` to an external cumulative ``total`` (a lower, older total is ignored)."""
+        key = (counter, camera_id)
+        with self._lock:
+            previous = self._mirrored.get(key)
+            if previous is not None and total <= previous:
+                return
+            self._mirrored[key] = total
+        counter.labels(camera_id).inc(total - (previous or 0))
 
-class _MetricsServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], render: Callable[[], str]
-    ) -> None:
-        self.render = render
-        super().__init__(address, handler)
+    def _set_state(self, camera_id: str, current: str) -> None:
+        for state in {*(s.value for s in SourceState), current}:
+            self.state.labels(camera_id, state).set(1 if state == current else 0)
 
 
-class _MetricsHandler(BaseHTTPRequestHandler):
-    server: _MetricsServer
+class _MqttCollector:
+    """The MQTT sink's stats as metric families, read at scrape time."""
 
-    def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] != "/metrics":
-            self.send_error(404, "metrics are at /metrics")
-            return
-        body = self.server.render().encode()
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def __init__(self, sink: StatsSource) -> None:
+        self.sink = sink
 
-    def log_message(self, format: str, *args: Any) -> None:
-        _LOG.debug("metrics %s: %s", self.address_string(), format % args)
+    def collect(self) -> Iterator[Metric]:
+        stats = self.sink.stats()
+        for name, key, text in (
+            ("emim_mqtt_sent", "sent", "Messages the broker confirmed (QoS 0: written to the connection)"),
+            ("emim_mqtt_dropped", "dropped", "Messages dropped (queue full while the broker was away, or refused)"),
+            ("emim_mqtt_reconnects", "reconnects", "Reconnections to the broker"),
+        ):
+            yield CounterMetricFamily(name, text, value=stats[key])
+        yield GaugeMetricFamily("emim_mqtt_queued", "Messages waiting for the broker", value=stats["queued"])
+        state = GaugeMetricFamily("emim_mqtt_state", "1 for the MQTT sink's current state", labels=["state"])
+        for name in MQTT_STATES:
+            state.add_metric([name], 1 if stats["state"] == name else 0)
+        yield state
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a wildcard, a name or an interface: may be reachable from outside

@@ -25,6 +25,11 @@ class Postprocessor:
         self.smoothing = smoothing
         self._state: torch.Tensor | None = None
 
+    @property
+    def scores(self) -> list[float]:
+        """The last window's probabilities (smoothed) in label order; empty before the first window."""
+        return [] if self._state is None else self._state.tolist()
+
     def reset(self) -> None:
         """Forget the smoothing state (after a gap in the stream)."""
         self._state = None

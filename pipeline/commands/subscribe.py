@@ -17,7 +17,7 @@ from typing import TextIO
 
 from pipeline.commands.common import add_curve_arguments, curve_client, curve_hint
 from pipeline.errors import PipelineError
-from pipeline.messages import LabelMessage, MessageError, StatusMessage, parse_payload
+from pipeline.messages import EventMessage, LabelMessage, MessageError, StatusMessage, parse_payload
 from pipeline.subscribe import Received, Subscriber
 
 HELP = "print label/status messages of a running pipeline (ZeroMQ SUB)"
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         dest="topics",
         metavar="PREFIX",
-        help="topic prefix, repeatable: labels/, labels/cam1/, status/ (default labels/)",
+        help="topic prefix, repeatable: labels/, labels/cam1/, status/, events/ (default labels/)",
     )
     parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N messages")
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds in total")
@@ -85,6 +85,8 @@ def describe(received: Received) -> str:
         return f"{received.topic} #{received.msg_seq} unreadable: {err}"
     if isinstance(msg, LabelMessage):
         return _describe_label(msg)
+    if isinstance(msg, EventMessage):
+        return _describe_event(msg)
     return _describe_status(msg)
 
 
@@ -98,6 +100,13 @@ def _describe_label(msg: LabelMessage) -> str:
     return (
         f"{msg.camera_id} #{msg.msg_seq} frames {msg.window.first_seq}-{msg.window.last_seq} "
         f"{top} latency {latency}{drops}"
+    )
+
+
+def _describe_event(msg: EventMessage) -> str:
+    return (
+        f"{msg.camera_id} #{msg.msg_seq} event {msg.label} {msg.duration_s:.2f} s frames {msg.first_seq}-"
+        f"{msg.last_seq} peak {msg.peak_score:.2f} mean {msg.mean_score:.2f} ({msg.end_reason})"
     )
 
 

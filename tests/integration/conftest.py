@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.mqtt_broker import mosquitto  # noqa: F401 - a fixture for the tests here
 from tests.rtsp_rig import rtsp_camera  # noqa: F401 - a fixture for the tests here
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,53 +1,20 @@
-"""Metrics: the HTTP endpoint serves counters and histograms in a parseable Prometheus text format."""
+"""Metrics: the HTTP endpoint's scrape, parsed with prometheus_client.parser, carries the documented series."""
 
 from __future__ import annotations
 
-import re
+import logging
 import time
-import urllib.error
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.config import MqttConfig
 from pipeline.errors import PublishError
-from pipeline.messages import LabelMessage, ModelInfo, StatusMessage, WindowInfo
-from pipeline.metrics import LATENCY_BUCKETS_MS, Counter, Histogram, Metrics, render_prometheus
-
-# The text exposition format 0.0.4, one sample line: name{label="value",...} number
-_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_LABEL = rf'({_NAME})="((?:[^"\\\n]|\\[\\"n])*)"'
-_SAMPLE = re.compile(rf"^({_NAME})(?:\{{((?:{_LABEL})(?:,{_LABEL})*)?\}})? (\S+)$")
-_NUMBER = re.compile(r"^([+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|[+-]Inf|NaN)$")
-
-
-def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), value)
-
-
-def parse_exposition(text: str) -> tuple[dict[str, str], dict[tuple[str, frozenset], float]]:
-    """Strictly parse the text format: ``({metric: type}, {(sample name, labels): value})``; fails on any bad line."""
-    types: dict[str, str] = {}
-    samples: dict[tuple[str, frozenset], float] = {}
-    assert text.endswith("\n")
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            assert re.match(rf"^# HELP {_NAME} .*$", line), line
-        elif line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            assert kind in ("counter", "gauge", "histogram", "summary", "untyped") and name not in types, line
-            types[name] = kind
-        else:
-            m = _SAMPLE.match(line)
-            assert m, f"not a sample line: {line!r}"
-            name, value = m.group(1), m.group(m.lastindex)
-            assert _NUMBER.match(value), line
-            base = re.sub(r"_(bucket|sum|count)$", "", name)
-            assert name in types or base in types, f"sample {name} before its TYPE"
-            labels = frozenset((k, _unescape(v)) for k, v in re.findall(_LABEL, m.group(2) or ""))
-            key = (name, labels)
-            assert key not in samples, f"duplicate sample {line!r}"
-            samples[key] = float(value)
-    return types, samples
+from pipeline.messages import EventMessage, LabelMessage, ModelInfo, StatusMessage, WindowInfo
+from pipeline.metrics import LATENCY_BUCKETS_MS, MQTT_STATES, Metrics
+from pipeline.mqtt import MqttSink
+from pipeline.sources import SourceState
 
 
 def _label(camera_id: str, total_ms: float, dropped_frames: int, dropped_windows: int) -> LabelMessage:
@@ -90,14 +57,27 @@ def _status(camera_id: str, state: str, latest_seq: int, reconnects: int, stalen
     )
 
 
-def _get(url: str) -> tuple[int, str, str]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.status, response.headers["Content-Type"], response.read().decode()
+def _event(camera_id: str, label: str) -> EventMessage:
+    return EventMessage(camera_id, label, 0, 20, 0, 0, 1, 1, 0.9, 0.8, 3, "exit")
 
 
-def test_endpoint_serves_counters_histograms_and_engine_identity():
-    weird = 'we"ird\\cam'  # quote and backslash are legal in camera ids and must be escaped
-    with Metrics(port=0) as metrics:
+def _scrape(port: int) -> tuple[str, dict[str, str], dict[tuple[str, frozenset], float]]:
+    """(content type, {family: type}, {(sample name, labels): value}) of GET /metrics, parsed by prometheus_client."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        content_type, text = response.headers["Content-Type"], response.read().decode()
+    types, samples = {}, {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in samples, f"duplicate sample {key}"
+            samples[key] = sample.value
+    return content_type, types, samples
+
+
+def test_scrape_parses_with_the_documented_series_and_values():
+    weird = 'we"ird\\cam'  # quote and backslash must be escaped in label values
+    with Metrics(port=0, cameras=["cam1", "cam2"]) as metrics:
         assert metrics.port
         metrics.set_engine({"model_name": "emim_xs.demo", "backend": "torch", "precision": "fp32", "device": "cpu"})
         for i, total_ms in enumerate((3.0, 40.0, 7000.0)):
@@ -105,12 +85,14 @@ def test_endpoint_serves_counters_histograms_and_engine_identity():
         metrics.observe_label(_label(weird, 15.0, 0, 0))
         metrics.observe_status(_status("cam1", "reconnecting", latest_seq=99, reconnects=2, staleness_ms=None))
         metrics.observe_status(_status("cam1", "live", latest_seq=149, reconnects=2, staleness_ms=250.0))
-        status, content_type, text = _get(f"http://127.0.0.1:{metrics.port}/metrics")
-    assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
-    types, samples = parse_exposition(text)
-    assert types["emim_labels_published_total"] == "counter"
+        metrics.observe_status(_status("cam1", "live", latest_seq=120, reconnects=1, staleness_ms=250.0))  # older
+        metrics.observe_event(_event("cam1", "left"))
+        metrics.observe_event(_event("cam1", "left"))
+        content_type, types, samples = _scrape(metrics.port)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert types["emim_labels_published"] == "counter"
     assert types["emim_stage_latency_seconds"] == "histogram"
-    assert types["emim_engine_info"] == "gauge"
+    assert types["emim_camera_state"] == "gauge"
 
     def value(name: str, **labels: str) -> float:
         return samples[(name, frozenset(labels.items()))]
@@ -119,73 +101,69 @@ def test_endpoint_serves_counters_histograms_and_engine_identity():
     assert value("emim_labels_published_total", camera=weird) == 1
     assert value("emim_dropped_frames_total", camera="cam1") == 7  # the heartbeat's count is higher
     assert value("emim_dropped_windows_total", camera="cam1") == 4
-    assert value("emim_frames_total", camera="cam1") == 150
+    assert value("emim_frames_total", camera="cam1") == 150  # an older, lower count never takes a counter back
     assert value("emim_reconnects_total", camera="cam1") == 2
     assert value("emim_frames_lost_total", camera="cam1") == 3
+    assert value("emim_events_total", camera="cam1", label="left") == 2
     assert value("emim_camera_fps", camera="cam1") == 29.5
     assert value("emim_camera_staleness_seconds", camera="cam1") == pytest.approx(0.25)
-    assert value("emim_camera_state", camera="cam1", state="live") == 1
-    assert value("emim_camera_state", camera="cam1", state="reconnecting") == 0
-    engine = {k: v for (name, labels), v in samples.items() if name == "emim_engine_info" for k, v in labels}
-    assert engine == {
-        "model": "emim_xs.demo",
-        "backend": "torch",
-        "precision": "fp32",
-        "device": "cpu",
-        "checkpoint_sha256": "",
-    }
+    assert not any(name.endswith("_created") for name, _ in samples)
+
+    # every state has a series from the start: cam2 never sent a heartbeat
+    for cam, current in (("cam1", "live"), ("cam2", "connecting")):
+        for state in SourceState:
+            assert value("emim_camera_state", camera=cam, state=state.value) == (state.value == current), (cam, state)
+
+    engine = [dict(labels) for (name, labels), v in samples.items() if name == "emim_engine_info" and v == 1]
+    assert engine == [
+        {"model": "emim_xs.demo", "backend": "torch", "precision": "fp32", "device": "cpu", "checkpoint_sha256": ""}
+    ]
 
     # histogram of cam1/total: 3 ms, 40 ms, 7 s -> cumulative buckets, +Inf = count, sum in seconds
     buckets = {
-        dict(labels)["le"]: v
+        float(dict(labels)["le"]): v
         for (name, labels), v in samples.items()
         if name == "emim_stage_latency_seconds_bucket" and ("stage", "total") in labels and ("camera", "cam1") in labels
     }
-    assert len(buckets) == len(LATENCY_BUCKETS_MS) + 1
-    assert buckets["0.002"] == 0 and buckets["0.005"] == 1 and buckets["0.05"] == 2 and buckets["5"] == 2
-    assert buckets["+Inf"] == 3 == value("emim_stage_latency_seconds_count", camera="cam1", stage="total")
-    assert value("emim_stage_latency_seconds_sum", camera="cam1", stage="total") == pytest.approx(7.043)
-    counts = [buckets[le] for le in [*(k for k in buckets if k != "+Inf"), "+Inf"]]
-    assert counts == sorted(counts)
+    assert sorted(buckets) == [*(b / 1000 for b in LATENCY_BUCKETS_MS), float("inf")]
+    assert (buckets[0.002], buckets[0.005], buckets[0.05], buckets[5.0], buckets[float("inf")]) == (0, 1, 2, 2, 3)
+    assert value("emim_stage_latency_seconds_count", camera="cam1", stage="total") == 3
+    assert value("emim_stage_latency_seconds_sum", camera="cam1", stage="total") == pytest.approx(7.043, abs=1e-12)
     assert value("emim_stage_latency_seconds_count", camera="cam1", stage="infer") == 3  # every stage carried
 
 
-def test_unknown_path_is_404_and_close_stops_serving():
-    metrics = Metrics(port=0)
-    url = f"http://127.0.0.1:{metrics.port}"
-    with pytest.raises(urllib.error.HTTPError) as err:
-        _get(f"{url}/")
-    assert err.value.code == 404
-    metrics.close()
-    metrics.close()  # idempotent
-    with pytest.raises(urllib.error.URLError):
-        _get(f"{url}/metrics")
+def test_staleness_series_disappears_while_unknown():
+    metrics = Metrics()
+    metrics.observe_status(_status("cam1", "live", 10, 0, staleness_ms=40.0))
+    assert "emim_camera_staleness_seconds{camera=\"cam1\"} 0.04" in metrics.render()
+    metrics.observe_status(_status("cam1", "reconnecting", 10, 1, staleness_ms=None))
+    assert 'emim_camera_staleness_seconds{camera="cam1"}' not in metrics.render()
 
 
-def test_busy_port_is_a_clear_error_and_no_port_means_collect_only():
+def test_mqtt_sink_series_are_read_at_scrape_time():
+    sink = MqttSink(MqttConfig(host="127.0.0.1", box_id="b"))  # not started: stays "connecting"
+    with Metrics(port=0) as metrics:
+        metrics.watch_mqtt(sink)
+        sink.send("event", "cam1", {"kind": "event"})
+        _, types, samples = _scrape(metrics.port)
+    assert types["emim_mqtt_dropped"] == "counter" and types["emim_mqtt_state"] == "gauge"
+    assert samples[("emim_mqtt_queued", frozenset())] == 1
+    assert samples[("emim_mqtt_dropped_total", frozenset())] == 0
+    states = {dict(labels)["state"]: v for (name, labels), v in samples.items() if name == "emim_mqtt_state"}
+    assert states == {state: (state == "connecting") for state in MQTT_STATES}
+
+
+def test_busy_port_non_loopback_host_and_collect_only(caplog):
     with Metrics(port=0) as first, pytest.raises(PublishError, match=f"cannot serve metrics on 127.0.0.1:{first.port}"):
         Metrics(port=first.port)
+    with pytest.raises(PublishError, match=r"metrics host '0.0.0.0' is not a loopback address.*metrics.allow_remote"):
+        Metrics(port=0, host="0.0.0.0")
+    caplog.set_level(logging.WARNING, logger="pipeline.metrics")
+    with Metrics(port=0, host="0.0.0.0", allow_remote=True):
+        assert "without authentication" in caplog.text
     collect_only = Metrics()
     assert collect_only.port is None
     collect_only.observe_label(_label("cam1", 5.0, 0, 0))
-    _, samples = parse_exposition(collect_only.render())
-    assert samples[("emim_labels_published_total", frozenset({("camera", "cam1")}))] == 1
+    families = {f.name: f for f in text_string_to_metric_families(collect_only.render())}
+    assert families["emim_labels_published"].samples[0].value == 1
     collect_only.close()
-
-
-def test_plain_types_counter_never_decreases_and_bucket_edges():
-    c = Counter("x_total", "x", ["camera"])
-    c.raise_to(("a",), 5)
-    c.raise_to(("a",), 3)  # an older, lower cumulative count does not take the counter back
-    assert c.values[("a",)] == 5
-    with pytest.raises(ValueError, match="cannot decrease"):
-        c.inc(("a",), -1)
-    h = Histogram("h_seconds", "h", [], [0.1, 1.0])
-    for v in (0.1, 0.5, 1.0, 1.5):  # an observation equal to a bound falls in that bucket (le = less or equal)
-        h.observe((), v)
-    _, samples = parse_exposition(render_prometheus([c, h]))
-    assert samples[("h_seconds_bucket", frozenset({("le", "0.1")}))] == 1
-    assert samples[("h_seconds_bucket", frozenset({("le", "1")}))] == 3
-    assert samples[("h_seconds_bucket", frozenset({("le", "+Inf")}))] == 4
-    with pytest.raises(ValueError, match="ascending"):
-        Histogram("bad", "b", [], [1.0, 0.5])

@@ -15,8 +15,10 @@ Data set specs (:func:`open_dataset`):
   (train / val / test: disjoint seeds), ``n`` (clips), ``start`` (first clip index), ``size``,
   ``method`` (area / linear / pyramid), ``window`` (``first``: the clip opens a scene, exactly
   :func:`engines.synthetic.render_clip`; ``any``: a seeded window anywhere in a 4 s scene of the live
-  :class:`~engines.synthetic.SyntheticScene`, as a camera sees it) and ``fresh`` (1: every epoch draws
-  ``n`` new clips).
+  :class:`~engines.synthetic.SyntheticScene`, as a camera sees it), ``fresh`` (1: every epoch draws
+  ``n`` new clips) and ``style`` (``classic``; ``photo``: photographs seen by a realistic camera, each
+  clip at a seeded frame rate of 15-30 fps and a third of them through H.264; ``mix``: classic and
+  photo in turn, every 9 clips).
 - a directory: ``DIR/<class name>/<video file>``; class names are the sorted sub-folder names.
 - a file: one ``<video path> <label>`` per line (paths relative to the list file; ``#`` comments).
 """
@@ -37,7 +39,16 @@ import torch
 from torch.utils.data import Dataset
 
 from engines.errors import ConfigError, EmimError
-from engines.synthetic import CLASSES, REFERENCE_FPS, SyntheticScene, clip_seed, label_of, render_clip
+from engines.synthetic import (
+    CLASSES,
+    REFERENCE_FPS,
+    STYLES,
+    SyntheticScene,
+    clip_seed,
+    h264_roundtrip,
+    label_of,
+    render_clip,
+)
 
 __all__ = [
     "METHODS",
@@ -59,9 +70,14 @@ VIDEO_SUFFIXES: frozenset[str] = frozenset(
 )
 SYNTHETIC_SOURCE_SIZE = (320, 240)
 """(width, height) the ``synthetic://`` camera renders at by default; training renders at the same size."""
-_SYNTHETIC_PARAMETERS = ("split", "n", "start", "size", "method", "window", "fresh")
+_SYNTHETIC_PARAMETERS = ("split", "n", "start", "size", "method", "window", "fresh", "style")
+_SYNTHETIC_STYLES = (*STYLES, "mix")
 _SCENE_SEGMENT_S = 4.0  # SyntheticScene's default segment length (the live source's default)
 _WINDOW_TAG = 0x5EC1A5  # seeds the start frame of ``window=any`` clips
+_CAMERA_TAG = 0x5EC1CA  # seeds a photo clip's frame rate and compression
+_PHOTO_FPS = (15.0, 20.0, 24.0, 25.0, 30.0)
+_H264_SHARE = 1 / 3  # share of photo clips put through H.264
+_H264_CRF = (18, 36)  # x264 quality range (inclusive)
 
 
 class DatasetError(EmimError):
@@ -168,6 +184,9 @@ class SyntheticClips(ClipDataset):
             ``'any'`` (a seeded start anywhere in a live scene segment).
         fresh: draw new clips every epoch.
         start: index of the first clip.
+        style: ``'classic'``, ``'photo'`` or ``'mix'`` (classic for clip indices ``i`` with
+            ``i // 9`` even, photo for odd). A photo clip gets a seeded frame rate (15-30 fps)
+            and, for a third of the seeds, an H.264 encode and decode at a seeded quality.
 
     Raises:
         ConfigError: invalid argument.
@@ -185,6 +204,7 @@ class SyntheticClips(ClipDataset):
         window: str = "first",
         fresh: bool = False,
         start: int = 0,
+        style: str = "classic",
     ) -> None:
         clip_seed(split, start)  # validates split and start
         if n < 1:
@@ -194,12 +214,17 @@ class SyntheticClips(ClipDataset):
         _check_method(method, "synthetic data set")
         if window not in ("first", "any"):
             raise ConfigError(f"synthetic data set window {window!r} is not supported; expected 'first' or 'any'")
+        if style not in _SYNTHETIC_STYLES:
+            raise ConfigError(
+                f"synthetic data set style {style!r} is not supported; expected one of {', '.join(_SYNTHETIC_STYLES)}"
+            )
+        self.style = style
         self.split, self.n, self.start = split, n, start
         self.frames, self.height, self.width = frames, height, width
         self.source_size, self.method, self.window, self.fresh = tuple(source_size), method, window, fresh
         self.labels = CLASSES
         self.epoch = 0
-        segment_frames = round(_SCENE_SEGMENT_S * REFERENCE_FPS)
+        segment_frames = round(_SCENE_SEGMENT_S * (REFERENCE_FPS if style == "classic" else min(_PHOTO_FPS)))
         if window == "any" and frames > segment_frames:
             raise ConfigError(f"window=any needs clips of at most {segment_frames} frames, got {frames}")
 
@@ -219,19 +244,30 @@ class SyntheticClips(ClipDataset):
         index = self._index(i)
         label, seed = label_of(index), clip_seed(self.split, index)
         src_w, src_h = self.source_size
+        style = self.style if self.style != "mix" else STYLES[(index // len(CLASSES)) % 2]
+        fps, crf = REFERENCE_FPS, None
+        if style == "photo":
+            camera = np.random.default_rng([_CAMERA_TAG, seed])
+            fps = float(camera.choice(_PHOTO_FPS))
+            if camera.random() < _H264_SHARE:
+                crf = int(camera.integers(_H264_CRF[0], _H264_CRF[1] + 1))
         if self.window == "first":
-            raw = render_clip(label, seed, self.frames, src_h, src_w)
+            raw = render_clip(label, seed, self.frames, src_h, src_w, style=style, fps=fps)
         else:
-            scene = SyntheticScene(seed, src_h, src_w, label=label, segment_s=_SCENE_SEGMENT_S)
+            scene = SyntheticScene(seed, src_h, src_w, fps=fps, label=label, segment_s=_SCENE_SEGMENT_S, style=style)
             first = int(np.random.default_rng([_WINDOW_TAG, seed]).integers(scene.segment_frames - self.frames + 1))
-            raw = [scene.frame(first + k) for k in range(self.frames)]
+            raw = np.stack([scene.frame(first + k) for k in range(self.frames)])
+        if crf is not None:
+            raw = h264_roundtrip(raw, fps, crf)
         clip = np.stack([fit_frame(f, self.height, self.width, self.method) for f in raw])
         return torch.from_numpy(clip), label
 
     def describe(self) -> str:
         w, h = self.source_size
+        style = "" if self.style == "classic" else f"{self.style} style, "
+        fresh = " per epoch (fresh every epoch)" if self.fresh else ""
         return (
-            f"synthetic {self.split} split, {self.n} clips{' per epoch (fresh every epoch)' if self.fresh else ''} "
+            f"synthetic {style}{self.split} split, {self.n} clips{fresh} "
             f"from index {self.start}, rendered at {w}x{h}, window={self.window}, {self.method} resize to "
             f"{self.width}x{self.height}, {self.frames} frames"
         )
@@ -561,6 +597,7 @@ def _synthetic_from_uri(
         window=options.get("window", "first"),
         fresh=fresh == "1",
         start=integer("start", 0),
+        style=options.get("style", "classic"),
     )
 
 

@@ -18,25 +18,41 @@ picture whatever the class, so only motion tells the classes apart. Sizes are fr
 function of time, so a scene at another frame rate samples the same motion in time. Camera shake is
 a smooth, zero-mean sub-pixel wobble, several times slower than the slowest object.
 
+Two styles (:data:`STYLES`). ``classic`` is the above. ``photo`` cuts the objects, with soft masks,
+from photographs and lays them over a photograph (:data:`PHOTO_DIR`; seeds of the test split use
+only the ``test`` pictures, every other seed only the ``train`` ones, so held-out pictures are
+never seen in training), places objects partly outside the frame, adds 0-2 small distractor objects
+swinging slowly to and fro, a slow camera pan and stronger shake, motion blur (a shutter open for
+part of the frame interval), lighting flicker and drift, and more sensor noise. The class motions
+are the same. :func:`h264_roundtrip` puts frames through an H.264 encode and decode.
+
 Everything is numpy + OpenCV and deterministic: the same arguments give the same pixels.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from engines.errors import ConfigError
+from engines.errors import ConfigError, EmimError
 
 __all__ = [
     "CLASSES",
+    "PHOTO_DIR",
     "REFERENCE_FPS",
     "SPLITS",
+    "STYLES",
     "SyntheticScene",
     "clip_seed",
+    "h264_roundtrip",
     "label_index",
     "label_of",
     "render_clip",
@@ -49,6 +65,10 @@ REFERENCE_FPS = 30.0
 """Frame rate at which the motion constants below are defined (and at which clips are rendered)."""
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 """Data-set split -> block of clip seeds; blocks are disjoint (see :func:`clip_seed`)."""
+STYLES: tuple[str, ...] = ("classic", "photo")
+"""Scene appearance: drawn textures (``classic``) or photographs seen by a realistic camera (``photo``)."""
+PHOTO_DIR = Path(__file__).with_name("photos")
+"""The ``photo`` style's pictures: ``train/`` and ``test/`` JPEGs (sources and licences in its README.md)."""
 
 _SEEDS_PER_SPLIT = 1 << 40
 _CLIP_TAG, _SCENE_TAG, _SCHEDULE_TAG = 0x5EC11B, 0x5E5CE7, 0x5E5C4D  # keep the random streams apart
@@ -66,6 +86,25 @@ _SHAKE = 0.003  # largest shake amplitude, S; shake speed <= 0.0015 S per frame,
 _SHAKE_FREQ = (0.01, 0.08)  # shake frequencies, cycles per frame
 _NOISE = (1.0, 5.0)  # sensor-noise standard deviation, uint8 levels
 _NOISE_PAD = 32  # the noise field is this much larger than a frame; each frame reads a shifted window
+
+# Photo style (same units). Camera motion stays well below the slowest object (0.012 S per frame).
+_PAN = 0.06  # largest pan excursion per axis, S: a slow sinusoid, at most 0.002 S per frame
+_PAN_PERIOD = (190.0, 400.0)  # reference frames
+_PHOTO_SHAKE = 0.006  # largest shake amplitude, S
+_PHOTO_SHAKE_FREQ = (0.01, 0.1)
+_PHOTO_NOISE = (1.0, 8.0)
+_FLICKER = 0.06  # largest fast gain ripple (mains flicker beating with the frame rate)
+_FLICKER_FREQ = (0.05, 0.45)  # cycles per frame
+_DRIFT = 0.12  # largest slow exposure drift
+_DRIFT_PERIOD = (60.0, 240.0)  # reference frames
+_SHUTTER = (0.0, 0.8)  # exposure as a share of the frame interval (motion blur)
+_BLUR_TAPS = 3  # most sub-frame renders averaged for motion blur
+_DISTRACTORS = 3  # 0..2 distractor objects
+_DISTRACTOR_RADIUS = (0.04, 0.09)
+_SWING = (0.01, 0.04)  # distractor swing amplitude, S; with _SWING_RATE at most 0.006 S per frame
+_SWING_RATE = (0.03, 0.15)  # rad per frame
+_MIN_LUMA_GAP = 15.0  # an object's mean luma differs from the background's by at least this
+_PHOTO_TAG = 0x9407
 
 _TRANSLATIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 _ZOOMS = {"approach": 1.0, "recede": -1.0}
@@ -105,14 +144,19 @@ def clip_seed(split: str, index: int) -> int:
     return SPLITS[split] * _SEEDS_PER_SPLIT + index
 
 
-def render_clip(label: int | str, seed: int, frames: int, height: int, width: int) -> np.ndarray:
-    """Render one clip of class ``label`` at :data:`REFERENCE_FPS`.
+def render_clip(
+    label: int | str, seed: int, frames: int, height: int, width: int,
+    style: str = "classic", fps: float = REFERENCE_FPS,
+) -> np.ndarray:
+    """Render one clip of class ``label``.
 
     Args:
         label: class index or name (:data:`CLASSES`).
         seed: non-negative seed; the appearance depends on it alone, the motion on it and the class.
         frames: number of frames T.
         height, width: frame size in pixels (at least 8).
+        style: ``'classic'`` or ``'photo'`` (:data:`STYLES`).
+        fps: frame rate the motion is sampled at (defined per second at :data:`REFERENCE_FPS`).
 
     Returns:
         ``[T, height, width, 3]`` uint8 RGB, C-contiguous; the same arguments give the same array.
@@ -125,11 +169,55 @@ def render_clip(label: int | str, seed: int, frames: int, height: int, width: in
     _check_size(height, width)
     if frames < 1:
         raise ConfigError(f"a clip needs at least 1 frame, got frames={frames}")
-    segment = _Segment((_CLIP_TAG, seed), index, height, width)
+    _check_fps(fps)
+    step = REFERENCE_FPS / fps
+    segment = _segment(style, (_CLIP_TAG, seed), index, height, width, seed, step)
     clip = np.empty((frames, height, width, 3), np.uint8)
     for k in range(frames):
-        segment.render(float(k), k, clip[k])
+        segment.render(k * step, k, clip[k])
     return clip
+
+
+def h264_roundtrip(frames: np.ndarray, fps: float, crf: int) -> np.ndarray:
+    """Frames after an H.264 encode (libx264 by the ffmpeg command, yuv420p) and an OpenCV decode.
+
+    Args:
+        frames: ``[T, H, W, 3]`` uint8 RGB.
+        fps: frame rate written into the stream.
+        crf: x264 constant rate factor (higher: stronger compression).
+
+    Returns:
+        ``[T, H, W, 3]`` uint8 RGB; deterministic (one encoder thread).
+
+    Raises:
+        EmimError: no ffmpeg command, or the encode or decode failed.
+    """
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise EmimError("H.264 clips need the ffmpeg command, which is not installed (make system-deps)")
+    count, height, width = frames.shape[:3]
+    with tempfile.TemporaryDirectory(prefix="emim-h264-") as folder:
+        path = Path(folder) / "clip.mp4"
+        command = [
+            ffmpeg, "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+            "-r", f"{fps:g}", "-i", "-", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264",
+            "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p", "-threads", "1", str(path),
+        ]
+        done = subprocess.run(command, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
+        if done.returncode:
+            reason = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+            raise EmimError(f"ffmpeg could not encode an H.264 clip: {reason[0]}")
+        capture = cv2.VideoCapture(str(path))
+        decoded = []
+        while len(decoded) < count:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            decoded.append(cv2.cvtColor(bgr[:height, :width], cv2.COLOR_BGR2RGB))
+        capture.release()
+    if len(decoded) != count:
+        raise EmimError(f"an H.264 clip of {count} frames decoded to {len(decoded)} frames")
+    return np.stack(decoded)
 
 
 class SyntheticScene:
@@ -147,6 +235,7 @@ class SyntheticScene:
         fps: frame rate the scene is sampled at; motion speeds are per second (defined at 30 fps).
         label: class index or name for every segment, or None to cycle through the classes.
         segment_s: segment length in seconds.
+        style: ``'classic'`` or ``'photo'`` (:data:`STYLES`).
 
     Raises:
         ConfigError: invalid argument.
@@ -160,17 +249,19 @@ class SyntheticScene:
         fps: float = REFERENCE_FPS,
         label: int | str | None = None,
         segment_s: float = 4.0,
+        style: str = "classic",
     ) -> None:
         _check_seed(seed)
         _check_size(height, width)
-        if not (math.isfinite(fps) and fps > 0):
-            raise ConfigError(f"synthetic scene fps must be > 0, got {fps}")
+        _check_fps(fps)
+        _check_style(style)
         if not (math.isfinite(segment_s) and segment_s > 0):
             raise ConfigError(f"synthetic scene segment_s must be > 0, got {segment_s}")
         self.seed = seed
         self.height = height
         self.width = width
         self.fps = float(fps)
+        self.style = style
         self.segment_frames = max(1, round(segment_s * fps))
         self._fixed_class = None if label is None else label_index(label)
         self._time_per_frame = REFERENCE_FPS / self.fps
@@ -195,7 +286,9 @@ class SyntheticScene:
             raise ValueError(f"frame index must be >= 0, got {i}")
         j, k = divmod(i, self.segment_frames)
         if self._cached is None or self._cached[0] != j:
-            segment = _Segment((_SCENE_TAG, self.seed, j), self.class_at(i), self.height, self.width)
+            entropy = (_SCENE_TAG, self.seed, j)
+            segment = _segment(self.style, entropy, self.class_at(i), self.height, self.width, self.seed,
+                               self._time_per_frame)
             self._cached = (j, segment)
         out = np.empty((self.height, self.width, 3), np.uint8)
         self._cached[1].render(k * self._time_per_frame, k, out)
@@ -314,6 +407,174 @@ class _Segment:
         return _Object(levels, x, y, phase, rng.uniform(0.0, 2.0 * math.pi))
 
 
+def _segment(style: str, entropy: tuple[int, ...], label: int, height: int, width: int,
+             seed: int, frame_time: float) -> _Segment:
+    """A segment of ``style``; ``frame_time`` (reference frames per frame) sets the photo style's motion blur."""
+    _check_style(style)
+    if style == "classic":
+        return _Segment(entropy, label, height, width)
+    pool = "test" if seed // _SEEDS_PER_SPLIT == SPLITS["test"] else "train"
+    return _PhotoSegment(entropy, label, height, width, _pictures(pool), frame_time)
+
+
+@dataclass(frozen=True, slots=True)
+class _Distractor:
+    """A small object swinging to and fro about (x, y) on an ellipse; it never leaves its neighbourhood."""
+
+    levels: tuple[np.ndarray, ...]
+    x: float
+    y: float
+    scale: float  # radius / patch half-size
+    swing: tuple[float, float]  # amplitudes, view pixels
+    rate: float  # rad per reference frame
+    phase: float
+    theta: float
+    front: bool  # drawn over the moving objects
+
+
+class _PhotoSegment(_Segment):
+    """The ``photo`` style: photographed objects and background, a realistic camera (see the module docstring)."""
+
+    def __init__(self, entropy: tuple[int, ...], label: int, height: int, width: int,
+                 pictures: tuple[np.ndarray, ...], frame_time: float) -> None:
+        self._entropy = (*entropy, _PHOTO_TAG)
+        self._name = CLASSES[label]
+        self._h, self._w = height, width
+        self._s = min(height, width)
+        self._patch_r = max(8, 4 * math.ceil(_RADIUS[1] * self._s / 4))
+        self._pictures = pictures
+        self._cycles: dict[tuple[int, int], _Object] = {}
+
+        rng = np.random.default_rng([*self._entropy])
+        self._pan_amp = rng.uniform(0.0, _PAN, size=2) * self._s
+        self._pan_rate = 2.0 * math.pi / rng.uniform(*_PAN_PERIOD, size=2)
+        self._pan_phase = rng.uniform(0.0, 2.0 * math.pi, size=2)
+        self._shake_amp = rng.uniform(0.0, _PHOTO_SHAKE) * self._s / 3.0
+        self._shake_freq = rng.uniform(*_PHOTO_SHAKE_FREQ, size=(2, 3)) * 2.0 * math.pi
+        self._shake_phase = rng.uniform(0.0, 2.0 * math.pi, size=(2, 3))
+        self._margin = math.ceil(_PAN * self._s + _PHOTO_SHAKE * self._s) + 2
+        bg_h, bg_w = height + 2 * self._margin, width + 2 * self._margin
+        self._background = _photo_crop(rng, pictures, bg_h, bg_w, (0.45, 1.0))
+        if rng.random() < 0.3:  # out of focus
+            cv2.GaussianBlur(self._background, (0, 0), rng.uniform(0.8, 2.5), dst=self._background)
+        self._background_luma = float(_luma(self._background.reshape(-1, 3).mean(axis=0)))
+        self._flicker = (rng.uniform(0.0, _FLICKER), rng.uniform(*_FLICKER_FREQ) * 2.0 * math.pi,
+                         rng.uniform(0.0, 2.0 * math.pi))
+        self._drift = (rng.uniform(0.0, _DRIFT), 2.0 * math.pi / rng.uniform(*_DRIFT_PERIOD),
+                       rng.uniform(0.0, 2.0 * math.pi))
+        self._shutter = rng.uniform(*_SHUTTER) * frame_time
+        half_width = round(rng.uniform(*_PHOTO_NOISE) * math.sqrt(3.0))
+        noise_shape = (height + _NOISE_PAD, width + _NOISE_PAD, 3)
+        raw = np.frombuffer(rng.bytes(math.prod(noise_shape)), np.uint8).reshape(noise_shape)
+        self._noise = ((raw.astype(np.int16) * (2 * half_width + 1)) >> 8) - half_width
+        self._noise_key = int(rng.integers(1 << 62))
+        count = int(rng.integers(1, 4))
+        base_speed = rng.uniform(*_SPEED)
+        self._speeds = base_speed * rng.uniform(*_OBJECT_SPEED, size=count)
+        opaque = _FADE / _LOG_SPAN
+        self._objects = [self._new_object(rng, rng.uniform(opaque, 1.0 - opaque)) for _ in range(count)]
+        self._distractors = [self._new_distractor(rng) for _ in range(int(rng.integers(_DISTRACTORS)))]
+        blur_px = self._shutter * float(self._speeds.max()) * self._s  # longest streak, view pixels
+        self._taps = min(_BLUR_TAPS, 1 + math.floor(blur_px / 2.0))
+
+    def render(self, t: float, k: int, out: np.ndarray) -> None:
+        """Write the frame at time ``t`` (reference frames) into ``out`` [H, W, 3] uint8; ``k`` keys the noise."""
+        if self._taps == 1:
+            canvas = self._compose(t)
+        else:
+            offsets = np.linspace(-0.5, 0.5, self._taps) * self._shutter
+            total = sum(self._compose(t + d).astype(np.float32) for d in offsets)
+            canvas = (total * np.float32(1.0 / self._taps) + np.float32(0.5)).astype(np.uint8)
+        pan = self._pan_amp * (np.sin(self._pan_rate * t + self._pan_phase) - np.sin(self._pan_phase))
+        shake = pan + self._shake_amp * np.sin(self._shake_freq * t + self._shake_phase).sum(axis=1)
+        move = np.array([[1.0, 0.0, self._margin + shake[0]], [0.0, 1.0, self._margin + shake[1]]])
+        cv2.warpAffine(canvas, move, (self._w, self._h), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        (f_amp, f_rate, f_phase), (d_amp, d_rate, d_phase) = self._flicker, self._drift
+        gain = 1.0 + f_amp * math.sin(f_rate * k + f_phase) + d_amp * math.sin(d_rate * t + d_phase)
+        cv2.convertScaleAbs(out, dst=out, alpha=gain)
+        key = _mix(self._noise_key + k)
+        oy, ox = key % _NOISE_PAD, (key >> 16) % _NOISE_PAD
+        cv2.add(out, self._noise[oy : oy + self._h, ox : ox + self._w], dst=out, dtype=cv2.CV_8U)
+
+    def _compose(self, t: float) -> np.ndarray:
+        canvas = self._background.copy()
+        for front in (False, True):
+            for item in self._distractors:
+                if item.front == front:
+                    angle = item.rate * t + item.phase
+                    x = item.x + item.swing[0] * math.cos(angle) + self._margin
+                    y = item.y + item.swing[1] * math.sin(angle) + self._margin
+                    _paste(canvas, item.levels, x, y, item.scale, item.theta + 0.1 * math.sin(angle), 1.0)
+            if not front:
+                for slot, obj in enumerate(self._objects):
+                    self._draw(canvas, slot, obj, t)
+        return canvas
+
+    def _new_object(self, rng: np.random.Generator, phase: float) -> _Object:
+        levels = self._photo_levels(rng)
+        radius = self._s * _RADIUS[0] * math.exp(phase * _LOG_SPAN)
+        x, y = rng.uniform(0.0, self._w), rng.uniform(0.0, self._h)  # up to half outside the frame
+        return _Object(levels, x, y, phase, rng.uniform(0.0, 2.0 * math.pi))
+
+    def _new_distractor(self, rng: np.random.Generator) -> _Distractor:
+        levels = self._photo_levels(rng)
+        radius = rng.uniform(*_DISTRACTOR_RADIUS) * self._s
+        swing = (rng.uniform(*_SWING) * self._s, rng.uniform(*_SWING) * self._s)
+        rate = rng.uniform(*_SWING_RATE) * rng.choice([-1.0, 1.0])
+        return _Distractor(levels, rng.uniform(0.0, self._w), rng.uniform(0.0, self._h), radius / self._patch_r,
+                           swing, rate, rng.uniform(0.0, 2.0 * math.pi), rng.uniform(0.0, 2.0 * math.pi),
+                           bool(rng.random() < 0.5))
+
+    def _photo_levels(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """An RGBA patch cut from a photograph with a soft-edged random shape, and 2 pyrDown levels."""
+        size = 2 * self._patch_r
+        texture = _photo_crop(rng, self._pictures, size, size, (0.2, 0.8))
+        luma = float(_luma(texture.reshape(-1, 3).mean(axis=0)))
+        gap = luma - self._background_luma
+        if abs(gap) < _MIN_LUMA_GAP:  # keep the object visible: lift or lower it away from the background
+            lift = math.copysign(_MIN_LUMA_GAP, gap if gap else rng.uniform(-1.0, 1.0)) - gap
+            texture = np.clip(texture.astype(np.int16) + round(lift), 0, 255).astype(np.uint8)
+        soft = rng.uniform(0.5, 3.0)  # edge softness, patch pixels
+        mask = _shape(rng, size, self._patch_r - 2 - 2.0 * soft)
+        mask = cv2.GaussianBlur(mask, (0, 0), soft)
+        patch = np.dstack([texture, mask])
+        return patch, cv2.pyrDown(patch), cv2.pyrDown(cv2.pyrDown(patch))
+
+
+def _photo_crop(rng: np.random.Generator, pictures: tuple[np.ndarray, ...], height: int, width: int,
+                share: tuple[float, float]) -> np.ndarray:
+    """A ``height x width`` RGB view of a random picture: a random window (``share`` of the largest
+    window of that aspect), flipped at random, colour-jittered (white balance, exposure, contrast)."""
+    picture = pictures[int(rng.integers(len(pictures)))]
+    pic_h, pic_w = picture.shape[:2]
+    fit = min(pic_h / height, pic_w / width) * rng.uniform(*share)
+    crop_h, crop_w = max(2, round(height * fit)), max(2, round(width * fit))
+    top, left = int(rng.integers(pic_h - crop_h + 1)), int(rng.integers(pic_w - crop_w + 1))
+    window = picture[top : top + crop_h, left : left + crop_w]
+    if rng.random() < 0.5:
+        window = window[:, ::-1]
+    if rng.random() < 0.2:
+        window = window[::-1]
+    interpolation = cv2.INTER_AREA if crop_h > height else cv2.INTER_LINEAR
+    image = cv2.resize(np.ascontiguousarray(window), (width, height), interpolation=interpolation).astype(np.float32)
+    mean = image.reshape(-1, 3).mean(axis=0)
+    contrast = rng.uniform(0.7, 1.3)
+    gains = rng.uniform(0.75, 1.25, size=3) * rng.uniform(0.7, 1.3)
+    image = ((image - mean) * np.float32(contrast) + mean) * gains.astype(np.float32) + np.float32(0.5)
+    return np.clip(image, 0.0, 255.0).astype(np.uint8)
+
+
+@functools.cache
+def _pictures(pool: str) -> tuple[np.ndarray, ...]:
+    """The RGB pictures of :data:`PHOTO_DIR` / ``pool`` (read once per process)."""
+    folder = PHOTO_DIR / pool
+    paths = sorted(folder.glob("*.jpg"))
+    pictures = tuple(cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths)
+    if not pictures:
+        raise ConfigError(f"synthetic style 'photo' needs the pictures in '{folder}', which has none")
+    return pictures
+
+
 def _paste(canvas: np.ndarray, levels: tuple[np.ndarray, ...], cx: float, cy: float,
            scale: float, theta: float, alpha: float) -> None:
     """Alpha-blend an RGBA patch, scaled by ``scale`` and rotated by ``theta``, centred at (cx, cy)."""
@@ -424,6 +685,16 @@ def _mix(value: int) -> int:
 def _check_seed(seed: int) -> None:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"synthetic seed must be an integer >= 0, got {seed!r}")
+
+
+def _check_fps(fps: float) -> None:
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise ConfigError(f"synthetic scene fps must be > 0, got {fps}")
+
+
+def _check_style(style: str) -> None:
+    if style not in STYLES:
+        raise ConfigError(f"synthetic style {style!r} is not supported; expected one of {', '.join(STYLES)}")
 
 
 def _check_size(height: int, width: int) -> None:

@@ -395,7 +395,8 @@ def _validation_split(
         method = getattr(train_set, "method", cfg.method)
         window = getattr(train_set, "window", "first")
         size = "x".join(str(v) for v in getattr(train_set, "source_size", (320, 240)))
-        spec = f"synthetic://?split=val&n={cfg.val_n}&method={method}&window={window}&size={size}"
+        style = getattr(train_set, "style", "classic")
+        spec = f"synthetic://?split=val&n={cfg.val_n}&method={method}&window={window}&size={size}&style={style}"
         return train_set, open_dataset(spec, frames, height, width, train=False)
     return split_validation(train_set, cfg.val_fraction, cfg.seed)
 

@@ -360,8 +360,9 @@ class OpenCvSource:
 class SyntheticSource:
     """A live camera that films :class:`engines.synthetic.SyntheticScene` (BGR frames, like OpenCV).
 
-    URI: ``synthetic://?seed=1&fps=30&size=320x240&label=left&segment_s=4``, every parameter optional
-    (defaults: seed 0, fps 30, size 320x240, no label = cycle through the classes, segment_s 4).
+    URI: ``synthetic://?seed=1&fps=30&size=320x240&label=left&segment_s=4&style=photo``, every parameter
+    optional (defaults: seed 0, fps 30, size 320x240, no label = cycle through the classes, segment_s 4,
+    style classic; ``photo``: photographs seen by a realistic camera).
     Frame ``n`` is scene frame ``n`` with presentation time ``n / fps``; with ``pace`` it is released at
     ``start + n / fps`` on the monotonic clock, otherwise as fast as it renders.
 
@@ -369,7 +370,7 @@ class SyntheticSource:
         ConfigError: malformed URI or a bad/unknown query parameter (the message names it).
     """
 
-    PARAMETERS = ("seed", "fps", "size", "label", "segment_s")
+    PARAMETERS = ("seed", "fps", "size", "label", "segment_s", "style")
 
     def __init__(self, uri: str, pace: bool = True) -> None:
         parts = urllib.parse.urlsplit(uri)
@@ -398,7 +399,12 @@ class SyntheticSource:
                 label_index(label)
             except ConfigError as err:
                 raise ConfigError(f"synthetic source parameter 'label': {err}") from None
-        self.scene = SyntheticScene(self.seed, self.height, self.width, self.fps, label, self.segment_s)
+        try:
+            self.scene = SyntheticScene(
+                self.seed, self.height, self.width, self.fps, label, self.segment_s, options.get("style", "classic")
+            )
+        except ConfigError as err:
+            raise ConfigError(f"synthetic source parameter 'style': {err}") from None
         self._state = SourceState.CONNECTING
         self._is_open = False
         self._pacer: _Pacer | None = None

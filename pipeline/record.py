@@ -282,3 +282,8 @@ class Recorder:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout=30)
+            for camera_id, files in self.files.items():
+                _log.info(
+                    "recorded %s: %d frames in %d file(s), %d dropped (encoder behind)",
+                    camera_id, self.written[camera_id], len(files), self.dropped[camera_id],
+                )

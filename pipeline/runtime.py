@@ -10,6 +10,8 @@ set, or every camera has ended::
     Scheduler: ready windows, round-robin over cameras, up to the engine's max batch
     Engine.infer(batch) -> Postprocessor -> Publisher.send -> LatencyRecorder.add
     every heartbeat_s: status/<camera>/ messages
+    frame taps (pipeline.preview, pipeline.record) see each frame read: JPEG previews on preview/<camera>/
+    (view.preview_fps) and annotated recordings (record.dir), both encoded in their own threads
 
 The camera processes never wait for this loop: when it falls behind, rings overwrite their oldest
 frames and the readers count them as dropped.
@@ -45,7 +47,9 @@ from pipeline.messages import (
 )
 from pipeline.metrics import Metrics
 from pipeline.postprocess import Postprocessor
+from pipeline.preview import PreviewTap
 from pipeline.publish import CurveServer, Publisher, SlowSubscriberPolicy
+from pipeline.record import Recorder
 from pipeline.ring import RingReader, SharedRing
 from pipeline.sources import SourceState
 from pipeline.supervisor import CameraSupervisor
@@ -95,6 +99,8 @@ class _Camera:
         self.labels_sent = 0
         self.last_capture_mono_ns = 0
         self.last_status_mono = 0.0
+        self.taps: tuple[PreviewTap | Recorder, ...] = ()
+        """Frame observers (live-view previews, recorder): cheap, non-blocking ``on_frame`` calls."""
 
     def window_truth(self, first_seq: int, last_seq: int) -> str | None:
         """The true class of the window from the frame before ``first_seq`` (VMP's reference) to ``last_seq``."""
@@ -111,6 +117,8 @@ class _Camera:
             frame = self.reader.read_next(out=self.buf)
             if frame is None:
                 return False
+            for tap in self.taps:
+                tap.on_frame(self.cfg.id, frame)
             read_mono = time.monotonic_ns()
             self.last_capture_mono_ns = frame.capture_mono_ns
             if self.truth is not None:
@@ -225,6 +233,7 @@ def run(
             CameraSupervisor(cfg.cameras, cfg.ring.slots, spec.height, spec.width, cfg.supervisor)
         )
         loop = _Loop(cfg, engine, sup, publisher, metrics, on_label, on_note)
+        loop.add_taps(_preview_tap(cfg, resources), _recorder(cfg, resources))
         sup.start()
         report.reason = loop.run(duration_s, stop)
         for cam_id, cam in loop.cams.items():
@@ -235,6 +244,22 @@ def run(
         report.publish_dropped = publisher.dropped
         report.latency = loop.recorder.summary()
     return report
+
+
+def _preview_tap(cfg: PipelineConfig, resources: ExitStack) -> PreviewTap | None:
+    if cfg.view.preview_fps <= 0:
+        return None
+    tap = PreviewTap([c.id for c in cfg.cameras], cfg.view.preview_fps, cfg.view.preview_quality)
+    resources.callback(tap.close)
+    return tap
+
+
+def _recorder(cfg: PipelineConfig, resources: ExitStack) -> Recorder | None:
+    if cfg.record.dir is None:
+        return None
+    recorder = Recorder(cfg.record, [c.id for c in cfg.cameras])
+    resources.callback(recorder.close)
+    return recorder
 
 
 def _curve(cfg: PipelineConfig) -> CurveServer | None:
@@ -258,6 +283,15 @@ class _Loop:
             for cam in cfg.cameras
         }
         self.scheduler = Scheduler(list(self.cams), engine.input_spec.max_batch)
+        self.preview: PreviewTap | None = None
+        self.recording: Recorder | None = None
+
+    def add_taps(self, preview: PreviewTap | None, recorder: Recorder | None) -> None:
+        """Show every camera's frames to the live-view previews and the recorder (either may be None)."""
+        self.preview, self.recording = preview, recorder
+        taps = tuple(t for t in (preview, recorder) if t is not None)
+        for cam in self.cams.values():
+            cam.taps = taps
 
     def run(self, duration_s: float | None, stop: threading.Event) -> str:
         """Loop until stopped; returns why it ended."""
@@ -280,6 +314,9 @@ class _Loop:
                 self.serve([self.cams[c] for c in chosen])
                 busy = True
             self.heartbeats()
+            if self.preview is not None:
+                for topic, payload in self.preview.take():
+                    self.publisher.send(topic, payload)
             if not busy:
                 if self.sup.all_finished() and all(c.ring.latest_seq < c.reader.next_seq for c in self.cams.values()):
                     return "all cameras ended"
@@ -325,6 +362,8 @@ class _Loop:
                 truth=cam.window_truth(job.first_seq, job.last_seq),
             )
             self.publisher.send(topic, msg.to_payload())
+            if self.recording is not None:
+                self.recording.on_label(msg)
             cam.labels_sent += 1
             self.recorder.add(cam.cfg.id, stages)
             if self.metrics is not None:

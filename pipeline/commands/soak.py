@@ -98,18 +98,18 @@ def main(args: argparse.Namespace) -> int:
     stop.set()
     thread.join(1)
     end = time.monotonic() - start
-    first = [ms for t, ms in latencies if t <= window_s]
+    warm = (latencies[0][0] if latencies else end) + window_s  # the first window starts at the first label
+    first = [ms for t, ms in latencies if t <= warm]
     last = [ms for t, ms in latencies if t >= end - window_s]
-    settled = [rss for t, rss in samples if t >= min(window_s, end / 2)]
+    settled = [rss for t, rss in samples if t >= warm]
     print(f"\nengine: {report.engine}\nended: {report.reason}, {len(latencies)} labels")
     growth = None
     if samples:
-        base = settled[0] if settled else samples[0][1]
-        growth = samples[-1][1] - base
-        print(
-            f"RSS: start {samples[0][1]:.1f} MiB, after warm-up {base:.1f} MiB, end {samples[-1][1]:.1f} MiB, "
-            f"growth after warm-up {growth:+.1f} MiB"
-        )
+        print(f"RSS: start {samples[0][1]:.1f} MiB, end {samples[-1][1]:.1f} MiB", end="")
+        if len(settled) >= 2:
+            growth = settled[-1] - settled[0]
+            print(f", after warm-up {settled[0]:.1f} MiB, growth after warm-up {growth:+.1f} MiB", end="")
+        print()
     for name, values in (("first", first), ("last", last)):
         if values:
             print(
@@ -132,7 +132,7 @@ def verdict(
     """``(passed, description)`` of the RSS-growth and p99-drift checks."""
     checks = []
     if growth_mib is None:
-        checks.append((True, "RSS growth: not sampled (run longer than --sample-s)"))
+        checks.append((True, "RSS growth: too few samples after the warm-up (run longer, or a smaller --sample-s)"))
     else:
         text = f"RSS growth after warm-up {growth_mib:+.1f} MiB <= {max_growth_mib:g}"
         checks.append((growth_mib <= max_growth_mib, text))

@@ -363,6 +363,14 @@ class RecordConfig:
     """Start a new file once the current one reaches this size."""
     queue_frames: int = 256
     """Frames waiting for the encoder; when full, frames are dropped (counted), never the inference loop slowed."""
+    event_clips: bool = False
+    """Also write a short clip around every action event (``DIR/events/``); keeps the last seconds of frames."""
+    clip_pre_s: float = 2.0
+    """Seconds of video before an event's first frame in its clip."""
+    clip_post_s: float = 2.0
+    """Seconds of video after an event's last frame in its clip."""
+    clip_max_s: float = 30.0
+    """Longest clip (a longer event keeps its end)."""
 
     def __post_init__(self) -> None:
         if not 32 <= self.height <= 2160:
@@ -373,6 +381,11 @@ class RecordConfig:
             raise FieldError("max_mb", f"must be > 0, got {self.max_mb}")
         if self.queue_frames < 1:
             raise FieldError("queue_frames", f"must be >= 1, got {self.queue_frames}")
+        for name in ("clip_pre_s", "clip_post_s"):
+            if not 0 <= getattr(self, name) <= 60:
+                raise FieldError(name, f"must be in [0, 60], got {getattr(self, name)}")
+        if not 0 < self.clip_max_s <= 600:
+            raise FieldError("clip_max_s", f"must be in (0, 600], got {self.clip_max_s}")
 
 
 @dataclass(frozen=True)

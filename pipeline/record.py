@@ -8,6 +8,11 @@ stay visible), adds a text band above it (top-1 label on the left; score and tot
 else MPEG-4 part 2 (:func:`probe_codec`). A camera's series of files rotates after ``max_s`` seconds of video or
 ``max_mb`` megabytes: ``DIR/<camera>_<UTC start>.mp4``. The frame rate of a file is measured from the capture
 times of its first frames.
+
+With ``record.event_clips``, the writer also keeps the last ``clip_max_s + clip_pre_s`` seconds of each camera's
+frames, and for every closed action event (``on_event``, :mod:`pipeline.events`) writes
+``DIR/events/<camera>_<label>_<UTC start>.mp4``: from ``clip_pre_s`` before the event's first frame (at most
+``clip_max_s`` before its end) to ``clip_post_s`` after its last, once those frames have arrived (or at close).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import queue
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +34,7 @@ import numpy as np
 
 from engines.errors import ConfigError
 from pipeline.config import RecordConfig
-from pipeline.messages import LabelMessage
+from pipeline.messages import EventMessage, LabelMessage
 from pipeline.ring import RingFrame
 
 __all__ = ["CODECS", "Overlay", "OverlayLayout", "Recorder", "draw_overlay", "overlay_layout", "probe_codec"]
@@ -159,15 +165,18 @@ def probe_codec(choice: str) -> str:
     )
 
 
-class _CameraFile:
-    """The open file of one camera's series, with what decides its rotation."""
+def _utc_stamp(wall_s: float | None = None) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall_s))
 
-    def __init__(self, directory: Path, camera_id: str, codec: str, fps: float, layout: OverlayLayout) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        self.path = directory / f"{camera_id}_{stamp}.mp4"
+
+class _CameraFile:
+    """An open MP4 (a camera's series file or an event clip), with what decides its rotation."""
+
+    def __init__(self, stem: Path, codec: str, fps: float, layout: OverlayLayout) -> None:
+        self.path = stem.with_name(stem.name + ".mp4")
         n = 1
         while self.path.exists():
-            self.path = directory / f"{camera_id}_{stamp}_{n}.mp4"
+            self.path = stem.with_name(f"{stem.name}_{n}.mp4")
             n += 1
         self.fps = fps
         self.layout = layout
@@ -184,6 +193,18 @@ class _CameraFile:
         return self.frames % _SIZE_CHECK_FRAMES == 0 and self.path.stat().st_size >= max_bytes
 
 
+def _fps_of(frames: list[tuple[RingFrame, Overlay | None]]) -> float:
+    """Frame rate from the capture times of ``frames`` (30 when they cannot tell), in 1..240."""
+    span_ns = frames[-1][0].capture_mono_ns - frames[0][0].capture_mono_ns
+    fps = (len(frames) - 1) * 1e9 / span_ns if span_ns > 0 else 30.0
+    return round(min(max(fps, 1.0), 240.0), 2)
+
+
+def _layout_of(frames: list[tuple[RingFrame, Overlay | None]], height: int) -> OverlayLayout:
+    image = frames[0][0].image
+    return overlay_layout(image.shape[0], image.shape[1], height)
+
+
 class Recorder:
     """Writes an annotated MP4 series per camera, off the inference loop.
 
@@ -191,7 +212,7 @@ class Recorder:
         cfg: the ``record:`` section (``dir`` must be set).
         camera_ids: the cameras to record.
 
-    Counters: ``written`` and ``dropped`` frames per camera, ``files`` (paths, in order) per camera.
+    Counters: ``written`` and ``dropped`` frames per camera, ``files`` and ``clips`` (paths, in order) per camera.
 
     Raises:
         ConfigError: the directory cannot be created or no codec can be encoded.
@@ -210,7 +231,11 @@ class Recorder:
         self.written = dict.fromkeys(camera_ids, 0)
         self.dropped = dict.fromkeys(camera_ids, 0)
         self.files: dict[str, list[Path]] = {c: [] for c in camera_ids}
+        self.clips: dict[str, list[Path]] = {c: [] for c in camera_ids}
         self._overlay: dict[str, Overlay] = {}
+        self._history: dict[str, deque[tuple[RingFrame, Overlay | None]]] = {c: deque() for c in camera_ids}
+        self._events: deque[EventMessage] = deque(maxlen=64)  # appended by the loop, taken by the writer
+        self._pending_clips: list[EventMessage] = []
         self._queue: queue.Queue[tuple[str, RingFrame, Overlay | None] | None] = queue.Queue(cfg.queue_frames)
         self._thread = threading.Thread(target=self._write_loop, name="recorder", daemon=True)
         self._thread.start()
@@ -228,12 +253,19 @@ class Recorder:
         """Note ``msg``'s top-1 label, score and latency for the camera's next frames."""
         self._overlay[msg.camera_id] = Overlay.from_message(msg)
 
+    def on_event(self, event: EventMessage) -> None:
+        """With ``record.event_clips``: write a clip around this closed event (see the module docstring)."""
+        if self.cfg.event_clips:
+            self._events.append(event)
+
     def _write_loop(self) -> None:
         open_files: dict[str, _CameraFile] = {}
         starting: dict[str, list[tuple[RingFrame, Overlay | None]]] = {}
         try:
             while (item := self._queue.get()) is not None:
                 camera_id, frame, overlay = item
+                if self.cfg.event_clips:
+                    self._clip_frame(camera_id, frame, overlay)
                 current = open_files.get(camera_id)
                 if current is None:
                     waiting = starting.setdefault(camera_id, [])
@@ -248,11 +280,51 @@ class Recorder:
                     del open_files[camera_id]
             for camera_id, waiting in starting.items():  # cameras that ended within their first frames
                 open_files[camera_id] = self._start(camera_id, waiting)
+            self._write_clips(final=True)
         except OSError as err:  # a full disk or a removed directory: stop recording, keep the pipeline running
             _log.error("recording stopped: %s", err)
         finally:
             for current in open_files.values():
                 current.writer.release()
+
+    def _clip_frame(self, camera_id: str, frame: RingFrame, overlay: Overlay | None) -> None:
+        """Keep the frame for event clips, forget frames too old for any clip, write the clips now complete."""
+        history = self._history[camera_id]
+        history.append((frame, overlay))
+        keep_ns = (self.cfg.clip_max_s + self.cfg.clip_pre_s) * 1e9
+        while history[0][0].capture_mono_ns < frame.capture_mono_ns - keep_ns:
+            history.popleft()
+        self._write_clips(final=False)
+
+    def _write_clips(self, final: bool) -> None:
+        while self._events:
+            self._pending_clips.append(self._events.popleft())
+        waiting = []
+        for event in self._pending_clips:
+            history = self._history.get(event.camera_id)
+            if not history:
+                continue
+            end_ns = event.end_mono_ns + int(self.cfg.clip_post_s * 1e9)
+            if not final and history[-1][0].capture_mono_ns < end_ns:
+                waiting.append(event)
+                continue
+            start_ns = max(
+                event.start_mono_ns - int(self.cfg.clip_pre_s * 1e9), end_ns - int(self.cfg.clip_max_s * 1e9)
+            )
+            frames = [(f, o) for f, o in history if start_ns <= f.capture_mono_ns <= end_ns]
+            if len(frames) >= 2:
+                self._write_clip(event, frames)
+        self._pending_clips = waiting
+
+    def _write_clip(self, event: EventMessage, frames: list[tuple[RingFrame, Overlay | None]]) -> None:
+        stem = self.directory / "events" / f"{event.camera_id}_{event.label}_{_utc_stamp(event.start_wall_ns / 1e9)}"
+        stem.parent.mkdir(exist_ok=True)
+        clip = _CameraFile(stem, self.codec, _fps_of(frames), _layout_of(frames, self.cfg.height))
+        for frame, overlay in frames:
+            clip.writer.write(draw_overlay(frame.image, overlay, clip.layout))
+        clip.writer.release()
+        self.clips[event.camera_id].append(clip.path)
+        _log.info("event clip %s: %d frames", clip.path, len(frames))
 
     def _start(self, camera_id: str, first: list[tuple[RingFrame, Overlay | None]]) -> _CameraFile:
         """Open a camera's next file at the frame rate of ``first`` and write those frames."""
@@ -262,12 +334,8 @@ class Recorder:
         return current
 
     def _open(self, camera_id: str, first: list[tuple[RingFrame, Overlay | None]]) -> _CameraFile:
-        span_ns = first[-1][0].capture_mono_ns - first[0][0].capture_mono_ns
-        fps = (len(first) - 1) * 1e9 / span_ns if span_ns > 0 else 30.0
-        fps = min(max(fps, 1.0), 240.0)
-        image = first[0][0].image
-        layout = overlay_layout(image.shape[0], image.shape[1], self.cfg.height)
-        current = _CameraFile(self.directory, camera_id, self.codec, round(fps, 2), layout)
+        stem = self.directory / f"{camera_id}_{_utc_stamp()}"
+        current = _CameraFile(stem, self.codec, _fps_of(first), _layout_of(first, self.cfg.height))
         self.files[camera_id].append(current.path)
         _log.info("recording %s to %s at %.2f fps", camera_id, current.path, current.fps)
         return current

@@ -8,7 +8,7 @@ import pytest
 
 from engines.errors import ConfigError
 from pipeline.config import RecordConfig
-from pipeline.messages import LabelMessage, ModelInfo, WindowInfo
+from pipeline.messages import EventMessage, LabelMessage, ModelInfo, WindowInfo
 from pipeline.record import CODECS, Overlay, Recorder, draw_overlay, overlay_layout, probe_codec
 from pipeline.ring import RingFrame
 
@@ -123,3 +123,48 @@ def test_record_config_is_checked():
         load_config(None, ["cameras=[{id: c, source: 'synthetic://'}]", "record.codec=vp9"])
     with pytest.raises(ConfigError, match="view.preview_fps: must be in"):
         load_config(None, ["cameras=[{id: c, source: 'synthetic://'}]", "view.preview_fps=-1"])
+
+
+def event_message(first_seq: int, last_seq: int, label: str = "left") -> EventMessage:
+    return EventMessage(
+        camera_id="cam1",
+        label=label,
+        first_seq=first_seq,
+        last_seq=last_seq,
+        start_mono_ns=int(first_seq * 1e9 / FPS),
+        start_wall_ns=1_700_000_000_000_000_000,
+        end_mono_ns=int(last_seq * 1e9 / FPS),
+        end_wall_ns=1_700_000_001_000_000_000,
+        peak_score=0.9,
+        mean_score=0.8,
+        windows=5,
+        end_reason="exit",
+    )
+
+
+def test_event_clips_span_the_event_with_pre_and_post_roll(tmp_path):
+    cfg = RecordConfig(dir=str(tmp_path), height=64, event_clips=True, clip_pre_s=1.0, clip_post_s=0.5, clip_max_s=4.0)
+    recorder = Recorder(cfg, ["cam1"])
+    stream = frames(300)
+    for f in stream:
+        recorder.on_frame("cam1", f)
+        if f.seq == 120:  # events are published when they close: a few windows after their last frame
+            recorder.on_event(event_message(60, 110))
+            recorder.on_event(event_message(0, 119, label="right"))  # 4 s long: the clip keeps its last 4 s
+    recorder.close()
+    left, right = recorder.clips["cam1"]
+    assert left.parent == tmp_path / "events" and left.name.startswith("cam1_left_20231114T")
+    images, fps, _ = decode(left)
+    assert fps == pytest.approx(FPS, rel=0.01)
+    assert len(images) == (110 + 15) - (60 - 30) + 1, "frames 30..125: 1 s before, 0.5 s after"
+    assert len(decode(right)[0]) == 120 + 1, "frames 14..134: the clip's last 4 s, to 0.5 s after the event"
+    assert recorder.files["cam1"], "the continuous recording goes on beside the clips"
+
+
+def test_events_make_no_clip_unless_asked(tmp_path):
+    recorder = Recorder(RecordConfig(dir=str(tmp_path), height=64), ["cam1"])
+    for f in frames(60):
+        recorder.on_frame("cam1", f)
+    recorder.on_event(event_message(10, 30))
+    recorder.close()
+    assert recorder.clips["cam1"] == [] and not (tmp_path / "events").exists()

@@ -103,9 +103,15 @@ def _sync_for(device: torch.device) -> Callable[[], None] | None:
 
 
 def bench_engine(
-    engine: Engine, batch: int, macs_per_clip: int, warmup: int = 2, min_iters: int = 5, min_time_s: float = 2.0
+    engine: Engine,
+    batch: int,
+    macs_per_clip: int,
+    warmup: int = 2,
+    min_iters: int = 5,
+    min_time_s: float = 2.0,
+    label: str | None = None,
 ) -> BenchResult:
-    """Time ``engine.infer`` on a random batch of ``batch`` clips."""
+    """Time ``engine.infer`` on a random batch of ``batch`` clips (``label``: the row's name, default the backend)."""
     spec = engine.input_spec
     gen = torch.Generator().manual_seed(0)
     clips = torch.randn(spec.shape(batch), generator=gen).to(engine.device, spec.dtype)
@@ -114,7 +120,7 @@ def bench_engine(
     p50 = percentile(times_ms, 50)
     clips_per_s = batch * 1000 / p50
     return BenchResult(
-        backend=info.backend,
+        backend=label or info.backend,
         precision=info.precision,
         device=info.device,
         batch=batch,
@@ -148,6 +154,10 @@ def bench_backends(
     """Benchmark each backend in turn on the same weights and clip (no fallback: a backend that
     cannot run gets a row saying why).
 
+    Args:
+        backends: backend names, or ``torch-compile`` (the torch backend under torch.compile); an aoti
+            package is built first when it is not cached.
+
     Returns:
         (the model source, MACs per clip, one result per backend in the order given).
     """
@@ -155,18 +165,20 @@ def bench_backends(
     clip = source.clip
     macs = count_cost(source.model, (3, clip.frames, clip.height, clip.width)).macs
     results = []
-    for backend in backends:
+    for name in backends:
+        backend = "torch" if name == "torch-compile" else name
         step = Candidate(backend, _bench_device(cfg, backend), cfg.precision)
         own = dataclasses.replace(source, model=copy.deepcopy(source.model))  # engines may move / cast it
+        own_cfg = dataclasses.replace(cfg, compile=name == "torch-compile")
         try:
-            engine = open_backend(cfg, step, own)
+            engine = open_backend(own_cfg, step, own)
         except BackendUnavailableError as err:
             log.warning("bench: %s unavailable: %s", step, err.reason)
-            results.append(BenchResult(backend, cfg.precision, step.device, batch, unavailable=err.reason))
+            results.append(BenchResult(name, cfg.precision, step.device, batch, unavailable=err.reason))
             continue
         with engine:
             log.info("bench: %s", engine.describe().summary())
-            results.append(bench_engine(engine, batch, macs, warmup, min_iters, min_time_s))
+            results.append(bench_engine(engine, batch, macs, warmup, min_iters, min_time_s, label=name))
     return source, macs, results
 
 

@@ -1,8 +1,9 @@
 """Environment report: what this box has, and which backend and kernel a config would get, and why.
 
 Probes are cheap and load no model: imports (guarded), ``torch.cuda`` queries, ONNX Runtime's
-provider list, and a TensorRT ``Builder`` where there is a GPU. The selection section walks
-:func:`engines.backends.fallback_chain` with the same checks the backends make when they open.
+provider list, a TensorRT ``Builder`` where there is a GPU, and the C++ compiler AOTInductor uses.
+The selection section walks :func:`engines.backends.fallback_chain` with the same checks the
+backends make when they open.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,9 @@ from pathlib import Path
 import torch
 
 from engines.backends import Candidate, EngineConfig, Precision, fallback_chain
-from engines.backends.plan_cache import default_cache_dir
+from engines.backends.plan_cache import PlanCache, default_cache_dir
 from engines.errors import BackendUnavailableError, KernelUnavailableError
-from engines.layers.neighborhood import KERNELS, resolve_kernel
+from engines.layers.neighborhood import KERNELS, choose_kernel
 
 __all__ = ["Section", "environment", "natten_role", "probe", "selection"]
 
@@ -85,8 +87,19 @@ def _tensorrt_rows() -> list[tuple[str, str]]:
     return rows
 
 
+def _aoti_rows() -> list[tuple[str, str]]:
+    from engines.backends.aoti_engine import cpp_compiler
+
+    try:
+        compiler = cpp_compiler()
+    except BackendUnavailableError as err:
+        return [("aoti compiler", f"none: {err.reason} (cached packages still load)")]
+    where = shutil.which(compiler) or compiler
+    return [("aoti compiler", f"{where} (torch {torch.__version__} AOTInductor builds packages with it)")]
+
+
 def environment(cache_dir: Path | None = None) -> list[Section]:
-    """What this box has: CPU, GPU, CUDA, TensorRT, ONNX Runtime, NATTEN, kernels, plan cache."""
+    """What this box has: CPU, GPU, CUDA, TensorRT, AOTInductor, ONNX Runtime, NATTEN, kernels, plan cache."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     host = [
         ("python", f"{sys.version.split()[0]} on {platform.platform()}"),
@@ -123,18 +136,26 @@ def environment(cache_dir: Path | None = None) -> list[Section]:
     onnx_rows = [("onnx", _dist_version("onnx")), ("onnxscript", _dist_version("onnxscript")), *ort_rows]
     natten = _dist_version("natten")
     natten_text = natten if natten == "not installed" else f"{natten}: {natten_role(natten)}"
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    auto, why = choose_kernel("auto", here)
     kernels = [
         ("emim kernels", ", ".join(sorted(KERNELS))),
-        ("kernel 'auto'", f"{resolve_kernel('auto')} (export always uses reference)"),
+        ("kernel 'auto'", f"{auto} on {here} ({why}); the ONNX export always uses reference"),
         ("natten", natten_text),
     ]
     root = cache_dir or default_cache_dir()
-    plans = sorted((root / "plans").glob("*.plan")) if (root / "plans").is_dir() else []
-    cache = [("cache dir", str(root)), ("tensorrt plans", str(len(plans)))]
+    cached = PlanCache(root)
+    packages = cached.cached("*.pt2")
+    cache = [
+        ("cache dir", str(root)),
+        ("tensorrt plans", str(len(cached.cached("*.plan")))),
+        ("aoti packages", f"{len(packages)}" + "".join(f"\n      {p.name}" for p in packages)),
+    ]
     return [
         Section("host", tuple(host)),
         Section("torch / GPU", tuple(torch_rows)),
         Section("TensorRT and friends", tuple(gpu_stack)),
+        Section("AOTInductor", tuple(_aoti_rows())),
         Section("ONNX", tuple(onnx_rows)),
         Section("EMIM op", tuple(kernels)),
         Section("cache", tuple(cache)),
@@ -160,6 +181,12 @@ def probe(cfg: EngineConfig, step: Candidate) -> str | None:
                 cuda_device(step.device, "onnxruntime")
                 if not cuda_provider_present():
                     return "no CUDAExecutionProvider (install onnxruntime-gpu)"
+        elif step.backend == "aoti":
+            from engines.backends.aoti_engine import cpp_compiler
+
+            if step.device != "cpu":
+                cuda_device(step.device, "aoti")
+            cpp_compiler()
         elif step.backend == "tensorrt":
             from engines.backends.trt_engine import import_tensorrt
 
@@ -167,7 +194,7 @@ def probe(cfg: EngineConfig, step: Candidate) -> str | None:
             cuda_device(step.device, "tensorrt")
             if step.precision == Precision.BF16 and cfg.onnx is None:
                 return "bf16 needs a bf16 graph in engine.onnx"
-        if cfg.onnx is not None and step.backend != "torch" and not Path(cfg.onnx).is_file():
+        if cfg.onnx is not None and step.backend in ("onnxruntime", "tensorrt") and not Path(cfg.onnx).is_file():
             return f"engine.onnx '{cfg.onnx}' does not exist"
     except BackendUnavailableError as err:
         return err.reason
@@ -196,12 +223,13 @@ def selection(cfg: EngineConfig) -> Section:
 
 
 def _kernel_for(cfg: EngineConfig, step: Candidate) -> str:
-    if step.backend != "torch":
+    if step.backend not in ("torch", "aoti"):
         return _GRAPH_KERNEL
     try:
-        kernel = resolve_kernel(cfg.kernel)
+        kernel, why = choose_kernel(cfg.kernel, "cpu" if step.device == "cpu" else "cuda")
     except KernelUnavailableError as err:
         return f"error: {err}"
-    why = "the fastest exact kernel present" if cfg.kernel == "auto" else "asked for"
+    if step.backend == "aoti":
+        return f"{kernel} compiled into the aoti package ({why})"
     compiled = " under torch.compile" if cfg.compile else ""
     return f"{kernel}{compiled} ({why})"

@@ -38,10 +38,11 @@ __all__ = [
 
 
 class Backend(str, Enum):
-    """Inference backends; ``AUTO`` = the fastest that works here (tensorrt, then torch)."""
+    """Inference backends; ``AUTO`` = the fastest that works here (tensorrt, then aoti, then torch)."""
 
     AUTO = "auto"
     TORCH = "torch"
+    AOTI = "aoti"
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
 
@@ -74,7 +75,7 @@ class EngineConfig:
     """
 
     backend: str = "auto"
-    """auto | torch | onnxruntime | tensorrt. auto = tensorrt on a GPU, else torch."""
+    """auto | torch | aoti | onnxruntime | tensorrt. auto = tensorrt (then aoti) on a GPU, else torch."""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N. auto = the first CUDA GPU if there is one, else the CPU."""
     precision: str = "fp32"
@@ -98,15 +99,15 @@ class EngineConfig:
     threads: int = 0
     """CPU threads for torch / onnxruntime (0 = the library's default)."""
     plan_cache_dir: str | None = None
-    """Where exported ONNX files and TensorRT plans are cached (default: ~/.cache/emim-stream)."""
+    """Where exported ONNX files, TensorRT plans and aoti packages are cached (default: ~/.cache/emim-stream)."""
     onnx: str | None = None
     """A ready ONNX (e.g. the Q/DQ graph from calibration) for onnxruntime / tensorrt, instead of exporting."""
     force_undeployable: bool = False
     """Use ``onnx`` even when its calibration record says it failed the accuracy gate (logged as a warning)."""
     kernel: str = "auto"
-    """EMIM neighbourhood kernel for the torch backend (auto = fastest exact one present)."""
+    """EMIM neighbourhood kernel for torch / aoti: reference | triton | auto (triton on CUDA when installed)."""
     fallback: bool = True
-    """Fall back along tensorrt -> torch on CUDA -> torch on CPU when the chosen backend cannot run."""
+    """Fall back along tensorrt -> aoti -> torch (CUDA, then CPU) when the chosen backend cannot run."""
     workspace_gib: float = 4.0
     """TensorRT builder workspace limit."""
 

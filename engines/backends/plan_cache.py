@@ -1,15 +1,17 @@
-"""TensorRT plan cache: plans keyed by everything that makes a plan valid, with a JSON sidecar.
+"""The cache of compiled engines: TensorRT plans and AOTInductor packages, each with a JSON sidecar.
 
-A serialized plan runs only on the TensorRT version and GPU model it was built for, and only
-means the model and input it was built from. The key is therefore the ONNX file's hash (weights,
-export settings, Q/DQ nodes), the input spec, the precision, the TensorRT version, the GPU name
-and its compute capability. Each plan ``<stem>.plan`` has a sidecar ``<stem>.json`` holding the
-key fields and the plan's own hash. A plan whose sidecar is missing, unreadable, written for
+A compiled artefact runs only on the toolkit version and hardware it was built for, and only
+means the model and input it was built from. Its key holds all of that: for a TensorRT plan
+(:class:`PlanKey`) the ONNX file's hash (weights, export settings, Q/DQ nodes), the input spec,
+the precision, the TensorRT version, the GPU name and its compute capability; for an AOTInductor
+package (``AotiKey`` in :mod:`engines.backends.aoti_engine`) the weights hash, the model code,
+the input spec, precision, EMIM kernel, torch version and the device (GPU name and capability,
+or the CPU's vector ISA). Each artefact ``<stem><suffix>`` has a sidecar ``<stem>.json`` holding
+the key fields and the artefact's own hash. One whose sidecar is missing, unreadable, written for
 another key, or whose bytes do not match the recorded hash is never loaded: it is rebuilt, with
 one log line saying why. Files are written atomically (temporary file, then rename).
 
-This module needs neither TensorRT nor torch; :mod:`engines.backends.trt_engine` supplies the
-build and deserialise functions.
+This module needs neither TensorRT nor torch; the backends supply the build and load functions.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from engines.errors import BackendUnavailableError
 
-__all__ = ["PLAN_FORMAT", "PlanCache", "PlanKey", "PlanStatus", "default_cache_dir", "load_or_build"]
+__all__ = ["PLAN_FORMAT", "CacheKey", "PlanCache", "PlanKey", "PlanStatus", "default_cache_dir", "load_or_build"]
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,45 @@ def default_cache_dir() -> Path:
     return Path(base) / "emim-stream"
 
 
+class CacheKey:
+    """Behaviour shared by the cache keys (frozen dataclasses with precision, batch and clip fields)."""
+
+    __slots__ = ()
+    toolkit: ClassVar[str]
+    """Who builds and loads the artefact, for log lines ('tensorrt', 'aoti')."""
+    kind: ClassVar[str]
+    """What the artefact is called in messages ('plan', 'package')."""
+    suffix: ClassVar[str]
+    """File suffix of the artefact ('.plan', '.pt2')."""
+    prefix: ClassVar[str] = ""
+    """Start of the file name stem."""
+
+    def digest(self) -> str:
+        """SHA-256 of the key fields (sorted JSON)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def stem(self) -> str:
+        """File name stem: readable prefix plus the digest."""
+        shape = f"b{self.max_batch}-{self.frames}x{self.height}x{self.width}"
+        return f"{self.prefix}{self.precision}-{shape}-{self.digest()[:20]}"
+
+    def mismatches(self, record: dict[str, Any]) -> list[str]:
+        """``field: expected X, sidecar has Y`` for each key field a sidecar record disagrees on."""
+        return [
+            f"{f.name}: expected {getattr(self, f.name)!r}, sidecar has {record.get(f.name)!r}"
+            for f in fields(self)
+            if record.get(f.name) != getattr(self, f.name)
+        ]
+
+
 @dataclass(frozen=True, slots=True)
-class PlanKey:
-    """Everything a plan depends on. Two equal keys may share one plan file."""
+class PlanKey(CacheKey):
+    """Everything a TensorRT plan depends on. Two equal keys may share one plan file."""
+
+    toolkit: ClassVar[str] = "tensorrt"
+    kind: ClassVar[str] = "plan"
+    suffix: ClassVar[str] = ".plan"
 
     onnx_sha256: str
     frames: int
@@ -68,26 +106,9 @@ class PlanKey:
     compute_capability: str
     """``major.minor``, e.g. '9.0' for an H100."""
 
-    def digest(self) -> str:
-        """SHA-256 of the key fields (sorted JSON)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-
-    @property
-    def stem(self) -> str:
-        """File name stem: readable prefix plus the digest."""
-        return f"{self.precision}-b{self.max_batch}-{self.frames}x{self.height}x{self.width}-{self.digest()[:20]}"
-
-    def mismatches(self, record: dict[str, Any]) -> list[str]:
-        """``field: expected X, sidecar has Y`` for each key field a sidecar record disagrees on."""
-        return [
-            f"{f.name}: expected {getattr(self, f.name)!r}, sidecar has {record.get(f.name)!r}"
-            for f in fields(self)
-            if record.get(f.name) != getattr(self, f.name)
-        ]
-
 
 class PlanCache:
-    """Plans and sidecars under ``root / 'plans'``; the timing cache beside them.
+    """Compiled artefacts and sidecars under ``root / 'plans'``; TensorRT's timing cache beside them.
 
     Args:
         root: the cache directory (created on first store).
@@ -96,30 +117,32 @@ class PlanCache:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root) / "plans"
 
-    def paths(self, key: PlanKey) -> tuple[Path, Path]:
-        """(plan file, sidecar file) of ``key``."""
-        return self.root / f"{key.stem}.plan", self.root / f"{key.stem}.json"
+    def paths(self, key: CacheKey) -> tuple[Path, Path]:
+        """(artefact file, sidecar file) of ``key``."""
+        return self.root / f"{key.stem}{key.suffix}", self.root / f"{key.stem}.json"
 
     def timing_cache_path(self, key: PlanKey) -> Path:
         """TensorRT's timing cache for this TensorRT version and GPU (shared by all models)."""
         gpu = "".join(c if c.isalnum() else "_" for c in key.gpu_name)
         return self.root / f"timing-trt{key.tensorrt_version}-{gpu}-sm{key.compute_capability}.cache"
 
-    def lookup(self, key: PlanKey) -> tuple[bytes | None, PlanStatus, str]:
-        """The cached plan of ``key`` if it is valid, else None and why.
+    def lookup(self, key: CacheKey) -> tuple[bytes | None, PlanStatus, str]:
+        """The cached artefact of ``key`` if it is valid, else None and why.
 
         Returns:
-            ``(plan bytes or None, status, a sentence for the log)``.
+            ``(artefact bytes or None, status, a sentence for the log)``.
         """
         plan_path, sidecar_path = self.paths(key)
+        kind = key.kind
         if not plan_path.is_file():
-            return None, PlanStatus.MISSING, f"no cached plan {plan_path.name}"
+            return None, PlanStatus.MISSING, f"no cached {kind} {plan_path.name}"
         try:
             record = json.loads(sidecar_path.read_text())
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
         except FileNotFoundError:
-            return None, PlanStatus.NO_SIDECAR, f"plan {plan_path.name} has no sidecar (foreign or interrupted write)"
+            why = f"{kind} {plan_path.name} has no sidecar (foreign or interrupted write)"
+            return None, PlanStatus.NO_SIDECAR, why
         except (OSError, ValueError) as err:
             return None, PlanStatus.UNREADABLE, f"sidecar {sidecar_path.name} is unreadable ({err})"
         if record.get("format") != PLAN_FORMAT:
@@ -130,15 +153,22 @@ class PlanCache:
             )
         wrong = key.mismatches(record)
         if wrong:
-            why = f"plan {plan_path.name} was built for another setup ({'; '.join(wrong)})"
+            why = f"{kind} {plan_path.name} was built for another setup ({'; '.join(wrong)})"
             return None, PlanStatus.MISMATCHED, why
         data = plan_path.read_bytes()
         if hashlib.sha256(data).hexdigest() != record.get("plan_sha256"):
-            return None, PlanStatus.CORRUPT, f"plan {plan_path.name} is corrupt (bytes differ from the sidecar's hash)"
-        return data, PlanStatus.VALID, f"cached plan {plan_path}"
+            why = f"{kind} {plan_path.name} is corrupt (bytes differ from the sidecar's hash)"
+            return None, PlanStatus.CORRUPT, why
+        return data, PlanStatus.VALID, f"cached {kind} {plan_path}"
 
-    def store(self, key: PlanKey, plan: bytes, info: dict[str, Any] | None = None) -> Path:
-        """Write ``plan`` and its sidecar atomically; returns the plan path.
+    def cached(self, pattern: str = "*") -> list[Path]:
+        """Artefact files (not sidecars) whose names match ``pattern``, e.g. ``'*.pt2'``."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob(pattern) if p.suffix in (".plan", ".pt2"))
+
+    def store(self, key: CacheKey, plan: bytes, info: dict[str, Any] | None = None) -> Path:
+        """Write the artefact ``plan`` and its sidecar atomically; returns the artefact path.
 
         Args:
             info: extra sidecar entries (build settings, timings, the ONNX path).
@@ -158,8 +188,8 @@ class PlanCache:
         _write_atomic(sidecar_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
         return plan_path
 
-    def invalidate(self, key: PlanKey) -> None:
-        """Remove the plan and sidecar of ``key`` (e.g. a plan TensorRT refused to deserialise)."""
+    def invalidate(self, key: CacheKey) -> None:
+        """Remove the artefact and sidecar of ``key`` (e.g. a plan TensorRT refused to deserialise)."""
         for path in self.paths(key):
             path.unlink(missing_ok=True)
 
@@ -172,37 +202,38 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def load_or_build(
     cache: PlanCache,
-    key: PlanKey,
+    key: CacheKey,
     build: Callable[[], tuple[bytes, dict[str, Any]]],
     deserialize: Callable[[bytes], T | None],
 ) -> tuple[T, Path, bool]:
     """A deserialised engine for ``key``: from the cache when valid, else built, stored and loaded.
 
     Args:
-        build: returns the serialized plan and sidecar extras; raises BackendUnavailableError on failure.
-        deserialize: plan bytes -> engine, or None when the runtime refuses them.
+        build: returns the serialized artefact and sidecar extras; raises BackendUnavailableError on failure.
+        deserialize: artefact bytes -> engine, or None when the runtime refuses them.
 
     Returns:
-        (engine, plan path, whether it was built now).
+        (engine, artefact path, whether it was built now).
 
     Raises:
-        BackendUnavailableError: the build failed, or a fresh plan cannot be deserialised.
+        BackendUnavailableError: the build failed, or a fresh artefact cannot be deserialised.
     """
     data, status, reason = cache.lookup(key)
     plan_path = cache.paths(key)[0]
+    kind = key.kind
     if data is not None:
         engine = deserialize(data)
         if engine is not None:
-            log.info("tensorrt: using %s", reason)
+            log.info("%s: using %s", key.toolkit, reason)
             return engine, plan_path, False
-        status, reason = PlanStatus.CORRUPT, f"TensorRT refused to deserialise cached plan {plan_path.name}"
+        status, reason = PlanStatus.CORRUPT, f"{key.toolkit} refused to deserialise cached {kind} {plan_path.name}"
         cache.invalidate(key)
     level = logging.INFO if status == PlanStatus.MISSING else logging.WARNING
-    log.log(level, "tensorrt: %s; building a new plan", reason)
+    log.log(level, "%s: %s; building a new %s", key.toolkit, reason, kind)
     plan, info = build()
     plan_path = cache.store(key, plan, info)
     engine = deserialize(plan)
     if engine is None:
         cache.invalidate(key)
-        raise BackendUnavailableError("tensorrt", "the plan just built cannot be deserialised (see TensorRT's log)")
+        raise BackendUnavailableError(key.toolkit, f"the {kind} just built cannot be deserialised (see the log)")
     return engine, plan_path, True

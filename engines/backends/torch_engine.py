@@ -16,8 +16,9 @@ from engines.backends.base import EngineInfo, InputSpec, Precision, check_clips
 from engines.backends.source import ModelSource
 from engines.errors import BackendUnavailableError
 from engines.layers.blocks import EmimAttention
+from engines.layers.neighborhood import choose_kernel
 
-__all__ = ["DTYPES", "TorchEngine", "cuda_device"]
+__all__ = ["DTYPES", "TorchEngine", "apply_kernel", "cuda_device"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,13 @@ def cuda_device(name: str, backend: str) -> torch.device:
     if index >= torch.cuda.device_count():
         raise BackendUnavailableError(backend, f"{name} does not exist ({torch.cuda.device_count()} CUDA device(s))")
     return torch.device("cuda", index)
+
+
+def apply_kernel(model: torch.nn.Module, kernel: str) -> None:
+    """Make every EMIM attention layer of ``model`` use ``kernel`` (a resolved kernel name)."""
+    for module in model.modules():
+        if isinstance(module, EmimAttention):
+            module.kernel = kernel
 
 
 class _GraphRunner:
@@ -89,9 +97,11 @@ class TorchEngine:
         compile: wrap the model in ``torch.compile``.
         cuda_graphs: replay one CUDA graph per batch size (CUDA only; ignored on the CPU, logged).
         threads: ``torch.set_num_threads`` for the CPU (0 = leave PyTorch's default).
+        kernel: EMIM kernel name or 'auto' (resolved for ``device``: triton on CUDA when installed).
 
     Raises:
         BackendUnavailableError: int8 / fp8 (TensorRT only).
+        KernelUnavailableError: ``kernel`` cannot run on ``device``.
     """
 
     def __init__(
@@ -103,10 +113,13 @@ class TorchEngine:
         compile: bool = False,
         cuda_graphs: bool = False,
         threads: int = 0,
+        kernel: str = "auto",
     ) -> None:
         precision = Precision(precision)
         if precision not in DTYPES:
             raise BackendUnavailableError("torch", f"precision {precision.value} needs a TensorRT Q/DQ plan")
+        chosen, why = choose_kernel(kernel, device)
+        log.info("torch: EMIM kernel %s (%s)", chosen, why)
         if device.type == "cpu" and threads:
             torch.set_num_threads(threads)
         self.device = device
@@ -115,6 +128,7 @@ class TorchEngine:
         self._precision = precision
         self._spec = InputSpec(source.clip.frames, source.clip.height, source.clip.width, DTYPES[precision], max_batch)
         self._model = source.model.to(device=device, dtype=DTYPES[precision]).eval()
+        apply_kernel(self._model, chosen)
         self._compiled = compile
         self._forward = torch.compile(self._model) if compile else self._model
         self._graphs: _GraphRunner | None = None

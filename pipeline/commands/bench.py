@@ -9,13 +9,18 @@ from pipeline.commands.build_engine import add_engine_arguments, engine_config_f
 
 HELP = "benchmark backends (median / p90 per-clip latency, clips/s, MAC/s) or, with --op, the EMIM op kernels"
 
-_ALL = ("torch", "onnxruntime", "tensorrt")
+
+_ROWS = ("torch", "torch-compile", "aoti", "onnxruntime", "tensorrt")
+"""``--backend all``: every backend, and torch under torch.compile (``torch-compile``)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser, backend=False)
     parser.add_argument(
-        "--backend", choices=(*_ALL, "all"), default="torch", help="one backend, or all side by side (default torch)"
+        "--backend",
+        choices=(*_ROWS, "all"),
+        default="torch",
+        help="one backend (torch-compile: torch under torch.compile), or all side by side (default torch)",
     )
     parser.add_argument("--batch", type=int, default=1, help="clips per inference call (default 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
@@ -76,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("bench needs --model NAME, --checkpoint FILE or --config FILE (or --op)")
     # each backend is opened on its own (no fallback): the config's backend field plays no part
     cfg = engine_config_from_args(args, backend="auto", max_batch=max(args.batch, args.max_batch or 1))
-    backends = _ALL if args.backend == "all" else (args.backend,)
+    backends = _ROWS if args.backend == "all" else (args.backend,)
     source, macs, results = bench_backends(cfg, backends, args.batch, args.warmup, args.iters, args.min_time)
     clip = source.clip
     import torch
@@ -87,16 +92,16 @@ def main(args: argparse.Namespace) -> int:
     )
     base = next((r for r in results if not r.unavailable), None)
     print(
-        f"{'backend':<12} {'precision':<9} {'device':<7} {'clip p50 ms':>11} {'clip p90 ms':>11} "
+        f"{'backend':<13} {'precision':<9} {'device':<7} {'clip p50 ms':>11} {'clip p90 ms':>11} "
         f"{'batch ms':>9} {'clips/s':>8} {'GMAC/s':>7} {'speed':>7}  iters"
     )
     for r in results:
         if r.unavailable:
-            print(f"{r.backend:<12} {r.precision:<9} {r.device:<7} unavailable: {r.unavailable}")
+            print(f"{r.backend:<13} {r.precision:<9} {r.device:<7} unavailable: {r.unavailable}")
             continue
         ratio = base.clip_ms_p50 / r.clip_ms_p50
         print(
-            f"{r.backend:<12} {r.precision:<9} {r.device:<7} {r.clip_ms_p50:>11.1f} {r.clip_ms_p90:>11.1f} "
+            f"{r.backend:<13} {r.precision:<9} {r.device:<7} {r.clip_ms_p50:>11.1f} {r.clip_ms_p90:>11.1f} "
             f"{r.batch_ms_p50:>9.1f} {r.clips_per_s:>8.2f} {r.macs_per_s / 1e9:>7.1f} {ratio:>6.2f}x  {r.iters}"
         )
     if base is not None and len(results) > 1:

@@ -1,4 +1,4 @@
-"""``emim-stream build-engine``: build (or validate) the TensorRT plan a config asks for, with progress.
+"""``emim-stream build-engine``: build (or validate) the TensorRT plan or aoti package a config asks for, with progress.
 
 Also home of the engine options the engine commands share (``bench``, ``doctor``):
 :func:`add_engine_arguments` and :func:`engine_config_from_args`.
@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-HELP = "build the TensorRT plan for a config (cached by model, input, precision, TensorRT and GPU)"
+HELP = "build a TensorRT plan or an aoti package ahead of time (cached by model, input, precision, toolkit, device)"
 
 log = logging.getLogger(__name__)
 
-_BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+_BACKENDS = ("auto", "torch", "aoti", "onnxruntime", "tensorrt")
+_BUILT = ("tensorrt", "aoti")
+"""Backends with an artefact to build ahead of time."""
 _PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 
 
@@ -33,9 +35,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser, backend: bool = True) 
     parser.add_argument("--threads", type=int, help="CPU threads for torch / onnxruntime (0 = default)")
     parser.add_argument("--compile", action="store_true", default=None, help="torch: torch.compile the model")
     parser.add_argument("--cuda-graphs", action="store_true", default=None, help="torch / tensorrt: CUDA graphs")
-    parser.add_argument("--kernel", help="EMIM kernel for the torch backend (default auto)")
+    parser.add_argument("--kernel", help="EMIM kernel for torch / aoti: reference, triton or auto (default)")
     parser.add_argument("--onnx", help="a ready ONNX (e.g. a Q/DQ graph from calibration) instead of exporting")
-    parser.add_argument("--cache-dir", help="ONNX / plan cache directory (default ~/.cache/emim-stream)")
+    parser.add_argument("--cache-dir", help="ONNX / plan / package cache directory (default ~/.cache/emim-stream)")
 
 
 def engine_config_from_args(args: argparse.Namespace, **fixed: object):
@@ -74,19 +76,32 @@ def engine_config_from_args(args: argparse.Namespace, **fixed: object):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser, backend=False)
     parser.add_argument(
+        "--backend",
+        choices=_BUILT,
+        default="tensorrt",
+        help="build a TensorRT plan (default) or an aoti package (torch.export + AOTInductor)",
+    )
+    parser.add_argument(
         "--force", action="store_true", help="build from --onnx even if its calibration failed the accuracy gate"
     )
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from engines.backends import Candidate, open_backend
 
     fixed = {"force_undeployable": True} if args.force else {}
-    cfg = engine_config_from_args(args, backend="tensorrt", **fixed)
-    device = cfg.device if cfg.device.startswith("cuda") else "cuda"
-    step = Candidate("tensorrt", device, cfg.precision)
+    cfg = engine_config_from_args(args, backend=args.backend, **fixed)
+    if args.backend == "tensorrt":
+        device = cfg.device if cfg.device.startswith("cuda") else "cuda"
+    elif cfg.device == "auto":  # aoti: where the config would run it
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = cfg.device
+    step = Candidate(args.backend, device, cfg.precision)
     log.info("build-engine: %s", step)
-    with open_backend(cfg, step) as engine:  # builds the plan unless a valid one is cached
+    with open_backend(cfg, step) as engine:  # builds unless a valid plan / package is cached
         info = engine.describe()
         spec = engine.input_spec
     print(f"engine   {info.summary()}")

@@ -80,14 +80,25 @@ def test_config_from_file_section_rejects_unknown_keys(tmp_path):
 
 def test_fallback_chain_order_and_precision_per_step():
     steps = [(s.backend, s.device, s.precision) for s in fallback_chain(EngineConfig(precision="fp16"))]
-    assert steps == [("tensorrt", "cuda", "fp16"), ("torch", "cuda", "fp16"), ("torch", "cpu", "fp32")]
+    assert steps == [
+        ("tensorrt", "cuda", "fp16"),
+        ("aoti", "cuda", "fp16"),
+        ("torch", "cuda", "fp16"),
+        ("torch", "cpu", "fp32"),
+    ]
     int8 = fallback_chain(EngineConfig(backend="tensorrt", device="cuda:1", precision="int8", onnx="q.onnx"))
     assert [(s.backend, s.device, s.precision) for s in int8] == [
         ("tensorrt", "cuda:1", "int8"),
+        ("aoti", "cuda:1", "fp16"),
         ("torch", "cuda:1", "fp16"),
         ("torch", "cpu", "fp32"),
     ]
-    assert "no int8 path" in int8[1].note
+    assert "aoti has no int8 path" in int8[1].note and "torch has no int8 path" in int8[2].note
+    aoti = [(s.backend, s.device) for s in fallback_chain(EngineConfig(backend="aoti"))]
+    assert aoti == [("aoti", "cuda"), ("torch", "cuda"), ("aoti", "cpu"), ("torch", "cpu")]
+    assert [s.backend for s in fallback_chain(EngineConfig(backend="aoti", device="cpu"))] == ["aoti", "torch"]
+    aoti_cuda = fallback_chain(EngineConfig(backend="aoti", device="cuda"))
+    assert [s.backend for s in aoti_cuda] == ["aoti", "torch", "torch"]
     assert [s.backend for s in fallback_chain(EngineConfig(backend="onnxruntime", device="cpu"))] == [
         "onnxruntime",
         "torch",
@@ -104,12 +115,13 @@ def test_missing_tensorrt_and_no_gpu_fall_back_to_torch_cpu(no_gpu, no_tensorrt,
         assert isinstance(engine, Engine)
         info = engine.describe()
         assert (info.backend, info.device, info.precision) == ("torch", "cpu", "fp32")
-    lines = [r.getMessage() for r in caplog.records]
+    lines = [r.getMessage() for r in caplog.records if r.name == "engines.backends"]  # the chain's own lines
     assert lines[0].startswith("backend 'tensorrt' on cuda (fp32) unavailable (not installed")
-    assert lines[0].endswith("trying 'torch' on cuda (fp32)")
-    assert lines[1].startswith("backend 'torch' on cuda (fp32) unavailable (no CUDA GPU")
-    assert lines[2].startswith("using backend 'torch' on cpu (fp32)")
-    assert len(lines) == 3  # one line per decision
+    assert lines[0].endswith("trying 'aoti' on cuda (fp32)")
+    assert lines[1].startswith("backend 'aoti' on cuda (fp32) unavailable (no CUDA GPU")
+    assert lines[2].startswith("backend 'torch' on cuda (fp32) unavailable (no CUDA GPU")
+    assert lines[3].startswith("using backend 'torch' on cpu (fp32)")
+    assert len(lines) == 4  # one line per decision
 
 
 def test_tensorrt_present_but_no_gpu_says_so(no_gpu, monkeypatch, caplog):
@@ -227,9 +239,11 @@ def test_doctor_reports_environment_and_choice(no_gpu, no_tensorrt, monkeypatch,
     from pipeline import cli
 
     monkeypatch.setitem(cli.COMMANDS, "doctor", "doctor")
-    assert cli.main(["doctor", "--model", "emim_xs", "--precision", "fp16"]) == 0
+    args = ["doctor", "--model", "emim_xs", "--backend", "auto", "--device", "auto", "--precision", "fp16"]
+    assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "[selection for backend=auto device=auto precision=fp16]" in out
     assert "'tensorrt' on cuda (fp16)  unavailable: not installed" in out
+    assert "'aoti' on cuda (fp16)      unavailable: no CUDA GPU" in out
     assert "'torch' on cpu (fp32)      CHOSEN; fp32 because fp16 on the CPU is slow" in out
-    assert "onnxruntime" in out and "emim kernels" in out
+    assert "onnxruntime" in out and "emim kernels" in out and "aoti compiler" in out

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import secrets
 import signal
+import socket
 import threading
 import time
 from http import HTTPStatus
@@ -119,6 +120,8 @@ class _Http(ThreadingHTTPServer):
         self.refused = 0
         self.open = 0
         self._count_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     def process_request(self, request, client_address) -> None:

@@ -133,3 +133,30 @@ def test_idle_connections_are_closed_and_surplus_ones_refused(publisher):
             s.close()
         assert get(server.url + "healthz")[0] == 200, "the server serves again once the idle ones are gone"
         assert get(server.url + "nope")[0] == 404
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    return done.returncode, done.stderr
+
+
+def test_view_command_refuses_bad_binds_with_one_line_and_exit_code():
+    code, err = run_cli("view", "--listen", "0.0.0.0:8080")
+    assert code == 2 and "not a loopback address" in err and "Traceback" not in err
+    code, err = run_cli("view", "--listen", "localhost")
+    assert code == 2 and "--listen 'localhost': expected HOST:PORT" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, err = run_cli("view", "--listen", f"127.0.0.1:{busy.getsockname()[1]}")
+    assert code == 7 and "cannot serve the live view" in err and "Traceback" not in err
+
+
+def test_run_view_needs_an_endpoint_another_process_can_reach():
+    code, err = run_cli("run", "--view", "0", "--set", "publish.endpoint=inproc://labels", "--duration", "1")
+    assert code == 2 and "view.port" in err and "inproc://labels" in err and "Traceback" not in err

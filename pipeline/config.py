@@ -58,6 +58,26 @@ class FieldError(ConfigError):
         self.field_name, self.detail = field_name, message
 
 
+MAX_SECONDS = 3600.0
+"""Upper bound of every timeout, period and backoff setting (seconds)."""
+MAX_STRIDE = 1024
+"""Upper bound of ``window.stride`` and ``cameras[].stride``."""
+MAX_HWM = 1_000_000
+"""Upper bound of ``publish.send_hwm`` (messages)."""
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    """``low <= value <= high`` (NaN and infinities fail), else a FieldError naming ``name``."""
+    if not low <= value <= high:
+        raise FieldError(name, f"must be in {low}..{high}, got {value}")
+
+
+def _check_seconds(name: str, value: float) -> None:
+    """A duration: finite, > 0 and at most :data:`MAX_SECONDS`."""
+    if not 0 < value <= MAX_SECONDS:
+        raise FieldError(name, f"must be > 0 and <= {MAX_SECONDS:.0f} s, got {value}")
+
+
 @dataclass(frozen=True)
 class CameraConfig:
     """One camera: where its frames come from and how they are prepared."""
@@ -89,10 +109,9 @@ class CameraConfig:
         if not str(self.source).strip():
             raise FieldError("source", "must not be empty")
         for name in ("open_timeout_s", "read_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise FieldError(name, f"must be > 0, got {getattr(self, name)}")
-        if self.stride is not None and self.stride < 1:
-            raise FieldError("stride", f"must be >= 1, got {self.stride}")
+            _check_seconds(name, getattr(self, name))
+        if self.stride is not None:
+            _check_range("stride", self.stride, 1, MAX_STRIDE)
 
 
 @dataclass(frozen=True)
@@ -115,8 +134,7 @@ class WindowConfig:
     """A window is classified every ``stride`` frames (per camera; ``cameras[i].stride`` overrides)."""
 
     def __post_init__(self) -> None:
-        if self.stride < 1:
-            raise FieldError("stride", f"must be >= 1, got {self.stride}")
+        _check_range("stride", self.stride, 1, MAX_STRIDE)
 
 
 @dataclass(frozen=True)
@@ -145,12 +163,13 @@ class PublishConfig:
     def __post_init__(self) -> None:
         if "://" not in self.endpoint:
             raise FieldError("endpoint", f"must be a ZeroMQ endpoint like tcp://127.0.0.1:5556, got {self.endpoint!r}")
-        if self.send_hwm < 1:
-            raise FieldError("send_hwm", f"must be >= 1, got {self.send_hwm}")
-        if not 0 <= self.linger_ms <= 10_000:
-            raise FieldError("linger_ms", f"must be in 0..10000, got {self.linger_ms}")
-        if self.heartbeat_s <= 0:
-            raise FieldError("heartbeat_s", f"must be > 0, got {self.heartbeat_s}")
+        from pipeline.publish import port_problem  # here: camera processes load the config without ZeroMQ
+
+        if self.endpoint.startswith("tcp://") and (problem := port_problem(self.endpoint.rpartition(":")[2])):
+            raise FieldError("endpoint", f"{problem}, got {self.endpoint!r}")
+        _check_range("send_hwm", self.send_hwm, 1, MAX_HWM)
+        _check_range("linger_ms", self.linger_ms, 0, 10_000)
+        _check_seconds("heartbeat_s", self.heartbeat_s)
         if (self.curve_secret_key_file is None) != (self.curve_clients_dir is None):
             raise FieldError("curve_clients_dir", "must be set together with curve_secret_key_file")
 
@@ -167,8 +186,7 @@ class OutputConfig:
     """Exponential smoothing of scores over a camera's windows (0 = off, 0.9 = heavy)."""
 
     def __post_init__(self) -> None:
-        if self.topk < 1:
-            raise FieldError("topk", f"must be >= 1, got {self.topk}")
+        _check_range("topk", self.topk, 1, 100)
         if not 0.0 <= self.smoothing < 1.0:
             raise FieldError("smoothing", f"must be in [0, 1), got {self.smoothing}")
 
@@ -201,10 +219,10 @@ class SupervisorConfig:
     """A camera whose ring has no heartbeat for this long is reported stalled."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.restart_backoff_s <= self.restart_backoff_max_s:
-            raise FieldError("restart_backoff_s", "must be > 0 and <= restart_backoff_max_s")
-        if self.stall_timeout_s <= 0:
-            raise FieldError("stall_timeout_s", f"must be > 0, got {self.stall_timeout_s}")
+        for name in ("restart_backoff_s", "restart_backoff_max_s", "stall_timeout_s"):
+            _check_seconds(name, getattr(self, name))
+        if self.restart_backoff_s > self.restart_backoff_max_s:
+            raise FieldError("restart_backoff_s", "must be <= restart_backoff_max_s")
 
 
 @dataclass(frozen=True)
@@ -428,6 +446,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+_STRING_ONLY = ("id",)
+"""Keys whose YAML numbers are refused rather than turned into text (``id: 010`` would be camera ``8``)."""
+
+
 def _convert(tp: Any, value: Any, path: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -461,6 +483,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: must be a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, int) and not isinstance(value, bool) and path.rpartition(".")[2] in _STRING_ONLY:
+            raise ConfigError(
+                f"{path}: must be a string, got the number {value}; quote it (YAML reads 010 as 8), e.g. id: \"010\""
+            )
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise ConfigError(f"{path}: must be a string, got {value!r}")
         return str(value)

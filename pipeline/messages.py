@@ -70,6 +70,7 @@ Fields common to every kind:
 from __future__ import annotations
 
 import json
+import math
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -384,7 +385,7 @@ class StatusMessage:
         p = _Fields(payload, "status")
         return cls(
             camera_id=p.text("camera_id"),
-            state=p.text("state"),
+            state=p.choice("state", SOURCE_STATES),
             fps=p.number("fps"),
             staleness_ms=p.number("staleness_ms", nullable=True),
             latest_seq=p.integer("latest_seq"),
@@ -526,6 +527,8 @@ def _dumps(payload: Mapping[str, Any]) -> bytes:
 def _loads(data: bytes | str) -> Any:
     try:
         return json.loads(data)
+    except RecursionError:
+        raise MessageError("message payload is JSON nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MessageError(f"message payload is not UTF-8 JSON: {err}") from err
 
@@ -548,6 +551,9 @@ class _Fields:
                 )
             if obj.get("kind") != kind:
                 raise MessageError(f"expected a {kind!r} message, got kind {obj.get('kind')!r}")
+            msg_seq = obj.get("msg_seq", -1)  # -1: built here, not (yet) sent
+            if not isinstance(msg_seq, int) or isinstance(msg_seq, bool) or not -1 <= msg_seq <= _INT64_MAX:
+                raise MessageError(f"{kind} message: field 'msg_seq' must be an integer in -1..2^63-1, got {msg_seq!r}")
 
     def _get(self, key: str, types: tuple[type, ...], what: str, nullable: bool = False) -> Any:
         if key not in self._obj:
@@ -560,11 +566,24 @@ class _Fields:
         return value
 
     def integer(self, key: str) -> int:
-        return self._get(key, (int,), "an integer")
+        value = self._get(key, (int,), "an integer")
+        if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+            raise MessageError(f"{self._kind} message: field '{self._prefix}{key}' is out of the int64 range")
+        return value
 
     def number(self, key: str, nullable: bool = False) -> float | None:
         value = self._get(key, (int, float), "a number", nullable)
-        return None if value is None else float(value)
+        if value is None:
+            return None
+        if not math.isfinite(value):
+            raise MessageError(f"{self._kind} message: field '{self._prefix}{key}' must be finite, got {value!r}")
+        return float(value)
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(key)
+        if value not in allowed:
+            raise MessageError(f"{self._kind} message: field '{self._prefix}{key}' must be one of {list(allowed)}")
+        return value
 
     def text(self, key: str) -> str:
         return self._get(key, (str,), "a string")

@@ -16,8 +16,8 @@ The report (:meth:`Profiler.report`, written by ``emim-stream profile --json``) 
 - ``percentiles`` list of int: ``[50, 90, 99]``; ``samples_per_series`` int: the most recent samples kept per
   camera and stage (older ones fall out of the percentiles; ``count`` < ``total`` says so).
 - ``messages`` object (int): ``received`` (valid messages), ``labels``, ``statuses``, ``lost`` (``msg_seq`` gaps,
-  all topics), ``restarts`` (``msg_seq`` went back: a publisher restarted), ``malformed`` (not a message at all),
-  ``unreadable`` (a message this version cannot parse, e.g. another schema, or of a camera named ``all``),
+  all topics), ``restarts`` (``msg_seq`` went back: a publisher restarted), ``malformed`` (not a message, or one
+  this version cannot parse, e.g. another schema or a NaN score), ``unreadable`` (of a camera named ``all``),
   ``receive_skipped``, ``handshake_failures`` (connections refused in the handshake: CURVE keys, see
   :mod:`pipeline.subscribe`).
 - ``cameras`` object: camera id -> object, cameras in order of first message:
@@ -297,7 +297,7 @@ def profile(
     stop = threading.Event() if stop is None else stop
     profiler = Profiler(capacity)
     deadline_ns = None if duration_s is None else profiler.started_mono_ns + round(duration_s * 1e9)
-    with Subscriber(endpoint, topics, timeout_s=_POLL_S, max_msg_bytes=max_msg_bytes, curve=curve) as sub:
+    with Subscriber(endpoint, topics, timeout_s=_POLL_S, max_msg_bytes=max_msg_bytes, curve=curve, parse=True) as sub:
         while not stop.is_set():
             now_ns = time.monotonic_ns()
             if deadline_ns is not None and now_ns >= deadline_ns:

@@ -29,7 +29,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from pipeline.errors import PublishError
 from pipeline.keys import CurveServer, start_authenticator
 
-__all__ = ["CurveServer", "Publisher", "SlowSubscriberPolicy", "check_bind_endpoint"]
+__all__ = ["CurveServer", "Publisher", "SlowSubscriberPolicy", "check_bind_endpoint", "is_remote_tcp", "port_problem"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -63,12 +63,30 @@ def check_bind_endpoint(endpoint: str, allow_remote: bool = False) -> None:
     host, sep, port = endpoint[len("tcp://") :].rpartition(":")
     if not sep or not host or not port:
         raise PublishError(f"publish endpoint {endpoint!r} is malformed; expected tcp://HOST:PORT")
+    problem = port_problem(port)
+    if problem:
+        raise PublishError(f"publish endpoint {endpoint!r}: {problem}")
     if allow_remote or _is_loopback(host):
         return
     raise PublishError(
         f"publish endpoint {endpoint!r} is not a loopback address; binding it exposes the label stream to the "
         "network. Use tcp://127.0.0.1:PORT, or allow remote subscribers explicitly (allow_remote) and consider CURVE"
     )
+
+
+def port_problem(port: str) -> str | None:
+    """Why ``port`` (the text after the last ``:`` of a TCP endpoint) is no port, or None when it is one.
+
+    ``*`` and ``0`` mean any free port; otherwise 1-65535 (libzmq would silently wrap 99999 to 34463).
+    """
+    if port == "*" or (port.isdigit() and int(port) <= 65535):
+        return None
+    return f"port {port!r} must be 1-65535, or 0 / * for any free port"
+
+
+def is_remote_tcp(endpoint: str) -> bool:
+    """True for a ``tcp://`` endpoint whose host is not a loopback address (reachable from other hosts)."""
+    return endpoint.startswith("tcp://") and not _is_loopback(_tcp_host(endpoint))
 
 
 def _tcp_host(endpoint: str) -> str:
@@ -166,7 +184,7 @@ class Publisher:
         else:
             security = "CURVE, clients not authenticated here" if curve_secret_key is not None else "no encryption"
         _LOG.info("publishing on %s (send_hwm=%d, %s, %s)", self._endpoint, send_hwm, slow_subscriber.value, security)
-        if curve_secret_key is None and endpoint.startswith("tcp://") and not _is_loopback(_tcp_host(endpoint)):
+        if curve_secret_key is None and is_remote_tcp(endpoint):
             _LOG.warning("publishing on %s without CURVE: anyone who reaches it can read the labels", self._endpoint)
 
     @property

@@ -23,13 +23,16 @@ from dataclasses import dataclass
 
 import zmq
 
+from engines.errors import ConfigError
 from pipeline.errors import PublishError
-from pipeline.publish import check_bind_endpoint
+from pipeline.publish import check_bind_endpoint, is_remote_tcp
 
 __all__ = ["Relay", "RelayStats"]
 
 _LOG = logging.getLogger(__name__)
 _CONNECT_SCHEMES = ("tcp://", "ipc://", "inproc://")
+MAX_HWM = 1_000_000
+"""Upper bound of ``send_hwm`` / ``rcv_hwm`` (messages)."""
 _ids = itertools.count()
 
 
@@ -58,8 +61,12 @@ class Relay:
         rcv_hwm: messages queued per upstream pipeline.
         context: ZeroMQ context; default a private one, terminated by :meth:`close`.
 
+    A remote ``listen`` (``allow_remote``) logs a warning: the relay has no CURVE, anyone who reaches it reads
+    the streams.
+
     Raises:
         PublishError: no upstream, an endpoint refused or malformed, or ``listen`` cannot be bound.
+        ConfigError: ``send_hwm`` or ``rcv_hwm`` outside 1..1000000.
     """
 
     def __init__(
@@ -79,6 +86,9 @@ class Relay:
                 raise PublishError(
                     f"upstream endpoint {endpoint!r} is not supported; use tcp://HOST:PORT, ipc://PATH or inproc://NAME"
                 )
+        for name, hwm in (("send_hwm", send_hwm), ("rcv_hwm", rcv_hwm)):
+            if isinstance(hwm, bool) or not isinstance(hwm, int) or not 1 <= hwm <= MAX_HWM:
+                raise ConfigError(f"relay {name} must be an integer in 1..{MAX_HWM}, got {hwm!r}")
         check_bind_endpoint(listen, allow_remote)
         self.upstream = tuple(upstream)
         self._own_context = context is None
@@ -110,6 +120,8 @@ class Relay:
         self._thread = threading.Thread(target=self._run, name="emim-relay", daemon=True)
         self._thread.start()
         _LOG.info("relaying %s -> %s", ", ".join(self.upstream), self._endpoint)
+        if is_remote_tcp(listen):
+            _LOG.warning("relaying on %s without CURVE: anyone who reaches it can read the streams", self._endpoint)
 
     def _socket(self, kind: int) -> zmq.Socket:
         sock = self._context.socket(kind)

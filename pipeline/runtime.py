@@ -32,6 +32,7 @@ import torch
 
 from engines.backends import load_engine
 from engines.backends.base import Engine
+from engines.errors import ConfigError
 from engines.layers.vmp import MEAN, STD
 from pipeline.camera import CameraExit, state_from_code
 from pipeline.config import CameraConfig, PipelineConfig, config_hash
@@ -96,6 +97,7 @@ class _Camera:
         self.buf = np.empty((ring.height, ring.width, 3), dtype=np.uint8)
         self.pending: WindowJob | None = None
         self.dropped_windows = 0
+        self.nonfinite_windows = 0
         self.labels_sent = 0
         self.last_capture_mono_ns = 0
         self.last_status_mono = 0.0
@@ -190,6 +192,7 @@ def run(
     stop: threading.Event | None = None,
     on_label: Callable[[LabelMessage], None] | None = None,
     on_note: Callable[[str, str], None] | None = None,
+    on_publishing: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run the pipeline until ``duration_s`` passes, ``stop`` is set or every camera has ended.
 
@@ -199,6 +202,10 @@ def run(
         stop: set it (e.g. from a signal handler) to end the run cleanly.
         on_label: called with every published label message.
         on_note: called with ``(camera_id, text)`` for every camera problem report.
+        on_publishing: called with the bound endpoint (wildcard port resolved) once the publisher is bound.
+
+    Raises:
+        ConfigError: ``ring.slots`` does not exceed the engine's clip length.
 
     Returns:
         The :class:`RunReport`. Every camera process is stopped, every ring unlinked and the
@@ -223,12 +230,16 @@ def run(
                 curve=_curve(cfg),
             )
         )
+        if on_publishing is not None:
+            on_publishing(publisher.endpoint)
         metrics = None
         if cfg.metrics.port is not None:
             metrics = Metrics(cfg.metrics.port, cfg.metrics.host)
             resources.callback(metrics.close)
             metrics.set_engine(info)
         spec = engine.input_spec
+        if cfg.ring.slots <= spec.frames:
+            raise ConfigError(f"ring.slots: must exceed the clip length {spec.frames}, got {cfg.ring.slots}")
         sup = resources.enter_context(
             CameraSupervisor(cfg.cameras, cfg.ring.slots, spec.height, spec.width, cfg.supervisor)
         )
@@ -322,6 +333,16 @@ class _Loop:
                     return "all cameras ended"
                 time.sleep(_IDLE_SLEEP_S)
 
+    def skip_nonfinite(self, cam: _Camera, job: WindowJob) -> None:
+        """A window whose scores are NaN/Inf (e.g. fp16 overflow) is counted as skipped, never published."""
+        cam.dropped_windows += 1
+        cam.nonfinite_windows += 1
+        if cam.nonfinite_windows & (cam.nonfinite_windows - 1) == 0:  # the 1st, 2nd, 4th, ...: no log flood
+            _log.warning(
+                "camera %s: window %d-%d has non-finite scores (precision overflow?); skipped (%d so far)",
+                cam.cfg.id, job.first_seq, job.last_seq, cam.nonfinite_windows,
+            )
+
     def serve(self, batch: list[_Camera]) -> None:
         """One engine call for the pending windows of ``batch``, then one label message per camera."""
         jobs = [cam.pending for cam in batch]
@@ -331,6 +352,9 @@ class _Loop:
         infer_end = time.monotonic_ns()
         for cam, job, row in zip(batch, jobs, logits, strict=True):
             cam.pending = None
+            if not bool(torch.isfinite(row).all()):
+                self.skip_nonfinite(cam, job)
+                continue
             topk = tuple(cam.post(row))
             topic = label_topic(cam.cfg.id)
             publish_mono, publish_wall = time.monotonic_ns(), time.time_ns()

@@ -52,11 +52,11 @@ _log = logging.getLogger(__name__)
 
 _NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 _FALLBACK_FPS = 30.0  # pacing rate for a file whose container does not state a usable fps
+_MAX_SYNTHETIC_SIDE = 4096  # pixels; a 4K frame fits
 _MAX_LAG_S = 1.0  # a paced source that falls this far behind its schedule restarts the schedule
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/]*@")
-_SECRET_QUERY = re.compile(
-    r"(?P<key>[?&;](?:password|passwd|pass|pwd|token|access_token|auth|key|api_key|apikey|secret|sig|signature)=)"
-    r"[^&#\s]*",
+_SECRET_QUERY = re.compile(  # any query key that names a credential: passphrase, pwd, api_key, X-Auth-Token, ...
+    r"(?P<key>[?&;][^?&;=#\s]*(?:pass|pwd|secret|token|auth|key|sig|cred|session)[^?&;=#\s]*=)[^&;#\s]*",
     re.IGNORECASE,
 )
 
@@ -65,7 +65,9 @@ def redact_uri(uri: str | int | os.PathLike[str]) -> str:
     """``uri`` (or any text containing URIs) with credentials replaced by ``***``.
 
     ``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``; ``http://cam/v.cgi?user=a&pwd=b`` ->
-    ``http://cam/v.cgi?user=a&pwd=***``. Paths and camera indices come back unchanged.
+    ``http://cam/v.cgi?user=a&pwd=***``; ``srt://h:9000?passphrase=p`` -> ``srt://h:9000?passphrase=***``. Every
+    query key containing pass, pwd, secret, token, auth, key, sig, cred or session is redacted, whatever the
+    scheme. Paths and camera indices come back unchanged.
     """
     text = os.fspath(uri) if isinstance(uri, os.PathLike) else str(uri)
     text = _USERINFO.sub(r"\g<scheme>***@", text)
@@ -296,7 +298,7 @@ class OpenCvSource:
     def _connect(self) -> tuple[cv2.VideoCapture, np.ndarray]:
         """A capture that has delivered its first frame, or the error that says why not."""
         if self._kind == "file" and not os.path.isfile(self._target):
-            raise SourceError(f"video file not found: {self.uri_redacted}")
+            raise SourceError(_missing_file_message(self._target, self.uri_redacted))
         if self._kind == "network":
             params = [
                 cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(self.open_timeout_s * 1000),
@@ -454,6 +456,16 @@ class SyntheticSource:
         self.close()
 
 
+def _missing_file_message(path: str, shown: str) -> str:
+    """Why a source that is not a network URL or camera index cannot be a video file."""
+    if os.path.isdir(path):
+        return f"{shown} is a directory, not a video file"
+    if path.startswith("/dev/"):
+        what = "is not a camera (not a character device)" if os.path.exists(path) else "does not exist"
+        return f"camera device {shown} {what}; is the camera plugged in (ls /dev/video*)?"
+    return f"video file not found: {shown}"
+
+
 def _usable_fps(cap: cv2.VideoCapture) -> float:
     """The capture's nominal fps, or 0.0 when it states none or nonsense."""
     fps = cap.get(cv2.CAP_PROP_FPS)
@@ -476,8 +488,11 @@ def _parse(
 
 def _parse_size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)x(\d+)", text.strip().lower())
-    if not match or min(int(match[1]), int(match[2])) < 8:
-        raise ConfigError(f"synthetic source parameter 'size'={text!r} must be WIDTHxHEIGHT, each >= 8 (e.g. 320x240)")
+    if not match or not all(8 <= int(side) <= _MAX_SYNTHETIC_SIDE for side in match.groups()):
+        raise ConfigError(
+            f"synthetic source parameter 'size'={text!r} must be WIDTHxHEIGHT, each in 8..{_MAX_SYNTHETIC_SIDE} "
+            "(e.g. 320x240)"
+        )
     return int(match[1]), int(match[2])
 
 

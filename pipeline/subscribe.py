@@ -9,8 +9,9 @@ the reconnect show up as a ``msg_seq`` gap (and in ``disconnects``). With ``curv
 (:mod:`pipeline.keys`) the connection is encrypted and authenticated; a handshake the publisher refuses (a key it
 does not authorise, a missing or wrong server key, CURVE on one side only) is counted in ``handshake_failures``
 and logged with the likely cause; no message ever arrives over such a connection. Payloads that are not a JSON
-object with an integer ``msg_seq`` are counted in ``malformed`` and skipped. Schema checks beyond that belong to
-:mod:`pipeline.messages` (``parse_payload``).
+object with an integer ``msg_seq`` in 0..2^63-1 (also JSON nested too deeply to parse) are counted in
+``malformed`` and skipped; with ``parse=True`` so are payloads that fail the schema of :mod:`pipeline.messages`
+(``parse_payload``), and the parsed message comes with each :class:`Received`.
 """
 
 from __future__ import annotations
@@ -21,18 +22,26 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from engines.errors import ConfigError
 from pipeline.errors import PublishError
 from pipeline.keys import CurveClient
+from pipeline.messages import MessageError, parse_payload
+
+if TYPE_CHECKING:
+    from pipeline.messages import Message
 
 __all__ = ["CurveClient", "Received", "Subscriber"]
 
 _LOG = logging.getLogger(__name__)
 
+_MAX_MSG_SEQ = 2**63 - 1  # the publisher's counter is an int64 in every other implementation
+_MAX_MSG_BYTES = 1 << 30
+_MAX_HWM = 1_000_000
 _MONITORED_EVENTS = (
     zmq.EVENT_DISCONNECTED
     | zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -45,13 +54,15 @@ _MONITORED_EVENTS = (
 @dataclass(frozen=True, slots=True)
 class Received:
     """One message as received: ``topic`` (e.g. ``labels/cam1/``), the decoded JSON ``payload``, the receipt
-    time ``recv_mono_ns`` (CLOCK_MONOTONIC) and ``recv_wall_ns`` (CLOCK_REALTIME), and ``size`` in bytes."""
+    time ``recv_mono_ns`` (CLOCK_MONOTONIC) and ``recv_wall_ns`` (CLOCK_REALTIME), ``size`` in bytes, and the
+    parsed ``message`` when the subscriber parses (``parse=True``)."""
 
     topic: str
     payload: dict[str, Any]
     recv_mono_ns: int
     recv_wall_ns: int
     size: int
+    message: Message | None = None
 
     @property
     def msg_seq(self) -> int:
@@ -63,9 +74,10 @@ class Subscriber:
 
     Counters: ``received`` (valid messages), ``lost[topic]`` (messages missing from ``msg_seq`` gaps),
     ``restarts[topic]`` (``msg_seq`` went back: the publisher restarted), ``malformed`` (not a JSON object with
-    an integer ``msg_seq``, or not two frames), ``disconnects`` (an established connection to the publisher lost:
-    publisher gone or an oversize message), ``handshake_failures`` (connections the publisher or this side
-    refused: keys, or CURVE on one side only). A context manager; closing never waits (LINGER 0).
+    an integer ``msg_seq`` in 0..2^63-1, not two frames, or with ``parse`` not a valid message), ``disconnects``
+    (an established connection to the publisher lost: publisher gone or an oversize message),
+    ``handshake_failures`` (connections the publisher or this side refused: keys, or CURVE on one side only).
+    A context manager; closing never waits (LINGER 0).
 
     Args:
         endpoint: the publisher's endpoint, e.g. ``tcp://127.0.0.1:5556``.
@@ -76,10 +88,12 @@ class Subscriber:
         rcv_hwm: messages queued on the subscriber's side before ZeroMQ drops.
         curve: this subscriber's key pair and the publisher's public key, for a CURVE publisher.
         context: ZeroMQ context; default a private one, terminated by ``close()``.
+        parse: check every payload against the message schema; invalid ones count as ``malformed``.
 
     Raises:
         PublishError: the endpoint cannot be connected (malformed), or libzmq lacks CURVE.
-        ConfigError: a ``curve`` key file is missing, malformed or readable by others.
+        ConfigError: ``max_msg_bytes`` outside 1..2^30 or ``rcv_hwm`` outside 1..1000000; a ``curve`` key file
+            is missing, malformed or readable by others.
     """
 
     def __init__(
@@ -92,13 +106,18 @@ class Subscriber:
         rcv_hwm: int = 1000,
         curve: CurveClient | None = None,
         context: zmq.Context | None = None,
+        parse: bool = False,
     ) -> None:
+        for name, value, high in (("max_msg_bytes", max_msg_bytes, _MAX_MSG_BYTES), ("rcv_hwm", rcv_hwm, _MAX_HWM)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                raise ConfigError(f"subscriber {name} must be an integer in 1..{high}, got {value!r}")
         keys = None
         if curve is not None:
             if not zmq.has("curve"):
                 raise PublishError(f"CURVE was asked for but this libzmq {zmq.zmq_version()} is built without it")
             keys = curve.load()
         self.timeout_s = timeout_s
+        self.parse = parse
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
         self._socket = self._context.socket(zmq.SUB)
@@ -190,15 +209,24 @@ class Subscriber:
             topic_bytes, body = frames
             topic = topic_bytes.decode()
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):  # wrong frame count, bad UTF-8, bad JSON
+        except (ValueError, UnicodeDecodeError, RecursionError):  # frame count, bad UTF-8, bad or too deep JSON
             payload = None
-        if not isinstance(payload, dict) or type(payload.get("msg_seq")) is not int:
-            self.malformed += 1
-            _LOG.debug("skipped a malformed message (%d frames)", len(frames))
-            return None
-        self._track(topic, payload["msg_seq"])
+        msg_seq = payload.get("msg_seq") if isinstance(payload, dict) else None
+        if type(msg_seq) is not int or not 0 <= msg_seq <= _MAX_MSG_SEQ:
+            return self._skip(f"{len(frames)} frame(s) without a JSON object with a valid msg_seq")
+        self._track(topic, msg_seq)
+        message = None
+        if self.parse:
+            try:
+                message = parse_payload(payload)
+            except MessageError as err:
+                return self._skip(f"{topic} #{msg_seq}: {err}")
         self.received += 1
-        return Received(topic, payload, recv_mono_ns, recv_wall_ns, len(body))
+        return Received(topic, payload, recv_mono_ns, recv_wall_ns, len(body), message)
+
+    def _skip(self, why: str) -> None:
+        self.malformed += 1
+        _LOG.debug("skipped a malformed message: %s", why)
 
     def _track(self, topic: str, msg_seq: int) -> None:
         last = self._last_seq.get(topic)

@@ -58,6 +58,12 @@ class Precision(str, Enum):
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+MAX_FRAMES = 128
+"""Largest clip length ``engine.frames`` accepted."""
+MAX_SIDE = 1024
+"""Largest clip ``engine.height`` / ``engine.width`` accepted (pixels)."""
+MAX_THREADS = 256
+"""Largest ``engine.threads`` accepted (libraries abort on absurd thread counts)."""
 
 
 def _choice(field: str, value: Any, enum: type[Enum]) -> None:
@@ -141,17 +147,19 @@ class EngineConfig:
             raise ConfigError(
                 f"set only one of engine.checkpoint ({self.checkpoint!r}) and engine.model ({self.model!r})"
             )
-        if self.frames is not None and (not isinstance(self.frames, int) or self.frames < 2):
-            raise ConfigError(f"engine.frames must be an integer >= 2, got {self.frames!r}")
+        if self.frames is not None and (not isinstance(self.frames, int) or not 2 <= self.frames <= MAX_FRAMES):
+            raise ConfigError(f"engine.frames must be an integer in 2..{MAX_FRAMES}, got {self.frames!r}")
         for name in ("height", "width"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0 or value % 32):
-                raise ConfigError(f"engine.{name} must be a positive multiple of 32, got {value!r}")
+            if value is not None and (not isinstance(value, int) or not 0 < value <= MAX_SIDE or value % 32):
+                raise ConfigError(f"engine.{name} must be a multiple of 32 in 32..{MAX_SIDE}, got {value!r}")
         for name in ("compile", "cuda_graphs", "fallback"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
-            raise ConfigError(f"engine.threads must be an integer >= 0 (0 = library default), got {self.threads!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 0 <= self.threads <= MAX_THREADS:
+            raise ConfigError(
+                f"engine.threads must be an integer in 0..{MAX_THREADS} (0 = library default), got {self.threads!r}"
+            )
         if not isinstance(self.kernel, str) or not self.kernel:
             raise ConfigError(f"engine.kernel must be a kernel name or 'auto', got {self.kernel!r}")
         if not isinstance(self.workspace_gib, (int, float)) or not 0 < self.workspace_gib <= 1024:

@@ -18,9 +18,20 @@ HELP = (
 )
 
 
+def _duration(text: str) -> float:
+    """``--duration``: a finite number of seconds > 0 (at most a year)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value <= 365 * 86400:
+        raise argparse.ArgumentTypeError(f"must be > 0 and at most a year in seconds, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
-    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
+    parser.add_argument("--duration", type=_duration, default=None, metavar="SECONDS", help="stop after this long")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -100,13 +111,15 @@ def main(args: argparse.Namespace) -> int:
     def on_note(camera_id: str, text: str) -> None:
         print(f"{camera_id:>8} ! {text}", file=sys.stderr, flush=True)
 
-    topics = "labels/<camera>/, status/<camera>/, events/<camera>/"
-    print(f"emim-stream: publishing on {cfg.publish.endpoint} (topics {topics})", flush=True)
+    def on_publishing(endpoint: str) -> None:  # after a successful bind, with the port it got
+        topics = "labels/<camera>/, status/<camera>/, events/<camera>/"
+        print(f"emim-stream: publishing on {endpoint} (topics {topics})", flush=True)
+
     with ViewProcess.for_pipeline(cfg) or nullcontext() as view:
         if view is not None:
             query = f"?token={view.token}" if view.token is not None and cfg.view.token_file is None else ""
             print(f"emim-stream: live view on {view.url}{query}", flush=True)
-        report = run(cfg, args.duration, stop, on_label, on_note)
+        report = run(cfg, args.duration, stop, on_label, on_note, on_publishing=on_publishing)
     print(f"\nengine: {report.engine}")
     print(f"ended: {report.reason}")
     for cam_id, n in report.labels.items():

@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     curve = curve_client(args)
     with (
         _open_jsonl(args.jsonl) as sink,
-        Subscriber(args.endpoint, topics, max_msg_bytes=args.max_msg_bytes, curve=curve) as sub,
+        Subscriber(args.endpoint, topics, max_msg_bytes=args.max_msg_bytes, curve=curve, parse=True) as sub,
     ):
         n = 0
         try:

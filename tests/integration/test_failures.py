@@ -48,7 +48,7 @@ def test_bad_video_file_is_reported_with_exit_code_6(pipeline_factory, tmp_path,
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--set", "window.stride=0"], 2, "window.stride: must be >= 1"),
+        (["--set", "window.stride=0"], 2, "window.stride: must be in 1..1024"),
         (["--set", "engine.checkpoint=/nonexistent.pt", "--set", "engine.model=null"], 3, "does not exist"),
         (["--set", "cameras.0.source=synthetic://?fps=-1"], 2, "fps"),
     ],

@@ -4,6 +4,7 @@ field, quiet third-party logs, soak's verdict, the keys/relay/subscribe/profile 
 from __future__ import annotations
 
 import argparse
+import io
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from engines.errors import ConfigError
 from engines.synthetic import CLASSES
 from pipeline.cli import main as cli_main
 from pipeline.commands import profile as profile_cmd
+from pipeline.commands.common import Progress
 from pipeline.commands.soak import verdict
 from pipeline.config import DEFAULT_CONFIG, CameraConfig, load_config
 from pipeline.keys import CurveServer, write_key_pair
@@ -201,3 +203,29 @@ def test_profile_names_curve_when_the_publisher_refuses(tmp_path, capsys):
     assert results == {"bare": 1, "keyed": 0}
     err = capsys.readouterr().err
     assert "the publisher uses CURVE; pass --curve-server-key" in err
+
+
+# --- progress ------------------------------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_line_per_tenth_otherwise():
+    log = io.StringIO()
+    progress = Progress("clips", out=log)
+    for done in range(1, 101):
+        progress(done, 100)
+    assert log.getvalue().splitlines() == [f"clips {n}/100" for n in range(10, 101, 10)]
+    term = _Terminal()
+    bar = Progress("clips", out=term)
+    for done in (1, 50, 100):
+        bar(done, 100)
+    frames = term.getvalue().split("\r")[1:]
+    bars = [f.split("]")[0].removeprefix("clips [") for f in frames]
+    assert bars == ["." * 30, "#" * 15 + "." * 15, "#" * 30]
+    assert "eta" in frames[1] and frames[-1].endswith("\n") and not frames[1].endswith("\n")
+    bar.step(2, 3, "auditing")
+    assert term.getvalue().endswith("clips [2/3] auditing\n")

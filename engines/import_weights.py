@@ -101,8 +101,9 @@ def import_weights(
     cfg = get_model_cfg(model_name)
     _, default_t, default_h, default_w = cfg.input_size
     clip = ClipSpec(frames or default_t, size or default_h, size or default_w)
+    raw = read_file(src)  # its errors name the file
     try:
-        state = unwrap_state_dict(read_file(src))
+        state = unwrap_state_dict(raw)
     except CheckpointError as err:
         raise CheckpointError(f"checkpoint '{src}': {err}") from None
     head = state.get("head.weight")

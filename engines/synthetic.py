@@ -36,6 +36,7 @@ import math
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,7 +234,8 @@ class SyntheticScene:
         seed: non-negative scene seed.
         height, width: frame size in pixels (at least 8).
         fps: frame rate the scene is sampled at; motion speeds are per second (defined at 30 fps).
-        label: class index or name for every segment, or None to cycle through the classes.
+        label: class index or name for every segment; a sequence of them, taken in turn, one per segment (and
+            repeated); or None to cycle through the classes.
         segment_s: segment length in seconds.
         style: ``'classic'`` or ``'photo'`` (:data:`STYLES`).
 
@@ -247,7 +249,7 @@ class SyntheticScene:
         height: int,
         width: int,
         fps: float = REFERENCE_FPS,
-        label: int | str | None = None,
+        label: int | str | Sequence[int | str] | None = None,
         segment_s: float = 4.0,
         style: str = "classic",
     ) -> None:
@@ -263,15 +265,18 @@ class SyntheticScene:
         self.fps = float(fps)
         self.style = style
         self.segment_frames = max(1, round(segment_s * fps))
-        self._fixed_class = None if label is None else label_index(label)
+        if label is None or (not isinstance(label, (str, int, np.integer)) and not len(label)):
+            self._schedule = None
+        else:
+            self._schedule = tuple(map(label_index, [label] if isinstance(label, (str, int, np.integer)) else label))
         self._time_per_frame = REFERENCE_FPS / self.fps
         self._cached: tuple[int, _Segment] | None = None
 
     def class_at(self, i: int) -> int:
         """Class index of frame ``i``."""
-        if self._fixed_class is not None:
-            return self._fixed_class
         segment = i // self.segment_frames
+        if self._schedule is not None:
+            return self._schedule[segment % len(self._schedule)]
         block, slot = divmod(segment, len(CLASSES))
         order = np.random.default_rng([_SCHEDULE_TAG, self.seed, block]).permutation(len(CLASSES))
         return int(order[slot])

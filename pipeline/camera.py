@@ -180,6 +180,7 @@ def _capture_loop(cam: _Camera, stop: StopWatch) -> int:
             pace=cfg.pace,
             open_timeout_s=cfg.open_timeout_s,
             read_timeout_s=cfg.read_timeout_s,
+            rtsp_transport=cfg.rtsp_transport,
         )
         try:
             cam.status(SourceState.RECONNECTING if cam.reconnects else SourceState.CONNECTING, force=True)

@@ -87,13 +87,7 @@ class MqttSink:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.cfg
-        protocol = _PROTOCOLS[cfg.protocol]
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=protocol,
-            **({} if protocol is MQTTProtocolVersion.MQTTv5 else {"clean_session": True}),
-        )
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=_PROTOCOLS[cfg.protocol])
         if cfg.username is not None:
             client.username_pw_set(cfg.username, self._password())
         if cfg.tls:

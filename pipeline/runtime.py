@@ -10,6 +10,8 @@ set, or every camera has ended::
     Scheduler: ready windows, round-robin over cameras, up to the engine's max batch
     Engine.infer(batch) -> Postprocessor -> Publisher.send -> LatencyRecorder.add
     every heartbeat_s: status/<camera>/ messages
+    EventTracker per camera (pipeline.events): closed action events on events/<camera>/
+    MqttSink (pipeline.mqtt, outputs.mqtt): copies of the messages to a broker, from its own threads
     frame taps (pipeline.preview, pipeline.record) see each frame read: JPEG previews on preview/<camera>/
     (view.preview_fps) and annotated recordings (record.dir), both encoded in their own threads
 
@@ -25,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -35,18 +37,22 @@ from engines.backends.base import Engine
 from engines.errors import ConfigError
 from engines.layers.vmp import MEAN, STD
 from pipeline.camera import CameraExit, state_from_code
-from pipeline.config import CameraConfig, PipelineConfig, config_hash
+from pipeline.config import CameraConfig, EventsConfig, PipelineConfig, config_hash
+from pipeline.events import EventTracker, WindowSpan
 from pipeline.latency import LatencyRecorder
 from pipeline.messages import (
+    EventMessage,
     LabelMessage,
     ModelInfo,
     StatusMessage,
     WindowInfo,
+    event_topic,
     label_topic,
     latency_breakdown_ms,
     status_topic,
 )
 from pipeline.metrics import Metrics
+from pipeline.mqtt import MqttSink
 from pipeline.postprocess import Postprocessor
 from pipeline.preview import PreviewTap
 from pipeline.publish import CurveServer, Publisher, SlowSubscriberPolicy
@@ -77,12 +83,23 @@ class WindowJob:
     ring_mono_ns: int
     read_mono_ns: int
     vmp_done_mono_ns: int
+    first_capture_mono_ns: int
+    first_capture_wall_ns: int
 
 
 class _Camera:
     """Per-camera state of the inference loop."""
 
-    def __init__(self, cfg: CameraConfig, ring: SharedRing, engine: Engine, stride: int, smoothing: float, topk: int):
+    def __init__(
+        self,
+        cfg: CameraConfig,
+        ring: SharedRing,
+        engine: Engine,
+        stride: int,
+        smoothing: float,
+        topk: int,
+        events: EventsConfig | None = None,
+    ):
         spec = engine.input_spec
         vmp = engine.vmp
         mean, std = ((vmp.mean,) * 3, (vmp.std,) * 3) if vmp is not None else ((MEAN,) * 3, (STD,) * 3)
@@ -91,6 +108,11 @@ class _Camera:
         self.stage = VmpStage(vmp, engine.device, mean, std, dtype=torch.float32)
         self.window = ClipWindow(spec.frames, stride, spec.height, spec.width, engine.device, torch.float32)
         self.post = Postprocessor(engine.labels, topk, smoothing)
+        self.captures: deque[tuple[int, int]] = deque(maxlen=spec.frames)
+        """Capture (mono, wall) ns of the last T frames read: when a window is ready, its oldest frame's first."""
+        self.events = EventTracker(cfg.id, engine.labels, events) if events is not None and events.enabled else None
+        self.closed_events: list[EventMessage] = []
+        self.events_sent = 0
         self.truth = truth_for(cfg, engine.labels)
         self.pts: deque[tuple[int, int]] = deque(maxlen=spec.frames + stride + 1)
         """(seq, source pts) of the latest frames: a window's truth is read from its first and last frame."""
@@ -123,11 +145,14 @@ class _Camera:
                 tap.on_frame(self.cfg.id, frame)
             read_mono = time.monotonic_ns()
             self.last_capture_mono_ns = frame.capture_mono_ns
+            self.captures.append((frame.capture_mono_ns, frame.capture_wall_ns))
             if self.truth is not None:
                 self.pts.append((frame.seq, frame.source_pts_ns))
             prompt = self.stage.push(frame.image, frame.seq)
             if prompt is None:
                 self.post.reset()
+                if self.events is not None:
+                    self.closed_events += self.events.interrupt("gap")
                 continue
             vmp_done = time.monotonic_ns()
             if not self.window.push(prompt, frame.seq):
@@ -145,6 +170,7 @@ class _Camera:
                 frame.ring_mono_ns,
                 read_mono,
                 vmp_done,
+                *self.captures[0],
             )
             return True
         return False
@@ -184,6 +210,9 @@ class RunReport:
     publish_dropped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     """Cameras whose source cannot work (missing file, corrupt video, no such camera) -> why."""
+    events: dict[str, int] = field(default_factory=dict)
+    mqtt: dict | None = None
+    """The MQTT sink's final :meth:`pipeline.mqtt.MqttSink.stats` (None: no sink)."""
 
 
 def run(
@@ -192,6 +221,7 @@ def run(
     stop: threading.Event | None = None,
     on_label: Callable[[LabelMessage], None] | None = None,
     on_note: Callable[[str, str], None] | None = None,
+    on_event: Callable[[EventMessage], None] | None = None,
     on_publishing: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run the pipeline until ``duration_s`` passes, ``stop`` is set or every camera has ended.
@@ -202,6 +232,7 @@ def run(
         stop: set it (e.g. from a signal handler) to end the run cleanly.
         on_label: called with every published label message.
         on_note: called with ``(camera_id, text)`` for every camera problem report.
+        on_event: called with every published (closed) action event.
         on_publishing: called with the bound endpoint (wildcard port resolved) once the publisher is bound.
 
     Raises:
@@ -234,7 +265,9 @@ def run(
             on_publishing(publisher.endpoint)
         metrics = None
         if cfg.metrics.port is not None:
-            metrics = Metrics(cfg.metrics.port, cfg.metrics.host)
+            metrics = Metrics(
+                cfg.metrics.port, cfg.metrics.host, cfg.metrics.allow_remote, cameras=[c.id for c in cfg.cameras]
+            )
             resources.callback(metrics.close)
             metrics.set_engine(info)
         spec = engine.input_spec
@@ -244,16 +277,28 @@ def run(
             CameraSupervisor(cfg.cameras, cfg.ring.slots, spec.height, spec.width, cfg.supervisor)
         )
         loop = _Loop(cfg, engine, sup, publisher, metrics, on_label, on_note)
+        loop.on_event = on_event
+        if cfg.outputs.mqtt.host is not None:
+            loop.mqtt = resources.enter_context(MqttSink(cfg.outputs.mqtt))
+            if metrics is not None:
+                metrics.watch_mqtt(loop.mqtt)
         loop.add_taps(_preview_tap(cfg, resources), _recorder(cfg, resources))
         sup.start()
         report.reason = loop.run(duration_s, stop)
+        for cam in loop.cams.values():
+            if cam.events is not None:
+                loop.publish_events(cam, cam.events.interrupt("stopped"))
         for cam_id, cam in loop.cams.items():
             report.labels[cam_id] = cam.labels_sent
             report.dropped_frames[cam_id] = cam.reader.dropped
             report.dropped_windows[cam_id] = cam.dropped_windows
+            report.events[cam_id] = cam.events_sent
         report.failed = {cam_id: h.detail for cam_id, h in sup.cameras.items() if h.finished == CameraExit.SOURCE_ERROR}
         report.publish_dropped = publisher.dropped
         report.latency = loop.recorder.summary()
+        if loop.mqtt is not None:
+            loop.mqtt.close()
+            report.mqtt = loop.mqtt.stats()
     return report
 
 
@@ -290,12 +335,16 @@ class _Loop:
         self.model_info = ModelInfo(info.model_name, info.backend, info.precision, info.device, info.checkpoint_sha256)
         out = cfg.output
         self.cams = {
-            cam.id: _Camera(cam, sup.cameras[cam.id].ring, engine, cfg.stride_of(cam), out.smoothing, out.topk)
+            cam.id: _Camera(
+                cam, sup.cameras[cam.id].ring, engine, cfg.stride_of(cam), out.smoothing, out.topk, cfg.events
+            )
             for cam in cfg.cameras
         }
         self.scheduler = Scheduler(list(self.cams), engine.input_spec.max_batch)
         self.preview: PreviewTap | None = None
         self.recording: Recorder | None = None
+        self.mqtt: MqttSink | None = None
+        self.on_event: Callable[[EventMessage], None] | None = None
 
     def add_taps(self, preview: PreviewTap | None, recorder: Recorder | None) -> None:
         """Show every camera's frames to the live-view previews and the recorder (either may be None)."""
@@ -320,6 +369,9 @@ class _Loop:
             for cam in self.cams.values():
                 if cam.pending is None:
                     busy |= cam.drain(drain_limit)
+                if cam.closed_events:
+                    self.publish_events(cam, cam.closed_events)
+                    cam.closed_events = []
             chosen = self.scheduler.pick({cam_id for cam_id, cam in self.cams.items() if cam.pending is not None})
             if chosen:
                 self.serve([self.cams[c] for c in chosen])
@@ -385,7 +437,10 @@ class _Loop:
                 msg_seq=self.publisher.next_msg_seq(topic),
                 truth=cam.window_truth(job.first_seq, job.last_seq),
             )
-            self.publisher.send(topic, msg.to_payload())
+            payload = msg.to_payload()
+            self.publisher.send(topic, payload)
+            if self.mqtt is not None:
+                self.mqtt.send("label", cam.cfg.id, payload)
             if self.recording is not None:
                 self.recording.on_label(msg)
             cam.labels_sent += 1
@@ -394,6 +449,38 @@ class _Loop:
                 self.metrics.observe_label(msg)
             if self.on_label is not None:
                 self.on_label(msg)
+            if cam.events is not None:
+                span = WindowSpan(
+                    job.first_seq,
+                    job.last_seq,
+                    job.first_capture_mono_ns,
+                    job.first_capture_wall_ns,
+                    job.capture_mono_ns,
+                    job.capture_wall_ns,
+                )
+                self.publish_events(cam, cam.events.push(span, cam.post.scores))
+
+    def publish_events(self, cam: _Camera, events: list[EventMessage]) -> None:
+        """Publish closed action events of ``cam`` on ``events/<camera>/`` (and to the MQTT sink)."""
+        for event in events:
+            topic = event_topic(cam.cfg.id)
+            msg = replace(
+                event,
+                publish_mono_ns=time.monotonic_ns(),
+                publish_wall_ns=time.time_ns(),
+                msg_seq=self.publisher.next_msg_seq(topic),
+            )
+            payload = msg.to_payload()
+            self.publisher.send(topic, payload)
+            if self.mqtt is not None:
+                self.mqtt.send("event", cam.cfg.id, payload)
+            if self.recording is not None:
+                self.recording.on_event(msg)
+            cam.events_sent += 1
+            if self.metrics is not None:
+                self.metrics.observe_event(msg)
+            if self.on_event is not None:
+                self.on_event(msg)
 
     def heartbeats(self) -> None:
         """A ``status/<camera>/`` message per camera every ``publish.heartbeat_s``."""
@@ -424,8 +511,12 @@ class _Loop:
                 publish_wall_ns=time.time_ns(),
                 config_hash=self.cfg_hash,
                 detail=self.sup.cameras[cam_id].detail,
+                outputs={} if self.mqtt is None else {"mqtt": self.mqtt.stats()},
                 msg_seq=self.publisher.next_msg_seq(topic),
             )
-            self.publisher.send(topic, msg.to_payload())
+            payload = msg.to_payload()
+            self.publisher.send(topic, payload)
+            if self.mqtt is not None:
+                self.mqtt.send("status", cam_id, payload)
             if self.metrics is not None:
                 self.metrics.observe_status(msg)

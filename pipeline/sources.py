@@ -16,6 +16,7 @@ secret-looking query values from every URI the sources print.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ import re
 import stat
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
@@ -51,6 +52,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+_RTSP_TRANSPORTS = ("auto", "tcp", "udp")
+_FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _FALLBACK_FPS = 30.0  # pacing rate for a file whose container does not state a usable fps
 _MAX_SYNTHETIC_SIDE = 4096  # pixels; a 4K frame fits
 _MAX_LAG_S = 1.0  # a paced source that falls this far behind its schedule restarts the schedule
@@ -169,9 +172,13 @@ class OpenCvSource:
             (:class:`SourceConnectionError`). It is also FFmpeg's per-read timeout, so a network read
             blocks up to this long: FFmpeg cannot resume a stream once that timeout fired, so a shorter
             per-read timeout would turn every short stall into a reconnect.
+        rtsp_transport: ``rtsp://`` and ``rtsps://`` only: RTP over ``tcp`` or ``udp``; ``auto`` tries TCP, then
+            UDP (the one that worked last goes first on a reconnect) and logs which one worked. Passed to FFmpeg
+            through ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` for the duration of the open only (other options already
+            set there are kept).
 
     Raises:
-        ConfigError: a non-positive timeout.
+        ConfigError: a non-positive timeout or an unknown transport.
     """
 
     def __init__(
@@ -181,11 +188,14 @@ class OpenCvSource:
         pace: bool = True,
         open_timeout_s: float = 10.0,
         read_timeout_s: float = 5.0,
+        rtsp_transport: str = "auto",
     ) -> None:
         if not (open_timeout_s > 0 and read_timeout_s > 0):
             raise ConfigError(
                 f"source timeouts must be > 0, got open_timeout_s={open_timeout_s}, read_timeout_s={read_timeout_s}"
             )
+        if rtsp_transport not in _RTSP_TRANSPORTS:
+            raise ConfigError(f"rtsp_transport must be one of {', '.join(_RTSP_TRANSPORTS)}, got {rtsp_transport!r}")
         self._target: str | int
         if isinstance(uri, int) or uri.strip().isdigit():
             self._kind, self._target = "camera", int(uri)
@@ -200,6 +210,12 @@ class OpenCvSource:
         self.pace = pace
         self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
+        is_rtsp = self._kind == "network" and urllib.parse.urlsplit(str(uri)).scheme.lower() in ("rtsp", "rtsps")
+        self._transports: list[str | None] = (
+            [None] if not is_rtsp else ["tcp", "udp"] if rtsp_transport == "auto" else [rtsp_transport]
+        )
+        self.rtsp_transport_used: str | None = None
+        """The RTP transport of the open RTSP stream (``tcp`` / ``udp``), None for other sources."""
         self._is_live = self._kind != "file"
         self._cap: cv2.VideoCapture | None = None
         self._state = SourceState.CONNECTING
@@ -299,23 +315,20 @@ class OpenCvSource:
         """A capture that has delivered its first frame, or the error that says why not."""
         if self._kind == "file" and not os.path.isfile(self._target):
             raise SourceError(_missing_file_message(self._target, self.uri_redacted))
-        if self._kind == "network":
-            params = [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(self.open_timeout_s * 1000),
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC, round(self.read_timeout_s * 1000),
-            ]
-            cap = cv2.VideoCapture(self._target, cv2.CAP_FFMPEG, params)
-        else:
-            cap = cv2.VideoCapture(self._target, cv2.CAP_ANY)
-        ok, first = cap.read() if cap.isOpened() else (False, None)
-        if ok and first is not None and first.ndim == 3 and first.shape[2] == 3:
-            return cap, first
-        opened = cap.isOpened()
-        cap.release()
+        for attempt, transport in enumerate(self._transports):
+            cap = self._capture(transport)
+            ok, first = cap.read() if cap.isOpened() else (False, None)
+            if ok and first is not None and first.ndim == 3 and first.shape[2] == 3:
+                if transport is not None:
+                    self._rtsp_worked(transport, tried=self._transports[:attempt])
+                return cap, first
+            opened = cap.isOpened()
+            cap.release()
         if self._kind == "network":
             what = "sent no frame" if opened else "cannot be reached"
+            over = "" if self._transports == [None] else f" over {' or '.join(t.upper() for t in self._transports)}"
             raise SourceConnectionError(
-                f"stream {self.uri_redacted} {what} (open_timeout_s={self.open_timeout_s}, "
+                f"stream {self.uri_redacted} {what}{over} (open_timeout_s={self.open_timeout_s}, "
                 f"read_timeout_s={self.read_timeout_s})"
             )
         if self._kind == "camera":
@@ -323,6 +336,26 @@ class OpenCvSource:
             raise SourceError(f"camera {self.uri_redacted} {what}; check the index or device and its permissions")
         what = "cannot decode its first frame" if opened else "cannot open it (not a video, or corrupt)"
         raise SourceError(f"video file {self.uri_redacted}: OpenCV {what}")
+
+    def _capture(self, rtsp_transport: str | None) -> cv2.VideoCapture:
+        """An opened (or failed) capture of the target; network streams with the open/read timeouts."""
+        if self._kind != "network":
+            return cv2.VideoCapture(self._target, cv2.CAP_ANY)
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(self.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, round(self.read_timeout_s * 1000),
+        ]  # fmt: skip
+        with _ffmpeg_capture_option("rtsp_transport", rtsp_transport):
+            return cv2.VideoCapture(self._target, cv2.CAP_FFMPEG, params)
+
+    def _rtsp_worked(self, transport: str, tried: list[str | None]) -> None:
+        """Remember (and log, when it changes) the transport that worked; it goes first on a reconnect."""
+        if transport != self.rtsp_transport_used:
+            failed = f" ({', '.join(str(t).upper() for t in tried)} failed)" if tried else ""
+            _log.info("%s: RTP over %s%s", self.uri_redacted, transport.upper(), failed)
+        self.rtsp_transport_used = transport
+        self._transports.remove(transport)
+        self._transports.insert(0, transport)
 
     def _decode(self) -> np.ndarray | None:
         """The next decoded image (the probe frame first), updating ``_last_pts_ns``; None on failure."""
@@ -364,7 +397,8 @@ class SyntheticSource:
 
     URI: ``synthetic://?seed=1&fps=30&size=320x240&label=left&segment_s=4&style=photo``, every parameter
     optional (defaults: seed 0, fps 30, size 320x240, no label = cycle through the classes, segment_s 4,
-    style classic; ``photo``: photographs seen by a realistic camera).
+    style classic; ``photo``: photographs seen by a realistic camera). ``label=left,right`` scripts the
+    segments: one class per segment, in turn.
     Frame ``n`` is scene frame ``n`` with presentation time ``n / fps``; with ``pace`` it is released at
     ``start + n / fps`` on the monotonic clock, otherwise as fast as it renders.
 
@@ -395,10 +429,10 @@ class SyntheticSource:
         self.fps = _parse(options, "fps", float, 30.0, lambda v: math.isfinite(v) and 0 < v <= 1000, "in (0, 1000]")
         self.width, self.height = _parse_size(options.get("size", "320x240"))
         self.segment_s = _parse(options, "segment_s", float, 4.0, lambda v: math.isfinite(v) and v > 0, "> 0")
-        label = options.get("label") or None
+        label = options["label"].split(",") if options.get("label") else None
         if label is not None:
             try:
-                label_index(label)
+                [label_index(name) for name in label]
             except ConfigError as err:
                 raise ConfigError(f"synthetic source parameter 'label': {err}") from None
         try:
@@ -466,6 +500,29 @@ def _missing_file_message(path: str, shown: str) -> str:
     return f"video file not found: {shown}"
 
 
+@contextlib.contextmanager
+def _ffmpeg_capture_option(key: str, value: str | None) -> Iterator[None]:
+    """Set one FFmpeg option in ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (``k;v|k;v``) while a capture opens.
+
+    OpenCV's FFmpeg backend reads the variable when it opens a stream; other options the user set there are kept,
+    and the variable is restored afterwards (each camera runs in its own process).
+    """
+    if value is None:
+        yield
+        return
+    old = os.environ.get(_FFMPEG_OPTIONS)
+    options = dict(item.split(";", 1) for item in (old or "").split("|") if ";" in item)
+    options[key] = value
+    os.environ[_FFMPEG_OPTIONS] = "|".join(f"{k};{v}" for k, v in options.items())
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[_FFMPEG_OPTIONS]
+        else:
+            os.environ[_FFMPEG_OPTIONS] = old
+
+
 def _usable_fps(cap: cv2.VideoCapture) -> float:
     """The capture's nominal fps, or 0.0 when it states none or nonsense."""
     fps = cap.get(cv2.CAP_PROP_FPS)
@@ -507,14 +564,21 @@ def open_source(
     pace: bool = True,
     open_timeout_s: float = 10.0,
     read_timeout_s: float = 5.0,
+    rtsp_transport: str = "auto",
 ) -> FrameSource:
     """Build the source for ``uri`` (not yet opened: call ``open()`` or use it in a ``with`` block).
 
     ``synthetic://...`` gives a :class:`SyntheticSource` (which takes only ``pace``: it is endless and
-    local, so ``loop`` and the timeouts do not apply); anything else an :class:`OpenCvSource`.
+    local, so ``loop``, the timeouts and ``rtsp_transport`` do not apply); anything else an
+    :class:`OpenCvSource`.
     """
     if isinstance(uri, str) and urllib.parse.urlsplit(uri).scheme == "synthetic":
         return SOURCES["synthetic"](uri, pace=pace)
     return SOURCES["opencv"](
-        uri, loop=loop, pace=pace, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s
+        uri,
+        loop=loop,
+        pace=pace,
+        open_timeout_s=open_timeout_s,
+        read_timeout_s=read_timeout_s,
+        rtsp_transport=rtsp_transport,
     )

@@ -2,9 +2,8 @@
 pushes, served at ``rtsp://127.0.0.1:PORT/cam``.
 
 ffmpeg cannot serve RTSP itself; Debian's ``rtsp-server-perl`` accepts a stream pushed to its source port
-(ANNOUNCE/RECORD) and serves it to clients on its client port, RTP over UDP only. OpenCV's FFmpeg backend asks for
-RTP over TCP by default, so readers must set ``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;udp``
-(:data:`CAPTURE_ENV`; spawned camera processes inherit it from ``os.environ``).
+(ANNOUNCE/RECORD) and serves it to clients on its client port, RTP over UDP only: readers need
+``rtsp_transport`` ``udp`` or ``auto`` (TCP fails, then UDP works), the camera setting ``cameras[].rtsp_transport``.
 
 :class:`RtspCamera` picks free ports once and keeps them, so ``stop()`` then ``start()`` is a camera that goes
 away and comes back at the same URL. Its processes get SIGTERM if the test process dies (``PR_SET_PDEATHSIG``),
@@ -38,9 +37,6 @@ MISSING: str | None = (
     "(apt-get install -y --no-install-recommends ffmpeg rtsp-server-perl)"
 )
 """None when the rig can run, else the skip reason."""
-
-CAPTURE_ENV = {"OPENCV_FFMPEG_CAPTURE_OPTIONS": "rtsp_transport;udp"}
-"""Environment OpenCV needs to read this server (it serves RTP over UDP only)."""
 
 _RTP_PORTS = 16  # UDP ports rtsp-server-perl may use from --rtp_start_port: 2 for the source, 2 per client SETUP
 _PR_SET_PDEATHSIG = 1
@@ -163,15 +159,13 @@ class RtspCamera:
 
 
 @pytest.fixture
-def rtsp_camera(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., RtspCamera]]:
+def rtsp_camera(tmp_path: Path) -> Iterator[Callable[..., RtspCamera]]:
     """A factory of started :class:`RtspCamera` s (keyword arguments as the class); all are stopped at teardown.
 
-    Sets :data:`CAPTURE_ENV` in ``os.environ`` for the test. Skips the test when the tools are missing.
+    Skips the test when the tools are missing.
     """
     if MISSING:
         pytest.skip(MISSING)
-    for name, value in CAPTURE_ENV.items():
-        monkeypatch.setenv(name, value)
     made: list[RtspCamera] = []
 
     def make(**kwargs) -> RtspCamera:

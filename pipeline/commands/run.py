@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from contextlib import nullcontext
 
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set engine.backend=torch (repeatable)",
     )
-    parser.add_argument("--quiet", action="store_true", help="do not print each label")
+    parser.add_argument("--quiet", action="store_true", help="do not print each label and event")
     parser.add_argument(
         "--view", type=int, default=None, metavar="PORT", help="serve the live view on PORT (view.port)"
     )
@@ -83,6 +84,15 @@ class Accuracy:
         return f", top-1 vs truth {100 * right / n:.1f}% ({right}/{n} windows)"
 
 
+def _format_event(msg) -> str:
+    start = time.strftime("%H:%M:%S", time.localtime(msg.start_wall_ns // 10**9))
+    return (
+        f"{msg.camera_id:>8} event  {msg.label:<11} from {start}.{msg.start_wall_ns // 10**6 % 1000:03d} "
+        f"for {msg.duration_s:.2f} s  frames {msg.first_seq}-{msg.last_seq}  peak {msg.peak_score:.2f} "
+        f"mean {msg.mean_score:.2f}  {msg.windows} windows  ({msg.end_reason})"
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.errors import SourceError
@@ -108,6 +118,10 @@ def main(args: argparse.Namespace) -> int:
         if show:
             print(_format_label(msg, msg.camera_id in accuracy.scored), flush=True)
 
+    def on_event(msg) -> None:
+        if not args.quiet:
+            print(_format_event(msg), flush=True)
+
     def on_note(camera_id: str, text: str) -> None:
         print(f"{camera_id:>8} ! {text}", file=sys.stderr, flush=True)
 
@@ -119,13 +133,20 @@ def main(args: argparse.Namespace) -> int:
         if view is not None:
             query = f"?token={view.token}" if view.token is not None and cfg.view.token_file is None else ""
             print(f"emim-stream: live view on {view.url}{query}", flush=True)
-        report = run(cfg, args.duration, stop, on_label, on_note, on_publishing=on_publishing)
+        report = run(cfg, args.duration, stop, on_label, on_note, on_publishing=on_publishing, on_event=on_event)
     print(f"\nengine: {report.engine}")
     print(f"ended: {report.reason}")
     for cam_id, n in report.labels.items():
         print(
             f"camera {cam_id}: {n} labels, {report.dropped_frames[cam_id]} dropped frames, "
             f"{report.dropped_windows[cam_id]} skipped windows{accuracy.summary(cam_id)}"
+            + (f", {report.events[cam_id]} events" if cfg.events.enabled else "")
+        )
+    if report.mqtt is not None:
+        m = report.mqtt
+        print(
+            f"mqtt: {m['sent']} sent, {m['dropped']} dropped, {m['reconnects']} reconnects"
+            + (f" ({m['detail']})" if m["detail"] else "")
         )
     if report.latency:
         print("\nper-window latency (CLOCK_MONOTONIC, ms; total = publish - capture of the newest frame):")

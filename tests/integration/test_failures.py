@@ -78,7 +78,7 @@ def test_truncated_checkpoint_exits_3(tmp_path):
 def test_rtsp_camera_drop_reconnect_and_resolution_change(pipeline_factory, rtsp_camera, record_property):
     camera = rtsp_camera(size=(320, 240))
     port = free_port()
-    cfg = base_config(port, camera.url, open_timeout_s=2.0, read_timeout_s=1.0)
+    cfg = base_config(port, camera.url, open_timeout_s=2.0, read_timeout_s=1.0, rtsp_transport="udp")
     p = pipeline_factory(cfg)
     endpoint = f"tcp://127.0.0.1:{port}"
     with Subscriber(endpoint, topics=(b"labels/", b"status/"), timeout_s=1.0) as sub:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from engines.errors import ConfigError
-from pipeline.config import EventsConfig, load_config
+from pipeline.commands.subscribe import describe
+from pipeline.config import DEFAULT_CONFIG, EventsConfig, load_config
 from pipeline.events import EventTracker, WindowSpan
 from pipeline.messages import EventMessage, parse_payload
+from pipeline.subscribe import Received
 
 LABELS = ("static", "left", "right")
 T, STRIDE = 8, 4
@@ -69,7 +73,8 @@ def test_score_between_exit_and_enter_keeps_the_event_open():
 def test_a_gap_closes_the_open_event_and_restarts_the_count():
     seq = [("left", 0.9)] * 4 + [None] + [("left", 0.9)] * 2 + [None] + [("left", 0.9)] * 3
     events = run(seq, CFG)
-    assert [(k, e.label, e.end_reason, e.windows) for k, e in events] == [(4, "left", "gap", 4), (11, "left", "stopped", 3)]
+    summary = [(k, e.label, e.end_reason, e.windows) for k, e in events]
+    assert summary == [(4, "left", "gap", 4), (11, "left", "stopped", 3)]
     assert events[1][1].first_seq == window(8).first_seq  # two windows before the second gap never opened one
 
 
@@ -80,7 +85,8 @@ def test_takeover_closes_the_event_where_the_new_label_began():
     (k1, left), (_, right) = events
     assert (k1, left.label, left.end_reason) == (7, "left", "takeover")
     assert left.windows == 5 and left.last_seq == window(4).last_seq  # the window before right's run
-    assert (right.label, right.first_seq, right.windows, right.end_reason) == ("right", window(5).first_seq, 4, "stopped")
+    assert (right.label, right.first_seq, right.windows) == ("right", window(5).first_seq, 4)
+    assert right.end_reason == "stopped"
 
 
 def test_a_failed_challenger_leaves_its_windows_in_the_open_event():
@@ -114,3 +120,15 @@ def test_event_message_round_trip():
 def test_event_config_out_of_range_names_the_field(override, field):
     with pytest.raises(ConfigError, match=rf"{field}: must"):
         load_config(None, ["cameras=[{id: c, source: 'synthetic://'}]", override])
+
+
+def test_embedded_default_has_events_on_without_static():
+    cfg = load_config(DEFAULT_CONFIG)
+    assert cfg.events.enabled and cfg.events.exclude == ("static",)
+
+
+def test_subscribe_prints_one_line_per_event():
+    [(_, ev)] = run([("left", 0.9)] * 3, CFG)
+    payload = replace(ev, msg_seq=4).to_payload()
+    line = describe(Received("events/cam1/", payload, 0, 0, 100))
+    assert line == f"cam1 #4 event left {ev.duration_s:.2f} s frames 0-15 peak 0.90 mean 0.90 (stopped)"

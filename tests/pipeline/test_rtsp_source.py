@@ -1,8 +1,11 @@
 """OpenCvSource against a real RTSP camera on loopback (tests/rtsp_rig.py): read at the camera's rate, notice
-the camera going away within ``read_timeout_s``, and open again once it is back (the reconnect time is recorded)."""
+the camera going away within ``read_timeout_s``, and open again once it is back (the reconnect time is recorded);
+the RTP transport is a setting (the rig's server serves RTP over UDP only)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 
 import numpy as np
@@ -58,13 +61,30 @@ def _open_with_retries(source: OpenCvSource, timeout_s: float) -> int:
     raise AssertionError("unreachable")
 
 
+def test_rtsp_transport_setting_tcp_fails_udp_works_auto_falls_back(rtsp_camera, caplog, monkeypatch):  # noqa: F811
+    camera = rtsp_camera(size=(320, 240), fps=FPS)
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "stimeout;1000000")  # a user's own option is kept
+    caplog.set_level(logging.INFO, logger="pipeline.sources")
+    tcp = OpenCvSource(camera.url, open_timeout_s=OPEN_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S, rtsp_transport="tcp")
+    with pytest.raises(SourceConnectionError, match="over TCP"):
+        tcp.open()
+    for transport in ("udp", "auto"):
+        source = OpenCvSource(camera.url, open_timeout_s=OPEN_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S,
+                              rtsp_transport=transport)  # fmt: skip
+        with source:
+            assert source.rtsp_transport_used == "udp" and len(_read(source, 3)) == 3
+    assert f"{camera.url}: RTP over UDP (TCP failed)" in caplog.text  # auto says which one worked
+    assert os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] == "stimeout;1000000"  # restored after each open
+
+
 def test_rtsp_source_reads_detects_loss_and_reconnects(rtsp_camera, record_property):  # noqa: F811
     camera = rtsp_camera(size=(320, 240), fps=FPS)
-    source = OpenCvSource(camera.url, open_timeout_s=OPEN_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S)
+    source = OpenCvSource(camera.url, open_timeout_s=OPEN_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S)  # auto
     try:
         info = source.open()
         assert (info.width, info.height, info.is_live, info.backend) == (320, 240, True, "FFMPEG")
         assert source.state is SourceState.LIVE and info.uri_redacted == camera.url
+        assert source.rtsp_transport_used == "udp"
 
         fps, last = _steady_fps(source)
         assert FPS * 0.8 <= fps <= FPS * 1.2, f"{fps:.1f} fps"

@@ -1,0 +1,99 @@
+"""End to end: the demo model on a synthetic camera scripted through ``left`` then ``right`` gives one event each,
+read over ZeroMQ by the Python Subscriber and by ``emim-stream subscribe --topic events/``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.messages import EventMessage, LabelMessage
+from pipeline.subscribe import Subscriber
+from tests.integration.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+
+FPS, SEGMENT_S, STRIDE = 30, 4, 4
+CHANGE = FPS * SEGMENT_S  # first frame of the right segment
+
+
+def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_factory):
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    config = {
+        "cameras": [
+            {"id": "cam1", "source": f"synthetic://?seed=3&fps={FPS}&size=320x240&segment_s={SEGMENT_S}&label=left,right"}
+        ],
+        "engine": {"backend": "torch", "device": "cpu", "checkpoint": "emim_xs.demo", "threads": 2},
+        "window": {"stride": STRIDE},
+        "publish": {"endpoint": endpoint},
+        "events": {"exclude": ["static"]},
+    }
+    labels: list[LabelMessage] = []
+    events: list[EventMessage] = []
+    p = pipeline_factory(config)
+    # segments: left (frames 0-119), right (120-239), left again (240-): the second left takes over from right,
+    # so both events close while the pipeline runs
+    with Subscriber(endpoint, topics=(b"labels/", b"events/"), timeout_s=1.0) as sub:
+        cli = subprocess.Popen(  # a second reader: the subscribe command on events/ only
+            [sys.executable, "-m", "pipeline.cli", "subscribe", "--endpoint", endpoint, "--topic", "events/",
+             "--count", "2", "--timeout", "120"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while len(events) < 2 and time.monotonic() < deadline and p.proc.poll() is None:
+            p.watch_children()
+            got = sub.recv(0.5)
+            if got is None:
+                continue
+            if got.payload["kind"] == "event":
+                events.append(EventMessage.from_payload(got.payload))
+            else:
+                labels.append(LabelMessage.from_payload(got.payload))
+        assert sub.total_lost == 0
+    cli_out, cli_err = cli.communicate(timeout=60)
+    assert p.terminate() == 0, p.output()[-3000:]
+    by_last_seq = {m.window.last_seq: m for m in labels}
+    for change in (CHANGE, 2 * CHANGE):
+        near = sorted(s for s in by_last_seq if change - 2 * STRIDE <= s <= change + 3 * STRIDE)
+        assert len(near) >= 4, f"windows near frame {change} were skipped (machine overloaded?): {near}"
+    assert len(events) == 2, f"{events}\n{p.output()[-3000:]}"
+    assert cli.returncode == 0, cli_err
+
+    left, right = events
+    assert (left.label, right.label) == ("left", "right") and left.end_reason == right.end_reason == "takeover"
+    assert left.first_seq <= 2 * STRIDE  # from the first windows on
+    for event, start, end in ((left, 0, CHANGE), (right, CHANGE, 2 * CHANGE)):
+        if start:
+            assert abs(event.first_seq - start) <= STRIDE, (event, start)
+        assert abs(event.last_seq - (end - 1)) <= STRIDE, (event, end)
+        # times: the end is the capture of the last window's newest frame, as its label message says; both ends
+        # are within one stride of the capture time of the segment change, interpolated from the labels
+        assert (event.end_mono_ns, event.end_wall_ns) == (
+            by_last_seq[event.last_seq].capture_mono_ns,
+            by_last_seq[event.last_seq].capture_wall_ns,
+        )
+        for change, stamp in ((start, event.start_mono_ns), (end, event.end_mono_ns)):
+            if change:
+                nearest = min(by_last_seq, key=lambda s, c=change: abs(s - c))
+                change_ns = by_last_seq[nearest].capture_mono_ns + (change - nearest) * 1e9 / FPS
+                assert abs(stamp - change_ns) <= STRIDE * 1e9 / FPS, (event, change)
+        assert 0.6 <= event.peak_score <= 1 and 0.4 <= event.mean_score <= event.peak_score
+        assert event.windows >= 3 and event.start_mono_ns < event.end_mono_ns
+
+    out = p.output()
+    assert out.count(" event  left ") >= 1 and out.count(" event  right ") == 1, out[-3000:]
+    lines = [line for line in cli_out.splitlines() if " event " in line]
+    assert [line.split(" event ")[1].split()[0] for line in lines] == ["left", "right"], cli_out
+
+
+def test_event_config_out_of_range_exits_2_naming_the_field():
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--set", "events.exit=0.9", "--duration", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "events.exit: must be in [0, events.enter = 0.6], got 0.9" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -36,12 +36,13 @@ pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="the fault matrix reads /proc and /dev/shm (Linux)"),
 ]
 
-CLEAN_EXIT_S = 5.0
-"""A clean stop (SIGTERM/SIGINT) must end the whole group within this (measured: well under 2 s)."""
-STOPPED_CAMERA_EXIT_S = 9.0
-"""With a SIGSTOPped camera: the supervisor's 3 s join, then terminate and kill (1 s each), plus margin."""
-ORPHAN_EXIT_S = 3.0
-"""After SIGKILL of main, its camera processes and resource tracker must be gone within this."""
+CLEAN_EXIT_S = 10.0
+"""A clean stop (SIGTERM/SIGINT) must end the whole group within this (measured on an idle 2-core box: 0.6-2 s;
+the margin is for a loaded CI machine; a hang is what this catches)."""
+STOPPED_CAMERA_EXIT_S = 15.0
+"""With a SIGSTOPped camera: the supervisor's 3 s join, then terminate and kill (1 s each), plus that margin."""
+ORPHAN_EXIT_S = 5.0
+"""After SIGKILL of main, its camera processes and resource tracker must be gone within this (measured: < 0.3 s)."""
 
 STATES = ("live", "reconnecting", "ended")
 FAULTS = ("term-group", "int-group", "kill-main", "kill-group", "kill-camera", "stop-camera")
@@ -240,7 +241,9 @@ def test_fault(tmp_path, ended_video, state, fault, record_property):
         finally:
             nxt.kill_all()
         out = nxt.output()
-        assert out.count("reclaimed") == 1 and all(Path(r).name in out for r in rings), out[-3000:]
+        assert "Traceback" not in out
+        # Every start reclaims every stale ring on the box (its log line is checked in test_stale_rings.py): on a
+        # shared machine another pipeline starting meanwhile may get there first, so only the result is checked
         still = {f for f in left if os.path.exists(f)}
         assert not still, f"left in /dev/shm after the next start: {still}"
     finally:

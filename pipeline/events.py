@@ -90,11 +90,6 @@ class EventTracker:
         self._held: _Run | None = None  # windows of the open label while another label's run may take over
         self._candidate: _Run | None = None  # a run of another label >= enter, shorter than min_windows so far
 
-    @property
-    def open_label(self) -> str | None:
-        """The label of the open event, or None."""
-        return None if self._open is None else self.labels[self._open.label]
-
     def push(self, window: WindowSpan, scores: Sequence[float]) -> list[EventMessage]:
         """Add the next window of this camera; return the events it closed (none, or one).
 

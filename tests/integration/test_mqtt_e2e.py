@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.messages import StatusMessage
 from pipeline.subscribe import Subscriber
@@ -30,6 +32,7 @@ def test_broker_outage_mid_run_drops_exactly_what_the_subscriber_missed(pipeline
         "engine": engine_section(),
         "window": {"stride": 4},
         "publish": {"endpoint": endpoint, "heartbeat_s": 0.5},
+        "metrics": {"port": 0},
         "events": {"enter": 0.3, "exit": 0.2, "min_windows": 1},
         "outputs": {
             "mqtt": {
@@ -80,6 +83,19 @@ def test_broker_outage_mid_run_drops_exactly_what_the_subscriber_missed(pipeline
                 sink = statuses[-1].outputs["mqtt"]
             receive_for(2.0)
             assert sub.total_lost == 0, sub.lost
+            # the sink's state and counters in the running pipeline's metrics, parsed by prometheus_client
+            metrics_port = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", p.output())[1]
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                samples = {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(response.read().decode())
+                    for s in family.samples
+                }
+            assert samples[("emim_mqtt_reconnects_total", ())] == 1
+            assert samples[("emim_mqtt_state", (("state", "connected"),))] == 1
+            assert samples[("emim_mqtt_dropped_total", ())] == statuses[-1].outputs["mqtt"]["dropped"]
+            assert samples[("emim_camera_state", (("camera", "cam1"), ("state", "live")))] == 1
+            assert samples[("emim_camera_state", (("camera", "cam1"), ("state", "stalled")))] == 0
         assert p.terminate() == 0, p.output()[-3000:]
         out = p.output()
         match = re.search(r"^mqtt: (\d+) sent, (\d+) dropped, (\d+) reconnects", out, re.MULTILINE)

@@ -1,0 +1,544 @@
+"""``tools/gpu-check``: measure the whole GPU path on a lent GPU machine in one time-boxed run.
+
+Steps, in order, each a subprocess with its own time box (on overrun: SIGINT to its process
+group, then SIGKILL), so a failing or hanging step never loses the others' results:
+
+1. ``wheels``: install the carried wheels (``tools/wheels/``, fetched here with ``--fetch-wheels``)
+   into a temporary folder put first on ``PYTHONPATH`` (the system torch is not touched), then
+   check that the CLI imports and record the versions (torch, CUDA, Triton, GPU, driver).
+2. ``doctor``: ``emim-stream doctor``.
+3. ``pytest``: ``pytest -m gpu tests/gpu`` (outcome of every test from its JUnit XML).
+4. ``table-*``: the engine table (tools/gpu_measure.py ``table``), one step per group of rows.
+5. ``op``: the EMIM op kernels (what ``emim-stream bench --op`` runs) per dtype.
+6. ``cameras``: the pipeline's camera capacity (what ``emim-stream bench-cameras`` runs).
+
+``gpu-check.json`` (every figure, versions, date), ``gpu-check.md`` (the tables) and
+``gpu-check.log`` (every step's output) are rewritten after each step in the output folder.
+``--cpu-rehearsal`` runs the same steps on the CPU at tiny sizes in under 3 minutes (CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+WHEELS = ROOT / "tools" / "wheels"
+MEASURE = ROOT / "tools" / "gpu_measure.py"
+PEAK_TFLOPS = 790.0
+"""H200 dense bf16 matrix throughput: the FLOP floor of the engine table is MACs x 2 / this."""
+LENT_MACHINE_HAS = {
+    "torch",
+    "numpy",
+    "pyyaml",
+    "opencv-python-headless",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "psutil",
+    "prometheus-client",
+    "matplotlib",
+    "pytest",
+    "triton",
+}
+"""Distributions the lent GPU machine has (Python 3.12, torch 2.11 CUDA 13, no network); the rest of
+pyproject's dependencies travel as wheels."""
+GRACE_S = 15
+"""After SIGINT, how long a step may take to clean up (camera processes, shared memory) before SIGKILL."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run measures: sizes, devices and the time box of each step (seconds).
+
+    Arguments are command-line strings of tools/gpu_measure.py (``table``, ``op``, ``cameras``) and of
+    ``emim-stream doctor``.
+    """
+
+    device: str
+    budget_s: int
+    boxes: dict[str, int]
+    table: list[tuple[str, str]]
+    """(step name, ``table`` arguments) per group of rows."""
+    op: str
+    cameras: str
+    doctor: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def gpu_plan() -> Plan:
+    """The run on a lent H200: EMIM-S at 16x224x224, subsets chosen to fit 8 minutes (README, GPU section)."""
+    clip = "--model emim_s --frames 16 --size 224"
+    shape = f"{clip} --batches 1 8 32"
+    return Plan(
+        device="cuda",
+        budget_s=470,
+        boxes={
+            "wheels": 30,
+            "env": 30,
+            "doctor": 30,
+            "pytest": 160,
+            "table-eager": 45,
+            "table-graphs": 30,
+            "table-compile": 45,
+            "table-aoti": 50,
+            "op": 30,
+            "cameras": 80,
+        },
+        table=[
+            ("table-eager", f"{shape} --mode eager --kernels triton reference --precisions bf16 fp16 fp32"),
+            ("table-graphs", f"{shape} --mode graphs --kernels triton reference --precisions bf16"),
+            ("table-compile", f"{shape} --mode compile+graphs --kernels triton --precisions bf16"),
+            ("table-aoti", f"{shape} --mode aoti --kernels triton --precisions bf16"),
+        ],
+        op="--precisions bf16 fp32 --min-time 0.3",
+        cameras=f"{clip} --precision bf16 --max-batch 32 --counts 1 4 8 16 32 --seconds 8",
+        doctor="--device cuda --model emim_s",
+    )
+
+
+def rehearsal_plan() -> Plan:
+    """The same steps on the CPU at tiny sizes (CI): emim_xs at 4x64x64, the Triton kernel interpreted, and
+    a one-block-per-stage emim_xs for the compiled modes (inductor's C++ build dominates their time)."""
+    clip = "--model emim_xs --frames 4 --size 64"
+    shape = f"{clip} --threads 2 --min-time 0.1 --min-iters 2"
+    small = f"{shape} --depths 1 1 1 1 --batches 2 --kernels reference --precisions fp32"
+    return Plan(
+        device="cpu",
+        budget_s=170,
+        boxes={
+            "wheels": 30,
+            "env": 30,
+            "doctor": 20,
+            "pytest": 30,
+            "table-eager": 30,
+            "table-graphs": 15,
+            "table-compile": 50,
+            "table-aoti": 60,
+            "op": 20,
+            "cameras": 30,
+        },
+        table=[
+            ("table-eager", f"{shape} --mode eager --batches 1 2 --kernels reference triton --precisions fp32 bf16"),
+            ("table-graphs", f"{shape} --mode graphs --batches 1 2 --kernels reference --precisions fp32"),
+            ("table-compile", f"{small} --mode compile"),
+            ("table-aoti", f"{small} --mode aoti"),
+        ],
+        op="--tiny --precisions fp32 --min-time 0.1 --min-iters 2 --threads 2",
+        cameras=f"{clip} --precision fp32 --max-batch 2 --threads 1 --counts 1 2 --seconds 4",
+        doctor="--device cpu --model emim_xs",
+        env={"TRITON_INTERPRET": "1"},  # the Triton kernel runs on the CPU only through its interpreter
+    )
+
+
+@dataclass
+class Step:
+    """One step's outcome, as written to gpu-check.json."""
+
+    name: str
+    command: list[str]
+    box_s: float
+    status: str = "not run"
+    """ok | failed | timeout | skipped | not run."""
+    rc: int | None = None
+    seconds: float = 0.0
+    note: str = ""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def run_boxed(
+    command: list[str], box_s: float, log: Any, env: dict[str, str] | None = None, pids: list[int] | None = None
+) -> tuple[str, int | None]:
+    """Run ``command`` in its own process group for at most ``box_s`` seconds, output appended to ``log``.
+
+    Returns:
+        ``(status, rc)``: ``ok`` / ``failed`` by exit code, or ``timeout`` (SIGINT to the group, then
+        SIGKILL after :data:`GRACE_S`), whose rc is the exit code after the interrupt.
+    """
+    log.flush()
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    if pids is not None:
+        pids.append(proc.pid)
+    try:
+        rc = proc.wait(timeout=max(box_s, 1))
+        return ("ok" if rc == 0 else "failed"), rc
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            rc = proc.wait()
+        return "timeout", rc
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # leftovers of the group never outlive the step
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def read_rows(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows and the last meta record of a gpu_measure.py JSON lines file (a torn last line is skipped)."""
+    rows: list[dict[str, Any]] = []
+    meta: dict[str, Any] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.pop("kind", "row") == "meta":
+                meta = record
+            else:
+                rows.append(record)
+    return rows, meta
+
+
+def read_junit(path: Path) -> list[dict[str, Any]]:
+    """One row per test case: ``{"test", "outcome", "seconds", "message"}``."""
+    if not path.exists():
+        return []
+    rows = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            found = case.find(tag)
+            if found is not None:
+                outcome = {"failure": "failed"}.get(tag, tag)
+                message = (found.get("message") or "").splitlines()[0][:300] if found.get("message") else ""
+                break
+        name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
+        rows.append({"test": name, "outcome": outcome, "seconds": float(case.get("time") or 0), "message": message})
+    return rows
+
+
+def fitting_wheels(wheels: Path) -> tuple[list[Path], list[Path]]:
+    """The wheels in ``wheels`` this interpreter can install, and those built for another Python or platform."""
+    from packaging.tags import sys_tags
+    from packaging.utils import parse_wheel_filename
+
+    here = set(sys_tags())
+    fit: list[Path] = []
+    other: list[Path] = []
+    for wheel in sorted(wheels.glob("*.whl")):
+        (fit if here & set(parse_wheel_filename(wheel.name)[3]) else other).append(wheel)
+    return fit, other
+
+
+def fetch_wheels(wheels: Path, python_version: str = "3.12") -> int:
+    """Download (here, with network) the wheels of pyproject's dependencies the lent machine lacks."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    lent = {canonicalize_name(d) for d in LENT_MACHINE_HAS}
+    missing = [d for d in deps if canonicalize_name(Requirement(d).name) not in lent]
+    wheels.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--only-binary=:all:",
+        "--no-deps",
+        "--python-version",
+        python_version,
+        "--platform",
+        "manylinux2014_x86_64",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--dest",
+        str(wheels),
+        *missing,
+    ]
+    print("fetching:", " ".join(missing), flush=True)
+    rc = subprocess.run(command).returncode
+    print(f"wheels in {wheels}: {', '.join(sorted(w.name for w in wheels.glob('*.whl')))}")
+    return rc
+
+
+class Check:
+    """One gpu-check run: steps, their results and the report files."""
+
+    def __init__(self, plan: Plan, out: Path, rehearsal: bool, only: set[str] | None, wheels: Path) -> None:
+        self.plan, self.out, self.rehearsal, self.only, self.wheels = plan, out, rehearsal, only, wheels
+        self.start = time.monotonic()
+        self.tmp = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+        self.site = self.tmp / "site"
+        self.env = {**os.environ, **plan.env, "PYTHONPATH": os.pathsep.join([str(self.site), str(ROOT)])}
+        self.env["XDG_CACHE_HOME"] = str(self.tmp / "cache")  # a fresh plan cache: aoti builds are measured
+        self.steps: list[Step] = []
+        self.versions: dict[str, Any] = {}
+        self.pids: list[int] = []
+        """Every step's process: a pipeline names its shared memory emim_<pid>_..."""
+        self.report: dict[str, Any] = {}
+        out.mkdir(parents=True, exist_ok=True)
+        self.log = open(out / "gpu-check.log", "w")  # noqa: SIM115 - closed in close()
+
+    def close(self) -> None:
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def left_s(self) -> float:
+        return self.plan.budget_s - (time.monotonic() - self.start)
+
+    def step(self, name: str, command: list[str], then: Callable[[Step], None] | None = None) -> Step:
+        """Run one step within its box (and what is left of the budget), record it and rewrite the reports."""
+        step = Step(name, command, min(self.plan.boxes[name], self.left_s() - GRACE_S))
+        self.steps.append(step)
+        if self.only is not None and name not in self.only and name.split("-")[0] not in self.only:
+            step.status, step.note = "skipped", "not asked for (--only)"
+        elif not command:
+            step.status = "skipped"
+        elif step.box_s < 5:
+            step.status, step.note = "skipped", f"the run's {self.plan.budget_s} s budget is spent"
+        else:
+            print(f"gpu-check: {name} (box {step.box_s:.0f} s): {' '.join(command)}", flush=True)
+            self.log.write(f"\n===== {name}: {' '.join(command)}\n")
+            t0 = time.monotonic()
+            step.status, step.rc = run_boxed(command, step.box_s, self.log, self.env, self.pids)
+            step.seconds = round(time.monotonic() - t0, 1)
+            if then is not None:
+                try:
+                    then(step)
+                except (OSError, ValueError, ET.ParseError) as err:
+                    step.note = f"results unreadable: {err}"
+            print(f"gpu-check: {name} {step.status} in {step.seconds:.0f} s {step.note}", flush=True)
+        self.write()
+        return step
+
+    def python(self, *args: str) -> list[str]:
+        return [sys.executable, *args]
+
+    def run(self) -> None:
+        fit, other = fitting_wheels(self.wheels) if self.wheels.is_dir() else ([], [])
+        wheels = self.step(
+            "wheels",
+            self.python(
+                "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", str(self.site), *map(str, fit)
+            )
+            if fit
+            else [],
+        )
+        wheels.meta = {"installed": [w.name for w in fit], "for_another_python": [w.name for w in other]}
+        if not fit:
+            wheels.note = f"no wheel for this Python in {self.wheels}" + (
+                f" ({len(other)} for another)" if other else ""
+            )
+        self.measure("env", [])
+        self.versions = self.steps[-1].meta
+        self.step("doctor", self.python("-m", "pipeline.cli", "doctor", *shlex.split(self.plan.doctor)))
+        junit = self.tmp / "junit.xml"
+        self.step(
+            "pytest",
+            self.python(
+                "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={junit}", "tests/gpu"
+            ),
+            lambda s: s.rows.extend(read_junit(junit)),
+        )
+        for name, args in self.plan.table:
+            cache = ["--cache-dir", str(self.tmp / "plans"), "--peak-tflops", str(PEAK_TFLOPS)]
+            self.measure(name, ["table", *cache, *shlex.split(args)])
+        self.measure("op", ["op", *shlex.split(self.plan.op)])
+        self.measure("cameras", ["cameras", *shlex.split(self.plan.cameras)])
+        self.report["shm_left"] = sorted(n for n in _shm() if n.split("_")[1] in {str(p) for p in self.pids})
+        self.write()
+
+    def measure(self, name: str, args: list[str]) -> Step:
+        """A tools/gpu_measure.py step whose JSON lines become the step's rows and meta."""
+        rows = self.tmp / f"{name}.jsonl"
+        what = args[0] if args else name
+        command = self.python(str(MEASURE), what, "--out", str(rows), "--device", self.plan.device, *args[1:])
+        return self.step(name, command, lambda s: _take_rows(s, rows))
+
+    def write(self) -> None:
+        """Rewrite gpu-check.json and gpu-check.md from what has run so far."""
+        self.report.update(
+            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            host=socket.gethostname(),
+            rehearsal=self.rehearsal,
+            budget_s=self.plan.budget_s,
+            elapsed_s=round(time.monotonic() - self.start, 1),
+            git=_git_head(),
+            versions=self.versions,
+            peak_tflops=PEAK_TFLOPS,
+            steps=[vars(s) for s in self.steps],
+        )
+        (self.out / "gpu-check.json").write_text(json.dumps(self.report, indent=1, default=str) + "\n")
+        (self.out / "gpu-check.md").write_text(render_markdown(self.report))
+
+
+def _take_rows(step: Step, path: Path) -> None:
+    step.rows, step.meta = read_rows(path)
+    errors = sum(1 for r in step.rows if "error" in r)
+    if errors and step.status == "ok":
+        step.status = "failed"
+    if errors:
+        step.note = f"{errors} configuration(s) failed"
+
+
+def _shm() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("emim_")}
+    except FileNotFoundError:
+        return set()
+
+
+def _git_head() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "") or "unknown"
+
+
+def _f(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report's tables as Markdown (the README's GPU section takes this file as it is)."""
+    v = report.get("versions", {})
+    machine = "CPU rehearsal, tiny sizes" if report["rehearsal"] else v.get("gpu", "GPU unknown")
+    lines = [
+        f"### gpu-check {report['date'][:10]}: {machine}",
+        "",
+        f"torch {v.get('torch', '?')}, CUDA {v.get('cuda') or '-'}, Triton {v.get('triton') or '-'}, driver "
+        f"{v.get('driver') or '-'}, Python {v.get('python', '?')}; commit {report['git']}; {report['elapsed_s']:.0f} s "
+        f"of a {report['budget_s']} s budget.",
+        "",
+        "| step | status | seconds (box) | note |",
+        "|---|---|---|---|",
+    ]
+    for s in report["steps"]:
+        lines.append(f"| {s['name']} | {s['status']} | {s['seconds']:.0f} ({s['box_s']:.0f}) | {s['note']} |")
+    steps = {s["name"]: s for s in report["steps"]}
+    tests = steps.get("pytest", {}).get("rows", [])
+    if tests:
+        counts = {o: sum(1 for t in tests if t["outcome"] == o) for o in ("passed", "failed", "error", "skipped")}
+        lines += ["", "**pytest -m gpu**: " + ", ".join(f"{n} {o}" for o, n in counts.items() if n), ""]
+        lines += [
+            f"- {t['outcome']}: `{t['test']}` {t['message']}" for t in tests if t["outcome"] in ("failed", "error")
+        ]
+        skipped = collections.Counter(t["message"] for t in tests if t["outcome"] == "skipped")
+        lines += [f"- skipped ({n}): {message}" for message, n in skipped.items()]
+    table = [(s, r) for s in report["steps"] if s["name"].startswith("table-") for r in s["rows"]]
+    if table:
+        meta = next((s["meta"] for s in report["steps"] if s["name"].startswith("table-") and s["meta"]), {})
+        T, H, W = meta.get("clip", ("?", "?", "?"))
+        lines += [
+            "",
+            f"**Engine table**: {meta.get('model', '?')} {T}x{H}x{W}, {_f(meta.get('macs', 0) / 1e9, '.1f')} GMAC per "
+            f"clip; FLOP floor {_f(meta.get('floor_ms'), '.4f')} ms per clip at {report['peak_tflops']:g} TFLOP/s; "
+            "error and top-1 agreement against eager fp32 (reference kernel) on 8 random clips.",
+            "",
+            "| mode | kernel | precision | batch | clip p50 ms | clip p90 ms | clips/s | x floor | rel err | top-1 |"
+            " first calls s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for _, r in table:
+            if "error" in r:
+                lines.append(f"| {r['mode']} | {r['kernel']} | {r['precision']} | | failed: {r['error']} |||||||")
+                continue
+            lines.append(
+                f"| {r['mode']} | {r['kernel']} | {r['precision']} | {r['batch']} | {_f(r['clip_ms_p50'], '.3f')} | "
+                f"{_f(r['clip_ms_p90'], '.3f')} | {_f(r['clips_per_s'], '.1f')} | {_f(r['floor_ratio'], '.1f')} | "
+                f"{_f(r['rel_err'], '.1e')} | {_f(r['top1_agree'], '.0%')} | {_f(r['first_calls_s'], '.1f')} |"
+            )
+    ops = steps.get("op", {}).get("rows", [])
+    if ops:
+        lines += [
+            "",
+            "**EMIM op** (`bench --op`: logits + context, all T slots)",
+            "",
+            "| layer | kernel | precision | batch | p50 ms | p90 ms | GMAC/s | note |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['layer']} | {r['kernel']} | {r['precision']} | {r['batch']} | {_f(r['ms_p50'], '.3f')} | "
+            f"{_f(r['ms_p90'], '.3f')} | {_f(r['gmac_per_s'], '.1f')} | {r['note']} |"
+            for r in ops
+        ]
+    cams = steps.get("cameras", {})
+    if cams.get("rows"):
+        m = cams.get("meta", {})
+        e = m.get("engine", {})
+        lines += [
+            "",
+            f"**Cameras** (`bench-cameras`): {m.get('source')} x N, stride {m.get('stride')}, "
+            f"{m.get('seconds')} s per N; "
+            f"engine {e.get('backend')} {e.get('precision')} on {e.get('device')}, {e.get('model')} "
+            f"{e.get('frames')}x{e.get('height')}x{e.get('width')}, max_batch {e.get('max_batch')}, kernel "
+            f"{e.get('kernel')}, CUDA graphs {e.get('cuda_graphs')}",
+            "",
+            "| cameras | labels/s | served | p50 mid ms | p50 last ms | drift | p99 ms | verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['cameras']} | {_f(r['labels_per_s'], '.1f')} | {_f(r['served'], '.1%')} | "
+            f"{_f(r['p50_middle_ms'], '.1f')} | {_f(r['p50_last_ms'], '.1f')} | {_f(r['drift'], '.2f')} | "
+            f"{_f(r['p99_ms'], '.1f')} | {'sustained' if r['sustained'] else 'NOT sustained'} |"
+            for r in cams["rows"]
+        ]
+    if report.get("shm_left"):
+        lines += ["", f"Shared memory left in /dev/shm: {', '.join(report['shm_left'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tools/gpu-check", description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", help="folder for gpu-check.json/.md/.log (default: $OUT, else ./gpu-check)")
+    parser.add_argument("--cpu-rehearsal", action="store_true", help="every step on the CPU at tiny sizes (< 3 min)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="STEP", help="run only these steps (wheels doctor pytest table op cameras)"
+    )
+    parser.add_argument(
+        "--wheels", type=Path, default=WHEELS, help=f"carried wheels (default {WHEELS.relative_to(ROOT)})"
+    )
+    parser.add_argument(
+        "--fetch-wheels", action="store_true", help="download the wheels the lent machine lacks, then exit"
+    )
+    args = parser.parse_args(argv)
+    if args.fetch_wheels:
+        return fetch_wheels(args.wheels)
+    out = Path(args.out or os.environ.get("OUT") or "gpu-check")
+    plan = rehearsal_plan() if args.cpu_rehearsal else gpu_plan()
+    check = Check(plan, out, args.cpu_rehearsal, set(args.only) if args.only else None, args.wheels)
+    try:
+        check.run()
+    finally:
+        check.close()
+    print(f"gpu-check: wrote {out}/gpu-check.json, gpu-check.md, gpu-check.log in {check.report['elapsed_s']:.0f} s")
+    failed = [s.name for s in check.steps if s.status == "failed"]
+    late = [s.name for s in check.steps if s.status == "timeout"]
+    if late:
+        print(f"gpu-check: timed out (rows measured before are kept): {', '.join(late)}")
+    if failed:
+        print(f"gpu-check: failed: {', '.join(failed)}")
+    # a rehearsal checks that every step still works; a slow CI machine may run out of time, which is not rot
+    return 1 if failed or (late and not args.cpu_rehearsal) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -146,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
         m = report.mqtt
         print(
             f"mqtt: {m['sent']} sent, {m['dropped']} dropped, {m['reconnects']} reconnects"
-            + (f" ({m['detail']})" if m["detail"] else "")
+            + (f" (last problem: {m['detail']})" if m["detail"] else "")
         )
     if report.latency:
         print("\nper-window latency (CLOCK_MONOTONIC, ms; total = publish - capture of the newest frame):")

@@ -122,6 +122,11 @@ class TorchEngine:
         log.info("torch: EMIM kernel %s (%s)", chosen, why)
         if device.type == "cpu" and threads:
             torch.set_num_threads(threads)
+        if device.type == "cuda" and precision == Precision.FP32:
+            # fp32 means IEEE fp32: cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later,
+            # ~1e-3 off the CPU's logits. The switches are process-wide.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.device = device
         self.vmp = source.vmp
         self._source = source

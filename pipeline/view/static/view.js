@@ -82,7 +82,10 @@ function showLatency(tile, latency) {
       ...stages.map((s, i) => ({ label: `${s} p50`, stroke: COLORS[(i + 2) % COLORS.length], width: 1, show: s === "infer" }))];
     tile.chart = new uPlot({
       width: Math.max(box.clientWidth, 300), height: 150, series,
-      axes: [{ stroke: "#8b949e" }, { stroke: "#8b949e", label: "ms" }],
+      axes: [
+        { stroke: "#8b949e", space: 60, values: (u, ticks) => ticks.map((t) => new Date(t * 1000).toLocaleTimeString([], { hour12: false })) },
+        { stroke: "#8b949e", label: "ms" },
+      ],
       scales: { x: { time: true } },
     }, data, box);
     tile.stages = stages.join();

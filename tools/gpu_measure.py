@@ -116,7 +116,7 @@ def env(args: argparse.Namespace, out: IO[str]) -> None:
 def table(args: argparse.Namespace, out: IO[str]) -> None:
     import torch
 
-    from engines.backends import Candidate, EngineConfig, open_backend
+    from engines.backends import BACKENDS, Candidate, EngineConfig, open_backend
     from engines.backends.source import load_source
     from engines.flops import count_cost
 
@@ -140,6 +140,8 @@ def table(args: argparse.Namespace, out: IO[str]) -> None:
 
     def open_engine(mode: str, kernel: str, precision: str):
         backend, settings = MODES[mode]
+        if backend not in BACKENDS:
+            raise LookupError(f"backend {backend!r} is not in this tree (known: {sorted(BACKENDS)})")
         cfg = dataclasses.replace(base, kernel=kernel, precision=precision, **settings)
         src = source_for(kernel)
         own = dataclasses.replace(src, model=copy.deepcopy(src.model))

@@ -233,9 +233,10 @@ class MqttSink:
     def _on_connect_fail(self, client, userdata) -> None:
         with self._cond:
             if self.state in ("connecting", "unreachable"):
+                tls = " (or its TLS certificate is not trusted: check ca_file)" if self.cfg.tls else ""
                 self._set_state(
                     "unreachable",
-                    f"broker {self.address} unreachable; retrying every {self.cfg.reconnect_min_s:g}.."
+                    f"broker {self.address} unreachable{tls}; retrying every {self.cfg.reconnect_min_s:g}.."
                     f"{self.cfg.reconnect_max_s:g} s, keeping up to {self.cfg.queue_size} messages",
                     logging.WARNING,
                 )

@@ -5,7 +5,8 @@ directory, so a subscriber with a persistent session (``clean_session=False``, Q
 broker accepted while that subscriber was away, also across a broker restart. With ``users`` it refuses anonymous
 clients and checks passwords (``mosquitto_passwd``). Its process gets SIGTERM if the test process dies. Install
 with ``apt-get install -y --no-install-recommends mosquitto mosquitto-clients``; :data:`MISSING` says why the
-broker cannot run, for ``pytest.mark.skipif``.
+broker cannot run, for ``pytest.mark.skipif``. With ``tls`` it serves MQTT over TLS with a certificate for
+127.0.0.1 signed by a throw-away CA (``ca_file``), made with the ``openssl`` command.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+OPENSSL = shutil.which("openssl")
 MISSING: str | None = (
     None
     if MOSQUITTO and MOSQUITTO_PASSWD and sys.platform == "linux"
@@ -51,15 +53,17 @@ class Mosquitto:
     """``mosquitto`` listening on 127.0.0.1:``port`` with persistence in ``directory``.
 
     Args:
-        directory: config, password file, persistence and ``mosquitto.log``.
+        directory: config, password file, persistence, certificates and ``mosquitto.log``.
         users: user name -> password; None = anonymous clients allowed.
+        tls: serve TLS only, with a certificate for 127.0.0.1 signed by the CA in :attr:`ca_file`.
     """
 
-    def __init__(self, directory: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(self, directory: Path, users: dict[str, str] | None = None, tls: bool = False) -> None:
         if MISSING:
             raise RuntimeError(MISSING)
         self.directory = directory
         self.port = free_port()
+        self.ca_file = directory / "ca.pem"
         lines = [
             f"listener {self.port} 127.0.0.1",
             "persistence true",
@@ -75,6 +79,9 @@ class Mosquitto:
             for user, password in users.items():
                 subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwords), user, password], check=True)
             lines += ["allow_anonymous false", f"password_file {passwords}"]
+        if tls:
+            _make_certificates(directory)
+            lines += [f"cafile {self.ca_file}", f"certfile {directory}/server.pem", f"keyfile {directory}/server.key"]
         self.config = directory / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
         self._proc: subprocess.Popen | None = None
@@ -108,6 +115,22 @@ class Mosquitto:
     def log(self) -> str:
         path = self.directory / "mosquitto.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
+
+
+def _make_certificates(directory: Path) -> None:
+    """``ca.pem`` (a throw-away CA) and ``server.pem`` / ``server.key`` for IP 127.0.0.1, signed by it."""
+    if OPENSSL is None:
+        pytest.skip("the MQTT TLS test needs the openssl command")
+
+    def run(*args: str) -> None:
+        subprocess.run([OPENSSL, *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=emim-test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.pem", "-days", "1", "-extfile", "san.cnf")  # fmt: skip
 
 
 class Recorder:
@@ -155,15 +178,15 @@ class Recorder:
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    """A factory of started :class:`Mosquitto` brokers (``users=``); all are stopped at teardown."""
+    """A factory of started :class:`Mosquitto` brokers (``users=``, ``tls=``); all are stopped at teardown."""
     if MISSING:
         pytest.skip(MISSING)
     made: list[Mosquitto] = []
 
-    def make(users: dict[str, str] | None = None, start: bool = True) -> Mosquitto:
+    def make(users: dict[str, str] | None = None, start: bool = True, tls: bool = False) -> Mosquitto:
         directory = tmp_path / f"mosquitto{len(made)}"
         directory.mkdir()
-        broker = Mosquitto(directory, users)
+        broker = Mosquitto(directory, users, tls)
         made.append(broker)
         if start:
             broker.start()

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 
 FPS, SEGMENT_S, STRIDE = 30, 4, 4
 CHANGE = FPS * SEGMENT_S  # first frame of the right segment
+JITTER_NS = 20e6  # capture times of a paced camera vary by a few ms around n / fps
 
 
 def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_factory):
@@ -34,8 +35,7 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
     labels: list[LabelMessage] = []
     events: list[EventMessage] = []
     p = pipeline_factory(config)
-    # segments: left (frames 0-119), right (120-239), left again (240-): the second left takes over from right,
-    # so both events close while the pipeline runs
+    # segments: left (frames 0-119), right (120-239), left again (240-): both events end while the pipeline runs
     with Subscriber(endpoint, topics=(b"labels/", b"events/"), timeout_s=1.0) as sub:
         cli = subprocess.Popen(  # a second reader: the subscribe command on events/ only
             [sys.executable, "-m", "pipeline.cli", "subscribe", "--endpoint", endpoint, "--topic", "events/",
@@ -43,7 +43,10 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         deadline = time.monotonic() + 120
-        while len(events) < 2 and time.monotonic() < deadline and p.proc.poll() is None:
+        done_seq = 2 * CHANGE + 4 * STRIDE  # windows past the second change have been classified
+        while time.monotonic() < deadline and p.proc.poll() is None:
+            if len(events) >= 2 and labels and labels[-1].window.last_seq >= done_seq:
+                break
             p.watch_children()
             got = sub.recv(0.5)
             if got is None:
@@ -63,14 +66,15 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
     assert cli.returncode == 0, cli_err
 
     left, right = events
-    assert (left.label, right.label) == ("left", "right") and left.end_reason == right.end_reason == "takeover"
+    assert (left.label, right.label) == ("left", "right")
+    assert {left.end_reason, right.end_reason} <= {"exit", "takeover"}  # the score fell, or the next class took over
     assert left.first_seq <= 2 * STRIDE  # from the first windows on
     for event, start, end in ((left, 0, CHANGE), (right, CHANGE, 2 * CHANGE)):
         if start:
             assert abs(event.first_seq - start) <= STRIDE, (event, start)
         assert abs(event.last_seq - (end - 1)) <= STRIDE, (event, end)
         # times: the end is the capture of the last window's newest frame, as its label message says; both ends
-        # are within one stride of the capture time of the segment change, interpolated from the labels
+        # are within one stride (plus capture jitter) of the capture time of the change, interpolated from the labels
         assert (event.end_mono_ns, event.end_wall_ns) == (
             by_last_seq[event.last_seq].capture_mono_ns,
             by_last_seq[event.last_seq].capture_wall_ns,
@@ -79,7 +83,7 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
             if change:
                 nearest = min(by_last_seq, key=lambda s, c=change: abs(s - c))
                 change_ns = by_last_seq[nearest].capture_mono_ns + (change - nearest) * 1e9 / FPS
-                assert abs(stamp - change_ns) <= STRIDE * 1e9 / FPS, (event, change)
+                assert abs(stamp - change_ns) <= STRIDE * 1e9 / FPS + JITTER_NS, (event, change)
         assert 0.6 <= event.peak_score <= 1 and 0.4 <= event.mean_score <= event.peak_score
         assert event.windows >= 3 and event.start_mono_ns < event.end_mono_ns
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from engines.errors import ConfigError
 from pipeline.config import MqttConfig
 from pipeline.mqtt import MqttSink
 from tests.mqtt_broker import MISSING, Recorder
@@ -136,3 +137,20 @@ def test_full_queue_drops_the_oldest_and_counts_them(mosquitto):
         assert [p["msg_seq"] for _, p, _ in recorder.messages] == [7, 8, 9, 10, 11]  # the newest five
     finally:
         recorder.close()
+
+
+def test_tls_with_the_brokers_ca_delivers_and_an_unknown_ca_does_not(mosquitto):
+    broker = mosquitto(tls=True)
+    good = MqttConfig(host="127.0.0.1", port=broker.port, box_id="b", tls=True, ca_file=str(broker.ca_file))
+    with MqttSink(good) as sink:
+        assert sink.send("event", "cam1", _payload("event", 0))
+        assert _wait(lambda: sink.stats()["sent"] == 1), sink.stats()
+    untrusted = MqttConfig(host="127.0.0.1", port=broker.port, box_id="b", tls=True, reconnect_min_s=0.1,
+                           reconnect_max_s=0.2)  # system CAs: the test CA is not among them
+    with MqttSink(untrusted) as sink:
+        sink.send("event", "cam1", _payload("event", 0))
+        time.sleep(1.0)
+        assert (sink.stats()["state"], sink.stats()["sent"]) == ("unreachable", 0)
+        assert "TLS certificate is not trusted: check ca_file" in sink.stats()["detail"]
+    with pytest.raises(ConfigError, match="outputs.mqtt: TLS set-up failed"):
+        MqttSink(MqttConfig(host="127.0.0.1", tls=True, ca_file=str(broker.directory / "missing.pem")))

@@ -227,6 +227,8 @@ class Recorder:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(f"record.dir: cannot create {str(self.directory)!r}: {err.strerror}") from None
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"record.dir: {str(self.directory)!r} is not writable")
         self.codec = probe_codec(cfg.codec)
         self.written = dict.fromkeys(camera_ids, 0)
         self.dropped = dict.fromkeys(camera_ids, 0)

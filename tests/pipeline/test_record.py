@@ -114,8 +114,12 @@ def test_a_full_queue_drops_frames_instead_of_waiting(tmp_path):
     assert len(images) == recorder.written["cam1"]
 
 
-def test_record_config_is_checked():
+def test_record_config_is_checked(tmp_path):
     from pipeline.config import load_config
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="record.dir: cannot create"):
+        Recorder(RecordConfig(dir=str(tmp_path / "file" / "sub")), ["cam1"])
 
     with pytest.raises(ConfigError, match="record.height: must be in 32..2160"):
         load_config(None, ["cameras=[{id: c, source: 'synthetic://'}]", "record.height=8"])

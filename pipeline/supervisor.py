@@ -10,7 +10,8 @@ tracker unlinks the rings it owns. If the whole process group is killed, nothing
 up: the next start reclaims those rings (:func:`pipeline.ring.reclaim_stale_rings`).
 
 The supervisor uses no named semaphores (the stop signal is a pipe), so a killed run leaves
-nothing in ``/dev/shm`` but its rings.
+nothing in ``/dev/shm`` but its rings. Use it from one thread that outlives its cameras: Linux
+sends the death signal when the thread that spawned a process ends, not only its process.
 """
 
 from __future__ import annotations

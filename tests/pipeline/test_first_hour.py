@@ -229,3 +229,10 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_per_tenth_otherwise():
     assert "eta" in frames[1] and frames[-1].endswith("\n") and not frames[1].endswith("\n")
     bar.step(2, 3, "auditing")
     assert term.getvalue().endswith("clips [2/3] auditing\n")
+
+
+def test_webcam_quick_start_override():
+    """The README's `run --set cameras.0.source=0`: USB camera 0 on the embedded default, no truth column."""
+    cfg = load_config(DEFAULT_CONFIG, ["cameras.0.source=0"])
+    assert cfg.cameras[0].source == "0" and cfg.engine.checkpoint == "emim_xs.demo"
+    assert truth_for(cfg.cameras[0]) is None

@@ -8,9 +8,19 @@ import sys
 import time
 
 import pytest
+import torch
 
+from engines.backends import load_engine
+from engines.backends.base import EngineConfig
+from pipeline.config import EventsConfig
+from pipeline.events import EventTracker, WindowSpan
 from pipeline.messages import EventMessage, LabelMessage
+from pipeline.postprocess import Postprocessor
+from pipeline.preprocess import Preprocessor
+from pipeline.sources import SyntheticSource
 from pipeline.subscribe import Subscriber
+from pipeline.vmp_stage import VmpStage
+from pipeline.window import ClipWindow
 from tests.integration.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
@@ -73,17 +83,18 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
         if start:
             assert abs(event.first_seq - start) <= STRIDE, (event, start)
         assert abs(event.last_seq - (end - 1)) <= STRIDE, (event, end)
-        # times: the end is the capture of the last window's newest frame, as its label message says; both ends
-        # are within one stride (plus capture jitter) of the capture time of the change, interpolated from the labels
+        # times: the end is the capture of the last window's newest frame, as its label message says; the start and
+        # end are within one stride (plus capture jitter) of the capture of the segment's first and last frame,
+        # interpolated from the labels' capture times
         assert (event.end_mono_ns, event.end_wall_ns) == (
             by_last_seq[event.last_seq].capture_mono_ns,
             by_last_seq[event.last_seq].capture_wall_ns,
         )
-        for change, stamp in ((start, event.start_mono_ns), (end, event.end_mono_ns)):
-            if change:
-                nearest = min(by_last_seq, key=lambda s, c=change: abs(s - c))
-                change_ns = by_last_seq[nearest].capture_mono_ns + (change - nearest) * 1e9 / FPS
-                assert abs(stamp - change_ns) <= STRIDE * 1e9 / FPS + JITTER_NS, (event, change)
+        for frame, stamp in ((start, event.start_mono_ns), (end - 1, event.end_mono_ns)):  # first / last frame
+            if frame:
+                nearest = min(by_last_seq, key=lambda s, f=frame: abs(s - f))
+                frame_ns = by_last_seq[nearest].capture_mono_ns + (frame - nearest) * 1e9 / FPS
+                assert abs(stamp - frame_ns) <= STRIDE * 1e9 / FPS + JITTER_NS, (event, frame)
         assert 0.6 <= event.peak_score <= 1 and 0.4 <= event.mean_score <= event.peak_score
         assert event.windows >= 3 and event.start_mono_ns < event.end_mono_ns
 
@@ -91,6 +102,36 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
     assert out.count(" event  left ") >= 1 and out.count(" event  right ") == 1, out[-3000:]
     lines = [line for line in cli_out.splitlines() if " event " in line]
     assert [line.split(" event ")[1].split()[0] for line in lines] == ["left", "right"], cli_out
+
+
+def test_event_boundaries_of_the_demo_model_frame_by_frame():
+    """The same stages in one process without real time (no window skipped, whatever the machine's load): the
+    windows that straddle a cut are a flicker (at most 2 < min_windows), so each segment gives exactly one event
+    whose first and last frames are within one stride of the segment's."""
+    engine = load_engine(EngineConfig(backend="torch", device="cpu", checkpoint="emim_xs.demo", threads=2))
+    spec, vmp = engine.input_spec, engine.vmp
+    stage = VmpStage(vmp, engine.device, (vmp.mean,) * 3, (vmp.std,) * 3, dtype=torch.float32)
+    window = ClipWindow(spec.frames, STRIDE, spec.height, spec.width, engine.device, torch.float32)
+    post = Postprocessor(engine.labels, 3)
+    tracker = EventTracker("cam1", engine.labels, EventsConfig(exclude=("static",)))
+    pre = Preprocessor(spec.height, spec.width, "area")
+    uri = f"synthetic://?seed=3&fps={FPS}&size=320x240&segment_s={SEGMENT_S}&label=left,right"
+    events: list[EventMessage] = []
+    with SyntheticSource(uri, pace=False) as source:
+        for seq in range(3 * CHANGE):
+            prompt = stage.push(torch.as_tensor(pre(source.read().image)), seq)
+            if prompt is None or not window.push(prompt, seq):
+                continue
+            post(engine.infer(window.clip().unsqueeze(0))[0])
+            span = WindowSpan(window.first_seq, seq, window.first_seq, 0, seq, 0)  # "times" = frame numbers
+            events += tracker.push(span, post.scores)
+    events += tracker.interrupt("stopped")
+    engine.close()
+    assert [e.label for e in events] == ["left", "right", "left"]
+    for event, (first, last) in zip(events, [(0, CHANGE - 1), (CHANGE, 2 * CHANGE - 1)], strict=False):
+        assert abs(event.first_seq - first) <= STRIDE + 1 and abs(event.last_seq - last) <= STRIDE, event
+        assert (event.start_mono_ns, event.end_mono_ns) == (event.first_seq, event.last_seq)
+        assert event.peak_score > 0.99 and event.mean_score > 0.9
 
 
 def test_event_config_out_of_range_exits_2_naming_the_field():

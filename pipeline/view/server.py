@@ -5,7 +5,7 @@ messages, keeps a :class:`~pipeline.view.state.ViewState`, and serves with the s
 ``ThreadingHTTPServer`` (a thread per connection; the page needs a handful):
 
 - ``GET /`` the page, ``GET /static/<file>`` its scripts and styles (uPlot is vendored, nothing comes from a CDN);
-- ``GET /events`` Server-Sent Events: one ``update`` event per change, at most ``10`` a second per client (a
+- ``GET /events`` Server-Sent Events: one ``update`` event per change, at most 4 a second per client (a
   slow client gets the newest state, never a backlog), a comment every 15 s to keep proxies open;
 - ``GET /api/state`` the whole state as JSON, ``GET /frame/<camera>.jpg`` the newest preview, ``GET /healthz``.
 
@@ -58,7 +58,7 @@ _STATIC = {
     "uPlot.iife.min.js": "text/javascript; charset=utf-8",
     "uPlot.min.css": "text/css; charset=utf-8",
 }
-_MIN_PUSH_INTERVAL_S = 0.1
+_MIN_PUSH_INTERVAL_S = 0.25
 _KEEPALIVE_S = 15.0
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (

@@ -28,13 +28,14 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from engines.backends import load_engine
+from engines.backends import start_engine
 from engines.backends.base import Engine
-from engines.errors import ConfigError
+from engines.errors import BackendUnavailableError, ConfigError
 from engines.layers.vmp import MEAN, STD
 from pipeline.camera import CameraExit, state_from_code
 from pipeline.config import CameraConfig, EventsConfig, PipelineConfig, config_hash
@@ -63,6 +64,9 @@ from pipeline.supervisor import CameraSupervisor
 from pipeline.truth import truth_for
 from pipeline.vmp_stage import VmpStage
 from pipeline.window import ClipWindow
+
+if TYPE_CHECKING:
+    from engines.backends.aoti_engine import BackgroundBuild
 
 __all__ = ["RunReport", "Scheduler", "run"]
 
@@ -245,7 +249,10 @@ def run(
     stop = stop or threading.Event()
     report = RunReport()
     with ExitStack() as resources:
-        engine = resources.enter_context(load_engine(cfg.engine))
+        engine, build = start_engine(cfg.engine)  # warm-up: a missing aoti package builds in the background
+        resources.enter_context(engine)
+        if build is not None:
+            resources.callback(build.close)
         info = engine.describe()
         report.engine = info.summary()
         _log.info("engine: %s", report.engine)
@@ -278,6 +285,8 @@ def run(
         )
         loop = _Loop(cfg, engine, sup, publisher, metrics, on_label, on_note)
         loop.on_event = on_event
+        loop.build = build
+        resources.callback(lambda: loop.engine.close())  # the engine swapped in, if any
         if cfg.outputs.mqtt.host is not None:
             loop.mqtt = resources.enter_context(MqttSink(cfg.outputs.mqtt))
             if metrics is not None:
@@ -285,6 +294,7 @@ def run(
         loop.add_taps(_preview_tap(cfg, resources), _recorder(cfg, resources))
         sup.start()
         report.reason = loop.run(duration_s, stop)
+        report.engine = loop.engine.describe().summary()
         for cam in loop.cams.values():
             if cam.events is not None:
                 loop.publish_events(cam, cam.events.interrupt("stopped"))
@@ -345,6 +355,8 @@ class _Loop:
         self.recording: Recorder | None = None
         self.mqtt: MqttSink | None = None
         self.on_event: Callable[[EventMessage], None] | None = None
+        self.build: BackgroundBuild | None = None
+        """A compiled engine building in the background; swapped in when done (DESIGN "Warm-up")."""
 
     def add_taps(self, preview: PreviewTap | None, recorder: Recorder | None) -> None:
         """Show every camera's frames to the live-view previews and the recorder (either may be None)."""
@@ -362,6 +374,8 @@ class _Loop:
                 return "stopped"
             if deadline is not None and time.monotonic() >= deadline:
                 return "duration reached"
+            if self.build is not None and self.build.done():
+                self.swap_engine()  # between engine calls: a window boundary
             for cam_id, text in self.sup.poll():
                 if self.on_note is not None:
                     self.on_note(cam_id, text)
@@ -394,6 +408,35 @@ class _Loop:
                 "camera %s: window %d-%d has non-finite scores (precision overflow?); skipped (%d so far)",
                 cam.cfg.id, job.first_seq, job.last_seq, cam.nonfinite_windows,
             )
+
+    def swap_engine(self) -> None:
+        """Serve from the engine the background build made, from the next window on; logged."""
+        build, self.build = self.build, None
+        try:
+            new = build.engine()
+        except BackendUnavailableError as err:
+            keep = self.engine.describe().summary()
+            _log.warning("background %s build gave no engine (%s); keeping %s", build.step, err.reason, keep)
+            return
+        finally:
+            build.close()
+        old, spec = self.engine.input_spec, new.input_spec
+        if spec.shape(1) != old.shape(1) or new.device != self.engine.device:
+            _log.warning("the engine built in the background takes other clips (%s); not swapping", spec)
+            new.close()
+            return
+        previous, self.engine = self.engine, new
+        info = new.describe()
+        self.model_info = ModelInfo(info.model_name, info.backend, info.precision, info.device, info.checkpoint_sha256)
+        if self.metrics is not None:
+            self.metrics.set_engine(info)
+        _log.info(
+            "engine swapped at a window boundary, %.0f s after start: %s -> %s",
+            time.monotonic() - build.started,
+            previous.describe().backend,
+            info.summary(),
+        )
+        previous.close()
 
     def serve(self, batch: list[_Camera]) -> None:
         """One engine call for the pending windows of ``batch``, then one label message per camera."""

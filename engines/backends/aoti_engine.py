@@ -23,10 +23,12 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -211,8 +213,6 @@ def build_package(
         raise BackendUnavailableError("aoti", f"torch.export failed ({_first_line(err)})") from None
     export_s = time.perf_counter() - start
     expect = f"the last build took {previous_s:.0f} s" if previous_s else "minutes on a small CPU"
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="emim-aoti-") as tmp:
         try:
             with _progress(f"2/2 AOTInductor compile with {os.path.basename(compiler)}", expect):
@@ -239,8 +239,6 @@ class NotBuiltError(BackendUnavailableError):
 
 def _previous_build_s(cache: PlanCache, key: AotiKey) -> float | None:
     """Build time recorded by the newest sidecar of a package of the same model (any key)."""
-    import json
-
     for sidecar in sorted(cache.root.glob(f"{key.prefix}*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             record = json.loads(sidecar.read_text())
@@ -424,14 +422,16 @@ class BackgroundBuild:
 
     def done(self) -> bool:
         """Whether the build process has finished (successfully or not); never blocks."""
-        if self._outcome is None and self._conn.poll():
+        if self._outcome is None:
+            alive = self._proc.is_alive()  # before the poll: a result sent before dying is seen
             try:
-                self._outcome = self._conn.recv()
-            except EOFError:
-                self._outcome = None
-        if self._outcome is None and not self._proc.is_alive():
-            self._proc.join()
-            self._outcome = f"the build process exited with code {self._proc.exitcode} without a result"
+                if self._conn.poll():
+                    self._outcome = self._conn.recv()
+            except EOFError:  # it closed the pipe without a result
+                alive = False
+            if self._outcome is None and not alive:
+                self._proc.join()
+                self._outcome = f"the build process exited with code {self._proc.exitcode} without a result"
         return self._outcome is not None
 
     def engine(self) -> AotiEngine:
@@ -442,7 +442,6 @@ class BackgroundBuild:
         """
         if not self.done():
             raise RuntimeError("the background build has not finished")
-        self._proc.join()
         if self._outcome:
             raise BackendUnavailableError("aoti", self._outcome)
         return open_aoti(self.source, self.cfg, self.step, build=False)

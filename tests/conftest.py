@@ -1,0 +1,89 @@
+"""Session-wide fixtures: one aoti package of the demo model per test session.
+
+The package is built the way a first ``emim-stream run`` with ``engine.backend: aoti`` builds it
+(DESIGN "Warm-up"): a real pipeline process starts serving with the eager engine at once while a
+background process exports and compiles the package, then swaps engines at a window boundary. The
+run's labels and log are kept for the end-to-end test (tests/integration/test_aoti_e2e.py), and
+its cache directory serves every other test that needs a built package, so the minutes of
+compilation are spent once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+WARMUP_TIMEOUT_S = 1800
+"""Upper bound for the background build plus the swap (about 3 minutes on 2 idle cores; far more on a busy box)."""
+AOTI_LABELS = 5
+"""Labels from the compiled engine to collect after the swap."""
+
+
+@dataclass(frozen=True)
+class WarmupRun:
+    """What the warm-up pipeline run did."""
+
+    cache_dir: Path
+    config: dict
+    labels: list
+    """Every label message received, in order (pipeline.messages.LabelMessage)."""
+    output: str
+    exit_code: int
+    build_pid: int | None
+    """The background build process (from the log), None if none was started."""
+
+
+def _run_until_swapped(root: Path) -> WarmupRun:
+    from pipeline.messages import LabelMessage
+    from pipeline.subscribe import Subscriber
+    from tests.integration.conftest import PipelineProcess, free_port
+
+    cache = root / "cache"
+    port = free_port()
+    config = {
+        "cameras": [{"id": "cam1", "source": "synthetic://?seed=1&fps=30&size=160x120"}],
+        "engine": {
+            "backend": "aoti",
+            "device": "cpu",
+            "checkpoint": "emim_xs.demo",
+            "threads": 1,
+            "plan_cache_dir": str(cache),
+        },
+        "window": {"stride": 4},
+        "publish": {"endpoint": f"tcp://127.0.0.1:{port}"},
+    }
+    proc = PipelineProcess(root, config)
+    labels = []
+    try:
+        with Subscriber(config["publish"]["endpoint"], topics=(b"labels/",), timeout_s=1.0) as sub:
+            deadline = time.monotonic() + WARMUP_TIMEOUT_S
+            while time.monotonic() < deadline and proc.proc.poll() is None:
+                got = sub.recv(0.5)
+                if got is not None:
+                    labels.append(LabelMessage.from_payload(got.payload))
+                if sum(m.model.backend == "aoti" for m in labels) >= AOTI_LABELS:
+                    break
+        code = proc.terminate(60)
+        output = proc.output()
+    finally:
+        proc.stop()
+    found = re.search(r"building it in a background process \(pid (\d+)\)", output)
+    return WarmupRun(cache, config, labels, output, code, int(found.group(1)) if found else None)
+
+
+@pytest.fixture(scope="session")
+def aoti_warmup(tmp_path_factory) -> WarmupRun:
+    """A pipeline run with ``engine.backend: aoti`` on an empty cache, until the compiled engine serves."""
+    return _run_until_swapped(tmp_path_factory.mktemp("aoti-warmup"))
+
+
+@pytest.fixture(scope="session")
+def demo_package_cache(aoti_warmup) -> Path:
+    """The plan cache holding the demo model's aoti package (fp32, CPU, 8x64x64, batch 1..8)."""
+    packages = list((aoti_warmup.cache_dir / "plans").glob("*.pt2"))
+    assert len(packages) == 1, f"the warm-up run built no package:\n{aoti_warmup.output[-4000:]}"
+    return aoti_warmup.cache_dir

@@ -345,6 +345,8 @@ class ViewServer:
         for thread in self._threads:
             thread.start()
         _log.info("live view of %s on %s", self.endpoint, self.url)
+        if not _is_loopback(self.host):
+            _log.warning("the live view is served over plain HTTP on %s: use a TLS proxy across networks", self.url)
         return self
 
     def _ingest(self) -> None:

@@ -6,7 +6,7 @@ rows it finished are kept. Sub-commands:
 - ``table``: engines side by side (torch eager / compile / CUDA graphs / both, aoti) per EMIM
   kernel, precision and batch: per-clip p50/p90, clips/s, the ratio to the FLOP floor
   (MACs x 2 / peak), and each configuration's logit error and top-1 agreement against eager fp32
-  with the reference kernel on the same 8 clips.
+  with the reference kernel on the same clips (8 by default).
 - ``op``: :func:`engines.bench.bench_op` (what ``emim-stream bench --op`` runs) per dtype.
 - ``cameras``: :func:`pipeline.capacity.camera_capacity` (what ``emim-stream bench-cameras`` runs)
   at the given camera counts.
@@ -54,9 +54,6 @@ PROBED = (
     "pyyaml",
 )
 """Distributions whose versions the report records."""
-
-NUMERICS_CLIPS = 8
-"""Clips on which every configuration's logits are compared with eager fp32 (reference kernel)."""
 
 
 def emit(out: IO[str], row: dict[str, Any]) -> None:
@@ -152,7 +149,7 @@ def table(args: argparse.Namespace, out: IO[str]) -> None:
     macs = count_cost(ref_source.model, (3, clip.frames, clip.height, clip.width)).macs
     floor_ms = macs * 2 / (args.peak_tflops * 1e12) * 1e3
     clips = torch.randn(
-        (NUMERICS_CLIPS, 3, clip.frames, clip.height, clip.width), generator=torch.Generator().manual_seed(123)
+        (args.numerics_clips, 3, clip.frames, clip.height, clip.width), generator=torch.Generator().manual_seed(123)
     )
     with open_engine("eager", "reference", "fp32") as ref_engine:
         ref = _logits(ref_engine, clips)
@@ -216,7 +213,7 @@ def _config_rows(opening, args: argparse.Namespace, clips, ref, floor_ms: float,
             "engine": engine.describe().summary(),
         }
         for batch in args.batches:
-            r = bench_engine(engine, batch, macs, warmup=2, min_iters=args.min_iters, min_time_s=args.min_time)
+            r = bench_engine(engine, batch, macs, args.warmup, args.min_iters, args.min_time)
             yield {
                 **numerics,
                 "batch": batch,
@@ -239,7 +236,13 @@ def op(args: argparse.Namespace, out: IO[str]) -> None:
     for name in args.precisions:
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
         for r in bench_op(
-            layers, device=device, dtype=dtype, batch=args.batch, min_iters=args.min_iters, min_time_s=args.min_time
+            layers,
+            device=device,
+            dtype=dtype,
+            batch=args.batch,
+            warmup=args.warmup,
+            min_iters=args.min_iters,
+            min_time_s=args.min_time,
         ):
             emit(
                 out,
@@ -329,6 +332,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--precisions", nargs="+", default=["bf16", "fp16", "fp32"])
         p.add_argument("--min-time", type=float, default=0.5, help="seconds timed per row, at least")
         p.add_argument("--min-iters", type=int, default=5, help="timed calls per row, at least")
+        p.add_argument("--warmup", type=int, default=2, help="untimed calls before each row (default 2)")
     for p in (t, c):
         p.add_argument("--model", default="emim_s")
         p.add_argument("--frames", type=int, default=16)
@@ -341,6 +345,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--depths", type=int, nargs=4, help="other stage depths than the model's (rehearsal: faster compiles)"
     )
+    t.add_argument("--numerics-clips", type=int, default=8, help="clips compared with eager fp32 (reference kernel)")
     o.add_argument("--batch", type=int, default=1)
     o.add_argument("--tiny", action="store_true", help="one tiny layer instead of EMIM-S's stage-3/4 sizes")
     c.add_argument("--precision", default="bf16")

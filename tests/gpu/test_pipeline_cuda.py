@@ -37,8 +37,8 @@ def test_four_cameras_on_cuda_publish_labels_then_duration_leaves_nothing(pipeli
     """`emim-stream run --duration`: labels from every camera, computed on the GPU; the fixture then checks
     that no camera process and no /dev/shm segment outlives the run."""
     port = free_port()
-    p = pipeline_factory(cuda_config(port), duration=20)
-    payloads = collect(f"tcp://127.0.0.1:{port}", 80, 60, proc=p)
+    p = pipeline_factory(cuda_config(port), duration=12)
+    payloads = collect(f"tcp://127.0.0.1:{port}", 60, 30, proc=p)
     for cam in CAMERAS:
         msgs = check_label_stream(payloads, cam)
         assert all(m.model.device.startswith("cuda") for m in msgs), msgs[0].model
@@ -66,8 +66,8 @@ def test_vmp_prompts_are_computed_on_the_gpu(tmp_path, monkeypatch):
     before = shm_segments()
     labels: collections.Counter[str] = collections.Counter()
     cfg = load_config(path, ["output.print_labels=false"])
-    report = run(cfg, 10.0, on_label=lambda m: labels.update([m.camera_id]))
+    report = run(cfg, 8.0, on_label=lambda m: labels.update([m.camera_id]))
     assert set(labels) == set(CAMERAS) and min(labels.values()) >= 10, labels
-    assert devices["cuda"] >= 4 * 40 and set(devices) == {"cuda"}, devices
+    assert devices["cuda"] >= 4 * 30 and set(devices) == {"cuda"}, devices
     assert report.engine.startswith("torch fp32 on cuda")
     assert shm_segments() <= before

@@ -14,7 +14,6 @@ import torch
 from engines.backends import EngineConfig
 from engines.backends.source import load_source
 from engines.data import SyntheticClips, normalise_clips
-from engines.layers.neighborhood import KERNELS
 from tests.gpu.conftest import GPU, open_engine, random_clips, rel_err
 
 pytestmark = GPU
@@ -98,18 +97,18 @@ def test_cuda_graphs_replay_every_batch_size_in_any_order_equal_to_eager(emim_xs
         assert "captured batch sizes: 1, 2, 3, 4" in graphs.describe().detail
 
 
-@pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["compile", "compile+graphs"])
-def test_compiled_engine_equals_eager(emim_xs_cfg, kernel, cuda_graphs):
-    """torch.compile (inductor), alone and under CUDA graphs, against eager: fp32 rel 1e-4 at every batch size."""
-    cfg = dataclasses.replace(emim_xs_cfg, kernel=kernel)
+def test_compiled_engine_equals_eager(emim_xs_cfg, cuda_graphs):
+    """torch.compile (inductor) with the Triton kernel kept as one op, alone and under CUDA graphs, against
+    eager: fp32 rel 1e-4 at every batch size (1 and a dynamic batch: the sizes that recompile)."""
+    cfg = dataclasses.replace(emim_xs_cfg, kernel="triton")
     compiled_cfg = dataclasses.replace(cfg, compile=True, cuda_graphs=cuda_graphs)
     source = load_source(cfg)
     with (
         open_engine(cfg, "torch", "cuda", "fp32", source) as eager,
         open_engine(compiled_cfg, "torch", "cuda", "fp32", source) as compiled,
     ):
-        for batch in (1, 4, 2, 3):
+        for batch in (2, 4, 3, 1):
             clips = random_clips((batch, 3, 8, 128, 128), seed=batch).cuda()
             assert rel_err(compiled.infer(clips), eager.infer(clips)) <= 1e-4, f"batch {batch}"
         detail = compiled.describe().detail

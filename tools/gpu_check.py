@@ -390,6 +390,7 @@ class Check:
             peak_tflops=PEAK_TFLOPS,
             steps=[vars(s) for s in self.steps],
         )
+        self.report["targets"] = targets(self.report["steps"])
         (self.out / "gpu-check.json").write_text(json.dumps(self.report, indent=1, default=str) + "\n")
         (self.out / "gpu-check.md").write_text(render_markdown(self.report))
 
@@ -423,6 +424,33 @@ def _f(value: Any, spec: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return format(value, spec)
+
+
+TARGETS = {"bf16_batch32_clip_ms": 0.65, "batch1_latency_ms": 2.0, "cameras": 32, "cameras_p99_ms": 50.0}
+"""Issue 13's targets on the H200: EMIM-S 16x224x224, best backend."""
+
+
+def targets(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best measured figures against :data:`TARGETS` (None where nothing was measured)."""
+    rows = [r for s in steps if s["name"].startswith("table-") for r in s["rows"] if "error" not in r]
+    bf16_32 = min((r for r in rows if r["precision"] == "bf16" and r["batch"] == 32),
+                  key=lambda r: r["clip_ms_p50"], default=None)  # fmt: skip
+    batch1 = min((r for r in rows if r["batch"] == 1), key=lambda r: r["clip_ms_p50"], default=None)
+    cams = [r for s in steps if s["name"] == "cameras" for r in s["rows"] if r["sustained"]]
+    best_cams = max(cams, key=lambda r: r["cameras"], default=None)
+
+    def which(r: dict[str, Any] | None) -> str | None:
+        return None if r is None else f"{r['mode']} {r['kernel']} {r['precision']}"
+
+    return {
+        "bf16_batch32_clip_ms": bf16_32 and bf16_32["clip_ms_p50"],
+        "bf16_batch32_by": which(bf16_32),
+        "batch1_latency_ms": batch1 and batch1["batch_ms_p50"],
+        "batch1_by": which(batch1),
+        "cameras_sustained": best_cams and best_cams["cameras"],
+        "cameras_p99_ms": best_cams and best_cams["p99_ms"],
+        "goals": TARGETS,
+    }
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -509,6 +537,18 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_f(r['p99_ms'], '.1f')} | {'sustained' if r['sustained'] else 'NOT sustained'} |"
             for r in cams["rows"]
         ]
+    t = report.get("targets") or targets(report["steps"])
+    goals = t["goals"]
+    lines += [
+        "",
+        "**Targets**" + (" (a rehearsal's figures are not comparable)" if report["rehearsal"] else "") + ":",
+        f"- bf16 batch 32, best: {_f(t['bf16_batch32_clip_ms'], '.3f')} ms per clip ({t['bf16_batch32_by'] or '-'}); "
+        f"target <= {goals['bf16_batch32_clip_ms']} ms",
+        f"- batch 1 latency, best: {_f(t['batch1_latency_ms'], '.2f')} ms ({t['batch1_by'] or '-'}); "
+        f"target <= {goals['batch1_latency_ms']} ms",
+        f"- cameras sustained: {t['cameras_sustained'] or 0} (p99 {_f(t['cameras_p99_ms'], '.1f')} ms); "
+        f"target >= {goals['cameras']} at p99 <= {goals['cameras_p99_ms']} ms",
+    ]
     if report.get("shm_left"):
         lines += ["", f"Shared memory left in /dev/shm: {', '.join(report['shm_left'])}"]
     return "\n".join(lines) + "\n"

@@ -86,6 +86,9 @@ def test_report_tables_show_measured_rows_failures_and_skips():
                        "clip_ms_p90": 1.0, "clips_per_s": 1111.0, "floor_ratio": 4.2, "rel_err": 0.01,
                        "top1_agree": 1.0, "first_calls_s": 3.0},
                       {"mode": "eager", "kernel": "reference", "precision": "fp16", "error": "OutOfMemoryError: x"}]},
+            {"name": "cameras", "status": "ok", "seconds": 60, "box_s": 80, "note": "", "meta": {},
+             "rows": [{"cameras": n, "labels_per_s": 7.5 * n, "served": 1.0, "p50_middle_ms": 20.0, "p50_last_ms": 21.0,
+                       "drift": 1.05, "p99_ms": 30.0 + n, "sustained": n < 16} for n in (1, 8, 16)]},
         ],
     }  # fmt: skip
     md = gpu_check.render_markdown(report)
@@ -94,6 +97,9 @@ def test_report_tables_show_measured_rows_failures_and_skips():
     assert "- failed: `t::a` assert 0.2 <= 0.1" in md and "- skipped (2): no aoti" in md
     assert "| eager | triton | bf16 | 32 | 0.900 | 1.000 | 1111.0 | 4.2 | 1.0e-02 | 100% | 3.0 |" in md
     assert "failed: OutOfMemoryError: x" in md
+    assert "- bf16 batch 32, best: 0.900 ms per clip (eager triton bf16); target <= 0.65 ms" in md
+    assert "- cameras sustained: 8 (p99 38.0 ms); target >= 32 at p99 <= 50.0 ms" in md
+    assert "| 16 | 120.0 | 100.0% | 20.0 | 21.0 | 1.05 | 46.0 | NOT sustained |" in md
 
 
 def test_wrapper_runs_the_given_python():

@@ -239,8 +239,12 @@ def read_junit(path: Path) -> list[dict[str, Any]]:
 
 def fitting_wheels(wheels: Path) -> tuple[list[Path], list[Path]]:
     """The wheels in ``wheels`` this interpreter can install, and those built for another Python or platform."""
-    from packaging.tags import sys_tags
-    from packaging.utils import parse_wheel_filename
+    try:
+        from packaging.tags import sys_tags
+        from packaging.utils import parse_wheel_filename
+    except ImportError:  # pip, which installs them, carries its own copy
+        from pip._vendor.packaging.tags import sys_tags
+        from pip._vendor.packaging.utils import parse_wheel_filename
 
     here = set(sys_tags())
     fit: list[Path] = []
@@ -321,6 +325,8 @@ class Check:
         else:
             print(f"gpu-check: {name} (box {step.box_s:.0f} s): {' '.join(command)}", flush=True)
             self.log.write(f"\n===== {name}: {' '.join(command)}\n")
+            self.log.flush()
+            start = self.log.tell()
             t0 = time.monotonic()
             step.status, step.rc = run_boxed(command, step.box_s, self.log, self.env, self.pids)
             step.seconds = round(time.monotonic() - t0, 1)
@@ -329,6 +335,11 @@ class Check:
                     then(step)
                 except (OSError, ValueError, ET.ParseError) as err:
                     step.note = f"results unreadable: {err}"
+            if step.status == "failed" and not step.note:  # the step's last words, e.g. an error line
+                with open(self.log.name, errors="replace") as log:
+                    log.seek(start)
+                    said = [line.strip() for line in log if line.strip()]
+                step.note = said[-1][:200] if said else f"exit code {step.rc}"
             print(f"gpu-check: {name} {step.status} in {step.seconds:.0f} s {step.note}", flush=True)
         self.write()
         return step

@@ -106,3 +106,18 @@ def test_wrapper_runs_the_given_python():
     env = {**os.environ, "PYTHON": sys.executable}
     out = subprocess.run([str(ROOT / "tools" / "gpu-check"), "--help"], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "--cpu-rehearsal" in out.stdout
+
+
+def test_a_failed_step_is_recorded_with_its_last_line_and_the_next_step_still_runs(tmp_path):
+    check = gpu_check.Check(gpu_check.rehearsal_plan(), tmp_path, True, None, tmp_path / "no-wheels")
+    try:
+        failed = check.step("doctor", [sys.executable, "-c", "print('step output'); print('boom: no GPU'); exit(3)"])
+        after = check.step("pytest", [sys.executable, "-c", "pass"])
+    finally:
+        check.close()
+    assert (failed.status, failed.rc, failed.note) == ("failed", 3, "boom: no GPU")
+    assert after.status == "ok"
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert [(s["name"], s["status"]) for s in report["steps"]] == [("doctor", "failed"), ("pytest", "ok")]
+    assert "| doctor | failed |" in (tmp_path / "gpu-check.md").read_text()
+    assert "boom: no GPU" in (tmp_path / "gpu-check.log").read_text()

@@ -3,7 +3,7 @@
 "use strict";
 
 const tiles = new Map();
-const COLORS = ["#ffffff", "#ff6b6b", "#4ea1ff", "#ffd166", "#06d6a0", "#c77dff", "#f78c6b", "#8ecae6"];
+const COLORS = ["#ffffff", "#ff6b6b", "#4ea1ff", "#c77dff", "#06d6a0", "#8ecae6", "#ffd166", "#f78c6b"];
 
 function tileOf(id) {
   let tile = tiles.get(id);
@@ -59,7 +59,7 @@ function showStatus(tile, status) {
 }
 
 function clock(ns) {
-  return new Date(ns / 1e6).toLocaleTimeString();
+  return new Date(ns / 1e6).toLocaleTimeString([], { hour12: false });
 }
 
 function showEvents(tile, events) {
@@ -81,7 +81,7 @@ function showLatency(tile, latency) {
     const series = [{}, { label: "total p50", stroke: COLORS[0], width: 2 }, { label: "total p99", stroke: COLORS[1], width: 2 },
       ...stages.map((s, i) => ({ label: `${s} p50`, stroke: COLORS[(i + 2) % COLORS.length], width: 1, show: s === "infer" }))];
     tile.chart = new uPlot({
-      width: Math.max(box.clientWidth, 300), height: 150, series,
+      width: Math.max(box.clientWidth, 300), height: 150, series, legend: { live: false },
       axes: [
         { stroke: "#8b949e", space: 60, values: (u, ticks) => ticks.map((t) => new Date(t * 1000).toLocaleTimeString([], { hour12: false })) },
         { stroke: "#8b949e", label: "ms" },

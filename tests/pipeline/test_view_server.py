@@ -160,3 +160,27 @@ def test_view_command_refuses_bad_binds_with_one_line_and_exit_code():
 def test_run_view_needs_an_endpoint_another_process_can_reach():
     code, err = run_cli("run", "--view", "0", "--set", "publish.endpoint=inproc://labels", "--duration", "1")
     assert code == 2 and "view.port" in err and "inproc://labels" in err and "Traceback" not in err
+
+
+def test_a_stalled_event_stream_client_does_not_hold_up_others(publisher):
+    import base64
+
+    big = base64.b64encode(bytes(range(256)) * 400).decode()  # ~136 kB per preview: fills a socket quickly
+    with ViewServer(publisher.endpoint, port=0) as server:
+        host, port = server.url[len("http://") : -1].rsplit(":", 1)
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect((host, int(port)))
+        stalled.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # and never reads
+        try:
+            preview = {"kind": "preview", "camera_id": "cam1", "format": "jpeg", "seq": 0, "width": 1, "height": 1}
+            for seq in range(40):
+                publish_until(publisher, server, preview | {"seq": seq, "data": big, "capture_wall_ns": seq})
+            publish_until(publisher, server, label("cam1", 5.0, 1.0, top="waving"))
+            start = time.monotonic()
+            code, _, body = get(server.url + "api/state")
+            assert code == 200 and b"waving" in body
+            assert time.monotonic() - start < 2, "another client is served at once"
+            assert server.state.frame_jpeg("cam1") == base64.b64decode(big)
+        finally:
+            stalled.close()

@@ -396,7 +396,8 @@ class BackgroundBuild:
 
     The process is its own process group (so the compiler processes it starts end with it), watches
     its parent (it kills its group when the parent dies without closing it) and reports one line:
-    empty on success, else why the build failed.
+    empty on success, else why the build failed. The finished package is then loaded in a thread,
+    so the serving loop never waits for the build or the load.
 
     Args:
         cfg: the engine config.
@@ -415,13 +416,16 @@ class BackgroundBuild:
         self._proc.start()
         child_conn.close()
         self._outcome: str | None = None
+        self._loader: threading.Thread | None = None
+        self._engine: AotiEngine | None = None
+        self._load_error = ""
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid
 
     def done(self) -> bool:
-        """Whether the build process has finished (successfully or not); never blocks."""
+        """Whether the build has finished and its package is loaded, or it failed; never blocks."""
         if self._outcome is None:
             alive = self._proc.is_alive()  # before the poll: a result sent before dying is seen
             try:
@@ -432,7 +436,18 @@ class BackgroundBuild:
             if self._outcome is None and not alive:
                 self._proc.join()
                 self._outcome = f"the build process exited with code {self._proc.exitcode} without a result"
-        return self._outcome is not None
+            if self._outcome == "":
+                self._loader = threading.Thread(target=self._load, name="aoti-load", daemon=True)
+                self._loader.start()
+        if self._outcome is None:
+            return False
+        return self._loader is None or not self._loader.is_alive()
+
+    def _load(self) -> None:
+        try:
+            self._engine = open_aoti(self.source, self.cfg, self.step, build=False)
+        except EmimError as err:
+            self._load_error = getattr(err, "reason", None) or str(err)
 
     def engine(self) -> AotiEngine:
         """The engine on the package just built (loaded from the cache; never builds here).
@@ -442,12 +457,13 @@ class BackgroundBuild:
         """
         if not self.done():
             raise RuntimeError("the background build has not finished")
-        if self._outcome:
-            raise BackendUnavailableError("aoti", self._outcome)
-        return open_aoti(self.source, self.cfg, self.step, build=False)
+        if self._outcome or self._engine is None:
+            raise BackendUnavailableError("aoti", self._outcome or self._load_error or "loading the package failed")
+        engine, self._engine = self._engine, None
+        return engine
 
     def close(self) -> None:
-        """End the build if it still runs (its whole process group), and reap it."""
+        """End the build if it still runs (its whole process group), and reap it; drop an engine not taken."""
         if self._proc.is_alive():
             try:
                 os.killpg(self._proc.pid, signal.SIGTERM)
@@ -458,3 +474,8 @@ class BackgroundBuild:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.join()
         self._conn.close()
+        if self._loader is not None:
+            self._loader.join()
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None

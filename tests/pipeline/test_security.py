@@ -27,7 +27,7 @@ from pipeline.keys import (
     load_public_key,
     write_key_pair,
 )
-from pipeline.messages import label_topic
+from pipeline.messages import LabelMessage, ModelInfo, WindowInfo, label_topic
 from pipeline.publish import Publisher
 from pipeline.subscribe import Subscriber
 
@@ -225,6 +225,16 @@ def _subscribe_args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+_LABEL = LabelMessage(
+    camera_id="cam1",
+    window=WindowInfo(0, 7, 8, 4),
+    topk=(("wave", 0.9),),
+    model=ModelInfo("emim_xs", "torch", "fp32", "cpu"),
+    capture_mono_ns=1, capture_wall_ns=1, vmp_done_mono_ns=2, infer_start_mono_ns=3, infer_end_mono_ns=4,
+    publish_mono_ns=5, publish_wall_ns=5, latency_ms={"total": 1.0},
+).to_payload()
+
+
 def test_subscribe_command_with_and_without_keys(keyring, capsys):
     with Publisher("tcp://127.0.0.1:*", curve=_server(keyring)) as pub:
         keyed = _subscribe_args(
@@ -238,7 +248,7 @@ def test_subscribe_command_with_and_without_keys(keyring, capsys):
             cli = threading.Thread(target=lambda a=args, n=name: results.update({n: subscribe_cmd.main(a)}))
             cli.start()
             while cli.is_alive():
-                pub.send(b"labels/cam1/", {"x": 1})
+                pub.send(b"labels/cam1/", _LABEL)  # the command counts payloads of another schema as malformed
                 cli.join(0.02)
     assert results == {"keyed": 0, "bare": 1}
     err = capsys.readouterr().err.splitlines()

@@ -4,9 +4,9 @@ Steps, in order, each a subprocess with its own time box (on overrun: SIGINT to 
 group, then SIGKILL), so a failing or hanging step never loses the others' results:
 
 1. ``wheels``: install the carried wheels (``tools/wheels/``, fetched here with ``--fetch-wheels``)
-   into a temporary folder put first on ``PYTHONPATH`` (the system torch is not touched), then
-   check that the CLI imports and record the versions (torch, CUDA, Triton, GPU, driver).
-2. ``doctor``: ``emim-stream doctor``.
+   into a temporary folder put first on ``PYTHONPATH`` (the system torch is not touched).
+2. ``env``: the versions (torch, CUDA, Triton, GPU, driver) and the CLI's start-up imports.
+   ``doctor``: ``emim-stream doctor``.
 3. ``pytest``: ``pytest -m gpu tests/gpu`` (outcome of every test from its JUnit XML).
 4. ``table-*``: the engine table (tools/gpu_measure.py ``table``), one step per group of rows.
 5. ``op``: the EMIM op kernels (what ``emim-stream bench --op`` runs) per dtype.
@@ -46,18 +46,8 @@ MEASURE = ROOT / "tools" / "gpu_measure.py"
 PEAK_TFLOPS = 790.0
 """H200 dense bf16 matrix throughput: the FLOP floor of the engine table is MACs x 2 / this."""
 LENT_MACHINE_HAS = {
-    "torch",
-    "numpy",
-    "pyyaml",
-    "opencv-python-headless",
-    "onnx",
-    "onnxruntime",
-    "onnxscript",
-    "psutil",
-    "prometheus-client",
-    "matplotlib",
-    "pytest",
-    "triton",
+    *("torch", "numpy", "pyyaml", "opencv-python-headless", "onnx", "onnxruntime", "onnxscript", "psutil"),
+    *("prometheus-client", "matplotlib", "pytest", "triton"),
 }
 """Distributions the lent GPU machine has (Python 3.12, torch 2.11 CUDA 13, no network); the rest of
 pyproject's dependencies travel as wheels."""
@@ -92,16 +82,16 @@ def gpu_plan() -> Plan:
         device="cuda",
         budget_s=470,
         boxes={
-            "wheels": 30,
+            "wheels": 20,
             "env": 30,
-            "doctor": 30,
+            "doctor": 25,
             "pytest": 160,
             "table-eager": 45,
-            "table-graphs": 30,
-            "table-compile": 45,
-            "table-aoti": 50,
-            "op": 30,
-            "cameras": 80,
+            "table-graphs": 25,
+            "table-compile": 40,
+            "table-aoti": 45,
+            "op": 25,
+            "cameras": 55,
         },
         table=[
             ("table-eager", f"{shape} --mode eager --kernels triton reference --precisions bf16 fp16 fp32"),
@@ -110,7 +100,7 @@ def gpu_plan() -> Plan:
             ("table-aoti", f"{shape} --mode aoti --kernels triton --precisions bf16"),
         ],
         op="--precisions bf16 fp32 --min-time 0.3",
-        cameras=f"{clip} --precision bf16 --max-batch 32 --counts 1 4 8 16 32 --seconds 8",
+        cameras=f"{clip} --precision bf16 --max-batch 32 --counts 1 4 8 16 32 --seconds 6",
         doctor="--device cuda --model emim_s",
     )
 

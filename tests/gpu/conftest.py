@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,3 +54,19 @@ def open_engine(
 def emim_xs_cfg() -> EngineConfig:
     """emim_xs at its 8x128x128 default (stage-3 map 8x8: EMIM's 7x7 window is local), max batch 4."""
     return EngineConfig(model="emim_xs", max_batch=4)
+
+
+RUN_ORDER = ("test_triton_kernel", "test_torch_engine", "test_pipeline_cuda", "test_aoti_engine")
+"""Cheap checks first, the aoti build (minutes) last: a time box (tools/gpu-check) then cuts the fewest tests."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+
+    def rank(item: pytest.Item) -> int:
+        path = Path(item.path)
+        if path.parent != here:
+            return -1
+        return RUN_ORDER.index(path.stem) if path.stem in RUN_ORDER else len(RUN_ORDER)
+
+    items.sort(key=rank)

@@ -8,8 +8,9 @@ group, then SIGKILL), so a failing or hanging step never loses the others' resul
 2. ``env``: the versions (torch, CUDA, Triton, GPU, driver) and the CLI's start-up imports.
    ``doctor``: ``emim-stream doctor``.
 3. ``pytest``: ``pytest -m gpu tests/gpu`` (outcome of every test from its JUnit XML).
-4. ``table-*``: the engine table (tools/gpu_measure.py ``table``), one step per group of rows.
-5. ``op``: the EMIM op kernels (what ``emim-stream bench --op`` runs) per dtype.
+4. ``table-*``: the engine table (tools/gpu_measure.py ``table``), one step per group of rows;
+   the groups that compile (``table-compile``, ``table-aoti``) come last, after
+5. ``op``: the EMIM op kernels (what ``emim-stream bench --op`` runs) per dtype, and
 6. ``cameras``: the pipeline's camera capacity (what ``emim-stream bench-cameras`` runs).
 
 ``gpu-check.json`` (every figure, versions, date), ``gpu-check.md`` (the tables) and
@@ -68,6 +69,8 @@ class Plan:
     boxes: dict[str, int]
     table: list[tuple[str, str]]
     """(step name, ``table`` arguments) per group of rows."""
+    compiled: list[tuple[str, str]]
+    """Table groups that compile (torch.compile, aoti): run last, as their time is the least certain."""
     op: str
     cameras: str
     doctor: str
@@ -96,6 +99,8 @@ def gpu_plan() -> Plan:
         table=[
             ("table-eager", f"{shape} --mode eager --kernels triton reference --precisions bf16 fp16 fp32"),
             ("table-graphs", f"{shape} --mode graphs --kernels triton reference --precisions bf16"),
+        ],
+        compiled=[
             ("table-compile", f"{shape} --mode compile+graphs --kernels triton --precisions bf16"),
             ("table-aoti", f"{shape} --mode aoti --kernels triton --precisions bf16"),
         ],
@@ -110,36 +115,35 @@ def rehearsal_plan() -> Plan:
     2x32x32 (the interpreter is slow); a one-block-per-stage emim_xs for the compiled modes (inductor's C++
     build dominates their time)."""
     clip = "--model emim_xs --frames 4 --size 64"
-    quick = "--threads 2 --min-time 0.1 --min-iters 2"
+    quick = "--threads 2 --min-time 0.1 --min-iters 2 --warmup 1 --numerics-clips 2"
     shape = f"{clip} {quick}"
     small = f"{shape} --depths 1 1 1 1 --batches 2 --kernels reference --precisions fp32"
     return Plan(
         device="cpu",
         budget_s=170,
         boxes={
-            "wheels": 30,
-            "env": 30,
+            "wheels": 20,
+            "env": 20,
             "doctor": 20,
-            "pytest": 30,
+            "pytest": 25,
             "table-eager": 20,
             "table-triton": 20,
             "table-graphs": 15,
+            "op": 15,
+            "cameras": 25,
             "table-compile": 50,
             "table-aoti": 60,
-            "op": 20,
-            "cameras": 30,
         },
         table=[
             ("table-eager", f"{shape} --mode eager --batches 1 2 --kernels reference --precisions fp32 bf16"),
             (
                 "table-triton",
-                f"--model emim_xs --frames 2 --size 32 {quick} --mode eager --batches 1 --kernels triton "
-                "--precisions fp32 --numerics-clips 1 --warmup 0 --min-iters 1",
+                "--model emim_xs --frames 2 --size 32 --threads 2 --min-time 0.1 --min-iters 1 --warmup 0 "
+                "--numerics-clips 1 --mode eager --batches 1 --kernels triton --precisions fp32",
             ),
             ("table-graphs", f"{shape} --mode graphs --batches 1 2 --kernels reference --precisions fp32"),
-            ("table-compile", f"{small} --mode compile"),
-            ("table-aoti", f"{small} --mode aoti"),
         ],
+        compiled=[("table-compile", f"{small} --mode compile"), ("table-aoti", f"{small} --mode aoti")],
         op="--tiny --precisions fp32 --min-time 0.1 --warmup 0 --min-iters 1 --threads 2",
         cameras=f"{clip} --precision fp32 --max-batch 2 --threads 1 --counts 1 2 --seconds 4",
         doctor="--device cpu --model emim_xs",
@@ -304,7 +308,7 @@ class Check:
 
     def step(self, name: str, command: list[str], then: Callable[[Step], None] | None = None) -> Step:
         """Run one step within its box (and what is left of the budget), record it and rewrite the reports."""
-        step = Step(name, command, min(self.plan.boxes[name], self.left_s() - GRACE_S))
+        step = Step(name, command, max(0.0, min(self.plan.boxes[name], self.left_s() - GRACE_S)))
         self.steps.append(step)
         if self.only is not None and name not in self.only and name.split("-")[0] not in self.only:
             step.status, step.note = "skipped", "not asked for (--only)"
@@ -363,11 +367,13 @@ class Check:
             ),
             lambda s: s.rows.extend(read_junit(junit)),
         )
+        cache = ["--cache-dir", str(self.tmp / "plans"), "--peak-tflops", str(PEAK_TFLOPS)]
         for name, args in self.plan.table:
-            cache = ["--cache-dir", str(self.tmp / "plans"), "--peak-tflops", str(PEAK_TFLOPS)]
             self.measure(name, ["table", *cache, *shlex.split(args)])
         self.measure("op", ["op", *shlex.split(self.plan.op)])
         self.measure("cameras", ["cameras", *shlex.split(self.plan.cameras)])
+        for name, args in self.plan.compiled:
+            self.measure(name, ["table", *cache, *shlex.split(args)])
         self.report["shm_left"] = sorted(n for n in _shm() if n.split("_")[1] in {str(p) for p in self.pids})
         self.write()
 

@@ -105,7 +105,7 @@ def gpu_plan() -> Plan:
             ("table-aoti", f"{shape} --mode aoti --kernels triton --precisions bf16"),
         ],
         op="--precisions bf16 fp32 --min-time 0.3",
-        cameras=f"{clip} --precision bf16 --max-batch 32 --counts 1 4 8 16 32 --seconds 6",
+        cameras=f"{clip} --precision bf16 --max-batch 32 --counts 1 8 16 32 --seconds 10",
         doctor="--device cuda --model emim_s",
     )
 
@@ -127,10 +127,10 @@ def rehearsal_plan() -> Plan:
             "doctor": 20,
             "pytest": 25,
             "table-eager": 20,
-            "table-triton": 20,
+            "table-triton": 30,
             "table-graphs": 15,
-            "op": 15,
-            "cameras": 25,
+            "op": 20,
+            "cameras": 30,
             "table-compile": 50,
             "table-aoti": 60,
         },
@@ -144,8 +144,8 @@ def rehearsal_plan() -> Plan:
             ("table-graphs", f"{shape} --mode graphs --batches 1 2 --kernels reference --precisions fp32"),
         ],
         compiled=[("table-compile", f"{small} --mode compile"), ("table-aoti", f"{small} --mode aoti")],
-        op="--tiny --precisions fp32 --min-time 0.1 --warmup 0 --min-iters 1 --threads 2",
-        cameras=f"{clip} --precision fp32 --max-batch 2 --threads 1 --counts 1 2 --seconds 4",
+        op="--tiny --no-natten --precisions fp32 --min-time 0.1 --warmup 0 --min-iters 1 --threads 2",
+        cameras=f"{clip} --precision fp32 --max-batch 2 --threads 1 --counts 1 2 --seconds 6",
         doctor="--device cpu --model emim_xs",
         env={"TRITON_INTERPRET": "1"},  # the Triton kernel runs on the CPU only through its interpreter
     )
@@ -494,7 +494,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             f"**Engine table**: {meta.get('model', '?')} {T}x{H}x{W}, {_f(meta.get('macs', 0) / 1e9, '.1f')} GMAC per "
             f"clip; FLOP floor {_f(meta.get('floor_ms'), '.4f')} ms per clip at {report['peak_tflops']:g} TFLOP/s; "
-            "error and top-1 agreement against eager fp32 (reference kernel) on 8 random clips.",
+            f"error and top-1 agreement against eager fp32 (reference kernel) on {meta.get('numerics_clips', '?')} "
+            "random clips.",
             "",
             "| mode | kernel | precision | batch | clip p50 ms | clip p90 ms | clips/s | x floor | rel err | top-1 |"
             " first calls s |",
@@ -520,7 +521,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         lines += [
             f"| {r['layer']} | {r['kernel']} | {r['precision']} | {r['batch']} | {_f(r['ms_p50'], '.3f')} | "
-            f"{_f(r['ms_p90'], '.3f')} | {_f(r['gmac_per_s'], '.1f')} | {r['note']} |"
+            f"{_f(r['ms_p90'], '.3f')} | {_f(r['gmac_per_s'], '.3g')} | {r['note']} |"
             for r in ops
         ]
     cams = steps.get("cameras", {})

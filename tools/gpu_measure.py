@@ -164,6 +164,7 @@ def table(args: argparse.Namespace, out: IO[str]) -> None:
             "peak_tflops": args.peak_tflops,
             "device": args.device,
             "depths": args.depths,
+            "numerics_clips": args.numerics_clips,
         },
     )
     for kernel in args.kernels:
@@ -240,6 +241,7 @@ def op(args: argparse.Namespace, out: IO[str]) -> None:
             device=device,
             dtype=dtype,
             batch=args.batch,
+            natten=args.natten,
             warmup=args.warmup,
             min_iters=args.min_iters,
             min_time_s=args.min_time,
@@ -347,6 +349,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--numerics-clips", type=int, default=8, help="clips compared with eager fp32 (reference kernel)")
     o.add_argument("--batch", type=int, default=1)
+    o.add_argument(
+        "--no-natten", dest="natten", action="store_false", help="leave out NATTEN's na2d row (where installed)"
+    )
     o.add_argument("--tiny", action="store_true", help="one tiny layer instead of EMIM-S's stage-3/4 sizes")
     c.add_argument("--precision", default="bf16")
     c.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])

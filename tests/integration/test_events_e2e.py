@@ -44,29 +44,36 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
     }
     labels: list[LabelMessage] = []
     events: list[EventMessage] = []
-    p = pipeline_factory(config)
-    # segments: left (frames 0-119), right (120-239), left again (240-): both events end while the pipeline runs
-    with Subscriber(endpoint, topics=(b"labels/", b"events/"), timeout_s=1.0) as sub:
-        cli = subprocess.Popen(  # a second reader: the subscribe command on events/ only
-            [sys.executable, "-m", "pipeline.cli", "subscribe", "--endpoint", endpoint, "--topic", "events/",
-             "--count", "2", "--timeout", "120"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        done_seq = 2 * CHANGE + 4 * STRIDE  # windows past the second change have been classified
-        while time.monotonic() < deadline and p.proc.poll() is None:
-            if len(events) >= 2 and labels and labels[-1].window.last_seq >= done_seq:
-                break
-            p.watch_children()
-            got = sub.recv(0.5)
-            if got is None:
-                continue
-            if got.payload["kind"] == "event":
-                events.append(EventMessage.from_payload(got.payload))
-            else:
-                labels.append(LabelMessage.from_payload(got.payload))
-        assert sub.total_lost == 0
-    cli_out, cli_err = cli.communicate(timeout=60)
+    # a second reader, the subscribe command on events/ only, started first: its imports do not compete with the
+    # pipeline near the first change (ZeroMQ connects once the pipeline binds)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "subscribe", "--endpoint", endpoint, "--topic", "events/",
+         "--count", "2", "--timeout", "180"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        p = pipeline_factory(config)
+        # segments: left (frames 0-119), right (120-239), left again (240-): both events end while the pipeline runs
+        with Subscriber(endpoint, topics=(b"labels/", b"events/"), timeout_s=1.0) as sub:
+            deadline = time.monotonic() + 120
+            done_seq = 2 * CHANGE + 4 * STRIDE  # windows past the second change have been classified
+            while time.monotonic() < deadline and p.proc.poll() is None:
+                if len(events) >= 2 and labels and labels[-1].window.last_seq >= done_seq:
+                    break
+                p.watch_children()
+                got = sub.recv(0.5)
+                if got is None:
+                    continue
+                if got.payload["kind"] == "event":
+                    events.append(EventMessage.from_payload(got.payload))
+                else:
+                    labels.append(LabelMessage.from_payload(got.payload))
+            assert sub.total_lost == 0
+        cli_out, cli_err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:  # the test failed before both events came
+            cli.kill()
+            cli.wait(10)
     assert p.terminate() == 0, p.output()[-3000:]
     by_last_seq = {m.window.last_seq: m for m in labels}
     for change in (CHANGE, 2 * CHANGE):

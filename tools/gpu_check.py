@@ -443,8 +443,8 @@ def targets(steps: list[dict[str, Any]]) -> dict[str, Any]:
     bf16_32 = min((r for r in rows if r["precision"] == "bf16" and r["batch"] == 32),
                   key=lambda r: r["clip_ms_p50"], default=None)  # fmt: skip
     batch1 = min((r for r in rows if r["batch"] == 1), key=lambda r: r["clip_ms_p50"], default=None)
-    cams = [r for s in steps if s["name"] == "cameras" for r in s["rows"] if r["sustained"]]
-    best_cams = max(cams, key=lambda r: r["cameras"], default=None)
+    sustained = [r for s in steps if s["name"] == "cameras" for r in s["rows"] if r["sustained"]]
+    best_cams = max(sustained, key=lambda r: r["cameras"], default=None)
 
     def which(r: dict[str, Any] | None) -> str | None:
         return None if r is None else f"{r['mode']} {r['kernel']} {r['precision']}"

@@ -9,7 +9,7 @@ rows it finished are kept. Sub-commands:
   with the reference kernel on the same clips (8 by default).
 - ``op``: :func:`engines.bench.bench_op` (what ``emim-stream bench --op`` runs) per dtype.
 - ``cameras``: :func:`pipeline.capacity.camera_capacity` (what ``emim-stream bench-cameras`` runs)
-  at the given camera counts.
+  at each of the given camera counts (unlike ``bench-cameras``, it goes on after a count not sustained).
 
 Run from the repository root: ``python tools/gpu_measure.py table --out rows.jsonl ...``.
 """
@@ -319,7 +319,8 @@ def cameras(args: argparse.Namespace, out: IO[str]) -> None:
             },
         )
 
-    camera_capacity(cfg, args.counts, args.seconds, stop=stop, on_step=on_step)
+    for count in args.counts:  # every count is measured: one cut short by a slow first start does not end the list
+        camera_capacity(cfg, [count], args.seconds, stop=stop, on_step=on_step)
 
 
 def _parser() -> argparse.ArgumentParser:

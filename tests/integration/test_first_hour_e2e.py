@@ -179,7 +179,7 @@ def test_doctor_without_config_shows_the_embedded_default(tmp_path):
     done = _cli("doctor", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "config: the embedded default" in done.stdout
-    assert "[selection for backend=torch device=cpu precision=fp32]" in done.stdout  # the default's, not auto
+    assert "[selection for backend=aoti device=cpu precision=fp32]" in done.stdout  # the default's, not auto
 
 
 def test_evaluate_shows_progress(tmp_path):

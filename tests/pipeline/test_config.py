@@ -22,7 +22,7 @@ def test_shipped_configs_load():
     cfg = load_config(ROOT / "configs" / "default.yaml")
     assert cfg.cameras[0].source.startswith("synthetic://")
     assert cfg.publish.endpoint == "tcp://127.0.0.1:5556" and not cfg.publish.allow_remote
-    assert cfg.engine.backend == "torch" and cfg.engine.device == "cpu"
+    assert cfg.engine.backend == "aoti" and cfg.engine.device == "cpu"
     edge = load_config(ROOT / "configs" / "edge-gpu.yaml")
     assert edge.engine.backend == "tensorrt" and len(edge.cameras) == 4
 

@@ -517,7 +517,6 @@ class _PhotoSegment(_Segment):
 
     def _new_object(self, rng: np.random.Generator, phase: float) -> _Object:
         levels = self._photo_levels(rng)
-        radius = self._s * _RADIUS[0] * math.exp(phase * _LOG_SPAN)
         x, y = rng.uniform(0.0, self._w), rng.uniform(0.0, self._h)  # up to half outside the frame
         return _Object(levels, x, y, phase, rng.uniform(0.0, 2.0 * math.pi))
 

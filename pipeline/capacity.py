@@ -2,7 +2,8 @@
 
 A camera count is *sustained* when every camera gets (nearly) every window its stride asks for
 (``served >= min_served``) and latency does not drift: the median total latency of the run's last
-third is at most ``max_drift`` times that of its middle third (the first third is warm-up).
+third is at most ``max_drift`` times that of its middle third (the first third is warm-up). The thirds
+are of the time from the first label to the end of the run, so engine loading is not counted.
 """
 
 from __future__ import annotations
@@ -81,23 +82,25 @@ def camera_capacity(
 def _measure(
     cfg: PipelineConfig, seconds: float, min_served: float, max_drift: float, stop: threading.Event | None
 ) -> CapacityStep:
-    stamps: list[tuple[float, float]] = []
-    start = time.monotonic()
+    labelled: list[tuple[float, float]] = []
 
     def on_label(msg) -> None:
-        stamps.append((time.monotonic() - start, msg.latency_ms["total"]))
+        labelled.append((time.monotonic(), msg.latency_ms["total"]))
 
     report = run(
         dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, print_labels=False)), seconds, stop, on_label
     )
+    first = labelled[0][0] if labelled else time.monotonic()
+    span = max(time.monotonic() - first, 1e-9)
+    stamps = [(t - first, ms) for t, ms in labelled]
     served = min(
         (report.labels.get(c.id, 0) / max(1, report.labels.get(c.id, 0) + report.dropped_windows.get(c.id, 0)))
         for c in cfg.cameras
     )
     if report.failed:
         served = 0.0
-    middle = [ms for t, ms in stamps if seconds / 3 <= t < 2 * seconds / 3]
-    last = [ms for t, ms in stamps if t >= 2 * seconds / 3]
+    middle = [ms for t, ms in stamps if span / 3 <= t < 2 * span / 3]
+    last = [ms for t, ms in stamps if t >= 2 * span / 3]
     p50_middle = float(np.median(middle)) if middle else float("nan")
     p50_last = float(np.median(last)) if last else float("nan")
     all_ms = [ms for _, ms in stamps]
@@ -106,7 +109,7 @@ def _measure(
     return CapacityStep(
         cameras=len(cfg.cameras),
         labels=len(stamps),
-        windows_per_s=len(stamps) / seconds,
+        windows_per_s=len(stamps) / span,
         served=served,
         p50_middle_ms=p50_middle,
         p50_last_ms=p50_last,

@@ -38,6 +38,7 @@ import torch
 from calibration.errors import CalibrationError
 from engines.backends.source import ModelSource
 from engines.data import open_dataset
+from engines.files import atomic_write
 from engines.layers.vmp import MEAN, STD
 from pipeline.errors import EndOfStream
 from pipeline.preprocess import Preprocessor
@@ -218,9 +219,8 @@ class _Writer:
             return
         index = sum(1 for s in self.shards if s.split == split.value)
         name = f"{split.value}-{index:03d}.npy"
-        tmp = self.root / f".{name}.tmp{os.getpid()}.npy"
-        np.save(tmp, self._buffers[split][:n])
-        os.replace(tmp, self.root / name)
+        with atomic_write(self.root / name, suffix=".npy") as tmp:  # np.save appends .npy to other names
+            np.save(tmp, self._buffers[split][:n])
         self.shards.append(Shard(name, split.value, n))
         self._filled[split] = 0
 
@@ -243,9 +243,8 @@ class _Writer:
             created_wall=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             seconds=round(seconds, 3),
         )
-        tmp = self.root / f".{MANIFEST}.tmp{os.getpid()}"
-        tmp.write_text(manifest.to_json())
-        os.replace(tmp, self.root / MANIFEST)
+        with atomic_write(self.root / MANIFEST) as tmp:
+            tmp.write_text(manifest.to_json())
         return manifest
 
 

@@ -51,6 +51,7 @@ from torch import nn
 from calibration.clips import Progress
 from calibration.errors import CalibrationError
 from engines.export import INPUT_NAME, ExportReport, export_onnx, file_sha256
+from engines.files import atomic_write
 from engines.onnx_audit import check_onnx
 
 __all__ = [
@@ -249,9 +250,8 @@ def _fp8_to_native(path: Path) -> None:
     del proto.opset_import[:]
     proto.opset_import.extend(opsets)
     onnx.checker.check_model(proto)
-    tmp = path.with_name(f".{path.name}.fp8{os.getpid()}")
-    onnx.save(proto, os.fspath(tmp))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        onnx.save(proto, os.fspath(tmp))
 
 
 def export_qdq_onnx(result: QuantizeResult, clip: tuple[int, int, int], path: str | os.PathLike[str]) -> ExportReport:

@@ -34,6 +34,7 @@ from torch import nn
 from calibration.errors import CalibrationError
 from engines.errors import ExportError
 from engines.export import file_sha256, run_onnxruntime
+from engines.files import atomic_write
 
 if TYPE_CHECKING:
     from calibration.quantize import QdqParity
@@ -282,9 +283,8 @@ def write_sidecar(
         **(extra or {}),
     }
     path = sidecar_path(onnx_path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
     return record
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from engines.errors import CheckpointError, ConfigError
+from engines.files import atomic_write
 from engines.layers.vmp import VmpLayer
 from engines.models import build_model, get_model_cfg, list_models
 
@@ -269,9 +270,8 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(record, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(record, tmp)
     return digest
 
 

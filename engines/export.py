@@ -36,6 +36,7 @@ from torch import nn
 
 from engines.checkpoint import ClipSpec
 from engines.errors import ConfigError, ExportError
+from engines.files import atomic_write
 from engines.layers.blocks import EmimAttention
 from engines.onnx_audit import AuditReport, audit_onnx, check_onnx
 
@@ -192,51 +193,48 @@ def export_onnx(
         raise ConfigError(f"the dynamo exporter writes opset >= 18, got {opset}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     dtype = torch.float16 if half else torch.float32
     T, H, W = clip
     example = torch.randn(batch or _TRACE_BATCH, 3, T, H, W, generator=torch.Generator().manual_seed(0)).to(dtype)
     net = _export_copy(model, half)
     start = time.perf_counter()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about Python ints in shapes (T, H, W are static)
-            if exporter == Exporter.LEGACY:
-                torch.onnx.export(
-                    net,
-                    (example,),
-                    str(tmp),
-                    dynamo=False,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_axes=None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                    opset_version=opset,
-                    do_constant_folding=True,
-                )
-            else:
-                shapes = None if batch else ({0: torch.export.Dim("batch", min=1, max=1024)},)
-                torch.onnx.export(
-                    net,
-                    (example,),
-                    str(tmp),
-                    dynamo=True,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_shapes=shapes,
-                    opset_version=opset,
-                    external_data=False,
-                    verbose=False,
-                )
-        report = audit_onnx(tmp)
-        if audit:
-            check_onnx(tmp)
+        with atomic_write(path) as tmp:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer warnings about Python ints in shapes (T, H, W are static)
+                if exporter == Exporter.LEGACY:
+                    torch.onnx.export(
+                        net,
+                        (example,),
+                        str(tmp),
+                        dynamo=False,
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
+                        dynamic_axes=None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                        opset_version=opset,
+                        do_constant_folding=True,
+                    )
+                else:
+                    shapes = None if batch else ({0: torch.export.Dim("batch", min=1, max=1024)},)
+                    torch.onnx.export(
+                        net,
+                        (example,),
+                        str(tmp),
+                        dynamo=True,
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
+                        dynamic_shapes=shapes,
+                        opset_version=opset,
+                        external_data=False,
+                        verbose=False,
+                    )
+            report = audit_onnx(tmp)
+            if audit:
+                check_onnx(tmp)
     except ExportError:
-        tmp.unlink(missing_ok=True)
         raise
     except Exception as err:  # exporters raise many types; the message names the cause
-        tmp.unlink(missing_ok=True)
         raise ExportError(f"ONNX export ({exporter.value}) failed: {type(err).__name__}: {err}") from err
-    os.replace(tmp, path)
     seconds = time.perf_counter() - start
     log.info("exported %s (%s, opset %d) in %.1f s", path, exporter.value, opset, seconds)
     return ExportReport(

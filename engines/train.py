@@ -44,6 +44,7 @@ from engines.checkpoint import (
 from engines.data import ClipDataset, open_dataset, split_validation
 from engines.errors import CheckpointError, ConfigError
 from engines.evaluate import EvalResult, evaluate, forward_clips
+from engines.files import atomic_write
 from engines.layers.vmp import VmpLayer, slope_shift
 from engines.models import build_model, get_model_cfg
 
@@ -470,9 +471,8 @@ def _load_resume(
 
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _duration(seconds: float) -> str:

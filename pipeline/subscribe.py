@@ -4,8 +4,11 @@
 Loss is detected from the per-topic ``msg_seq`` (a gap counts in ``lost[topic]``). Frames larger than
 ``max_msg_bytes`` are refused by the socket itself (ZMQ_MAXMSGSIZE), so they never reach memory. libzmq treats
 such a frame as a protocol error and closes the connection *without* reconnecting (libzmq 4.3); the subscriber
-watches its socket's DISCONNECTED events and connects again itself, so the oversize message and any sent during
-the reconnect show up as a ``msg_seq`` gap (and in ``disconnects``). With ``curve=CurveClient(...)``
+watches its socket's DISCONNECTED events and, when libzmq does not start reconnecting by itself within
+``_STRANDED_S``, reads what is queued and connects again itself, so the oversize message and any sent during the
+reconnect show up as a ``msg_seq`` gap (and in ``disconnects``). It never disconnects a pipe that may still hold
+messages: libzmq aborts the process when a multipart message is read from a pipe disconnected under it
+(``Assertion failed: !_more (src/fq.cpp)``, libzmq issues 2163 and 3485). With ``curve=CurveClient(...)``
 (:mod:`pipeline.keys`) the connection is encrypted and authenticated; a handshake the publisher refuses (a key it
 does not authorise, a missing or wrong server key, CURVE on one side only) is counted in ``handshake_failures``
 and logged with the likely cause; no message ever arrives over such a connection. Payloads that are not a JSON
@@ -20,6 +23,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,8 +46,11 @@ _LOG = logging.getLogger(__name__)
 _MAX_MSG_SEQ = 2**63 - 1  # the publisher's counter is an int64 in every other implementation
 _MAX_MSG_BYTES = 1 << 30
 _MAX_HWM = 1_000_000
+_STRANDED_S = 0.5  # after a lost connection: libzmq announces its own reconnect (CONNECT_RETRIED) well within this
+_RECONNECTING_EVENTS = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECTED
 _MONITORED_EVENTS = (
     zmq.EVENT_DISCONNECTED
+    | _RECONNECTING_EVENTS
     | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -131,6 +138,8 @@ class Subscriber:
         self.endpoint = endpoint
         self._monitor: zmq.Socket | None = None
         self._connected = False  # a handshake succeeded and that connection has not been lost since
+        self._stranded_at: float | None = None  # lost and libzmq has not (yet) said it reconnects
+        self._queued: deque[Received] = deque()  # read off the socket before connecting again
         try:
             self._socket.linger = 0
             self._socket.rcvhwm = rcv_hwm
@@ -159,39 +168,60 @@ class Subscriber:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
-            remaining_ms = max(0, round((deadline - time.monotonic()) * 1000))
-            ready = dict(self._poller.poll(remaining_ms))
+            if self._queued:
+                return self._queued.popleft()
+            now = time.monotonic()
+            remaining_ms = max(0, round((deadline - now) * 1000))
+            poll_ms = remaining_ms
+            if self._stranded_at is not None:
+                poll_ms = min(poll_ms, max(0, round((self._stranded_at + _STRANDED_S - now) * 1000)))
+            ready = dict(self._poller.poll(poll_ms))
             if self._monitor in ready:
                 self._on_monitor_event()
             if self._socket in ready:
                 received = self._decode(self._socket.recv_multipart(zmq.NOBLOCK))
                 if received is not None:
                     return received
-            if remaining_ms == 0:
+            if self._stranded_at is not None and time.monotonic() >= self._stranded_at + _STRANDED_S:
+                self._reconnect()
+            if remaining_ms == 0 and not self._queued:
                 return None
 
     def _on_monitor_event(self) -> None:
-        """Track the connection; reconnect after losing an established one.
+        """Track the connection; note a lost one that libzmq does not reconnect by itself.
 
-        libzmq does not reconnect after a protocol error such as an oversize frame, so this does. A handshake
-        that failed is left to libzmq (it retries a protocol mismatch with its backoff and gives up after an
-        authentication refusal): reconnecting at once would only repeat the refusal.
+        libzmq does not reconnect after a protocol error such as an oversize frame, so :meth:`_reconnect` does
+        (when libzmq has not announced a reconnect within ``_STRANDED_S``). A handshake that failed is left to
+        libzmq (it retries a protocol mismatch with its backoff and gives up after an authentication refusal):
+        reconnecting at once would only repeat the refusal.
         """
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connected = True
+                self._stranded_at = None
+            elif event & _RECONNECTING_EVENTS:
+                self._stranded_at = None  # libzmq reconnects by itself
             elif event == zmq.EVENT_DISCONNECTED:
                 if not self._connected:
                     continue  # the end of a refused handshake, already counted
                 self._connected = False
                 self.disconnects += 1
+                self._stranded_at = time.monotonic()
                 _LOG.info("disconnected from %s; reconnecting", self.endpoint)
-                with contextlib.suppress(zmq.ZMQError):  # already gone after a protocol error
-                    self._socket.disconnect(self.endpoint)
-                self._socket.connect(self.endpoint)
             else:
                 self._on_handshake_failure(event)
+
+    def _reconnect(self) -> None:
+        """Connect again after a connection libzmq gave up, once everything queued has been read off the socket."""
+        self._stranded_at = None
+        while self._socket.poll(0, zmq.POLLIN):
+            received = self._decode(self._socket.recv_multipart(zmq.NOBLOCK))
+            if received is not None:
+                self._queued.append(received)
+        with contextlib.suppress(zmq.ZMQError):  # already gone after a protocol error
+            self._socket.disconnect(self.endpoint)
+        self._socket.connect(self.endpoint)
 
     def _on_handshake_failure(self, event: int) -> None:
         self.handshake_failures += 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -318,3 +320,33 @@ def test_subscribe_command_prints_lines_and_writes_jsonl(tmp_path, capsys):
     payloads = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert len(payloads) == 3
     assert [LabelMessage.from_payload(p).camera_id for p in payloads] == ["cam1"] * 3
+
+
+_STOPPED_PUBLISHER = """
+import json, sys, time, zmq
+from pipeline.subscribe import Subscriber
+pub = zmq.Context.instance().socket(zmq.PUB)
+pub.linger = 0
+endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+with Subscriber(endpoint, topics=[b"labels/"], rcv_hwm=100_000) as sub:
+    time.sleep(0.5)
+    for i in range(20_000):
+        pub.send_multipart([b"labels/cam1/", json.dumps({"msg_seq": i, "pad": "x" * 200}).encode()])
+    time.sleep(0.3)
+    pub.close()  # the publisher goes away while thousands of two-frame messages wait in the subscriber's queue
+    received = 0
+    while sub.recv(1.0) is not None:
+        received += 1
+    print(received, sub.disconnects, sub.total_lost)
+"""
+
+
+def test_subscriber_survives_a_publisher_that_stops_while_messages_are_queued():
+    """Regression: disconnecting a pipe under queued multipart messages made libzmq abort the process
+    (``Assertion failed: !_more (src/fq.cpp:80)``); the subscriber now reads what is queued and lets libzmq
+    reconnect. Run in a child process, since the failure is an abort."""
+    done = subprocess.run([sys.executable, "-c", _STOPPED_PUBLISHER], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-500:]
+    received, disconnects, lost = map(int, done.stdout.split())
+    assert disconnects == 1
+    assert received > 0 and received + lost <= 20_000

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engines.backends import Candidate, Engine, EngineConfig, EngineInfo, open_backend
@@ -33,22 +34,10 @@ __all__ = [
     "bench_backends",
     "bench_engine",
     "bench_op",
-    "percentile",
     "time_calls",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation between order statistics."""
-    data = sorted(values)
-    if not data:
-        raise ValueError("percentile of no values")
-    pos = (len(data) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
 
 
 def time_calls(
@@ -117,7 +106,7 @@ def bench_engine(
     clips = torch.randn(spec.shape(batch), generator=gen).to(engine.device, spec.dtype)
     times_ms = time_calls(lambda: engine.infer(clips), warmup, min_iters, min_time_s, _sync_for(engine.device))
     info = engine.describe()
-    p50 = percentile(times_ms, 50)
+    p50 = float(np.percentile(times_ms, 50))
     clips_per_s = batch * 1000 / p50
     return BenchResult(
         backend=label or info.backend,
@@ -127,7 +116,7 @@ def bench_engine(
         info=info,
         iters=len(times_ms),
         clip_ms_p50=p50 / batch,
-        clip_ms_p90=percentile(times_ms, 90) / batch,
+        clip_ms_p90=float(np.percentile(times_ms, 90)) / batch,
         batch_ms_p50=p50,
         clips_per_s=clips_per_s,
         macs_per_s=macs_per_clip * clips_per_s,
@@ -289,8 +278,8 @@ def bench_op(
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # natten on the CPU warns that flex attention runs uncompiled
                 times_ms = time_calls(fn, warmup, min_iters, min_time_s, sync)
-            p50 = percentile(times_ms, 50)
+            p50 = float(np.percentile(times_ms, 50))
             other_work = name == "natten.na2d"  # context only: its MAC/s would not compare
             macs_per_s = float("nan") if other_work else layer.macs * batch * 1000 / p50
-            results.append(OpBenchResult(layer, name, batch, p50, percentile(times_ms, 90), macs_per_s, note))
+            results.append(OpBenchResult(layer, name, batch, p50, float(np.percentile(times_ms, 90)), macs_per_s, note))
     return results

@@ -8,13 +8,13 @@ otherwise (or when no label came in either minute).
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
+import psutil
 
 from pipeline.commands.common import add_config_argument, config_label, config_path
 
@@ -46,27 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _rss_mib(pid: int) -> float:
-    """Resident set size of a process in MiB (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def _tree_rss_mib() -> float:
-    """RSS of this process and its children (the camera processes)."""
-    me = os.getpid()
-    kids = set()
-    for task in Path(f"/proc/{me}/task").glob("*"):
-        try:
-            kids |= {int(p) for p in (task / "children").read_text().split()}
-        except OSError:
-            continue
-    return _rss_mib(me) + sum(_rss_mib(k) for k in kids)
+    """RSS of this process and its direct children (the camera processes) in MiB; a child that is gone counts 0."""
+    me = psutil.Process()
+    rss = 0
+    for proc in (me, *me.children()):
+        with contextlib.suppress(psutil.Error):
+            rss += proc.memory_info().rss
+    return rss / 2**20
 
 
 def main(args: argparse.Namespace) -> int:

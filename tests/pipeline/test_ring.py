@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.ring import ReadStatus, RingFrame, RingReader, SharedRing, ring_throughput
+from pipeline.ring import ReadStatus, RingFrame, RingReader, SharedRing
 
 SPAWN = mp.get_context("spawn")
 SHM_DIR = Path("/dev/shm")
@@ -293,9 +293,3 @@ def test_attach_unknown_or_foreign_segment_is_a_clear_error():
         foreign.unlink()
     with pytest.raises(PipelineError, match="slots >= 2"):
         SharedRing.create(1, H, W)
-
-
-def test_ring_throughput_between_processes():
-    result = ring_throughput(frames=600, height=64, width=64, slots=8)
-    assert result["delivered"] == 600 and result["dropped"] == 0 and result["corrupt"] == 0
-    assert result["fps"] > 0 and result["mb_per_s"] > 0

@@ -12,7 +12,7 @@ Fields common to every kind:
 - ``schema`` int: the version of this message's kind; 1 for ``label``, ``status`` and ``event``. A kind's version
   changes only when its fields change incompatibly; a new kind (``event`` was added after the first release of
   schema 1) leaves the others alone. A reader must refuse versions it does not know and may skip unknown kinds.
-- ``kind`` str: ``"label"``, ``"status"`` or ``"event"``.
+- ``kind`` str: ``"label"``, ``"status"``, ``"event"`` or ``"preview"``.
 - ``camera_id`` str: the camera (1-64 printable characters, no ``/``, no whitespace).
 - ``msg_seq`` int: per-topic message number set by the publisher, 0, 1, 2, ...; a gap means messages were lost,
   a decrease means the publisher restarted.
@@ -69,6 +69,7 @@ Fields common to every kind:
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import socket
@@ -89,6 +90,7 @@ __all__ = [
     "LabelMessage",
     "MessageError",
     "ModelInfo",
+    "PreviewMessage",
     "StatusMessage",
     "WindowInfo",
     "event_topic",
@@ -496,8 +498,70 @@ class EventMessage:
         return cls.from_payload(_loads(data))
 
 
-Message = LabelMessage | StatusMessage | EventMessage
-_KINDS: dict[str, type[Message]] = {"label": LabelMessage, "status": StatusMessage, "event": EventMessage}
+@dataclass(frozen=True, slots=True)
+class PreviewMessage:
+    """A JPEG of the frame the model sees, for the live view (``kind: "preview"``, :mod:`pipeline.preview`)."""
+
+    camera_id: str
+    seq: int
+    capture_mono_ns: int
+    capture_wall_ns: int
+    width: int
+    height: int
+    jpeg: bytes
+    msg_seq: int = -1
+    clock_domain: str = field(default_factory=local_clock_domain)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON-ready dict of schema 1 (the JPEG base64-encoded in ``data``)."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "kind": "preview",
+            "camera_id": self.camera_id,
+            "msg_seq": self.msg_seq,
+            "clock_domain": self.clock_domain,
+            "seq": self.seq,
+            "capture_mono_ns": self.capture_mono_ns,
+            "capture_wall_ns": self.capture_wall_ns,
+            "width": self.width,
+            "height": self.height,
+            "format": "jpeg",
+            "data": base64.b64encode(self.jpeg).decode("ascii"),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> PreviewMessage:
+        """Parse a schema-1 preview payload.
+
+        Raises:
+            MessageError: wrong schema or kind, a missing field, a field of the wrong type or data that is not base64.
+        """
+        p = _Fields(payload, "preview")
+        p.choice("format", ("jpeg",))
+        try:
+            jpeg = base64.b64decode(p.text("data"), validate=True)
+        except ValueError as err:
+            raise MessageError(f"preview message: field 'data' is not base64: {err}") from None
+        return cls(
+            camera_id=p.text("camera_id"),
+            seq=p.integer("seq"),
+            capture_mono_ns=p.integer("capture_mono_ns"),
+            capture_wall_ns=p.integer("capture_wall_ns"),
+            width=p.integer("width"),
+            height=p.integer("height"),
+            jpeg=jpeg,
+            msg_seq=p.integer("msg_seq"),
+            clock_domain=p.text("clock_domain"),
+        )
+
+
+Message = LabelMessage | StatusMessage | EventMessage | PreviewMessage
+_KINDS: dict[str, type[Message]] = {
+    "label": LabelMessage,
+    "status": StatusMessage,
+    "event": EventMessage,
+    "preview": PreviewMessage,
+}
 
 
 SOURCE_STATES = ("connecting", "live", "stalled", "reconnecting", "ended")

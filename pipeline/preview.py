@@ -6,14 +6,13 @@ GIL while encoding). The loop sends what is ready with ``take()``; a camera whos
 encoded has the older one replaced (counted in ``replaced``), so the loop never waits and memory stays bounded.
 
 The preview is the frame the model sees (resized and cropped to its H x W), not the camera's native picture.
-Payload (schema 1, one JSON object like the other kinds, ``msg_seq`` set by the publisher): ``schema``,
-``kind`` = ``"preview"``, ``camera_id``, ``clock_domain``, ``seq`` (frame sequence number), ``capture_mono_ns``,
-``capture_wall_ns``, ``width``, ``height``, ``format`` = ``"jpeg"`` and ``data`` (the JPEG, base64).
+Payload: :class:`pipeline.messages.PreviewMessage` (schema 1, ``msg_seq`` set by the publisher): ``camera_id``,
+``clock_domain``, ``seq`` (frame sequence number), ``capture_mono_ns``, ``capture_wall_ns``, ``width``, ``height``,
+``format`` = ``"jpeg"`` and ``data`` (the JPEG, base64).
 """
 
 from __future__ import annotations
 
-import base64
 import threading
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.messages import SCHEMA_VERSION, local_clock_domain, validate_camera_id
+from pipeline.messages import PreviewMessage, validate_camera_id
 from pipeline.ring import RingFrame
 
 __all__ = ["PreviewTap", "preview_topic"]
@@ -95,19 +94,7 @@ class PreviewTap:
         if not ok:  # pragma: no cover - OpenCV encodes any uint8 HxWx3 image
             raise RuntimeError(f"JPEG encoding of a {image.shape} frame failed")
         height, width = image.shape[:2]
-        return {
-            "schema": SCHEMA_VERSION,
-            "kind": "preview",
-            "camera_id": camera_id,
-            "clock_domain": local_clock_domain(),
-            "seq": seq,
-            "capture_mono_ns": mono_ns,
-            "capture_wall_ns": wall_ns,
-            "width": width,
-            "height": height,
-            "format": "jpeg",
-            "data": base64.b64encode(jpeg.tobytes()).decode("ascii"),
-        }
+        return PreviewMessage(camera_id, seq, mono_ns, wall_ns, width, height, jpeg.tobytes()).to_payload()
 
     def close(self) -> None:
         """Stop the encoder thread (pending previews are discarded). Idempotent."""

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from pipeline.commands.common import add_curve_arguments, curve_client, curve_hint
 from pipeline.errors import PipelineError
-from pipeline.messages import EventMessage, LabelMessage, MessageError, StatusMessage, parse_payload
+from pipeline.messages import EventMessage, LabelMessage, MessageError, PreviewMessage, StatusMessage, parse_payload
 from pipeline.subscribe import Received, Subscriber
 
 HELP = "print label/status messages of a running pipeline (ZeroMQ SUB)"
@@ -87,6 +87,8 @@ def describe(received: Received) -> str:
         return _describe_label(msg)
     if isinstance(msg, EventMessage):
         return _describe_event(msg)
+    if isinstance(msg, PreviewMessage):
+        return f"{msg.camera_id} #{msg.msg_seq} preview frame {msg.seq} {msg.width}x{msg.height} JPEG {len(msg.jpeg)} B"
     return _describe_status(msg)
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 import cv2
 import numpy as np
+import pytest
 
+from pipeline.commands.subscribe import describe
+from pipeline.messages import MessageError, PreviewMessage, parse_payload
 from pipeline.preview import PreviewTap, preview_topic
 from pipeline.ring import RingFrame
+from pipeline.subscribe import Received
 
 
 def frame(seq: int) -> RingFrame:
@@ -59,3 +64,17 @@ def test_previews_are_rate_limited_per_camera():
     finally:
         tap.close()
     assert sorted((t, p["seq"]) for t, p in first) == [(b"preview/a/", 0), (b"preview/b/", 0)]
+
+
+def test_preview_payload_parses_as_a_message_kind_and_subscribe_describes_it():
+    """A preview is a message kind of its own: ``parse_payload`` returns the JPEG, ``subscribe`` prints a line."""
+    frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", frame)
+    assert ok
+    sent = PreviewMessage("cam1", 7, 10, 20, 64, 48, jpeg.tobytes(), msg_seq=3)
+    parsed = parse_payload(json.loads(json.dumps(sent.to_payload())))
+    assert parsed == sent
+    line = describe(Received("preview/cam1/", sent.to_payload(), 0, 0, 0, parsed))
+    assert line == f"cam1 #3 preview frame 7 64x48 JPEG {len(jpeg.tobytes())} B"
+    with pytest.raises(MessageError, match="'data' is not base64"):
+        parse_payload({**sent.to_payload(), "data": "not base64!"})

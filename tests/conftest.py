@@ -1,15 +1,17 @@
-"""Session-wide fixtures: one aoti package of the demo model per test session.
+"""Session-wide fixtures: a private cache home and one aoti package of the demo model per test session.
 
-The package is built the way a first ``emim-stream run`` with ``engine.backend: aoti`` builds it
-(DESIGN "Warm-up"): a real pipeline process starts serving with the eager engine at once while a
-background process exports and compiles the package, then swaps engines at a window boundary. The
-run's labels and log are kept for the end-to-end test (tests/integration/test_aoti_e2e.py), and
-its cache directory serves every other test that needs a built package, so the minutes of
-compilation are spent once.
+Every test, and every pipeline process a test starts, caches compiled engines under one session folder
+(``XDG_CACHE_HOME``), never in the user's ``~/.cache``. The package is built the way a first ``emim-stream run``
+with ``engine.backend: aoti`` builds it (DESIGN "Warm-up"): a real pipeline process starts serving with the
+eager engine at once while a background process exports and compiles the package, then swaps engines at a
+window boundary. The run's labels and log are kept for the end-to-end test (tests/integration/test_aoti_e2e.py).
+It builds into the session's default cache, so every later run of the embedded default (``backend: aoti``)
+loads the package at once instead of starting a build of its own: the minutes of compilation are spent once.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ def _run_until_swapped(root: Path) -> WarmupRun:
     from pipeline.subscribe import Subscriber
     from tests.integration.conftest import PipelineProcess, free_port
 
-    cache = root / "cache"
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "emim-stream"  # the default plan cache of every run
     port = free_port()
     config = {
         "cameras": [{"id": "cam1", "source": "synthetic://?seed=1&fps=30&size=160x120"}],
@@ -51,7 +53,6 @@ def _run_until_swapped(root: Path) -> WarmupRun:
             "device": "cpu",
             "checkpoint": "emim_xs.demo",
             "threads": 1,
-            "plan_cache_dir": str(cache),
         },
         "window": {"stride": 4},
         "publish": {"endpoint": f"tcp://127.0.0.1:{port}"},
@@ -75,8 +76,17 @@ def _run_until_swapped(root: Path) -> WarmupRun:
     return WarmupRun(cache, config, labels, output, code, int(found.group(1)) if found else None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory):
+    """``XDG_CACHE_HOME`` of the whole session (inherited by the processes tests start)."""
+    home = tmp_path_factory.mktemp("cache-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
-def aoti_warmup(tmp_path_factory) -> WarmupRun:
+def aoti_warmup(tmp_path_factory, cache_home) -> WarmupRun:
     """A pipeline run with ``engine.backend: aoti`` on an empty cache, until the compiled engine serves."""
     return _run_until_swapped(tmp_path_factory.mktemp("aoti-warmup"))
 

@@ -153,7 +153,7 @@ class ClipSet:
 
 
 def _stage_normalisation(model: ModelSource) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Mean and std the runtime's VMP stage uses for this model (pipeline.runtime._Camera)."""
+    """Mean and std the runtime's VMP stage uses for this model (pipeline.runtime._CameraStream)."""
     if model.vmp is not None:
         return (model.vmp.mean,) * 3, (model.vmp.std,) * 3
     return (MEAN,) * 3, (STD,) * 3

@@ -56,7 +56,7 @@ class CameraExit:
     """The source cannot work (missing file, corrupt video, no such camera): restarting would not help."""
 
 
-class _Camera:
+class _CaptureState:
     """State of the capture loop of one camera."""
 
     def __init__(self, cfg: CameraConfig, ring: SharedRing, notes: Connection, backoff: tuple[float, float]) -> None:
@@ -163,12 +163,12 @@ def camera_main(
     watch = StopWatch(stop)
     ring = SharedRing.attach(ring_name)
     try:
-        raise SystemExit(_capture_loop(_Camera(cfg, ring, notes, backoff), watch))
+        raise SystemExit(_capture_loop(_CaptureState(cfg, ring, notes, backoff), watch))
     finally:
         ring.close()
 
 
-def _capture_loop(cam: _Camera, stop: StopWatch) -> int:
+def _capture_loop(cam: _CaptureState, stop: StopWatch) -> int:
     cfg = cam.cfg
     delay = cam.backoff_s
     down_since_ns: int | None = None

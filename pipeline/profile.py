@@ -96,7 +96,7 @@ class _Increase:
         self.last = value
 
 
-class _Camera:
+class _CameraProfile:
     """What the profiler knows of one camera."""
 
     def __init__(self, trace_len: int) -> None:
@@ -128,7 +128,7 @@ class Profiler:
         self.started_mono_ns = time.monotonic_ns()
         self.started_wall_ns = time.time_ns()
         self.recorder = LatencyRecorder(capacity)
-        self.cameras: dict[str, _Camera] = {}
+        self.cameras: dict[str, _CameraProfile] = {}
         self.labels = 0
         self.statuses = 0
         self.unreadable = 0
@@ -152,13 +152,13 @@ class Profiler:
         else:
             self._add_status(camera, msg)
 
-    def _camera(self, camera_id: str) -> _Camera:
+    def _camera(self, camera_id: str) -> _CameraProfile:
         camera = self.cameras.get(camera_id)
         if camera is None:
-            camera = self.cameras[camera_id] = _Camera(self.capacity)
+            camera = self.cameras[camera_id] = _CameraProfile(self.capacity)
         return camera
 
-    def _add_label(self, camera: _Camera, msg: LabelMessage, recv_mono_ns: int) -> None:
+    def _add_label(self, camera: _CameraProfile, msg: LabelMessage, recv_mono_ns: int) -> None:
         self.labels += 1
         camera.labels += 1
         camera.dropped_frames.update(msg.dropped_frames)
@@ -177,7 +177,7 @@ class Profiler:
         self.recorder.add(msg.camera_id, stages)
         camera.trace.append((recv_mono_ns, stages))
 
-    def _add_status(self, camera: _Camera, msg: StatusMessage) -> None:
+    def _add_status(self, camera: _CameraProfile, msg: StatusMessage) -> None:
         self.statuses += 1
         camera.heartbeats += 1
         camera.state = msg.state

@@ -91,7 +91,7 @@ class WindowJob:
     first_capture_wall_ns: int
 
 
-class _Camera:
+class _CameraStream:
     """Per-camera state of the inference loop."""
 
     def __init__(
@@ -345,7 +345,7 @@ class _Loop:
         self.model_info = ModelInfo(info.model_name, info.backend, info.precision, info.device, info.checkpoint_sha256)
         out = cfg.output
         self.cams = {
-            cam.id: _Camera(
+            cam.id: _CameraStream(
                 cam, sup.cameras[cam.id].ring, engine, cfg.stride_of(cam), out.smoothing, out.topk, cfg.events
             )
             for cam in cfg.cameras
@@ -399,7 +399,7 @@ class _Loop:
                     return "all cameras ended"
                 time.sleep(_IDLE_SLEEP_S)
 
-    def skip_nonfinite(self, cam: _Camera, job: WindowJob) -> None:
+    def skip_nonfinite(self, cam: _CameraStream, job: WindowJob) -> None:
         """A window whose scores are NaN/Inf (e.g. fp16 overflow) is counted as skipped, never published."""
         cam.dropped_windows += 1
         cam.nonfinite_windows += 1
@@ -438,7 +438,7 @@ class _Loop:
         )
         previous.close()
 
-    def serve(self, batch: list[_Camera]) -> None:
+    def serve(self, batch: list[_CameraStream]) -> None:
         """One engine call for the pending windows of ``batch``, then one label message per camera."""
         jobs = [cam.pending for cam in batch]
         clips = jobs[0].clip.unsqueeze(0) if len(jobs) == 1 else torch.stack([j.clip for j in jobs])
@@ -503,7 +503,7 @@ class _Loop:
                 )
                 self.publish_events(cam, cam.events.push(span, cam.post.scores))
 
-    def publish_events(self, cam: _Camera, events: list[EventMessage]) -> None:
+    def publish_events(self, cam: _CameraStream, events: list[EventMessage]) -> None:
         """Publish closed action events of ``cam`` on ``events/<camera>/`` (and to the MQTT sink)."""
         for event in events:
             topic = event_topic(cam.cfg.id)

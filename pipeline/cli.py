@@ -15,7 +15,8 @@ import sys
 
 from engines.errors import EmimError
 
-# Sub-command name -> module under pipeline.commands. Imported lazily so `--help` stays fast.
+# Sub-command name -> module under pipeline.commands. build_parser imports every one; each keeps its heavy
+# imports (torch, the engines) inside main() so that `--help` stays fast.
 COMMANDS: dict[str, str] = {
     "run": "run",
     "config": "config",

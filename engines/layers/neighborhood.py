@@ -94,7 +94,7 @@ def _reference_kernel(
 
 KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, ...]]
 
-# Kernel name -> implementation. Faster kernels register here (engines.backends may add more).
+# Kernel name -> implementation; ``triton`` is added at the end of this module when Triton is installed.
 KERNELS: dict[str, KernelFn] = {"reference": _reference_kernel}
 
 

@@ -21,6 +21,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from torch.utils.data import DataLoader
 
 from engines.checkpoint import (
@@ -185,12 +187,26 @@ def resume_path(out: str | os.PathLike[str]) -> Path:
     return out.with_name(out.name + ".resume")
 
 
-def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine decay to ``min_lr``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, lr: float, min_lr: float, total: int, warmup: int, start: int = 0
+) -> LRScheduler:
+    """Per-step learning rates of every group: linear warm-up to ``lr``, then cosine decay to ``min_lr`` at ``total``.
+
+    Step ``s`` (0-based) of the warm-up runs at ``lr * (s + 1) / warmup``. The schedule is set for step ``start``
+    (a resumed run's next step); call its ``step()`` after every optimizer step.
+    """
+    for group in optimizer.param_groups:  # a resumed optimizer holds its last step's rate
+        group["lr"] = group["initial_lr"] = lr
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=min_lr)
+    schedule: LRScheduler = cosine
+    if warmup:
+        ramp = LinearLR(optimizer, start_factor=1 / warmup, total_iters=max(1, warmup - 1))
+        schedule = SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fast-forwarding warns that no optimizer step came first
+        for _ in range(start):
+            schedule.step()
+    return schedule
 
 
 def train(
@@ -280,6 +296,7 @@ def train(
 
     history: list[dict[str, Any]] = list(state["history"])
     global_step = state["global_step"]
+    schedule = lr_schedule(optimizer, cfg.lr, cfg.min_lr, total_steps, warmup_steps, start=global_step)
     seconds_before = state["train_seconds"]
     run_start = time.monotonic()
     val_result: EvalResult | None = None
@@ -305,14 +322,13 @@ def train(
         step_in_epoch = skip
         lr = cfg.lr
         for clips, target in loader:
-            lr = lr_at(global_step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = schedule.get_last_lr()[0]
             logits, reg = forward_clips(model, vmp, clips, clip.mean, clip.std)
             loss = F.cross_entropy(logits, target) + cfg.vmp_lambda * reg
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             global_step += 1
             step_in_epoch += 1
             n = len(target)

@@ -17,7 +17,7 @@ import torch
 from engines.checkpoint import load_checkpoint
 from engines.errors import ConfigError
 from engines.synthetic import CLASSES, SyntheticScene, clip_seed
-from engines.train import TrainConfig, lr_at, resume_path, train
+from engines.train import TrainConfig, lr_schedule, resume_path, train
 from pipeline.commands import evaluate as evaluate_cmd
 from pipeline.commands import train as train_cmd
 from pipeline.preprocess import Preprocessor
@@ -162,12 +162,34 @@ def test_init_accepts_the_shipped_demo_name(tmp_path):
     torch.testing.assert_close(tuned.vmp.n, demo.vmp.n, rtol=0, atol=1e-6)
 
 
-def test_learning_rate_warms_up_then_decays_by_cosine():
-    lrs = [lr_at(s, total=100, warmup=10, lr=1.0, min_lr=0.01) for s in range(100)]
+def reference_lr(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """The schedule's formula: linear warm-up ``lr * (step + 1) / warmup``, then cosine decay to ``min_lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@pytest.mark.parametrize(
+    ("total", "warmup", "start"),
+    [(100, 10, 0), (100, 10, 37), (100, 0, 0), (100, 1, 0), (100, 100, 0), (7, 3, 2), (5000, 250, 0), (1, 1, 0)],
+)
+def test_learning_rate_per_step_equals_warm_up_then_cosine(total, warmup, start):
+    lr, min_lr = 1e-3, 1e-5
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [param]}, {"params": [], "weight_decay": 0.0}], lr=lr)
+    for group in optimizer.param_groups:  # a resumed optimizer holds its last step's rate
+        group["lr"] = 0.5
+    schedule = lr_schedule(optimizer, lr, min_lr, total, warmup, start=start)
+    for step in range(start, total):
+        expected = reference_lr(step, total, warmup, lr, min_lr)
+        assert schedule.get_last_lr() == pytest.approx([expected] * 2, rel=1e-12, abs=1e-15)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([expected] * 2, rel=1e-12, abs=1e-15)
+        optimizer.step()
+        schedule.step()
+    lrs = [reference_lr(s, 100, 10, 1.0, 0.01) for s in range(100)]  # the reference itself: ramp, then decay
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
-    assert lrs[55] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
-    assert lrs[-1] == pytest.approx(0.01, abs=1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:])) and lrs[-1] == pytest.approx(0.01, abs=1e-3)
 
 
 def test_bad_settings_and_model_args_are_config_errors():

@@ -208,24 +208,6 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
-class SupervisorConfig:
-    """Camera-process supervision."""
-
-    restart_backoff_s: float = 0.5
-    """First delay before restarting a dead camera process or reconnecting a lost source (doubles each time)."""
-    restart_backoff_max_s: float = 10.0
-    """Cap of the restart / reconnect delay."""
-    stall_timeout_s: float = 5.0
-    """A camera whose ring has no heartbeat for this long is reported stalled."""
-
-    def __post_init__(self) -> None:
-        for name in ("restart_backoff_s", "restart_backoff_max_s", "stall_timeout_s"):
-            _check_seconds(name, getattr(self, name))
-        if self.restart_backoff_s > self.restart_backoff_max_s:
-            raise FieldError("restart_backoff_s", "must be <= restart_backoff_max_s")
-
-
-@dataclass(frozen=True)
 class EventsConfig:
     """Action events: per camera, a hysteresis state machine over the (smoothed) scores (pipeline/events.py)."""
 
@@ -337,6 +319,24 @@ class OutputsConfig:
     """Outputs besides the ZeroMQ publisher."""
 
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """Camera-process supervision."""
+
+    restart_backoff_s: float = 0.5
+    """First delay before restarting a dead camera process or reconnecting a lost source (doubles each time)."""
+    restart_backoff_max_s: float = 10.0
+    """Cap of the restart / reconnect delay."""
+    stall_timeout_s: float = 5.0
+    """A camera whose ring has no heartbeat for this long is reported stalled."""
+
+    def __post_init__(self) -> None:
+        for name in ("restart_backoff_s", "restart_backoff_max_s", "stall_timeout_s"):
+            _check_seconds(name, getattr(self, name))
+        if self.restart_backoff_s > self.restart_backoff_max_s:
+            raise FieldError("restart_backoff_s", "must be <= restart_backoff_max_s")
 
 
 @dataclass(frozen=True)

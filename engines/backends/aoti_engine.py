@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from engines.backends.base import EngineInfo, InputSpec, Precision, check_clips
+from engines.backends.base import EngineBase, EngineInfo, InputSpec, Precision, check_clips
 from engines.backends.plan_cache import CacheKey, PlanCache, load_or_build
 from engines.backends.source import ModelSource
 from engines.backends.torch_engine import DTYPES, apply_kernel
@@ -257,7 +257,7 @@ def _spec_for(source: ModelSource, precision: str, max_batch: int) -> InputSpec:
     return InputSpec(clip.frames, clip.height, clip.width, DTYPES[p], max_batch)
 
 
-class AotiEngine:
+class AotiEngine(EngineBase):
     """An AOTInductor package of the model, run on the CPU or one CUDA GPU.
 
     Args:
@@ -321,14 +321,6 @@ class AotiEngine:
         log.info("aoti: package loaded in %.2f s", time.perf_counter() - start)
         return runner
 
-    @property
-    def input_spec(self) -> InputSpec:
-        return self._spec
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self._source.labels
-
     @torch.inference_mode()
     def infer(self, clips: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, classes]`` float32 on :attr:`device` of clips ``[B, 3, T, H, W]``."""
@@ -348,12 +340,6 @@ class AotiEngine:
 
     def close(self) -> None:
         self._runner = None
-
-    def __enter__(self) -> AotiEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_aoti(source: ModelSource, cfg: EngineConfig, step: Candidate, build: bool = True) -> AotiEngine:

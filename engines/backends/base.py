@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from engines.errors import ConfigError
 
@@ -242,6 +242,37 @@ class Engine(Protocol):
     def __enter__(self) -> Engine: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+_E = TypeVar("_E", bound="EngineBase")
+
+
+class EngineBase:
+    """What every backend's engine shares: its input spec, its labels and the context-manager protocol.
+
+    Subclasses set ``_spec`` (the :class:`InputSpec` they accept) and ``_source`` (the model source the labels
+    come from) and implement ``infer``, ``describe`` and ``close``.
+    """
+
+    _spec: InputSpec
+    _source: Any
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self._spec
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._source.labels
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _E) -> _E:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def check_clips(clips: torch.Tensor, spec: InputSpec) -> None:

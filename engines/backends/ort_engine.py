@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from engines.backends.base import EngineInfo, InputSpec, Precision, check_clips
+from engines.backends.base import EngineBase, EngineInfo, Precision, check_clips
 from engines.backends.source import ModelSource
 from engines.errors import BackendUnavailableError
 from engines.export import DEFAULT_OPSET, export_onnx, onnx_input_spec
@@ -50,7 +50,7 @@ def cached_onnx(source: ModelSource, cache_dir: Path, half: bool) -> Path:
     return path
 
 
-class OrtEngine:
+class OrtEngine(EngineBase):
     """An ONNX graph run by ONNX Runtime.
 
     Args:
@@ -107,14 +107,6 @@ class OrtEngine:
         self._precision = Precision(precision) if precision else graph_precision
         self._ort_version = ort.__version__
 
-    @property
-    def input_spec(self) -> InputSpec:
-        return self._spec
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self._source.labels
-
     def infer(self, clips: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, classes]`` float32 on :attr:`device` of clips ``[B, 3, T, H, W]``."""
         check_clips(clips, self._spec)
@@ -145,12 +137,6 @@ class OrtEngine:
 
     def close(self) -> None:
         self._session = None
-
-    def __enter__(self) -> OrtEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _np(dtype: torch.dtype):

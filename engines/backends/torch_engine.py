@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from engines.backends.base import EngineInfo, InputSpec, Precision, check_clips
+from engines.backends.base import EngineBase, EngineInfo, InputSpec, Precision, check_clips
 from engines.backends.source import ModelSource
 from engines.errors import BackendUnavailableError
 from engines.layers.blocks import EmimAttention
@@ -85,7 +85,7 @@ class _GraphRunner:
         return static_out.clone()
 
 
-class TorchEngine:
+class TorchEngine(EngineBase):
     """A model run by PyTorch on ``device``.
 
     Args:
@@ -142,14 +142,6 @@ class TorchEngine:
         elif cuda_graphs:
             log.info("cuda_graphs ignored: the torch backend runs on %s", device)
 
-    @property
-    def input_spec(self) -> InputSpec:
-        return self._spec
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self._source.labels
-
     @torch.inference_mode()
     def infer(self, clips: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, classes]`` float32 on :attr:`device` of clips ``[B, 3, T, H, W]``."""
@@ -182,9 +174,3 @@ class TorchEngine:
         if self.device.type == "cuda":
             self._model.to("cpu")
             torch.cuda.empty_cache()
-
-    def __enter__(self) -> TorchEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from engines.backends.base import EngineInfo, InputSpec, Precision, check_clips
+from engines.backends.base import EngineBase, EngineInfo, InputSpec, Precision, check_clips
 from engines.backends.plan_cache import PlanCache, PlanKey, load_or_build
 from engines.backends.source import ModelSource
 from engines.errors import BackendUnavailableError, ExportError
@@ -175,7 +175,7 @@ def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
     return table[dtype]
 
 
-class TrtEngine:
+class TrtEngine(EngineBase):
     """A TensorRT plan run with torch tensors on one GPU.
 
     Args:
@@ -248,14 +248,6 @@ class TrtEngine:
             log.warning("tensorrt: deserialising the plan failed: %s", err)
             return None
 
-    @property
-    def input_spec(self) -> InputSpec:
-        return self._spec
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self._source.labels
-
     def _bind(self, clips: torch.Tensor) -> torch.Tensor:
         """Set the input shape and both addresses; returns the output tensor."""
         self._context.set_input_shape(self._input, tuple(clips.shape))
@@ -323,9 +315,3 @@ class TrtEngine:
         self._graph = None
         self._context = None
         self._engine = None
-
-    def __enter__(self) -> TrtEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -27,7 +27,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import platformdirs
+
 from engines.errors import BackendUnavailableError
+from engines.files import atomic_write
 
 __all__ = ["PLAN_FORMAT", "CacheKey", "PlanCache", "PlanKey", "PlanStatus", "default_cache_dir", "load_or_build"]
 
@@ -49,9 +52,8 @@ class PlanStatus(str, Enum):
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/emim-stream`` (``~/.cache/emim-stream`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "emim-stream"
+    """The user cache folder of emim-stream (Linux: ``$XDG_CACHE_HOME/emim-stream``, ``~/.cache/emim-stream``)."""
+    return Path(platformdirs.user_cache_dir("emim-stream", appauthor=False))
 
 
 class CacheKey:
@@ -195,9 +197,8 @@ class PlanCache:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def load_or_build(

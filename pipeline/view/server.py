@@ -379,6 +379,11 @@ class ViewServer:
         self.close()
 
 
+_VIEW_NICENESS = 10
+"""Niceness added to ``run --view``'s page process: its work (parsing every message, encoding events for the
+browsers) must not delay windows when the box's cores are busy."""
+
+
 class ViewProcess:
     """A :class:`ViewServer` in a child process, for ``run --view``: serving the page never takes the inference
     process's CPU time or GIL. Starts at once and waits until the page is served; ``close()`` stops it, and it
@@ -452,6 +457,7 @@ class ViewProcess:
 
 def _view_process_main(endpoint: str, host: str, port: int, token: str | None, parent_pid: int, report) -> None:
     """Child of :class:`ViewProcess`: serve until SIGTERM or until the parent is gone."""
+    os.nice(_VIEW_NICENESS)  # the page yields the CPU to the inference loop on a busy box
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us

@@ -359,7 +359,7 @@ class Check:
             )
         self.measure("env", [])
         self.versions = self.steps[-1].meta
-        self.step("doctor", self.python("-m", "pipeline.cli", "doctor", *shlex.split(self.plan.doctor)))
+        self.step("doctor", self.python("-m", "cli", "doctor", *shlex.split(self.plan.doctor)))
         junit = self.tmp / "junit.xml"
         self.step(
             "pytest",

@@ -104,7 +104,7 @@ def env(args: argparse.Namespace, out: IO[str]) -> None:
             info["driver"] = subprocess.run(smi, capture_output=True, text=True, timeout=10).stdout.strip() or None
         except (OSError, subprocess.TimeoutExpired):
             info["driver"] = None
-    from pipeline.cli import build_parser
+    from cli.main import build_parser
 
     build_parser()  # imports every command module: what the package needs at start-up
     emit(out, info)

@@ -80,7 +80,7 @@ def test_cli_exits_3_with_one_line(good, tmp_path, case):
     else:
         rewrite(good, path, CASES[case][0])
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "info", "--checkpoint", str(path)],
+        [sys.executable, "-m", "cli", "info", "--checkpoint", str(path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 3, result.stderr

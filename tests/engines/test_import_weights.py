@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cli.main import main as cli_main
 from engines.checkpoint import load_checkpoint
 from engines.errors import ConfigError
 from engines.import_weights import LABEL_MAPS, read_label_map
 from engines.models import build_model
-from pipeline.cli import main as cli_main
 
 
 def test_shipped_label_maps():

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from cli.commands import evaluate as evaluate_cmd
+from cli.commands import train as train_cmd
 from engines.checkpoint import load_checkpoint
 from engines.errors import ConfigError
 from engines.synthetic import CLASSES, SyntheticScene, clip_seed
 from engines.train import TrainConfig, lr_schedule, resume_path, train
-from pipeline.commands import evaluate as evaluate_cmd
-from pipeline.commands import train as train_cmd
 from pipeline.preprocess import Preprocessor
 from pipeline.vmp_stage import VmpStage
 from tests.engines.test_data import write_video

@@ -48,7 +48,7 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
     # a second reader, the subscribe command on events/ only, started first: its imports do not compete with the
     # pipeline near the first change (ZeroMQ connects once the pipeline binds)
     cli = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "subscribe", "--endpoint", endpoint, "--topic", "events/",
+        [sys.executable, "-m", "cli", "subscribe", "--endpoint", endpoint, "--topic", "events/",
          "--count", "2", "--timeout", "180"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -144,7 +144,7 @@ def test_event_boundaries_of_the_demo_model_frame_by_frame():
 
 def test_event_config_out_of_range_exits_2_naming_the_field():
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--set", "events.exit=0.9", "--duration", "1"],
+        [sys.executable, "-m", "cli", "run", "--set", "events.exit=0.9", "--duration", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2

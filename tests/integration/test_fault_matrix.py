@@ -146,7 +146,7 @@ class Run:
         self.log = tmp_path / f"{name}.log"
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "run", "--config", str(cfg_path), *extra],
+                [sys.executable, "-m", "cli", "run", "--config", str(cfg_path), *extra],
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
+from cli.commands.subscribe import describe
 from engines.errors import ConfigError
-from pipeline.commands.subscribe import describe
 from pipeline.config import DEFAULT_CONFIG, EventsConfig, load_config
 from pipeline.events import EventTracker, WindowSpan
 from pipeline.messages import EventMessage, parse_payload

@@ -13,12 +13,12 @@ import pytest
 import yaml
 import zmq
 
+from cli.commands import profile as profile_cmd
+from cli.commands.common import Progress
+from cli.commands.soak import verdict
+from cli.main import main as cli_main
 from engines.errors import ConfigError
 from engines.synthetic import CLASSES
-from pipeline.cli import main as cli_main
-from pipeline.commands import profile as profile_cmd
-from pipeline.commands.common import Progress
-from pipeline.commands.soak import verdict
 from pipeline.config import DEFAULT_CONFIG, CameraConfig, load_config
 from pipeline.keys import CurveServer, write_key_pair
 from pipeline.messages import LabelMessage, MessageError, ModelInfo, WindowInfo
@@ -132,7 +132,7 @@ def test_truth_field_is_optional_in_schema_1():
 
 _LOG_PROBE = """
 import logging, sys
-from pipeline.cli import configure_logging
+from cli.main import configure_logging
 configure_logging(int(sys.argv[1]))
 logging.getLogger("onnxscript.optimizer").info("third-party info")
 logging.getLogger("torch.onnx").warning("third-party warning")

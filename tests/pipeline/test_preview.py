@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.commands.subscribe import describe
+from cli.commands.subscribe import describe
 from pipeline.messages import MessageError, PreviewMessage, parse_payload
 from pipeline.preview import PreviewTap, preview_topic
 from pipeline.ring import RingFrame

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.commands import profile as profile_cmd
+from cli.commands import profile as profile_cmd
 from pipeline.errors import PipelineError
 from pipeline.messages import (
     LabelMessage,

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import pytest
 import zmq
 
+from cli.commands import subscribe as subscribe_cmd
 from engines.errors import ConfigError
-from pipeline.commands import subscribe as subscribe_cmd
 from pipeline.errors import PublishError
 from pipeline.messages import (
     SCHEMA_VERSION,

@@ -102,7 +102,7 @@ def test_bad_endpoints_are_refused_before_anything_runs(tmp_path):
 
 _RELAY_MAIN = (
     "import argparse, sys\n"
-    "from pipeline.commands import relay\n"
+    "from cli.commands import relay\n"
     "parser = argparse.ArgumentParser()\n"
     "relay.add_arguments(parser)\n"
     "sys.exit(relay.main(parser.parse_args(sys.argv[1:])))\n"

@@ -15,9 +15,9 @@ import pytest
 import zmq
 from zmq.auth import load_certificate
 
+from cli.commands import keys as keys_cmd
+from cli.commands import subscribe as subscribe_cmd
 from engines.errors import ConfigError
-from pipeline.commands import keys as keys_cmd
-from pipeline.commands import subscribe as subscribe_cmd
 from pipeline.errors import PublishError
 from pipeline.keys import (
     CurveClient,

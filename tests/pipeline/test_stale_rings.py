@@ -46,7 +46,7 @@ def test_doctor_lists_then_cleans_a_stale_segment_in_dev_shm():
     path = Path("/dev/shm") / name
     path.write_bytes(b"\0" * 64)
     try:
-        cmd = [sys.executable, "-c", "from pipeline.commands.doctor import _report_stale_rings as r; r({})"]
+        cmd = [sys.executable, "-c", "from cli.commands.doctor import _report_stale_rings as r; r({})"]
         listed = subprocess.run([*cmd[:2], cmd[2].format(False)], capture_output=True, text=True, check=True)
         assert f"stale rings  /dev/shm/{name}" in listed.stdout and path.exists()
         cleaned = subprocess.run([*cmd[:2], cmd[2].format(True)], capture_output=True, text=True, check=True)

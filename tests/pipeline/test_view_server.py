@@ -140,7 +140,7 @@ def run_cli(*args: str) -> tuple[int, str]:
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=60, check=False
     )
     return done.returncode, done.stderr
 

@@ -1,6 +1,6 @@
 """Options and helpers several commands share: the pipeline config, CURVE client keys, progress display.
 
-Not a command itself (:data:`pipeline.cli.COMMANDS` does not list it).
+Not a command itself (:data:`cli.main.COMMANDS` does not list it).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands.build_engine import add_engine_arguments, engine_config_from_args
+from cli.commands.build_engine import add_engine_arguments, engine_config_from_args
 
 HELP = "report CPU/GPU, CUDA, TensorRT, NATTEN, ONNX Runtime, and the backend/kernel a config would get"
 

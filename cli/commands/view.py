@@ -12,7 +12,7 @@ import argparse
 import signal
 import threading
 
-from pipeline.commands.common import add_curve_arguments, curve_client
+from cli.commands.common import add_curve_arguments, curve_client
 
 HELP = "serve the live view (previews, labels, events, state, latency chart) of a running pipeline in a browser"
 

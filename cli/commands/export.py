@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands.common import Progress
+from cli.commands.common import Progress
 
 HELP = "export a checkpoint or model to ONNX (standard ops only), audit its ops, verify with ONNX Runtime"
 

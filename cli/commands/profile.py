@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pipeline.commands.common import add_curve_arguments, curve_client, curve_hint
+from cli.commands.common import add_curve_arguments, curve_client, curve_hint
 
 HELP = "profile per-frame latency of a running pipeline: percentiles per camera and stage, drops, loss"
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.commands.common import Progress
+from cli.commands.common import Progress
 
 HELP = "evaluate a checkpoint on held-out clips: top-1, per-class accuracy, confusion matrix"
 

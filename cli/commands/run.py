@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 
-from pipeline.commands.common import add_config_argument, config_path
+from cli.commands.common import add_config_argument, config_path
 
 HELP = (
     "run the pipeline on a config: cameras -> VMP -> EMIM engine -> ZeroMQ labels "

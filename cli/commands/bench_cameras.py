@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 
-from pipeline.commands.common import add_config_argument, config_path
+from cli.commands.common import add_config_argument, config_path
 
 HELP = "run the pipeline at 1, 2, ... cameras; report the largest count sustained without drops or latency drift"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands.common import Progress
+from cli.commands.common import Progress
 
 HELP = (
     "quantise a model to INT8/FP8 with ModelOpt on calibration clips and gate it on agreement "

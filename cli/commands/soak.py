@@ -16,7 +16,7 @@ import time
 import numpy as np
 import psutil
 
-from pipeline.commands.common import add_config_argument, config_label, config_path
+from cli.commands.common import add_config_argument, config_label, config_path
 
 HELP = (
     "run the pipeline for M minutes; report RSS growth and p99 latency of the first and last minute "

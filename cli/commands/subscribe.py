@@ -15,7 +15,7 @@ import sys
 from contextlib import AbstractContextManager, nullcontext
 from typing import TextIO
 
-from pipeline.commands.common import add_curve_arguments, curve_client, curve_hint
+from cli.commands.common import add_curve_arguments, curve_client, curve_hint
 from pipeline.errors import PipelineError
 from pipeline.messages import EventMessage, LabelMessage, MessageError, PreviewMessage, StatusMessage, parse_payload
 from pipeline.subscribe import Received, Subscriber

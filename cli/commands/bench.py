@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from pipeline.commands.build_engine import add_engine_arguments, engine_config_from_args
+from cli.commands.build_engine import add_engine_arguments, engine_config_from_args
 
 HELP = "benchmark backends (median / p90 per-clip latency, clips/s, MAC/s) or, with --op, the EMIM op kernels"
 

@@ -9,8 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
+from cli.commands.common import Progress
 from engines.errors import ConfigError
-from pipeline.commands.common import Progress
 
 HELP = "train or fine-tune a model on synthetic clips, a class-per-folder video set or a list file"
 

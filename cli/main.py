@@ -1,6 +1,6 @@
 """``emim-stream``: the command-line entry point.
 
-Each sub-command lives in its own module under :mod:`pipeline.commands` and exposes
+Each sub-command lives in its own module under :mod:`cli.commands` and exposes
 ``HELP`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``. User errors
 (:class:`engines.errors.EmimError`) print one line and exit with the error's code; anything
 else is a bug and keeps its traceback.
@@ -15,7 +15,7 @@ import sys
 
 from engines.errors import EmimError
 
-# Sub-command name -> module under pipeline.commands. build_parser imports every one; each keeps its heavy
+# Sub-command name -> module under cli.commands. build_parser imports every one; each keeps its heavy
 # imports (torch, the engines) inside main() so that `--help` stays fast.
 COMMANDS: dict[str, str] = {
     "run": "run",
@@ -40,7 +40,7 @@ COMMANDS: dict[str, str] = {
 }
 
 # Loggers of this project; every other (third-party) logger is shown from WARNING up unless -v.
-OWN_LOGGERS = ("engines", "pipeline", "calibration")
+OWN_LOGGERS = ("engines", "pipeline", "calibration", "cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"pipeline.commands.{module_name}")
+        module = importlib.import_module(f"cli.commands.{module_name}")
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(_main=module.main)

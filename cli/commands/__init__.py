@@ -1,0 +1,1 @@
+"""One module per ``emim-stream`` sub-command (see :mod:`cli.main`)."""

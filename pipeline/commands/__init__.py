@@ -1,1 +1,0 @@
-"""One module per ``emim-stream`` sub-command (see :mod:`pipeline.cli`)."""

@@ -2,11 +2,9 @@
 
 Every data set yields ``(clip, label)``: ``clip`` is ``[T+1, H, W, 3]`` uint8 RGB (T+1 consecutive frames,
 because the VMP layer turns T+1 frames into T prompts) and ``label`` an index into the data set's
-``labels``. Frames are prepared exactly as the live pipeline prepares camera frames: resized to cover
-``H x W`` (the short side, relative to the target's aspect, fits) and centre-cropped, with the same
-resize method (:func:`fit_frame` follows ``pipeline.preprocess.Preprocessor``'s rule; ``engines`` may
-not import ``pipeline``, and a test holds the two equal). Normalisation happens on batches
-(:func:`normalise_clips`), as the pipeline's VMP stage does.
+``labels``. Frames are prepared as the camera process prepares them, by the same function
+(:func:`engines.transforms.fit_frame`: resized to cover ``H x W`` and centre-cropped, with the
+camera's resize method). Normalisation happens on batches (:func:`engines.transforms.normalise`).
 
 Data set specs (:func:`open_dataset`):
 
@@ -49,22 +47,19 @@ from engines.synthetic import (
     label_of,
     render_clip,
 )
+from engines.transforms import check_resize, fit_frame
 
 __all__ = [
-    "METHODS",
     "VIDEO_SUFFIXES",
     "ClipDataset",
     "DatasetError",
     "SyntheticClips",
     "VideoClips",
     "VideoItem",
-    "fit_frame",
-    "normalise_clips",
     "open_dataset",
     "split_validation",
 ]
 
-METHODS: tuple[str, ...] = ("area", "linear", "pyramid")
 VIDEO_SUFFIXES: frozenset[str] = frozenset(
     {".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp", ".mjpeg"}
 )
@@ -82,59 +77,6 @@ _H264_CRF = (18, 36)  # x264 quality range (inclusive)
 
 class DatasetError(EmimError):
     """A data set cannot be used: bad layout, unreadable video, unknown label. The message names the file."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Frame preparation
-
-
-def fit_frame(image: np.ndarray, height: int, width: int, method: str = "area") -> np.ndarray:
-    """Resize-to-cover plus centre crop of one RGB frame, by ``pipeline.preprocess.Preprocessor``'s rule.
-
-    The frame is scaled by ``max(height / h, width / w)`` and centre-cropped; only the source window
-    that survives the crop is resized.
-
-    Args:
-        image: ``[h, w, 3]`` uint8.
-        height, width: output size in pixels.
-        method: ``'area'`` (cv2.INTER_AREA), ``'linear'`` (cv2.INTER_LINEAR) or ``'pyramid'``
-            (cv2.pyrDown while the window is at least twice the target, then INTER_AREA).
-
-    Returns:
-        ``[height, width, 3]`` uint8, C-contiguous.
-    """
-    in_h, in_w = image.shape[:2]
-    scale = max(height / in_h, width / in_w)
-    crop_h = min(in_h, max(1, round(height / scale)))
-    crop_w = min(in_w, max(1, round(width / scale)))
-    top, left = (in_h - crop_h) // 2, (in_w - crop_w) // 2
-    window = image[top : top + crop_h, left : left + crop_w]
-    if window.shape[:2] == (height, width):
-        return np.ascontiguousarray(window)
-    if method == "linear":
-        return cv2.resize(window, (width, height), interpolation=cv2.INTER_LINEAR)
-    if method == "pyramid":
-        while window.shape[0] >= 2 * height and window.shape[1] >= 2 * width:
-            window = cv2.pyrDown(window)
-    return cv2.resize(window, (width, height), interpolation=cv2.INTER_AREA)
-
-
-def normalise_clips(
-    clips: torch.Tensor, mean: Sequence[float] = (0.45, 0.45, 0.45), std: Sequence[float] = (0.225, 0.225, 0.225)
-) -> torch.Tensor:
-    """uint8 clips ``[B, T, H, W, 3]`` -> float32 ``[B, 3, T, H, W]``, ``(x / 255 - mean) / std``.
-
-    The same arithmetic as ``pipeline.vmp_stage.normalise_frames``, so training sees the live values.
-    """
-    x = clips.permute(0, 4, 1, 2, 3).to(torch.float32) / 255.0
-    m = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1, 1)
-    return (x - m) / s
-
-
-def _check_method(method: str, where: str) -> None:
-    if method not in METHODS:
-        raise ConfigError(f"{where}: resize method {method!r} is not supported; expected one of {', '.join(METHODS)}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,7 +153,7 @@ class SyntheticClips(ClipDataset):
             raise ConfigError(f"synthetic data set needs n >= 1 clips, got {n}")
         if frames < 2:
             raise ConfigError(f"synthetic clips need at least 2 frames (T+1), got {frames}")
-        _check_method(method, "synthetic data set")
+        check_resize(method, "synthetic data set: resize method")
         if window not in ("first", "any"):
             raise ConfigError(f"synthetic data set window {window!r} is not supported; expected 'first' or 'any'")
         if style not in _SYNTHETIC_STYLES:
@@ -312,7 +254,7 @@ class VideoClips(ClipDataset):
         seed: int = 0,
         source: str = "videos",
     ) -> None:
-        _check_method(method, source)
+        check_resize(method, f"{source}: resize method")
         self.items, self.labels = tuple(items), tuple(labels)
         self.frames, self.height, self.width = frames, height, width
         self.method, self.train, self.seed, self.source = method, train, seed, source

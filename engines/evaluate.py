@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from engines.data import ClipDataset, normalise_clips
+from engines.data import ClipDataset
 from engines.layers.vmp import VmpLayer
+from engines.transforms import normalise
 
 __all__ = ["EvalResult", "evaluate", "forward_clips"]
 
@@ -87,7 +88,7 @@ def forward_clips(
     Returns:
         ``(logits [B, classes], reg)``: ``reg`` is the VMP regulariser (0 without VMP).
     """
-    x = normalise_clips(clips, mean, std)
+    x = normalise(clips, mean, std, channel_dim=1)
     if vmp is None:
         return model(x[:, :, 1:]), x.new_zeros(())
     prompts, reg = vmp(x)

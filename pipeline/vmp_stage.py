@@ -17,18 +17,9 @@ import torch
 
 from engines.errors import ConfigError
 from engines.layers.vmp import VmpLayer, attention_from_grey, grey_level, motion_prompt
+from engines.transforms import MEAN, STD, normalise
 
-__all__ = ["VmpStage", "normalise_frames"]
-
-
-def normalise_frames(
-    frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """uint8 RGB ``[..., H, W, 3]`` -> normalised float ``[..., 3, H, W]`` (``(x/255 - mean) / std``), contiguous."""
-    x = frames.movedim(-1, -3).to(dtype=dtype, memory_format=torch.contiguous_format)
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=dtype, device=x.device).reshape(3, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], dtype=dtype, device=x.device)
-    return x.mul_(scale).sub_(shift.reshape(3, 1, 1))
+__all__ = ["VmpStage"]
 
 
 class VmpStage:
@@ -46,8 +37,8 @@ class VmpStage:
         self,
         vmp: VmpLayer | None,
         device: torch.device | str = "cpu",
-        mean: Sequence[float] = (0.45, 0.45, 0.45),
-        std: Sequence[float] = (0.225, 0.225, 0.225),
+        mean: Sequence[float] = (MEAN,) * 3,
+        std: Sequence[float] = (STD,) * 3,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         self.device = torch.device(device)
@@ -81,7 +72,7 @@ class VmpStage:
         for the next one: they return None.
         """
         x = torch.as_tensor(frame).to(self.device, non_blocking=True)
-        x = normalise_frames(x, self.mean, self.std, self.dtype)[None]
+        x = normalise(x, self.mean, self.std, self.dtype)[None]
         contiguous = seq == self._prev_seq + 1
         self._prev_seq = seq
         if not self.enabled:

@@ -21,9 +21,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from engines.transforms import MEAN, STD
+
 ALPHA, BETA, GAMMA, EPS = 5.0, 0.45, 0.6, 0.1
 RGB_GREY = (0.299, 0.587, 0.114)
-MEAN, STD = 0.45, 0.225
 
 __all__ = [
     "RGB_GREY",

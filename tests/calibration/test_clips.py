@@ -17,9 +17,9 @@ from calibration.errors import CalibrationError
 from engines.backends.base import EngineConfig
 from engines.backends.source import ModelSource, load_source
 from engines.layers.vmp import VmpLayer
+from engines.transforms import normalise
 from pipeline.preprocess import Preprocessor
 from pipeline.sources import SyntheticSource
-from pipeline.vmp_stage import normalise_frames
 
 T, SIZE = 4, 64
 URI = "synthetic://?seed=3&size=80x64&segment_s=1"
@@ -45,7 +45,7 @@ def batch_vmp_clips(model: ModelSource, uri: str, count: int) -> list[torch.Tens
     pre = Preprocessor(SIZE, SIZE, "area")
     with SyntheticSource(uri, pace=False) as src:
         rgb = np.stack([pre(src.read().image, bgr=True) for _ in range(count * T + 1)])
-    x = normalise_frames(torch.from_numpy(rgb), (0.45,) * 3, (0.225,) * 3).permute(1, 0, 2, 3)[None]
+    x = normalise(torch.from_numpy(rgb), (0.45,) * 3, (0.225,) * 3).permute(1, 0, 2, 3)[None]
     with torch.no_grad():
         return [model.vmp(x[:, :, k * T : (k + 1) * T + 1])[0][0] for k in range(count)]
 

@@ -1,4 +1,4 @@
-"""engines.data: frames prepared as the pipeline prepares them, synthetic clips, video folders and list files.
+"""engines.data and engines.transforms: frames prepared as the camera prepares them, synthetic clips, videos.
 
 Video data sets are written by the tests with OpenCV (MJPG in .avi) and decoded by OpenCV for real.
 """
@@ -10,19 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from engines.data import (
-    DatasetError,
-    SyntheticClips,
-    VideoClips,
-    fit_frame,
-    normalise_clips,
-    open_dataset,
-    split_validation,
-)
+from engines.data import DatasetError, SyntheticClips, VideoClips, open_dataset, split_validation
 from engines.errors import ConfigError
 from engines.synthetic import CLASSES, SyntheticScene, clip_seed, label_of, render_clip
+from engines.transforms import RESIZE_METHODS, fit_frame, normalise
 from pipeline.preprocess import Preprocessor
-from pipeline.vmp_stage import normalise_frames
 
 FRAMES = 5  # T+1
 SIZE = 32
@@ -70,25 +62,32 @@ def folder(tmp_path):
 # --- frame preparation ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["area", "linear", "pyramid"])
+@pytest.mark.parametrize("method", RESIZE_METHODS)
 @pytest.mark.parametrize(
-    ("in_size", "out_size"), [((320, 240), (128, 128)), ((240, 320), (96, 128)), ((64, 64), (64, 64))]
+    ("in_size", "out_size"),
+    [((320, 240), (128, 128)), ((240, 320), (96, 128)), ((64, 64), (64, 64)), ((80, 64), (64, 64))],
 )
-def test_fit_frame_equals_the_pipeline_preprocessor(method, in_size, out_size):
+def test_the_camera_path_and_the_training_path_give_the_same_bytes(method, in_size, out_size):
+    """A decoded BGR frame through the camera's Preprocessor == its RGB twin through fit_frame (training)."""
     width, height = in_size
-    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    expected = Preprocessor(*out_size, method)(image, bgr=False)
-    got = fit_frame(image, *out_size, method)
-    np.testing.assert_array_equal(got, expected)
-    assert got.flags.c_contiguous
+    rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    camera = Preprocessor(*out_size, method)(np.ascontiguousarray(rgb[..., ::-1]), bgr=True)
+    got = fit_frame(rgb, *out_size, method)
+    np.testing.assert_array_equal(got, camera)
+    assert got.flags.c_contiguous and got.shape == (*out_size, 3)
 
 
-def test_normalise_clips_matches_the_pipeline():
+def test_normalise_gives_clips_the_live_values_and_the_formula():
+    """Clips normalised at once equal the VMP stage's frame-by-frame values bit for bit, and the float64 formula."""
     clips = torch.randint(0, 256, (2, 3, 4, 5, 3), dtype=torch.uint8)
-    got = normalise_clips(clips)
-    assert got.shape == (2, 3, 3, 4, 5)
-    expected = normalise_frames(clips, (0.45,) * 3, (0.225,) * 3)  # [2, 3(T), 3(C), 4, 5]
-    torch.testing.assert_close(got, expected.permute(0, 2, 1, 3, 4), rtol=0, atol=1e-6)
+    mean, std = (0.45, 0.40, 0.50), (0.225, 0.25, 0.2)
+    got = normalise(clips, mean, std, channel_dim=1)
+    assert got.shape == (2, 3, 3, 4, 5) and got.dtype == torch.float32 and got.is_contiguous()
+    frames = torch.stack([torch.stack([normalise(f, mean, std) for f in clip]) for clip in clips])  # [B, T, 3, H, W]
+    assert torch.equal(got, frames.permute(0, 2, 1, 3, 4))
+    x = clips.permute(0, 4, 1, 2, 3).double() / 255
+    reference = (x - torch.tensor(mean).double().view(1, 3, 1, 1, 1)) / torch.tensor(std).double().view(1, 3, 1, 1, 1)
+    torch.testing.assert_close(got.double(), reference, rtol=0, atol=1e-6)  # float32 rounding of |x| <= 2.8
 
 
 # --- synthetic -----------------------------------------------------------------------------------------

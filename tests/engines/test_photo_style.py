@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import engines.synthetic as synthetic
-from engines.data import SyntheticClips, fit_frame, open_dataset
+from engines.data import SyntheticClips, open_dataset
 from engines.errors import ConfigError
 from engines.synthetic import CLASSES, PHOTO_DIR, SyntheticScene, clip_seed, h264_roundtrip, render_clip
+from engines.transforms import fit_frame
 from pipeline.sources import SyntheticSource
 from tests.engines.test_synthetic import _mean, _motion
 

@@ -13,7 +13,8 @@ import torch
 
 from engines.backends import EngineConfig
 from engines.backends.source import load_source
-from engines.data import SyntheticClips, normalise_clips
+from engines.data import SyntheticClips
+from engines.transforms import normalise
 from tests.gpu.conftest import GPU, open_engine, random_clips, rel_err
 
 pytestmark = GPU
@@ -70,7 +71,7 @@ def test_demo_model_half_precision_top1_agrees_with_fp32(precision):
     data = SyntheticClips("test", 256, clip.frames + 1, clip.height, clip.width)
     raw = torch.stack([data[i][0] for i in range(len(data))])
     with torch.no_grad():
-        prompts, _ = source.vmp(normalise_clips(raw, clip.mean, clip.std))
+        prompts, _ = source.vmp(normalise(raw, clip.mean, clip.std, channel_dim=1))
     with open_engine(cfg, "torch", "cuda", "fp32", source) as fp32:
         ref = logits(fp32, prompts, 32)
     with open_engine(cfg, "torch", "cuda", precision, source) as half:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from engines.errors import ConfigError
-from pipeline.preprocess import METHODS, Preprocessor
+from engines.transforms import RESIZE_METHODS
+from pipeline.preprocess import Preprocessor
 
 SHAPES = [
     (1080, 1920, 3),  # landscape 16:9
@@ -21,7 +22,7 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", RESIZE_METHODS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("target", [(224, 224), (96, 160), (160, 96)])
 def test_output_shape_for_any_input(method, shape, target):
@@ -44,7 +45,7 @@ def _bands(length: int, across: int, horizontal: bool) -> np.ndarray:
     return image
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", RESIZE_METHODS)
 @pytest.mark.parametrize("horizontal", [True, False], ids=["landscape", "portrait"])
 def test_centre_crop_keeps_exactly_the_middle(method, horizontal):
     # 300x100 frame -> 50x50: scaled by 0.5 the short side is 50 and the crop is the middle band.
@@ -52,7 +53,7 @@ def test_centre_crop_keeps_exactly_the_middle(method, horizontal):
     np.testing.assert_array_equal(out, np.broadcast_to(np.array([0, 255, 0], np.uint8), (50, 50, 3)))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", RESIZE_METHODS)
 def test_centre_square_lands_in_the_centre(method):
     # A 64x64 white square at the centre of a 480x640 frame; 120x120 output keeps the short side (480
     # -> 120, scale 1/4), so the square becomes 16x16 at the centre of the output.
@@ -93,7 +94,7 @@ def test_resolution_may_change_between_calls():
 def test_methods_agree_on_a_smooth_image():
     ys, xs = np.mgrid[0:720, 0:1280]
     image = np.dstack([xs * 255 // 1279, ys * 255 // 719, (xs + ys) * 255 // 1998]).astype(np.uint8)
-    outs = [Preprocessor(112, 112, method=m)(image).astype(int) for m in METHODS]
+    outs = [Preprocessor(112, 112, method=m)(image).astype(int) for m in RESIZE_METHODS]
     for out in outs[1:]:
         assert np.abs(out - outs[0]).max() <= 3
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from engines.layers.vmp import VmpLayer
-from pipeline.vmp_stage import VmpStage, normalise_frames
+from engines.transforms import normalise
+from pipeline.vmp_stage import VmpStage
 from pipeline.window import ClipWindow
 
 
 def batch_reference(vmp: VmpLayer, raw: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     """VmpLayer on T+1 raw uint8 frames [T+1, H, W, 3] -> prompts [3, T, H, W]."""
-    x = normalise_frames(torch.from_numpy(raw), (0.45,) * 3, (0.225,) * 3, dtype)  # [T+1, 3, H, W]
+    x = normalise(torch.from_numpy(raw), (0.45,) * 3, (0.225,) * 3, dtype)  # [T+1, 3, H, W]
     with torch.no_grad():
         prompts, _ = vmp.to(dtype)(x.permute(1, 0, 2, 3)[None])
     return prompts[0]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from cli.commands.common import Progress
+from engines.transforms import RESIZE_METHODS
 
 HELP = "evaluate a checkpoint on held-out clips: top-1, per-class accuracy, confusion matrix"
 
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is faster on a CPU shared with other jobs)")
-    parser.add_argument("--resize", default=None, choices=("area", "linear", "pyramid"),
+    parser.add_argument("--resize", default=None, choices=RESIZE_METHODS,
                         help="frame resize method (default: the one the checkpoint was trained with, else area)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
 

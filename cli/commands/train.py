@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cli.commands.common import Progress
 from engines.errors import ConfigError
+from engines.transforms import RESIZE_METHODS
 
 HELP = "train or fine-tune a model on synthetic clips, a class-per-folder video set or a list file"
 
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of each class held out for validation (video data without --val-data)")
     parser.add_argument("--val-n", type=int, default=180, help="synthetic validation clips (default 180)")
-    parser.add_argument("--resize", default="area", choices=("area", "linear", "pyramid"),
+    parser.add_argument("--resize", default="area", choices=RESIZE_METHODS,
                         help="frame resize method; use the camera's (default: area)")
     parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="architecture argument, e.g. emim=false or temporal_stride=2 (repeatable)")

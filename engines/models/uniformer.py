@@ -23,6 +23,7 @@ from torch import nn
 from engines.errors import ConfigError
 from engines.layers.blocks import CBlock, EmimAttention, PatchEmbed3d, SABlock
 from engines.models._registry import ModelCfg, register_cfgs, register_model
+from engines.synthetic import CLASSES as SYNTHETIC_CLASSES
 
 __all__ = ["Uniformer"]
 
@@ -150,12 +151,11 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
 _PAPER_UNIFORMER = "arXiv:2201.04676"
 _PAPER_EMIM = "EMIM: A Renaissance of Explicit Motion Information Mining from Transformers for Action Recognition"
-SYNTHETIC_LABELS = ("static", "left", "right", "up", "down", "approach", "recede", "rotate_cw", "rotate_ccw")
 
 _EMIM_XS = ModelCfg(
-    num_classes=len(SYNTHETIC_LABELS),
+    num_classes=len(SYNTHETIC_CLASSES),
     input_size=(3, 8, 128, 128),
-    label_names=SYNTHETIC_LABELS,
+    label_names=SYNTHETIC_CLASSES,
     paper=_PAPER_EMIM,
     notes="small CPU preset of this project: EMIM-S block types, depths (1, 1, 2, 2), dims (32, 64, 128, 256), "
     "head_dim 32",

@@ -53,11 +53,15 @@ from engines.models import build_model, get_model_cfg
 __all__ = [
     "RESUME_FORMAT",
     "EpochRecord",
+    "EpochStats",
+    "ResumeState",
     "StepInfo",
     "TrainConfig",
     "TrainInterrupted",
     "TrainResult",
+    "load_resume",
     "resume_path",
+    "save_resume",
     "train",
 ]
 
@@ -209,6 +213,146 @@ def lr_schedule(
     return schedule
 
 
+@dataclass(slots=True)
+class EpochStats:
+    """Running sums over the steps of one epoch (or of one progress line's window)."""
+
+    loss_sum: float = 0.0
+    """Sum over clips of the loss (cross-entropy + lambda * reg)."""
+    correct: int = 0
+    clips: int = 0
+    reg_sum: float = 0.0
+    """Sum over clips of the VMP regulariser."""
+    steps: int = 0
+
+    def add(self, loss: float, reg: float, correct: int, clips: int) -> None:
+        """Count one step of ``clips`` clips: its mean ``loss`` and ``reg``, ``correct`` of them right."""
+        self.loss_sum += loss * clips
+        self.correct += correct
+        self.clips += clips
+        self.reg_sum += reg * clips
+        self.steps += 1
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.clips, 1)
+
+    @property
+    def top1(self) -> float:
+        return self.correct / max(self.clips, 1)
+
+    @property
+    def reg(self) -> float:
+        return self.reg_sum / max(self.clips, 1)
+
+
+@dataclass(slots=True)
+class ResumeState:
+    """Where a run stands: what its resume file holds besides the weights and the optimizer state."""
+
+    settings: dict[str, Any]
+    """The run's :data:`_RESUME_KEYS` settings; a resumed run must have the same."""
+    labels: tuple[str, ...]
+    epoch: int = 0
+    """The epoch (0-based) under way, or the next one when ``step_in_epoch`` is 0."""
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One :class:`EpochRecord` as a dict per finished epoch."""
+    train_seconds: float = 0.0
+    epoch_stats: EpochStats = field(default_factory=EpochStats)
+    """Sums of the epoch under way up to ``step_in_epoch``."""
+
+
+def save_resume(
+    path: Path, state: ResumeState, model: nn.Module, vmp: VmpLayer | None, optimizer: torch.optim.Optimizer
+) -> None:
+    """Write ``state`` with the weights and optimizer state to ``path`` atomically (format :data:`RESUME_FORMAT`)."""
+    stats = state.epoch_stats
+    record = {
+        "format": RESUME_FORMAT,
+        "settings": state.settings,
+        "labels": list(state.labels),
+        "model": model.state_dict(),
+        "vmp": vmp.state_dict() if vmp is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "epoch": state.epoch,
+        "step_in_epoch": state.step_in_epoch,
+        "global_step": state.global_step,
+        "history": state.history,
+        "train_seconds": state.train_seconds,
+        # The layout of resume/1: four floats in this order.
+        "epoch_totals": [float(stats.loss_sum), float(stats.correct), float(stats.clips), float(stats.reg_sum)],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        torch.save(record, tmp)
+
+
+def load_resume(
+    path: Path,
+    settings: dict[str, Any],
+    labels: tuple[str, ...],
+    model: nn.Module,
+    vmp: VmpLayer | None,
+    optimizer: torch.optim.Optimizer,
+) -> ResumeState:
+    """Read the resume file ``path`` into ``model``, ``vmp`` and ``optimizer``; return where the run stands.
+
+    Raises:
+        ConfigError: no file, or ``settings`` / ``labels`` differ from the run that wrote it.
+        CheckpointError: not a resume file.
+    """
+    if not path.is_file():
+        raise ConfigError(f"no resume file '{path}' to continue from; start the run without --resume")
+    record = read_file(path)
+    if not isinstance(record, dict) or record.get("format") != RESUME_FORMAT:
+        raise CheckpointError(f"'{path}' is not an emim-stream resume file")
+    saved = record["settings"]
+    changed = [f"{k} {saved.get(k)!r} -> {settings[k]!r}" for k in settings if saved.get(k) != settings[k]]
+    if changed:
+        raise ConfigError(f"--resume needs the settings of the run in '{path}'; changed: {'; '.join(changed)}")
+    if tuple(record["labels"]) != labels:
+        raise ConfigError(f"--resume: the data set's labels differ from those in '{path}'")
+    model.load_state_dict(record["model"])
+    if vmp is not None:
+        vmp.load_state_dict(record["vmp"])
+    optimizer.load_state_dict(record["optimizer"])
+    loss_sum, correct, clips, reg_sum = record["epoch_totals"]
+    stats = EpochStats(loss_sum, int(correct), int(clips), reg_sum, steps=record["step_in_epoch"])
+    return ResumeState(
+        saved, labels, record["epoch"], record["step_in_epoch"], record["global_step"], list(record["history"]),
+        record["train_seconds"], stats,
+    )
+
+
+@dataclass(slots=True)
+class _Run:
+    """The parts that every epoch of one run uses."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    vmp: VmpLayer | None
+    optimizer: torch.optim.Optimizer
+    schedule: LRScheduler
+    clip: ClipSpec
+    steps_per_epoch: int
+    total_steps: int
+    resume_file: Path
+    seconds_before: float
+    """Training seconds of the runs this one resumes."""
+    started: float = field(default_factory=time.monotonic)
+
+    def seconds(self) -> float:
+        """Training seconds so far, those of resumed runs included."""
+        return self.seconds_before + time.monotonic() - self.started
+
+    def save(self, state: ResumeState) -> None:
+        """Write the resume file: ``state`` now, with the weights and optimizer state."""
+        state.train_seconds = self.seconds()
+        save_resume(self.resume_file, state, self.model, self.vmp, self.optimizer)
+
+
 def train(
     cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = None, stop: threading.Event | None = None
 ) -> TrainResult:
@@ -255,11 +399,10 @@ def train(
     warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
     settings = _settings(cfg)
     resume_file = resume_path(cfg.out)
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "train_seconds": 0.0,
-             "epoch_totals": [0.0] * 4}
+    state = ResumeState(settings, labels)
     if cfg.resume:
-        state = _load_resume(resume_file, settings, labels, model, vmp, optimizer)
-        _log.info("resuming %s at epoch %d step %d", resume_file, state["epoch"] + 1, state["step_in_epoch"])
+        state = load_resume(resume_file, settings, labels, model, vmp, optimizer)
+        _log.info("resuming %s at epoch %d step %d", resume_file, state.epoch + 1, state.step_in_epoch)
     elif resume_file.exists():
         _log.warning("%s exists and will be overwritten (pass --resume to continue that run)", resume_file)
 
@@ -275,102 +418,29 @@ def train(
     _log.info("%d epochs x %d steps of %d clips, warm-up %d steps, lr %g -> %g",
               cfg.epochs, steps_per_epoch, cfg.batch_size, warmup_steps, cfg.lr, cfg.min_lr)
 
-    def save_resume(
-        epoch: int, step_in_epoch: int, global_step: int, history: list, seconds: float, totals: np.ndarray
-    ) -> None:
-        record = {
-            "format": RESUME_FORMAT,
-            "settings": settings,
-            "labels": list(labels),
-            "model": model.state_dict(),
-            "vmp": vmp.state_dict() if vmp is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": global_step,
-            "history": history,
-            "train_seconds": seconds,
-            "epoch_totals": [float(v) for v in totals],
-        }
-        _atomic_save(record, resume_file)
-
-    history: list[dict[str, Any]] = list(state["history"])
-    global_step = state["global_step"]
-    schedule = lr_schedule(optimizer, cfg.lr, cfg.min_lr, total_steps, warmup_steps, start=global_step)
-    seconds_before = state["train_seconds"]
-    run_start = time.monotonic()
+    schedule = lr_schedule(optimizer, cfg.lr, cfg.min_lr, total_steps, warmup_steps, start=state.global_step)
+    run = _Run(cfg, model, vmp, optimizer, schedule, clip, steps_per_epoch, total_steps, resume_file,
+               state.train_seconds)
     val_result: EvalResult | None = None
     digest = ""
-    for epoch in range(state["epoch"], cfg.epochs):
-        skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
+    for epoch in range(state.epoch, cfg.epochs):
         epoch_start = time.monotonic()
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # drop path: reproducible per epoch
-        train_set.set_epoch(epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_set))
-        loader = DataLoader(
-            train_set, batch_size=cfg.batch_size, sampler=order[skip * cfg.batch_size :].tolist(),
-            num_workers=cfg.workers,
-        )
-        model.train()
-        if vmp is not None:
-            vmp.train()
-        totals = np.zeros(4)  # loss sum, correct, clips, reg sum (this epoch)
-        if skip:
-            totals[:] = state["epoch_totals"]
-        window = np.zeros(4)  # loss sum, correct, clips, steps (since the last progress line)
-        window_start = time.monotonic()
-        step_in_epoch = skip
-        lr = cfg.lr
-        for clips, target in loader:
-            lr = schedule.get_last_lr()[0]
-            logits, reg = forward_clips(model, vmp, clips, clip.mean, clip.std)
-            loss = F.cross_entropy(logits, target) + cfg.vmp_lambda * reg
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            global_step += 1
-            step_in_epoch += 1
-            n = len(target)
-            correct = (logits.detach().argmax(1) == target).sum().item()
-            totals += (loss.item() * n, correct, n, reg.item() * n)
-            window += (loss.item() * n, correct, n, 1)
-            if step_in_epoch % cfg.log_every == 0 or step_in_epoch == steps_per_epoch:
-                elapsed = time.monotonic() - window_start
-                remaining = (total_steps - global_step) * elapsed / window[3]
-                _log.info(
-                    "epoch %d/%d step %d/%d  loss %.4f  acc %.1f%%  lr %.2e  %.1f clips/s  eta %s",
-                    epoch + 1, cfg.epochs, step_in_epoch, steps_per_epoch, window[0] / window[2],
-                    100 * window[1] / window[2], lr, window[2] / max(elapsed, 1e-9), _duration(remaining),
-                )
-                window[:] = 0
-                window_start = time.monotonic()
-            if step_in_epoch % cfg.save_every == 0 and step_in_epoch < steps_per_epoch:
-                seconds = seconds_before + time.monotonic() - run_start
-                save_resume(epoch, step_in_epoch, global_step, history, seconds, totals)
-            if on_step is not None:
-                on_step(StepInfo(epoch, step_in_epoch, steps_per_epoch, global_step, total_steps, loss.item(), lr))
-            if stop is not None and stop.is_set():
-                seconds = seconds_before + time.monotonic() - run_start
-                save_resume(epoch, step_in_epoch, global_step, history, seconds, totals)
-                raise TrainInterrupted(resume_file, epoch + 1, step_in_epoch, steps_per_epoch)
-
+        lr = _train_epoch(run, train_set, state, on_step, stop)
         if val_set is not None:
             val_result = evaluate(model, vmp, val_set, cfg.batch_size, cfg.workers, labels, clip.mean, clip.std)
+        stats = state.epoch_stats
         record = EpochRecord(
             epoch=epoch + 1,
-            train_loss=float(totals[0] / max(totals[2], 1)),
-            train_top1=float(totals[1] / max(totals[2], 1)),
+            train_loss=stats.loss,
+            train_top1=stats.top1,
             val_top1=val_result.top1 if val_result is not None else None,
             lr=float(lr),
             seconds=time.monotonic() - epoch_start,
         )
-        history.append(asdict(record))
-        seconds = seconds_before + time.monotonic() - run_start
+        state.history.append(asdict(record))
         _log.info(
             "epoch %d/%d done in %s: train loss %.4f, train acc %.1f%%, VMP reg %.4f%s",
-            epoch + 1, cfg.epochs, _duration(record.seconds), record.train_loss, 100 * record.train_top1,
-            totals[3] / max(totals[2], 1),
+            epoch + 1, cfg.epochs, _duration(record.seconds), record.train_loss, 100 * record.train_top1, stats.reg,
             f", val top-1 {100 * record.val_top1:.2f}% ({val_result.n} clips)" if val_result is not None else "",
         )
         extra = {
@@ -380,21 +450,88 @@ def train(
                 "epochs_done": epoch + 1,
                 "train_data": train_set.describe(),
                 "val_data": val_set.describe() if val_set is not None else None,
-                "train_seconds": seconds,
-                "history": history,
+                "train_seconds": run.seconds(),
+                "history": state.history,
                 "torch": str(torch.__version__),
             },
             "val": val_result.as_dict() if val_result is not None else None,
         }
         digest = save_checkpoint(cfg.out, model, labels, clip, vmp, extra)
-        save_resume(epoch + 1, 0, global_step, history, seconds, np.zeros(4))
+        state.epoch, state.step_in_epoch, state.epoch_stats = epoch + 1, 0, EpochStats()
+        run.save(state)
 
     resume_file.unlink(missing_ok=True)
-    seconds = seconds_before + time.monotonic() - run_start
+    seconds = run.seconds()
     _log.info("wrote %s (weights %s) after %s of training", cfg.out, digest[:12], _duration(seconds))
     return TrainResult(
-        Path(cfg.out), tuple(EpochRecord(**h) for h in history), val_result, seconds, digest
+        Path(cfg.out), tuple(EpochRecord(**h) for h in state.history), val_result, seconds, digest
     )
+
+
+def _train_epoch(
+    run: _Run,
+    train_set: ClipDataset,
+    state: ResumeState,
+    on_step: Callable[[StepInfo], None] | None,
+    stop: threading.Event | None,
+) -> float:
+    """Run the steps of epoch ``state.epoch`` from ``state.step_in_epoch`` on, advancing ``state``.
+
+    The batch order is a pure function of (seed, epoch), so a resumed epoch skips exactly the batches it ran.
+    A progress line every ``log_every`` steps; the resume file every ``save_every`` steps.
+
+    Returns:
+        The learning rate of the last step (``cfg.lr`` when no step was left).
+
+    Raises:
+        TrainInterrupted: ``stop`` was set; the resume file is written.
+    """
+    cfg, epoch, skip = run.cfg, state.epoch, state.step_in_epoch
+    torch.manual_seed(cfg.seed * 100_003 + epoch)  # drop path: reproducible per epoch
+    train_set.set_epoch(epoch)
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_set))
+    loader = DataLoader(
+        train_set, batch_size=cfg.batch_size, sampler=order[skip * cfg.batch_size :].tolist(),
+        num_workers=cfg.workers,
+    )
+    run.model.train()
+    if run.vmp is not None:
+        run.vmp.train()
+    window = EpochStats()  # since the last progress line
+    window_start = time.monotonic()
+    lr = cfg.lr
+    for clips, target in loader:
+        lr = run.schedule.get_last_lr()[0]
+        logits, reg = forward_clips(run.model, run.vmp, clips, run.clip.mean, run.clip.std)
+        loss = F.cross_entropy(logits, target) + cfg.vmp_lambda * reg
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.schedule.step()
+        state.global_step += 1
+        state.step_in_epoch += 1
+        step = state.step_in_epoch
+        correct = int((logits.detach().argmax(1) == target).sum().item())
+        for stats in (state.epoch_stats, window):
+            stats.add(loss.item(), reg.item(), correct, len(target))
+        if step % cfg.log_every == 0 or step == run.steps_per_epoch:
+            elapsed = time.monotonic() - window_start
+            remaining = (run.total_steps - state.global_step) * elapsed / window.steps
+            _log.info(
+                "epoch %d/%d step %d/%d  loss %.4f  acc %.1f%%  lr %.2e  %.1f clips/s  eta %s",
+                epoch + 1, cfg.epochs, step, run.steps_per_epoch, window.loss, 100 * window.top1, lr,
+                window.clips / max(elapsed, 1e-9), _duration(remaining),
+            )
+            window = EpochStats()
+            window_start = time.monotonic()
+        if step % cfg.save_every == 0 and step < run.steps_per_epoch:
+            run.save(state)
+        if on_step is not None:
+            on_step(StepInfo(epoch, step, run.steps_per_epoch, state.global_step, run.total_steps, loss.item(), lr))
+        if stop is not None and stop.is_set():
+            run.save(state)
+            raise TrainInterrupted(run.resume_file, epoch + 1, step, run.steps_per_epoch)
+    return lr
 
 
 def _validation_split(
@@ -457,38 +594,6 @@ def _settings(cfg: TrainConfig) -> dict[str, Any]:
     values = {key: getattr(cfg, key) for key in _RESUME_KEYS}
     values["overrides"] = dict(cfg.overrides)
     return values
-
-
-def _load_resume(
-    path: Path,
-    settings: dict[str, Any],
-    labels: tuple[str, ...],
-    model: nn.Module,
-    vmp: VmpLayer | None,
-    optimizer: torch.optim.Optimizer,
-) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"no resume file '{path}' to continue from; start the run without --resume")
-    record = read_file(path)
-    if not isinstance(record, dict) or record.get("format") != RESUME_FORMAT:
-        raise CheckpointError(f"'{path}' is not an emim-stream resume file")
-    saved = record["settings"]
-    changed = [f"{k} {saved.get(k)!r} -> {settings[k]!r}" for k in settings if saved.get(k) != settings[k]]
-    if changed:
-        raise ConfigError(f"--resume needs the settings of the run in '{path}'; changed: {'; '.join(changed)}")
-    if tuple(record["labels"]) != labels:
-        raise ConfigError(f"--resume: the data set's labels differ from those in '{path}'")
-    model.load_state_dict(record["model"])
-    if vmp is not None:
-        vmp.load_state_dict(record["vmp"])
-    optimizer.load_state_dict(record["optimizer"])
-    return record
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def _duration(seconds: float) -> str:

@@ -337,16 +337,8 @@ class _Segment:
         self._shake_amp = rng.uniform(0.0, _SHAKE) * self._s / 3.0  # three sines: |shake| <= _SHAKE * S
         self._shake_freq = rng.uniform(*_SHAKE_FREQ, size=(2, 3)) * 2.0 * math.pi
         self._shake_phase = rng.uniform(0.0, 2.0 * math.pi, size=(2, 3))
-        half_width = round(rng.uniform(*_NOISE) * math.sqrt(3.0))  # uniform noise with that std
-        noise_shape = (height + _NOISE_PAD, width + _NOISE_PAD, 3)
-        raw = np.frombuffer(rng.bytes(math.prod(noise_shape)), np.uint8).reshape(noise_shape)
-        self._noise = ((raw.astype(np.int16) * (2 * half_width + 1)) >> 8) - half_width
-        self._noise_key = int(rng.integers(1 << 62))
-        count = int(rng.integers(1, 4))
-        base_speed = rng.uniform(*_SPEED)
-        self._speeds = base_speed * rng.uniform(*_OBJECT_SPEED, size=count)
-        opaque = _FADE / _LOG_SPAN  # start every object fully visible, whatever the class
-        self._objects = [self._new_object(rng, rng.uniform(opaque, 1.0 - opaque)) for _ in range(count)]
+        self._noise = _NoiseField(rng, _NOISE, height, width)
+        self._start_objects(rng)
 
     def render(self, t: float, k: int, out: np.ndarray) -> None:
         """Write the frame at time ``t`` (reference frames) into ``out`` [H, W, 3] uint8; ``k`` keys the noise."""
@@ -356,9 +348,7 @@ class _Segment:
         shake = self._shake_amp * np.sin(self._shake_freq * t + self._shake_phase).sum(axis=1)
         move = np.array([[1.0, 0.0, self._margin + shake[0]], [0.0, 1.0, self._margin + shake[1]]])
         cv2.warpAffine(canvas, move, (self._w, self._h), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-        key = _mix(self._noise_key + k)
-        oy, ox = key % _NOISE_PAD, (key >> 16) % _NOISE_PAD
-        cv2.add(out, self._noise[oy : oy + self._h, ox : ox + self._w], dst=out, dtype=cv2.CV_8U)
+        self._noise.add_to(out, k)
 
     def _draw(self, canvas: np.ndarray, slot: int, obj: _Object, t: float) -> None:
         speed = self._speeds[slot]
@@ -388,6 +378,14 @@ class _Segment:
                 centres = [(x, y), (x, y - self._h if y > self._h / 2 else y + self._h)]
         for cx, cy in centres:
             _paste(canvas, obj.levels, cx + self._margin, cy + self._margin, radius / self._patch_r, theta, alpha)
+
+    def _start_objects(self, rng: np.random.Generator) -> None:
+        """Draw 1-3 objects, their speeds around one base speed, each starting fully visible."""
+        count = int(rng.integers(1, 4))
+        base_speed = rng.uniform(*_SPEED)
+        self._speeds = base_speed * rng.uniform(*_OBJECT_SPEED, size=count)
+        opaque = _FADE / _LOG_SPAN  # start every object fully visible, whatever the class
+        self._objects = [self._new_object(rng, rng.uniform(opaque, 1.0 - opaque)) for _ in range(count)]
 
     def _cycle_object(self, slot: int, cycle: int) -> _Object:
         """The object that takes ``slot``'s place in zoom cycle ``cycle`` (seeded, drawn once)."""
@@ -468,16 +466,8 @@ class _PhotoSegment(_Segment):
         self._drift = (rng.uniform(0.0, _DRIFT), 2.0 * math.pi / rng.uniform(*_DRIFT_PERIOD),
                        rng.uniform(0.0, 2.0 * math.pi))
         self._shutter = rng.uniform(*_SHUTTER) * frame_time
-        half_width = round(rng.uniform(*_PHOTO_NOISE) * math.sqrt(3.0))
-        noise_shape = (height + _NOISE_PAD, width + _NOISE_PAD, 3)
-        raw = np.frombuffer(rng.bytes(math.prod(noise_shape)), np.uint8).reshape(noise_shape)
-        self._noise = ((raw.astype(np.int16) * (2 * half_width + 1)) >> 8) - half_width
-        self._noise_key = int(rng.integers(1 << 62))
-        count = int(rng.integers(1, 4))
-        base_speed = rng.uniform(*_SPEED)
-        self._speeds = base_speed * rng.uniform(*_OBJECT_SPEED, size=count)
-        opaque = _FADE / _LOG_SPAN
-        self._objects = [self._new_object(rng, rng.uniform(opaque, 1.0 - opaque)) for _ in range(count)]
+        self._noise = _NoiseField(rng, _PHOTO_NOISE, height, width)
+        self._start_objects(rng)
         self._distractors = [self._new_distractor(rng) for _ in range(int(rng.integers(_DISTRACTORS)))]
         blur_px = self._shutter * float(self._speeds.max()) * self._s  # longest streak, view pixels
         self._taps = min(_BLUR_TAPS, 1 + math.floor(blur_px / 2.0))
@@ -497,9 +487,7 @@ class _PhotoSegment(_Segment):
         (f_amp, f_rate, f_phase), (d_amp, d_rate, d_phase) = self._flicker, self._drift
         gain = 1.0 + f_amp * math.sin(f_rate * k + f_phase) + d_amp * math.sin(d_rate * t + d_phase)
         cv2.convertScaleAbs(out, dst=out, alpha=gain)
-        key = _mix(self._noise_key + k)
-        oy, ox = key % _NOISE_PAD, (key >> 16) % _NOISE_PAD
-        cv2.add(out, self._noise[oy : oy + self._h, ox : ox + self._w], dst=out, dtype=cv2.CV_8U)
+        self._noise.add_to(out, k)
 
     def _compose(self, t: float) -> np.ndarray:
         canvas = self._background.copy()
@@ -676,6 +664,27 @@ def _shape(rng: np.random.Generator, size: int, radius: float) -> np.ndarray:
     fixed = np.round((points + centre) * 16).astype(np.int32)  # 4 fractional bits
     cv2.fillPoly(mask, [fixed], 255, lineType=cv2.LINE_AA, shift=4)
     return mask
+
+
+class _NoiseField:
+    """Sensor noise: a field of uniform noise a little larger than the frame; frame ``k`` adds a window keyed by ``k``.
+
+    Draws from ``rng`` in the order level, field, key: the scenes' later draws, and so every clip, depend on it.
+    """
+
+    def __init__(self, rng: np.random.Generator, std: tuple[float, float], height: int, width: int) -> None:
+        half_width = round(rng.uniform(*std) * math.sqrt(3.0))  # uniform noise with a std drawn from ``std``
+        shape = (height + _NOISE_PAD, width + _NOISE_PAD, 3)
+        raw = np.frombuffer(rng.bytes(math.prod(shape)), np.uint8).reshape(shape)
+        self._field = ((raw.astype(np.int16) * (2 * half_width + 1)) >> 8) - half_width
+        self._key = int(rng.integers(1 << 62))
+        self._h, self._w = height, width
+
+    def add_to(self, out: np.ndarray, k: int) -> None:
+        """Add frame ``k``'s noise to ``out`` [H, W, 3] uint8 in place (saturating)."""
+        key = _mix(self._key + k)
+        oy, ox = key % _NOISE_PAD, (key >> 16) % _NOISE_PAD
+        cv2.add(out, self._field[oy : oy + self._h, ox : ox + self._w], dst=out, dtype=cv2.CV_8U)
 
 
 def _mix(value: int) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from engines.synthetic import (
     render_clip,
 )
 from engines.transforms import check_resize, fit_frame
+from engines.uris import SYNTHETIC_SIZE, SyntheticQuery, is_synthetic
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -63,8 +63,6 @@ __all__ = [
 VIDEO_SUFFIXES: frozenset[str] = frozenset(
     {".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp", ".mjpeg"}
 )
-SYNTHETIC_SOURCE_SIZE = (320, 240)
-"""(width, height) the ``synthetic://`` camera renders at by default; training renders at the same size."""
 _SYNTHETIC_PARAMETERS = ("split", "n", "start", "size", "method", "window", "fresh", "style")
 _SYNTHETIC_STYLES = (*STYLES, "mix")
 _SCENE_SEGMENT_S = 4.0  # SyntheticScene's default segment length (the live source's default)
@@ -141,7 +139,7 @@ class SyntheticClips(ClipDataset):
         frames: int,
         height: int,
         width: int,
-        source_size: tuple[int, int] = SYNTHETIC_SOURCE_SIZE,
+        source_size: tuple[int, int] = SYNTHETIC_SIZE,
         method: str = "area",
         window: str = "first",
         fresh: bool = False,
@@ -478,7 +476,7 @@ def open_dataset(
         ConfigError: malformed synthetic spec.
         DatasetError: missing path or bad data set (naming the file).
     """
-    if spec.startswith("synthetic:"):
+    if is_synthetic(spec):
         dataset = _synthetic_from_uri(spec, frames, height, width, method, default_split, default_n)
         if labels is not None and tuple(labels) != CLASSES:
             raise DatasetError(
@@ -497,49 +495,22 @@ def open_dataset(
 def _synthetic_from_uri(
     uri: str, frames: int, height: int, width: int, method: str, default_split: str, default_n: int
 ) -> SyntheticClips:
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme != "synthetic" or parts.netloc or parts.path or parts.fragment:
-        raise ConfigError(f"a synthetic data set looks like 'synthetic://?split=test&n=900', got {uri!r}")
-    options: dict[str, str] = {}
-    for field in filter(None, parts.query.split("&")):
-        name, sep, value = field.partition("=")
-        if name not in _SYNTHETIC_PARAMETERS or not sep:
-            raise ConfigError(
-                f"synthetic data set parameter {name!r} in {uri!r} is unknown or has no '=value'; "
-                f"known: {', '.join(_SYNTHETIC_PARAMETERS)}"
-            )
-        if name in options:
-            raise ConfigError(f"synthetic data set parameter {name!r} is given twice in {uri!r}")
-        options[name] = urllib.parse.unquote(value)
-
-    def integer(name: str, default: int) -> int:
-        try:
-            return int(options.get(name, default))
-        except ValueError:
-            raise ConfigError(f"synthetic data set parameter {name}={options[name]!r} is not an integer") from None
-
-    size = options.get("size")
-    source_size = SYNTHETIC_SOURCE_SIZE
-    if size is not None:
-        w, _, h = size.partition("x")
-        if not (w.isdigit() and h.isdigit() and int(w) >= 8 and int(h) >= 8):
-            raise ConfigError(f"synthetic data set parameter size={size!r} must be WIDTHxHEIGHT, each >= 8")
-        source_size = (int(w), int(h))
-    fresh = options.get("fresh", "0")
+    query = SyntheticQuery(uri, _SYNTHETIC_PARAMETERS, "synthetic data set", "synthetic://?split=test&n=900")
+    fresh = query.text("fresh", "0")
     if fresh not in ("0", "1"):
-        raise ConfigError(f"synthetic data set parameter fresh={fresh!r} must be 0 or 1")
+        raise ConfigError(f"synthetic data set parameter 'fresh'={fresh!r} must be 0 or 1")
     return SyntheticClips(
-        split=options.get("split", default_split),
-        n=integer("n", default_n),
+        split=query.text("split", default_split),
+        n=int(query.number("n", int, default_n)),
         frames=frames,
         height=height,
         width=width,
-        source_size=source_size,
-        method=options.get("method", method),
-        window=options.get("window", "first"),
+        source_size=query.size("size", SYNTHETIC_SIZE),
+        method=query.text("method", method),
+        window=query.text("window", "first"),
         fresh=fresh == "1",
-        start=integer("start", 0),
-        style=options.get("style", "classic"),
+        start=int(query.number("start", int, 0)),
+        style=query.text("style", "classic"),
     )
 
 

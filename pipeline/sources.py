@@ -10,8 +10,9 @@ STALLED while a live source's reads fail but it is not yet lost, and ENDED once 
 the source is closed. A live source that stays silent for ``read_timeout_s`` raises
 :class:`SourceConnectionError`; reconnecting (with backoff) is the caller's job: wait, ``open()`` again.
 
-Credentials never reach a message or a log line: :func:`redact_uri` strips ``user:password@`` and
-secret-looking query values from every URI the sources print.
+Credentials never reach a message or a log line: :func:`redact_uri` (:mod:`engines.uris`, where the
+``synthetic://`` query parser lives too) strips ``user:password@`` and secret-looking query values from
+every URI the sources print.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import contextlib
 import logging
 import math
 import os
-import re
 import stat
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
@@ -35,6 +35,7 @@ import numpy as np
 
 from engines.errors import ConfigError
 from engines.synthetic import SyntheticScene, label_index
+from engines.uris import SYNTHETIC_SIZE, SyntheticQuery, is_synthetic, redact_uri
 from pipeline.errors import EndOfStream, SourceConnectionError, SourceError
 
 __all__ = [
@@ -55,26 +56,7 @@ _NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt
 _RTSP_TRANSPORTS = ("auto", "tcp", "udp")
 _FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _FALLBACK_FPS = 30.0  # pacing rate for a file whose container does not state a usable fps
-_MAX_SYNTHETIC_SIDE = 4096  # pixels; a 4K frame fits
 _MAX_LAG_S = 1.0  # a paced source that falls this far behind its schedule restarts the schedule
-_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/]*@")
-_SECRET_QUERY = re.compile(  # any query key that names a credential: passphrase, pwd, api_key, X-Auth-Token, ...
-    r"(?P<key>[?&;][^?&;=#\s]*(?:pass|pwd|secret|token|auth|key|sig|cred|session)[^?&;=#\s]*=)[^&;#\s]*",
-    re.IGNORECASE,
-)
-
-
-def redact_uri(uri: str | int | os.PathLike[str]) -> str:
-    """``uri`` (or any text containing URIs) with credentials replaced by ``***``.
-
-    ``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``; ``http://cam/v.cgi?user=a&pwd=b`` ->
-    ``http://cam/v.cgi?user=a&pwd=***``; ``srt://h:9000?passphrase=p`` -> ``srt://h:9000?passphrase=***``. Every
-    query key containing pass, pwd, secret, token, auth, key, sig, cred or session is redacted, whatever the
-    scheme. Paths and camera indices come back unchanged.
-    """
-    text = os.fspath(uri) if isinstance(uri, os.PathLike) else str(uri)
-    text = _USERINFO.sub(r"\g<scheme>***@", text)
-    return _SECRET_QUERY.sub(r"\g<key>***", text)
 
 
 class SourceState(str, Enum):
@@ -409,27 +391,15 @@ class SyntheticSource:
     PARAMETERS = ("seed", "fps", "size", "label", "segment_s", "style")
 
     def __init__(self, uri: str, pace: bool = True) -> None:
-        parts = urllib.parse.urlsplit(uri)
-        if parts.scheme != "synthetic" or parts.netloc or parts.path or parts.fragment:
-            raise ConfigError(f"a synthetic source URI looks like 'synthetic://?seed=1&fps=30', got {uri!r}")
-        options: dict[str, str] = {}
-        for field in filter(None, parts.query.split("&")):
-            name, sep, value = field.partition("=")
-            if name not in self.PARAMETERS or not sep:
-                raise ConfigError(
-                    f"synthetic source parameter {name!r} in {uri!r} is unknown or has no '=value'; "
-                    f"known: {', '.join(self.PARAMETERS)}"
-                )
-            if name in options:
-                raise ConfigError(f"synthetic source parameter {name!r} is given twice in {uri!r}")
-            options[name] = urllib.parse.unquote_plus(value)
+        query = SyntheticQuery(uri, self.PARAMETERS, "synthetic source", "synthetic://?seed=1&fps=30")
         self.uri = uri
         self.pace = pace
-        self.seed = int(_parse(options, "seed", int, 0, lambda v: v >= 0, ">= 0"))
-        self.fps = _parse(options, "fps", float, 30.0, lambda v: math.isfinite(v) and 0 < v <= 1000, "in (0, 1000]")
-        self.width, self.height = _parse_size(options.get("size", "320x240"))
-        self.segment_s = _parse(options, "segment_s", float, 4.0, lambda v: math.isfinite(v) and v > 0, "> 0")
-        label = options["label"].split(",") if options.get("label") else None
+        self.seed = int(query.number("seed", int, 0, lambda v: v >= 0, ">= 0"))
+        self.fps = query.number("fps", float, 30.0, lambda v: math.isfinite(v) and 0 < v <= 1000, "in (0, 1000]")
+        self.width, self.height = query.size("size", SYNTHETIC_SIZE)
+        self.segment_s = query.number("segment_s", float, 4.0, lambda v: math.isfinite(v) and v > 0, "> 0")
+        labels = query.text("label", "")
+        label = labels.split(",") if labels else None
         if label is not None:
             try:
                 [label_index(name) for name in label]
@@ -437,7 +407,7 @@ class SyntheticSource:
                 raise ConfigError(f"synthetic source parameter 'label': {err}") from None
         try:
             self.scene = SyntheticScene(
-                self.seed, self.height, self.width, self.fps, label, self.segment_s, options.get("style", "classic")
+                self.seed, self.height, self.width, self.fps, label, self.segment_s, query.text("style", "classic")
             )
         except ConfigError as err:
             raise ConfigError(f"synthetic source parameter 'style': {err}") from None
@@ -529,30 +499,6 @@ def _usable_fps(cap: cv2.VideoCapture) -> float:
     return fps if math.isfinite(fps) and 0 < fps <= 1000 else 0.0
 
 
-def _parse(
-    options: dict[str, str], name: str, kind: type, default: float, valid: Callable[[float], bool], rule: str
-) -> float:
-    if name not in options:
-        return default
-    try:
-        value = kind(options[name])
-    except ValueError:
-        raise ConfigError(f"synthetic source parameter {name!r}={options[name]!r} is not a {kind.__name__}") from None
-    if not valid(value):
-        raise ConfigError(f"synthetic source parameter {name!r}={options[name]!r} must be {rule}")
-    return value
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)x(\d+)", text.strip().lower())
-    if not match or not all(8 <= int(side) <= _MAX_SYNTHETIC_SIDE for side in match.groups()):
-        raise ConfigError(
-            f"synthetic source parameter 'size'={text!r} must be WIDTHxHEIGHT, each in 8..{_MAX_SYNTHETIC_SIDE} "
-            "(e.g. 320x240)"
-        )
-    return int(match[1]), int(match[2])
-
-
 SOURCES: dict[str, type] = {"opencv": OpenCvSource, "synthetic": SyntheticSource}
 """Source kind -> class; :func:`open_source` picks by URI scheme ('synthetic://' or anything OpenCV reads)."""
 
@@ -572,7 +518,7 @@ def open_source(
     local, so ``loop``, the timeouts and ``rtsp_transport`` do not apply); anything else an
     :class:`OpenCvSource`.
     """
-    if isinstance(uri, str) and urllib.parse.urlsplit(uri).scheme == "synthetic":
+    if is_synthetic(uri):
         return SOURCES["synthetic"](uri, pace=pace)
     return SOURCES["opencv"](
         uri,

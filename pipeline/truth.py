@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from engines.errors import ConfigError
+from engines.uris import is_synthetic
 from pipeline.config import CameraConfig
 from pipeline.sources import SyntheticSource
 
@@ -132,7 +132,7 @@ def truth_for(camera: CameraConfig, labels: Sequence[str] = ()) -> Truth | None:
         ConfigError: a malformed sidecar, or one naming a class the model does not know.
     """
     source = camera.source
-    if isinstance(source, str) and urllib.parse.urlsplit(source).scheme == "synthetic":
+    if is_synthetic(source):
         return SyntheticTruth(SyntheticSource(source, pace=False))
     if not isinstance(source, str) or source.strip().isdigit():
         return None

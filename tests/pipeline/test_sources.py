@@ -1,5 +1,5 @@
 """pipeline.sources: real files written with cv2.VideoWriter, a real MJPEG-over-HTTP stream on 127.0.0.1,
-unreachable and silent endpoints, the synthetic camera, and credential redaction."""
+unreachable and silent endpoints, the synthetic camera (credential redaction: tests/engines/test_uris.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from pipeline.sources import (
     SourceState,
     SyntheticSource,
     open_source,
-    redact_uri,
 )
 
 FRAMES, WIDTH, HEIGHT, FPS = 12, 64, 48, 25.0
@@ -225,25 +224,6 @@ def test_live_stream_is_lost_after_read_timeout_and_reconnects():
         assert source.read() is not None
         source.close()
         assert source.state is SourceState.ENDED
-
-
-@pytest.mark.parametrize(
-    ("uri", "expected"),
-    [
-        ("rtsp://user:pass@10.0.0.5:554/stream1", "rtsp://***@10.0.0.5:554/stream1"),
-        ("rtsp://admin:p@ss:w0rd@cam.local/live", "rtsp://***@cam.local/live"),
-        ("rtsp://onlyuser@cam.local/live", "rtsp://***@cam.local/live"),
-        ("http://cam/video.cgi?user=admin&pwd=1234&res=hd", "http://cam/video.cgi?user=admin&pwd=***&res=hd"),
-        ("https://x/s.m3u8?Token=abc#t", "https://x/s.m3u8?Token=***#t"),
-        ("rtsp://10.0.0.5:554/stream1", "rtsp://10.0.0.5:554/stream1"),
-        ("/data/cam@2x/video.mp4", "/data/cam@2x/video.mp4"),
-        ("http://host/path/a@b.mp4", "http://host/path/a@b.mp4"),
-        (0, "0"),
-        ("cannot open rtsp://u:secret@h/x, retrying", "cannot open rtsp://***@h/x, retrying"),
-    ],
-)
-def test_redact_uri(uri, expected):
-    assert redact_uri(uri) == expected
 
 
 # --- synthetic ----------------------------------------------------------------------------------------

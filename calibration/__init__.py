@@ -2,12 +2,12 @@
 
 ``calibration.clips`` collects calibration clips, ``calibration.quantize`` runs ModelOpt and exports
 the Q/DQ ONNX, ``calibration.report`` measures agreement with the float model and writes the
-verdict that :func:`check_deployable` enforces before an engine is built from the graph.
+verdict beside the graph as the record of :mod:`engines.deployability`, which the backends check
+before an engine is built from it. ``calibration`` imports ``engines`` only.
 """
 
 from __future__ import annotations
 
 from calibration.errors import CalibrationError
-from calibration.report import check_deployable
 
-__all__ = ["CalibrationError", "check_deployable"]
+__all__ = ["CalibrationError"]

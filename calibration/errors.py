@@ -1,18 +1,11 @@
-"""The error of the calibration package, under :class:`engines.errors.EmimError`."""
+"""The error of the calibration package: :class:`engines.errors.CalibrationError`.
+
+It is defined in ``engines`` because the backends raise it too, when they refuse a calibrated
+ONNX (:func:`engines.deployability.check_deployable`).
+"""
 
 from __future__ import annotations
 
-from engines.errors import EmimError
+from engines.errors import CalibrationError
 
 __all__ = ["CalibrationError"]
-
-
-class CalibrationError(EmimError):
-    """Calibration cannot run, or its artifact cannot be used.
-
-    No or too few clips, clips of another shape or for another model, ModelOpt missing, a Q/DQ
-    graph without the expected quantise/dequantise pairs, or an artifact whose accuracy gate
-    failed. The message names the file, the figures and the fix.
-    """
-
-    exit_code = 8

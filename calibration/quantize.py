@@ -39,17 +39,16 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import nn
 
-from calibration.clips import Progress
-from calibration.errors import CalibrationError
+from engines.backends.base import QUANTIZED, Precision
+from engines.errors import CalibrationError
 from engines.export import INPUT_NAME, ExportReport, export_onnx, file_sha256
 from engines.files import atomic_write
 from engines.onnx_audit import check_onnx
@@ -60,7 +59,6 @@ __all__ = [
     "QUANTIZED_TYPES",
     "QdqAudit",
     "QdqParity",
-    "QuantPrecision",
     "QuantizeResult",
     "audit_qdq",
     "check_qdq",
@@ -86,16 +84,9 @@ _FP8_OPS = {"TRT_FP8QuantizeLinear": "QuantizeLinear", "TRT_FP8DequantizeLinear"
 _FP8_ZERO_POINT = "emim_fp8_zero_point"
 
 
-class QuantPrecision(str, Enum):
-    """Quantised formats: INT8 (any TensorRT GPU) and FP8 E4M3 (Ada / Hopper and newer)."""
-
-    INT8 = "int8"
-    FP8 = "fp8"
-
-
-_FORMATS: dict[QuantPrecision, tuple[dict, dict]] = {  # (weights, activations), as ModelOpt's *_DEFAULT_CFG
-    QuantPrecision.INT8: ({"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}),
-    QuantPrecision.FP8: ({"num_bits": (4, 3), "axis": None}, {"num_bits": (4, 3), "axis": None}),
+_FORMATS: dict[Precision, tuple[dict, dict]] = {  # (weights, activations), as ModelOpt's *_DEFAULT_CFG
+    Precision.INT8: ({"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}),  # any TensorRT GPU
+    Precision.FP8: ({"num_bits": (4, 3), "axis": None}, {"num_bits": (4, 3), "axis": None}),  # E4M3: Ada, Hopper+
 }
 
 
@@ -139,7 +130,7 @@ def quantizable_modules(
     return tuple(quantized), tuple(kept)
 
 
-def _quant_config(modules: Sequence[str], precision: QuantPrecision) -> dict:
+def _quant_config(modules: Sequence[str], precision: Precision) -> dict:
     """Deny every quantiser, then enable weight and input quantisers of ``modules`` by exact name."""
     weights, inputs = _FORMATS[precision]
     entries: list[dict] = [{"quantizer_name": "*", "enable": False}]
@@ -167,11 +158,11 @@ class QuantizeResult:
 def quantize_model(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
-    precision: str = QuantPrecision.INT8,
+    precision: str = Precision.INT8,
     keep: Sequence[str] = DEFAULT_KEEP,
     *,
     total: int = 0,
-    progress: Progress | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> QuantizeResult:
     """Insert quantisers into a copy of ``model`` and calibrate them (amax) on ``batches``.
 
@@ -189,9 +180,9 @@ def quantize_model(
             quantise, or no calibration clip.
     """
     mtq = import_modelopt()
-    if precision not in {p.value for p in QuantPrecision}:
-        raise CalibrationError(f"precision must be one of {[p.value for p in QuantPrecision]}, got {precision!r}")
-    precision = QuantPrecision(precision)
+    if precision not in QUANTIZED:
+        raise CalibrationError(f"precision must be one of {[p.value for p in QUANTIZED]}, got {precision!r}")
+    precision = Precision(precision)
     quantized, kept = quantizable_modules(model, keep)
     if not quantized:
         raise CalibrationError(f"the keep patterns {list(keep)} leave no conv or linear layer to quantise")
@@ -273,7 +264,7 @@ def export_qdq_onnx(result: QuantizeResult, clip: tuple[int, int, int], path: st
     path = Path(path)
     report = export_onnx(result.model, clip, path, opset=QDQ_OPSET, audit=False)
     try:
-        if result.precision == QuantPrecision.FP8:
+        if result.precision == Precision.FP8:
             _fp8_to_native(path)
         audit = check_onnx(path)
         check_qdq(path, result.quantized, result.kept)

@@ -1,4 +1,4 @@
-"""The accuracy report of a quantised model, its deployability gate, and the artifact's sidecar.
+"""The accuracy report of a quantised model and its deployability gate.
 
 The float model is the reference; no ground-truth labels are needed. On held-out clips the
 report compares with it the fake-quant torch model and, where ONNX Runtime runs it, the Q/DQ ONNX:
@@ -12,55 +12,43 @@ The gate: the artifact is deployable when every measured top-1 agreement reaches
 (default 0.99: with 100 held-out clips, one disagreement is allowed). The Q/DQ graph also carries
 :func:`calibration.quantize.qdq_parity` figures (each pair against its torch quantiser).
 
-Artifacts are tied to the weights they were made for: ``<model>.onnx.calibration.json`` beside
-the ONNX records the weights hash, the ONNX file's hash and the verdict, and
-:func:`check_deployable` refuses a graph made for other weights, changed since, or not deployable.
+The verdict goes beside the Q/DQ ONNX as the record of :mod:`engines.deployability` (weights
+hash, ONNX hash, gate and figure), which the backends check before they use the graph.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from calibration.errors import CalibrationError
-from engines.errors import ExportError
-from engines.export import file_sha256, run_onnxruntime
-from engines.files import atomic_write
+from engines import deployability
+from engines.errors import CalibrationError, ExportError
+from engines.export import run_onnxruntime
 
 if TYPE_CHECKING:
     from calibration.quantize import QdqParity
 
 __all__ = [
     "DEFAULT_GATE",
-    "SIDECAR_FORMAT",
-    "SIDECAR_SUFFIX",
     "Agreement",
     "CalibrationReport",
     "ClassAgreement",
     "build_report",
-    "check_deployable",
     "compare_logits",
     "infer_logits",
     "onnxruntime_logits",
-    "read_sidecar",
-    "sidecar_path",
     "write_sidecar",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GATE = 0.99
-SIDECAR_SUFFIX = ".calibration.json"
-SIDECAR_FORMAT = "emim-stream.calibration/1"
 TORCH_FAKEQUANT = "torch-fakequant"
 ONNXRUNTIME = "onnxruntime"
 
@@ -153,6 +141,21 @@ class CalibrationReport:
     def gated(self) -> Agreement:
         """The comparison with the lowest top-1 agreement: the one the verdict rests on."""
         return min(self.comparisons, key=lambda c: c.top1)
+
+    @property
+    def verdict(self) -> deployability.Verdict:
+        """The verdict with the figure it rests on, as the artifact's record carries it."""
+        gated = self.gated
+        return deployability.Verdict(
+            model_name=self.model_name,
+            weights_sha256=self.weights_sha256,
+            precision=self.precision,
+            gate=self.gate,
+            top1=gated.top1,
+            backend=gated.backend,
+            clips=gated.clips,
+            deployable=self.deployable,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -250,111 +253,8 @@ def onnxruntime_logits(
         return None, str(err)
 
 
-def sidecar_path(onnx_path: str | os.PathLike[str]) -> Path:
-    """``model.qdq.onnx`` -> ``model.qdq.onnx.calibration.json``."""
-    return Path(f"{os.fspath(onnx_path)}{SIDECAR_SUFFIX}")
-
-
 def write_sidecar(
     onnx_path: str | os.PathLike[str], report: CalibrationReport, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Write the calibration record beside the ONNX (atomically) and return it.
-
-    The record: format, model (name, weights hash), precision, the ONNX file name and hash,
-    the gate with the figure it was applied to, the verdict, and ``extra`` (clips, versions...).
-    """
-    onnx_path = Path(onnx_path)
-    gated = report.gated
-    record = {
-        "format": SIDECAR_FORMAT,
-        "model": {"name": report.model_name, "weights_sha256": report.weights_sha256},
-        "precision": report.precision,
-        "onnx": onnx_path.name,
-        "onnx_sha256": file_sha256(onnx_path),
-        "gate": {
-            "metric": "top1_agreement",
-            "threshold": report.gate,
-            "value": gated.top1,
-            "backend": gated.backend,
-            "clips": gated.clips,
-        },
-        "deployable": report.deployable,
-        "created_wall": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **(extra or {}),
-    }
-    path = sidecar_path(onnx_path)
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2))
-    return record
-
-
-def read_sidecar(onnx_path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The calibration record beside ``onnx_path``, or None when there is none.
-
-    Raises:
-        CalibrationError: the record exists but cannot be read.
-    """
-    path = sidecar_path(onnx_path)
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        if record.get("format") != SIDECAR_FORMAT:
-            raise ValueError(f"format is not {SIDECAR_FORMAT!r}")
-        return record
-    except (OSError, ValueError, AttributeError) as err:
-        raise CalibrationError(
-            f"calibration record '{path}' cannot be read ({err}); re-run emim-stream calibrate"
-        ) from None
-
-
-def check_deployable(onnx_path: str | os.PathLike[str], weights_sha256: str, *, force: bool = False) -> None:
-    """Refuse a calibrated ONNX that is not for these weights, was changed, or failed its gate.
-
-    An ONNX without a calibration record beside it is not a calibration artifact: nothing is checked.
-
-    Args:
-        onnx_path: the graph about to be built (``engine.onnx``).
-        weights_sha256: the content hash of the weights the engine loads
-            (:func:`engines.checkpoint.weights_sha256`; ``ModelSource.weights_sha256``).
-        force: a failed gate is only logged (a warning); other weights or a changed file still raise.
-
-    Raises:
-        CalibrationError: with the record's figures: made for other weights, the ONNX file differs
-            from the one calibrated, or (without ``force``) the accuracy gate failed.
-    """
-    record = read_sidecar(onnx_path)
-    if record is None:
-        return
-    if not Path(onnx_path).is_file():
-        raise CalibrationError(f"'{onnx_path}' does not exist (only its calibration record does)")
-    try:
-        model, gate = record["model"], record["gate"]
-        made_for, onnx_sha256, deployable = model["weights_sha256"], record["onnx_sha256"], record["deployable"]
-    except (KeyError, TypeError) as err:
-        raise CalibrationError(
-            f"calibration record '{sidecar_path(onnx_path)}' lacks {err}; re-run emim-stream calibrate"
-        ) from None
-    if made_for != weights_sha256:
-        raise CalibrationError(
-            f"'{onnx_path}' was calibrated for {model.get('name')} weights {made_for[:12]}, but the engine loads "
-            f"weights {weights_sha256[:12]}; run emim-stream calibrate for this checkpoint"
-        )
-    if file_sha256(onnx_path) != onnx_sha256:
-        raise CalibrationError(
-            f"'{onnx_path}' changed since it was calibrated (its hash differs from the record's); "
-            "run emim-stream calibrate again"
-        )
-    if deployable:
-        return
-    figures = (
-        f"{record.get('precision')} top-1 agreement with the float model {gate['value']:.2%} ({gate['backend']}, "
-        f"{gate['clips']} held-out clips) is below the gate {gate['threshold']:.2%}"
-    )
-    if force:
-        log.warning("'%s' is not deployable (%s); building it anyway (forced)", onnx_path, figures)
-        return
-    raise CalibrationError(
-        f"'{onnx_path}' is not deployable: {figures}; calibrate with more or more representative clips, "
-        "keep more layers in high precision, or force the build"
-    )
+    """Write the report's verdict beside the ONNX (:func:`engines.deployability.write_sidecar`) and return it."""
+    return deployability.write_sidecar(onnx_path, report.verdict, extra)

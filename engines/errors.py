@@ -49,3 +49,15 @@ class ExportError(EmimError):
     """ONNX export or the op audit failed."""
 
     exit_code = 5
+
+
+class CalibrationError(EmimError):
+    """Calibration cannot run, or its artifact cannot be used.
+
+    No or too few clips, clips of another shape or for another model, ModelOpt missing, a Q/DQ
+    graph without the expected quantise/dequantise pairs, or an artifact that an engine refuses
+    (:mod:`engines.deployability`: made for other weights, changed, or below its accuracy gate).
+    The message names the file, the figures and the fix.
+    """
+
+    exit_code = 8

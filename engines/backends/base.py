@@ -2,8 +2,8 @@
 
 An engine classifies batches of clips (the VMP prompts, already normalised) on its own device:
 ``infer(clips [B, 3, T, H, W]) -> logits [B, classes]`` (float32). Backends: ``torch`` (CPU/CUDA),
-``onnxruntime`` and ``tensorrt``; :func:`engines.backends.load_engine` picks one from an
-:class:`EngineConfig` and falls back in a stated order.
+``aoti``, ``onnxruntime`` and ``tensorrt``; :func:`engines.backends.select.load_engine` picks one
+from an :class:`EngineConfig` and falls back in a stated order.
 
 This module imports neither torch nor any backend (the pipeline config embeds
 :class:`EngineConfig`, and camera processes load that config without paying for torch).
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from engines.layers.vmp import VmpLayer
 
 __all__ = [
+    "QUANTIZED",
     "Backend",
     "Engine",
     "EngineConfig",
@@ -56,6 +57,9 @@ class Precision(str, Enum):
     INT8 = "int8"
     FP8 = "fp8"
 
+
+QUANTIZED = (Precision.INT8, Precision.FP8)
+"""Precisions that live in a Q/DQ graph made by calibration (``engine.onnx``), not in a backend flag."""
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 MAX_FRAMES = 128
@@ -164,7 +168,7 @@ class EngineConfig:
             raise ConfigError(f"engine.kernel must be a kernel name or 'auto', got {self.kernel!r}")
         if not isinstance(self.workspace_gib, (int, float)) or not 0 < self.workspace_gib <= 1024:
             raise ConfigError(f"engine.workspace_gib must be in (0, 1024], got {self.workspace_gib!r}")
-        if self.precision in (Precision.INT8, Precision.FP8) and self.onnx is None:
+        if self.precision in QUANTIZED and self.onnx is None:
             raise ConfigError(
                 f"engine.precision {self.precision!r} needs engine.onnx: a Q/DQ ONNX made by calibration "
                 "(TensorRT 10.12+ has no implicit INT8/FP8 calibration)"

@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from calibration import CalibrationError, check_deployable
+from calibration import CalibrationError
 from calibration.clips import Split, collect_from_source, load_clips
 from calibration.quantize import (
     DEFAULT_KEEP,
@@ -36,13 +36,14 @@ from calibration.quantize import (
     quantize_model,
 )
 from calibration.report import build_report, infer_logits
+from cli import main as cli
 from engines.backends import load_engine
 from engines.backends.base import EngineConfig
 from engines.backends.source import load_source
 from engines.checkpoint import ClipSpec, save_checkpoint
+from engines.deployability import check_deployable
 from engines.export import run_onnxruntime
 from engines.models import build_model
-from pipeline import cli
 
 pytest.importorskip("modelopt.torch.quantization", reason="calibration needs nvidia-modelopt (the quant extra)")
 

@@ -1,4 +1,4 @@
-"""The accuracy report's figures, the gate's boundary, and the sidecar that build-engine checks."""
+"""The accuracy report's figures, the gate's boundary, and the record it leaves for the engines' deployability check."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from calibration import CalibrationError, check_deployable
-from calibration.report import build_report, compare_logits, read_sidecar, sidecar_path, write_sidecar
+from calibration import CalibrationError
+from calibration.report import build_report, compare_logits, write_sidecar
+from engines.deployability import check_deployable, read_sidecar, sidecar_path
 
 LABELS = ("a", "b", "c", "d", "e", "f")
 HASH = "ab" * 32

@@ -2,8 +2,9 @@
 
 Probes are cheap and load no model: imports (guarded), ``torch.cuda`` queries, ONNX Runtime's
 provider list, a TensorRT ``Builder`` where there is a GPU, and the C++ compiler AOTInductor uses.
-The selection section walks :func:`engines.backends.fallback_chain` with the same checks the
-backends make when they open.
+The selection section walks :func:`engines.backends.select.fallback_chain` with each backend's own
+checks (:func:`engines.backends.openers.check_backend`, the aoti compiler search), without loading
+a model.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from pathlib import Path
 
 import torch
 
-from engines.backends import Candidate, EngineConfig, Precision, fallback_chain
+from engines.backends.base import Backend, EngineConfig
+from engines.backends.openers import ONNX_BACKENDS, Candidate, check_backend
+from engines.backends.ort_engine import import_onnxruntime
 from engines.backends.plan_cache import PlanCache, default_cache_dir
+from engines.backends.select import fallback_chain
 from engines.errors import BackendUnavailableError, KernelUnavailableError
 from engines.layers.neighborhood import KERNELS, choose_kernel
 
@@ -122,11 +126,10 @@ def environment(cache_dir: Path | None = None) -> list[Section]:
     else:
         torch_rows.append(("gpu", "none (torch.cuda.is_available() is False)"))
     try:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         ort_rows = [("onnxruntime", f"{ort.__version__}, providers {', '.join(ort.get_available_providers())}")]
-    except ImportError as err:
-        ort_rows = [("onnxruntime", f"not installed ({err})")]
+    except BackendUnavailableError as err:
+        ort_rows = [("onnxruntime", err.reason)]
     gpu_stack = [
         *_tensorrt_rows(),
         ("torch-tensorrt", _dist_version("torch-tensorrt")),
@@ -164,40 +167,16 @@ def environment(cache_dir: Path | None = None) -> list[Section]:
 
 def probe(cfg: EngineConfig, step: Candidate) -> str | None:
     """Why ``step`` could not open here (the checks its backend makes first), or None if it should."""
-    from engines.backends.torch_engine import cuda_device
-
     try:
-        if step.backend == "torch":
-            if step.device != "cpu":
-                cuda_device(step.device, "torch")
-        elif step.backend == "onnxruntime":
-            from engines.backends.ort_engine import cuda_provider_present
-
-            try:
-                import onnxruntime  # noqa: F401
-            except ImportError as err:
-                return f"not installed ({err})"
-            if step.device.startswith("cuda"):
-                cuda_device(step.device, "onnxruntime")
-                if not cuda_provider_present():
-                    return "no CUDAExecutionProvider (install onnxruntime-gpu)"
-        elif step.backend == "aoti":
+        check_backend(cfg, step)
+        if step.backend == Backend.AOTI:
             from engines.backends.aoti_engine import cpp_compiler
 
-            if step.device != "cpu":
-                cuda_device(step.device, "aoti")
-            cpp_compiler()
-        elif step.backend == "tensorrt":
-            from engines.backends.trt_engine import import_tensorrt
-
-            import_tensorrt()
-            cuda_device(step.device, "tensorrt")
-            if step.precision == Precision.BF16 and cfg.onnx is None:
-                return "bf16 needs a bf16 graph in engine.onnx"
-        if cfg.onnx is not None and step.backend in ("onnxruntime", "tensorrt") and not Path(cfg.onnx).is_file():
-            return f"engine.onnx '{cfg.onnx}' does not exist"
+            cpp_compiler()  # to build the package (a cached one loads without; telling needs the model)
     except BackendUnavailableError as err:
         return err.reason
+    if cfg.onnx is not None and step.backend in ONNX_BACKENDS and not Path(cfg.onnx).is_file():
+        return f"engine.onnx '{cfg.onnx}' does not exist"
     return None
 
 
@@ -223,13 +202,13 @@ def selection(cfg: EngineConfig) -> Section:
 
 
 def _kernel_for(cfg: EngineConfig, step: Candidate) -> str:
-    if step.backend not in ("torch", "aoti"):
+    if step.backend in ONNX_BACKENDS:
         return _GRAPH_KERNEL
     try:
         kernel, why = choose_kernel(cfg.kernel, "cpu" if step.device == "cpu" else "cuda")
     except KernelUnavailableError as err:
         return f"error: {err}"
-    if step.backend == "aoti":
+    if step.backend == Backend.AOTI:
         return f"{kernel} compiled into the aoti package ({why})"
     compiled = " under torch.compile" if cfg.compile else ""
     return f"{kernel}{compiled} ({why})"

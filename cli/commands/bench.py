@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import math
 
-from cli.commands.build_engine import add_engine_arguments, engine_config_from_args
+from cli.commands.engine_options import add_engine_arguments, engine_config_from_args
+from engines.backends.base import Backend
 
 HELP = "benchmark backends (median / p90 per-clip latency, clips/s, MAC/s) or, with --op, the EMIM op kernels"
 
 
-_ROWS = ("torch", "torch-compile", "aoti", "onnxruntime", "tensorrt")
-"""``--backend all``: every backend, and torch under torch.compile (``torch-compile``)."""
+_ROWS = (
+    Backend.TORCH.value,
+    "torch-compile",
+    *(b.value for b in Backend if b not in (Backend.AUTO, Backend.TORCH)),
+)
+"""``--backend all``: every backend, and torch under torch.compile (``torch-compile``) after torch."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

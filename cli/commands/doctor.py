@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.commands.build_engine import add_engine_arguments, engine_config_from_args
+from cli.commands.engine_options import add_engine_arguments, engine_config_from_args
 
 HELP = "report CPU/GPU, CUDA, TensorRT, NATTEN, ONNX Runtime, and the backend/kernel a config would get"
 
@@ -19,8 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from engines.backends.openers import cache_dir
     from engines.doctor import environment, selection
     from pipeline.config import DEFAULT_CONFIG
 
@@ -28,8 +27,7 @@ def main(args: argparse.Namespace) -> int:
         args.config = str(DEFAULT_CONFIG)
         print(f"config: the embedded default ({DEFAULT_CONFIG}); --config FILE for another")
     cfg = engine_config_from_args(args)
-    cache = Path(cfg.plan_cache_dir).expanduser() if cfg.plan_cache_dir else None
-    for section in [*environment(cache), selection(cfg)]:
+    for section in [*environment(cache_dir(cfg)), selection(cfg)]:
         print(f"[{section.title}]")
         width = max((len(k) for k, _ in section.rows), default=0)
         for key, value in section.rows:

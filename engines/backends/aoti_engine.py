@@ -15,7 +15,7 @@ CUDA GPUs), with no TensorRT. The VMP stage stays in the pipeline, as for every 
 - Run: ``torch._inductor.aoti_load_package`` (milliseconds for a cached package); ``infer`` calls
   it with the batch as it comes (any size up to max_batch).
 - Warm-up (DESIGN "Warm-up"): :class:`BackgroundBuild` builds a missing package in a spawned
-  process while another engine serves; :func:`engines.backends.start_engine` uses it.
+  process while another engine serves; :func:`engines.backends.select.start_engine` uses it.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from engines.errors import BackendUnavailableError, EmimError
 from engines.layers.neighborhood import choose_kernel
 
 if TYPE_CHECKING:
-    from engines.backends import Candidate
     from engines.backends.base import EngineConfig
+    from engines.backends.openers import Candidate
 
 __all__ = [
     "AotiEngine",
@@ -111,49 +111,28 @@ class AotiKey(CacheKey):
     weights_sha256: str
     model_name: str
     model_code_sha256: str
-    frames: int
-    height: int
-    width: int
-    max_batch: int
-    input_dtype: str
-    precision: str
     kernel: str
     """The EMIM kernel compiled into the package (reference, triton)."""
     torch_version: str
     device_kind: str
     """'cpu' or 'cuda'."""
-    gpu_name: str
-    """'' on the CPU."""
-    compute_capability: str
-    """``major.minor`` ('' on the CPU)."""
     cpu_capability: str
     """The vector ISA Inductor compiles CPU code for (e.g. 'AVX512'); '' on CUDA."""
 
 
 def aoti_key(source: ModelSource, spec: InputSpec, precision: str, kernel: str, device: torch.device) -> AotiKey:
     """The cache key of a package of ``source`` for this input, precision, kernel, torch and device."""
-    gpu_name = capability = cpu_isa = ""
-    if device.type == "cuda":
-        gpu_name = torch.cuda.get_device_name(device)
-        capability = "{}.{}".format(*torch.cuda.get_device_capability(device))
-    else:
-        cpu_isa = torch.backends.cpu.get_cpu_capability()
-    return AotiKey(
+    return AotiKey.for_input(
+        spec,
+        precision,
+        device,
         weights_sha256=source.weights_sha256,
         model_name=source.model_name,
         model_code_sha256=model_code_sha256(),
-        frames=spec.frames,
-        height=spec.height,
-        width=spec.width,
-        max_batch=spec.max_batch,
-        input_dtype=str(spec.dtype).removeprefix("torch."),
-        precision=precision,
         kernel=kernel,
         torch_version=torch.__version__,
         device_kind=device.type,
-        gpu_name=gpu_name,
-        compute_capability=capability,
-        cpu_capability=cpu_isa,
+        cpu_capability="" if device.type == "cuda" else torch.backends.cpu.get_cpu_capability(),
     )
 
 
@@ -344,10 +323,9 @@ class AotiEngine(EngineBase):
 
 def open_aoti(source: ModelSource, cfg: EngineConfig, step: Candidate, build: bool = True) -> AotiEngine:
     """The ``aoti`` opener of the fallback chain (``build=False``: load a cached package or fail)."""
-    from engines.backends import cache_dir
-    from engines.backends.torch_engine import cuda_device
+    from engines.backends.openers import cache_dir, check_backend
 
-    device = torch.device("cpu") if step.device == "cpu" else cuda_device(step.device, "aoti")
+    device = check_backend(cfg, step)
     cache = PlanCache(cache_dir(cfg))
     return AotiEngine(source, device, step.precision, cfg.max_batch, cache, cfg.kernel, cfg.threads, build)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -18,11 +19,41 @@ from engines.backends.source import ModelSource
 from engines.errors import BackendUnavailableError
 from engines.export import DEFAULT_OPSET, export_onnx, onnx_input_spec
 
-__all__ = ["OrtEngine", "cached_onnx", "cuda_provider_present"]
+__all__ = ["OrtEngine", "cached_onnx", "cuda_provider_present", "import_onnxruntime", "providers_for"]
 
 log = logging.getLogger(__name__)
 
 _ORT_DTYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+
+
+def import_onnxruntime() -> ModuleType:
+    """``onnxruntime``, imported.
+
+    Raises:
+        BackendUnavailableError: it is not installed.
+    """
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise BackendUnavailableError("onnxruntime", f"not installed ({err})") from None
+    return onnxruntime
+
+
+def providers_for(device: torch.device) -> list:
+    """ONNX Runtime's execution providers for ``device`` (a CUDA device: CUDA first, then the CPU).
+
+    Raises:
+        BackendUnavailableError: onnxruntime is not installed, or a CUDA device without the CUDA provider.
+    """
+    available = import_onnxruntime().get_available_providers()
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise BackendUnavailableError(
+            "onnxruntime",
+            f"no CUDAExecutionProvider (providers here: {', '.join(available)}; install onnxruntime-gpu)",
+        )
+    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
 
 
 def cuda_provider_present() -> bool:
@@ -76,19 +107,8 @@ class OrtEngine(EngineBase):
         threads: int = 0,
         precision: str | None = None,
     ) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise BackendUnavailableError("onnxruntime", f"not installed ({err})") from None
-        available = ort.get_available_providers()
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in available:
-                raise BackendUnavailableError(
-                    "onnxruntime", f"no CUDAExecutionProvider (providers here: {', '.join(available)})"
-                )
-            providers: list = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
+        ort = import_onnxruntime()
+        providers = providers_for(device)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -149,7 +149,7 @@ def test_no_compiler_still_loads_a_cached_package(no_compiler, demo_package_cach
 
 
 def test_build_engine_exits_4_when_the_chain_is_exhausted(no_compiler, tmp_path, capsys):
-    from pipeline import cli
+    from cli import main as cli
 
     args = ["--model", "emim_xs", "--device", "cpu", "--frames", "4", "--size", "64", "--cache-dir", str(tmp_path)]
     code = cli.main(["build-engine", "--backend", "aoti", *args])

@@ -115,7 +115,7 @@ def test_missing_tensorrt_and_no_gpu_fall_back_to_torch_cpu(no_gpu, no_tensorrt,
         assert isinstance(engine, Engine)
         info = engine.describe()
         assert (info.backend, info.device, info.precision) == ("torch", "cpu", "fp32")
-    lines = [r.getMessage() for r in caplog.records if r.name == "engines.backends"]  # the chain's own lines
+    lines = [r.getMessage() for r in caplog.records if r.name == "engines.backends.select"]  # the chain's own lines
     assert lines[0].startswith("backend 'tensorrt' on cuda (fp32) unavailable (not installed")
     assert lines[0].endswith("trying 'aoti' on cuda (fp32)")
     assert lines[1].startswith("backend 'aoti' on cuda (fp32) unavailable (no CUDA GPU")
@@ -235,7 +235,7 @@ def test_bench_op_times_every_kernel():
 
 
 def test_doctor_reports_environment_and_choice(no_gpu, no_tensorrt, monkeypatch, capsys):
-    from pipeline import cli
+    from cli import main as cli
 
     monkeypatch.setitem(cli.COMMANDS, "doctor", "doctor")
     args = ["doctor", "--model", "emim_xs", "--backend", "auto", "--device", "auto", "--precision", "fp16"]

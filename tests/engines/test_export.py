@@ -7,12 +7,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from cli import main as cli
 from engines.errors import ExportError
 from engines.export import INPUT_NAME, export_onnx, run_onnxruntime
 from engines.layers.blocks import EmimAttention
 from engines.models import build_model
 from engines.onnx_audit import SUPPORTED_OPS, audit_onnx, check_onnx
-from pipeline import cli
 
 FP32_REL_TOL = 1e-4
 

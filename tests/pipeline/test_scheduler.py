@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.capacity import with_cameras
 from pipeline.config import load_config
-from pipeline.runtime import Scheduler
+from pipeline.scheduler import Scheduler
 
 
 @pytest.mark.parametrize(("cameras", "max_batch"), [(1, 1), (3, 1), (5, 2), (4, 4), (7, 3), (2, 8)])

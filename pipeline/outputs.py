@@ -1,0 +1,87 @@
+"""Where the inference loop's messages leave: the ZeroMQ publisher first, then its copies.
+
+Every label, event and status message is published on its ZeroMQ topic, copied to the MQTT sink (when one is
+configured) and shown to the recorder (labels and events, for its overlay and event clips). Live-view previews,
+encoded in their own thread, go out on ``preview/<camera>/``. None of these ever blocks the loop: the publisher
+drops on a full queue (counted), the MQTT sink and the recorder queue for their own threads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.messages import EventMessage, LabelMessage, StatusMessage, event_topic, label_topic, status_topic
+from pipeline.mqtt import MqttSink
+from pipeline.preview import PreviewTap
+from pipeline.publish import Publisher
+from pipeline.record import Recorder
+from pipeline.stream import FrameTap
+
+__all__ = ["Outputs"]
+
+
+class Outputs:
+    """The loop's sink: one call per message, fanned out to every configured output.
+
+    Messages get their ``msg_seq`` from :meth:`next_msg_seq` (the publisher's per-topic numbering), which the MQTT
+    copy and the recorder see too.
+
+    Args:
+        publisher: the bound ZeroMQ publisher (labels/, status/, events/, preview/).
+        mqtt: the started MQTT sink, or None.
+        preview: the live-view preview encoder, or None.
+        recorder: the annotated-recording writer, or None.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        mqtt: MqttSink | None = None,
+        preview: PreviewTap | None = None,
+        recorder: Recorder | None = None,
+    ) -> None:
+        self.publisher, self.mqtt, self.preview, self.recorder = publisher, mqtt, preview, recorder
+
+    @property
+    def taps(self) -> tuple[FrameTap, ...]:
+        """The outputs that want every frame read (previews, recorder)."""
+        return tuple(t for t in (self.preview, self.recorder) if t is not None)
+
+    def next_msg_seq(self, topic: bytes) -> int:
+        """The ``msg_seq`` the next message on ``topic`` gets."""
+        return self.publisher.next_msg_seq(topic)
+
+    def label(self, msg: LabelMessage) -> None:
+        """Publish a label message (``msg_seq`` from :meth:`next_msg_seq`)."""
+        payload = msg.to_payload()
+        self.publisher.send(label_topic(msg.camera_id), payload)
+        if self.mqtt is not None:
+            self.mqtt.send("label", msg.camera_id, payload)
+        if self.recorder is not None:
+            self.recorder.on_label(msg)
+
+    def event(self, msg: EventMessage) -> None:
+        """Publish a closed action event."""
+        payload = msg.to_payload()
+        self.publisher.send(event_topic(msg.camera_id), payload)
+        if self.mqtt is not None:
+            self.mqtt.send("event", msg.camera_id, payload)
+        if self.recorder is not None:
+            self.recorder.on_event(msg)
+
+    def status(self, msg: StatusMessage) -> None:
+        """Publish a camera status (heartbeat) message."""
+        payload = msg.to_payload()
+        self.publisher.send(status_topic(msg.camera_id), payload)
+        if self.mqtt is not None:
+            self.mqtt.send("status", msg.camera_id, payload)
+
+    def previews(self) -> None:
+        """Publish the previews encoded since the last call (at most one per camera)."""
+        if self.preview is not None:
+            for topic, payload in self.preview.take():
+                self.publisher.send(topic, payload)
+
+    def stats(self) -> dict[str, Any]:
+        """The state of the outputs besides ZeroMQ, for status messages: ``{"mqtt": ...}`` or ``{}``."""
+        return {} if self.mqtt is None else {"mqtt": self.mqtt.stats()}

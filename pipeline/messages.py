@@ -7,6 +7,10 @@ are CLOCK_MONOTONIC nanoseconds (``time.monotonic_ns()``), comparable only betwe
 ``clock_domain`` (the kernel boot id) is equal; ``*_wall_ns`` are CLOCK_REALTIME nanoseconds since the Unix epoch
 (``time.time_ns()``), for subscribers on other hosts. Counters are cumulative since the pipeline started.
 
+Each kind is a ``msgspec.Struct`` tagged by ``kind``: :func:`parse_payload` decodes and checks any payload in one
+``msgspec.convert`` call (types, int64 ranges, finite floats; errors name the field). The label is the one kind
+nested on the wire (``timestamps``, ``latency``, ``topk`` objects); :class:`LabelMessage` is its flat form.
+
 Fields common to every kind:
 
 - ``schema`` int: the version of this message's kind; 1 for ``label``, ``status`` and ``event``. A kind's version
@@ -69,17 +73,19 @@ Fields common to every kind:
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import socket
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 from engines.errors import ConfigError
+from engines.validation import explain
 from pipeline.errors import PipelineError
 
 __all__ = [
@@ -88,6 +94,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "EventMessage",
     "LabelMessage",
+    "Message",
     "MessageError",
     "ModelInfo",
     "PreviewMessage",
@@ -106,6 +113,14 @@ SCHEMA_VERSION = 1
 LATENCY_UNIT = "ms"
 LATENCY_CLOCK = "CLOCK_MONOTONIC"
 MAX_CAMERA_ID_CHARS = 64
+
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+MsgSeq = Annotated[int, Meta(ge=-1, le=2**63 - 1)]
+"""-1: built here, not (yet) numbered by a publisher."""
+Finite = Annotated[float, Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+SourceStateName = Literal["connecting", "live", "stalled", "reconnecting", "ended"]
+SOURCE_STATES: tuple[str, ...] = get_args(SourceStateName)
+"""The values of a status message's ``state`` (those of :class:`pipeline.sources.SourceState`)."""
 
 
 class MessageError(PipelineError):
@@ -174,18 +189,16 @@ def latency_breakdown_ms(
     return stages
 
 
-@dataclass(frozen=True, slots=True)
-class WindowInfo:
+class WindowInfo(Struct, frozen=True):
     """The clip window a label covers: frame seqs of its oldest/newest frame, T, and the stride in frames."""
 
-    first_seq: int
-    last_seq: int
-    frames: int
-    stride: int
+    first_seq: Int64
+    last_seq: Int64
+    frames: Int64
+    stride: Int64
 
 
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
+class ModelInfo(Struct, frozen=True):
     """Identity of the model that made a label."""
 
     name: str
@@ -195,8 +208,75 @@ class ModelInfo:
     checkpoint_sha256: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class LabelMessage:
+class _Message(Struct, frozen=True, kw_only=True, tag_field="kind"):
+    """What every kind carries besides its own fields; the kind is msgspec's tag, so one call decodes any kind."""
+
+    msg_seq: MsgSeq = -1
+    clock_domain: str = field(default_factory=local_clock_domain)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON-ready dict of schema 1: ``schema``, ``kind``, ``camera_id``, ``msg_seq``, ``clock_domain``, then
+        the kind's fields in their declared order."""
+        body = msgspec.to_builtins(self, enc_hook=_number)
+        head = {key: body.pop(key) for key in ("kind", "camera_id", "msg_seq", "clock_domain")}
+        return {"schema": SCHEMA_VERSION, **head, **body}
+
+    def to_json(self) -> bytes:
+        """The payload as compact UTF-8 JSON."""
+        return _dumps(self.to_payload())
+
+
+class _Score(Struct, frozen=True):
+    label: str
+    score: Finite
+
+
+class _Timestamps(Struct, frozen=True):
+    capture_mono_ns: Int64
+    capture_wall_ns: Int64
+    vmp_done_mono_ns: Int64
+    infer_start_mono_ns: Int64
+    infer_end_mono_ns: Int64
+    publish_mono_ns: Int64
+    publish_wall_ns: Int64
+
+
+class _Latency(Struct, frozen=True):
+    unit: Literal["ms"]
+    clock: Literal["CLOCK_MONOTONIC"]
+    stages: dict[str, Finite]
+
+
+class _LabelPayload(_Message, frozen=True, tag="label"):
+    """A label message as schema 1 nests it on the wire (:class:`LabelMessage` is the flat form code uses)."""
+
+    camera_id: str
+    window: WindowInfo
+    topk: tuple[_Score, ...]
+    model: ModelInfo
+    timestamps: _Timestamps
+    latency: _Latency
+    dropped_frames: Int64
+    dropped_windows: Int64
+    truth: str | UnsetType | None = UNSET
+
+    def message(self) -> LabelMessage:
+        return LabelMessage(
+            camera_id=self.camera_id,
+            window=self.window,
+            topk=tuple((s.label, s.score) for s in self.topk),
+            model=self.model,
+            **msgspec.structs.asdict(self.timestamps),
+            latency_ms=self.latency.stages,
+            dropped_frames=self.dropped_frames,
+            dropped_windows=self.dropped_windows,
+            msg_seq=self.msg_seq,
+            clock_domain=self.clock_domain,
+            truth=None if self.truth is UNSET else self.truth,
+        )
+
+
+class LabelMessage(Struct, frozen=True):
     """One classified window of one camera (``kind: "label"``); fields as in the module docstring.
 
     ``topk``: ((label, score), ...) best first. ``latency_ms``: stage -> ms on CLOCK_MONOTONIC. ``msg_seq`` is
@@ -222,45 +302,20 @@ class LabelMessage:
     truth: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON-ready dict of schema 1."""
-        return {
-            "schema": SCHEMA_VERSION,
-            "kind": "label",
-            "camera_id": self.camera_id,
-            "msg_seq": self.msg_seq,
-            "clock_domain": self.clock_domain,
-            "window": {
-                "first_seq": self.window.first_seq,
-                "last_seq": self.window.last_seq,
-                "frames": self.window.frames,
-                "stride": self.window.stride,
-            },
-            "topk": [{"label": label, "score": float(score)} for label, score in self.topk],
-            "model": {
-                "name": self.model.name,
-                "backend": self.model.backend,
-                "precision": self.model.precision,
-                "device": self.model.device,
-                "checkpoint_sha256": self.model.checkpoint_sha256,
-            },
-            "timestamps": {
-                "capture_mono_ns": self.capture_mono_ns,
-                "capture_wall_ns": self.capture_wall_ns,
-                "vmp_done_mono_ns": self.vmp_done_mono_ns,
-                "infer_start_mono_ns": self.infer_start_mono_ns,
-                "infer_end_mono_ns": self.infer_end_mono_ns,
-                "publish_mono_ns": self.publish_mono_ns,
-                "publish_wall_ns": self.publish_wall_ns,
-            },
-            "latency": {
-                "unit": LATENCY_UNIT,
-                "clock": LATENCY_CLOCK,
-                "stages": {stage: float(ms) for stage, ms in self.latency_ms.items()},
-            },
-            "dropped_frames": self.dropped_frames,
-            "dropped_windows": self.dropped_windows,
-            **({"truth": self.truth} if self.truth is not None else {}),
-        }
+        """The JSON-ready dict of schema 1 (``truth`` only when known)."""
+        return _LabelPayload(
+            camera_id=self.camera_id,
+            window=self.window,
+            topk=tuple(_Score(label, score) for label, score in self.topk),
+            model=self.model,
+            timestamps=_Timestamps(**{name: getattr(self, name) for name in _Timestamps.__struct_fields__}),
+            latency=_Latency(LATENCY_UNIT, LATENCY_CLOCK, dict(self.latency_ms)),
+            dropped_frames=self.dropped_frames,
+            dropped_windows=self.dropped_windows,
+            msg_seq=self.msg_seq,
+            clock_domain=self.clock_domain,
+            truth=UNSET if self.truth is None else self.truth,
+        ).to_payload()
 
     def to_json(self) -> bytes:
         """The payload as compact UTF-8 JSON."""
@@ -268,56 +323,8 @@ class LabelMessage:
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> LabelMessage:
-        """Parse a schema-1 label payload.
-
-        Raises:
-            MessageError: wrong schema or kind, a missing field or a field of the wrong type.
-        """
-        p = _Fields(payload, "label")
-        window = _Fields(p.mapping("window"), "label", "window.")
-        model = _Fields(p.mapping("model"), "label", "model.")
-        stamps = _Fields(p.mapping("timestamps"), "label", "timestamps.")
-        latency = _Fields(p.mapping("latency"), "label", "latency.")
-        if latency.text("unit") != LATENCY_UNIT or latency.text("clock") != LATENCY_CLOCK:
-            raise MessageError(
-                f"label message: latency must be in {LATENCY_UNIT!r} on {LATENCY_CLOCK!r}, got "
-                f"{latency.text('unit')!r} on {latency.text('clock')!r}"
-            )
-        stages = _Fields(latency.mapping("stages"), "label", "latency.stages.")
-        topk = []
-        for i, entry in enumerate(p.array("topk")):
-            item = _Fields(entry, "label", f"topk[{i}].")
-            topk.append((item.text("label"), item.number("score")))
-        return cls(
-            camera_id=p.text("camera_id"),
-            window=WindowInfo(
-                first_seq=window.integer("first_seq"),
-                last_seq=window.integer("last_seq"),
-                frames=window.integer("frames"),
-                stride=window.integer("stride"),
-            ),
-            topk=tuple(topk),
-            model=ModelInfo(
-                model.text("name"),
-                model.text("backend"),
-                model.text("precision"),
-                model.text("device"),
-                model.text("checkpoint_sha256"),
-            ),
-            capture_mono_ns=stamps.integer("capture_mono_ns"),
-            capture_wall_ns=stamps.integer("capture_wall_ns"),
-            vmp_done_mono_ns=stamps.integer("vmp_done_mono_ns"),
-            infer_start_mono_ns=stamps.integer("infer_start_mono_ns"),
-            infer_end_mono_ns=stamps.integer("infer_end_mono_ns"),
-            publish_mono_ns=stamps.integer("publish_mono_ns"),
-            publish_wall_ns=stamps.integer("publish_wall_ns"),
-            latency_ms={stage: stages.number(stage) for stage in stages},
-            dropped_frames=p.integer("dropped_frames"),
-            dropped_windows=p.integer("dropped_windows"),
-            msg_seq=p.integer("msg_seq"),
-            clock_domain=p.text("clock_domain"),
-            truth=p.optional_text("truth"),
-        )
+        """Parse a schema-1 label payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
+        return _decode(payload, "label")
 
     @classmethod
     def from_json(cls, data: bytes | str) -> LabelMessage:
@@ -325,86 +332,30 @@ class LabelMessage:
         return cls.from_payload(_loads(data))
 
 
-@dataclass(frozen=True, slots=True)
-class StatusMessage:
+class StatusMessage(_Message, frozen=True, tag="status"):
     """A camera heartbeat (``kind: "status"``); fields as in the module docstring."""
 
     camera_id: str
-    state: str
-    fps: float
-    staleness_ms: float | None
-    latest_seq: int
-    reconnects: int
-    frames_lost: int
-    dropped_frames: int
-    source_width: int
-    source_height: int
-    heartbeat_mono_ns: int
-    publish_mono_ns: int
-    publish_wall_ns: int
+    state: SourceStateName
+    fps: Finite
+    staleness_ms: Finite | None
+    latest_seq: Int64
+    reconnects: Int64
+    frames_lost: Int64
+    dropped_frames: Int64
+    source_width: Int64
+    source_height: Int64
+    heartbeat_mono_ns: Int64
+    publish_mono_ns: Int64
+    publish_wall_ns: Int64
     config_hash: str
     detail: str = ""
-    outputs: Mapping[str, Any] = field(default_factory=dict)
-    msg_seq: int = -1
-    clock_domain: str = field(default_factory=local_clock_domain)
-
-    def to_payload(self) -> dict[str, Any]:
-        """The JSON-ready dict of schema 1."""
-        return {
-            "schema": SCHEMA_VERSION,
-            "kind": "status",
-            "camera_id": self.camera_id,
-            "msg_seq": self.msg_seq,
-            "clock_domain": self.clock_domain,
-            "state": self.state,
-            "fps": float(self.fps),
-            "staleness_ms": None if self.staleness_ms is None else float(self.staleness_ms),
-            "latest_seq": self.latest_seq,
-            "reconnects": self.reconnects,
-            "frames_lost": self.frames_lost,
-            "dropped_frames": self.dropped_frames,
-            "source_width": self.source_width,
-            "source_height": self.source_height,
-            "heartbeat_mono_ns": self.heartbeat_mono_ns,
-            "publish_mono_ns": self.publish_mono_ns,
-            "publish_wall_ns": self.publish_wall_ns,
-            "config_hash": self.config_hash,
-            "detail": self.detail,
-            "outputs": dict(self.outputs),
-        }
-
-    def to_json(self) -> bytes:
-        """The payload as compact UTF-8 JSON."""
-        return _dumps(self.to_payload())
+    outputs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> StatusMessage:
-        """Parse a schema-1 status payload.
-
-        Raises:
-            MessageError: wrong schema or kind, a missing field or a field of the wrong type.
-        """
-        p = _Fields(payload, "status")
-        return cls(
-            camera_id=p.text("camera_id"),
-            state=p.choice("state", SOURCE_STATES),
-            fps=p.number("fps"),
-            staleness_ms=p.number("staleness_ms", nullable=True),
-            latest_seq=p.integer("latest_seq"),
-            reconnects=p.integer("reconnects"),
-            frames_lost=p.integer("frames_lost"),
-            dropped_frames=p.integer("dropped_frames"),
-            source_width=p.integer("source_width"),
-            source_height=p.integer("source_height"),
-            heartbeat_mono_ns=p.integer("heartbeat_mono_ns"),
-            publish_mono_ns=p.integer("publish_mono_ns"),
-            publish_wall_ns=p.integer("publish_wall_ns"),
-            config_hash=p.text("config_hash"),
-            detail=str(payload.get("detail", "")),
-            outputs=_optional_mapping(payload, "outputs"),
-            msg_seq=p.integer("msg_seq"),
-            clock_domain=p.text("clock_domain"),
-        )
+        """Parse a schema-1 status payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
+        return _decode(payload, "status")
 
     @classmethod
     def from_json(cls, data: bytes | str) -> StatusMessage:
@@ -412,85 +363,33 @@ class StatusMessage:
         return cls.from_payload(_loads(data))
 
 
-@dataclass(frozen=True, slots=True)
-class EventMessage:
+class EventMessage(_Message, frozen=True, tag="event"):
     """A closed action event of one camera (``kind: "event"``); fields as in the module docstring."""
 
     camera_id: str
     label: str
-    first_seq: int
-    last_seq: int
-    start_mono_ns: int
-    start_wall_ns: int
-    end_mono_ns: int
-    end_wall_ns: int
-    peak_score: float
-    mean_score: float
-    windows: int
+    first_seq: Int64
+    last_seq: Int64
+    start_mono_ns: Int64
+    start_wall_ns: Int64
+    end_mono_ns: Int64
+    end_wall_ns: Int64
+    peak_score: Finite
+    mean_score: Finite
+    windows: Int64
     end_reason: str
-    publish_mono_ns: int = 0
-    publish_wall_ns: int = 0
-    msg_seq: int = -1
-    clock_domain: str = field(default_factory=local_clock_domain)
+    publish_mono_ns: Int64 = 0
+    publish_wall_ns: Int64 = 0
 
     @property
     def duration_s(self) -> float:
         """End minus start capture time in seconds (CLOCK_MONOTONIC)."""
         return (self.end_mono_ns - self.start_mono_ns) / 1e9
 
-    def to_payload(self) -> dict[str, Any]:
-        """The JSON-ready dict of schema 1."""
-        return {
-            "schema": SCHEMA_VERSION,
-            "kind": "event",
-            "camera_id": self.camera_id,
-            "msg_seq": self.msg_seq,
-            "clock_domain": self.clock_domain,
-            "label": self.label,
-            "first_seq": self.first_seq,
-            "last_seq": self.last_seq,
-            "start_mono_ns": self.start_mono_ns,
-            "start_wall_ns": self.start_wall_ns,
-            "end_mono_ns": self.end_mono_ns,
-            "end_wall_ns": self.end_wall_ns,
-            "peak_score": float(self.peak_score),
-            "mean_score": float(self.mean_score),
-            "windows": self.windows,
-            "end_reason": self.end_reason,
-            "publish_mono_ns": self.publish_mono_ns,
-            "publish_wall_ns": self.publish_wall_ns,
-        }
-
-    def to_json(self) -> bytes:
-        """The payload as compact UTF-8 JSON."""
-        return _dumps(self.to_payload())
-
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> EventMessage:
-        """Parse a schema-1 event payload.
-
-        Raises:
-            MessageError: wrong schema or kind, a missing field or a field of the wrong type.
-        """
-        p = _Fields(payload, "event")
-        return cls(
-            camera_id=p.text("camera_id"),
-            label=p.text("label"),
-            first_seq=p.integer("first_seq"),
-            last_seq=p.integer("last_seq"),
-            start_mono_ns=p.integer("start_mono_ns"),
-            start_wall_ns=p.integer("start_wall_ns"),
-            end_mono_ns=p.integer("end_mono_ns"),
-            end_wall_ns=p.integer("end_wall_ns"),
-            peak_score=p.number("peak_score"),
-            mean_score=p.number("mean_score"),
-            windows=p.integer("windows"),
-            end_reason=p.text("end_reason"),
-            publish_mono_ns=p.integer("publish_mono_ns"),
-            publish_wall_ns=p.integer("publish_wall_ns"),
-            msg_seq=p.integer("msg_seq"),
-            clock_domain=p.text("clock_domain"),
-        )
+        """Parse a schema-1 event payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
+        return _decode(payload, "event")
 
     @classmethod
     def from_json(cls, data: bytes | str) -> EventMessage:
@@ -498,90 +397,70 @@ class EventMessage:
         return cls.from_payload(_loads(data))
 
 
-@dataclass(frozen=True, slots=True)
-class PreviewMessage:
-    """A JPEG of the frame the model sees, for the live view (``kind: "preview"``, :mod:`pipeline.preview`)."""
+class PreviewMessage(_Message, frozen=True, tag="preview"):
+    """A JPEG of the frame the model sees, for the live view (``kind: "preview"``, :mod:`pipeline.preview`).
+
+    On the wire the JPEG is base64 text in ``data``, after ``format``.
+    """
 
     camera_id: str
-    seq: int
-    capture_mono_ns: int
-    capture_wall_ns: int
-    width: int
-    height: int
-    jpeg: bytes
-    msg_seq: int = -1
-    clock_domain: str = field(default_factory=local_clock_domain)
+    seq: Int64
+    capture_mono_ns: Int64
+    capture_wall_ns: Int64
+    width: Int64
+    height: Int64
+    jpeg: bytes = field(name="data")
+    format: Literal["jpeg"] = "jpeg"
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON-ready dict of schema 1 (the JPEG base64-encoded in ``data``)."""
-        return {
-            "schema": SCHEMA_VERSION,
-            "kind": "preview",
-            "camera_id": self.camera_id,
-            "msg_seq": self.msg_seq,
-            "clock_domain": self.clock_domain,
-            "seq": self.seq,
-            "capture_mono_ns": self.capture_mono_ns,
-            "capture_wall_ns": self.capture_wall_ns,
-            "width": self.width,
-            "height": self.height,
-            "format": "jpeg",
-            "data": base64.b64encode(self.jpeg).decode("ascii"),
-        }
+        """The JSON-ready dict of schema 1 (the JPEG base64-encoded in ``data``, the last key)."""
+        payload = super().to_payload()
+        payload["data"] = payload.pop("data")
+        return payload
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> PreviewMessage:
-        """Parse a schema-1 preview payload.
-
-        Raises:
-            MessageError: wrong schema or kind, a missing field, a field of the wrong type or data that is not base64.
-        """
-        p = _Fields(payload, "preview")
-        p.choice("format", ("jpeg",))
-        try:
-            jpeg = base64.b64decode(p.text("data"), validate=True)
-        except ValueError as err:
-            raise MessageError(f"preview message: field 'data' is not base64: {err}") from None
-        return cls(
-            camera_id=p.text("camera_id"),
-            seq=p.integer("seq"),
-            capture_mono_ns=p.integer("capture_mono_ns"),
-            capture_wall_ns=p.integer("capture_wall_ns"),
-            width=p.integer("width"),
-            height=p.integer("height"),
-            jpeg=jpeg,
-            msg_seq=p.integer("msg_seq"),
-            clock_domain=p.text("clock_domain"),
-        )
+        """Parse a schema-1 preview payload. Raises MessageError (also for ``data`` that is not base64)."""
+        return _decode(payload, "preview")
 
 
 Message = LabelMessage | StatusMessage | EventMessage | PreviewMessage
-_KINDS: dict[str, type[Message]] = {
-    "label": LabelMessage,
-    "status": StatusMessage,
-    "event": EventMessage,
-    "preview": PreviewMessage,
-}
-
-
-SOURCE_STATES = ("connecting", "live", "stalled", "reconnecting", "ended")
-"""The values of a status message's ``state`` (those of :class:`pipeline.sources.SourceState`)."""
-_INT64_MAX = 2**63 - 1
+_Wire = _LabelPayload | StatusMessage | EventMessage | PreviewMessage
+_KINDS = ("event", "label", "preview", "status")
 
 
 def parse_payload(payload: Mapping[str, Any]) -> Message:
-    """Parse a payload of either kind (dispatch on ``kind``). Raises MessageError."""
-    kind = payload.get("kind") if isinstance(payload, Mapping) else None
-    if kind not in _KINDS:
-        raise MessageError(f"message kind {kind!r} is unknown; expected one of {sorted(_KINDS)}")
-    return _KINDS[kind].from_payload(payload)
+    """Parse a payload of any kind (msgspec dispatches on ``kind``). Raises MessageError."""
+    return _decode(payload)
 
 
-def _optional_mapping(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = payload.get(key, {})
-    if not isinstance(value, Mapping):
-        raise MessageError(f"field '{key}' must be an object, got {value!r}")
-    return dict(value)
+def _decode(payload: Any, expected: str | None = None) -> Any:
+    """One msgspec conversion of a schema-1 payload of kind ``expected`` (or any kind)."""
+    if not isinstance(payload, Mapping):
+        raise MessageError(f"a message payload must be a JSON object, got {type(payload).__name__}")
+    kind = payload.get("kind")
+    if expected is None and kind not in _KINDS:
+        raise MessageError(f"message kind {kind!r} is unknown; expected one of {list(_KINDS)}")
+    if payload.get("schema") != SCHEMA_VERSION:
+        raise MessageError(
+            f"{expected or kind} message has schema {payload.get('schema')!r}; this emim-stream reads schema "
+            f"{SCHEMA_VERSION} (run matching versions of the publisher and the subscriber)"
+        )
+    if expected is not None and kind != expected:
+        raise MessageError(f"expected a {expected!r} message, got kind {kind!r}")
+    try:
+        msg = msgspec.convert(payload, _Wire)
+    except msgspec.ValidationError as err:
+        path, rule = explain(err, payload, _Wire)
+        raise MessageError(f"{kind} message: field '{path}' {rule}") from None
+    return msg.message() if isinstance(msg, _LabelPayload) else msg
+
+
+def _number(value: Any) -> Any:
+    """A numpy scalar (a score taken straight from an array) as the Python number it holds."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise NotImplementedError(f"a message field holds a {type(value).__name__}")
 
 
 def _dumps(payload: Mapping[str, Any]) -> bytes:
@@ -595,71 +474,3 @@ def _loads(data: bytes | str) -> Any:
         raise MessageError("message payload is JSON nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MessageError(f"message payload is not UTF-8 JSON: {err}") from err
-
-
-class _Fields:
-    """Typed access to one JSON object of a payload; every failure is a MessageError naming the field."""
-
-    def __init__(self, obj: Any, kind: str, prefix: str = "") -> None:
-        self._kind = kind
-        self._prefix = prefix
-        if not isinstance(obj, Mapping):
-            raise MessageError(f"{kind} message: {prefix.rstrip('.') or 'payload'} must be a JSON object")
-        self._obj = obj
-        if not prefix:
-            schema = obj.get("schema")
-            if schema != SCHEMA_VERSION:
-                raise MessageError(
-                    f"{kind} message has schema {schema!r}; this emim-stream reads schema {SCHEMA_VERSION} "
-                    "(run matching versions of the publisher and the subscriber)"
-                )
-            if obj.get("kind") != kind:
-                raise MessageError(f"expected a {kind!r} message, got kind {obj.get('kind')!r}")
-            msg_seq = obj.get("msg_seq", -1)  # -1: built here, not (yet) sent
-            if not isinstance(msg_seq, int) or isinstance(msg_seq, bool) or not -1 <= msg_seq <= _INT64_MAX:
-                raise MessageError(f"{kind} message: field 'msg_seq' must be an integer in -1..2^63-1, got {msg_seq!r}")
-
-    def _get(self, key: str, types: tuple[type, ...], what: str, nullable: bool = False) -> Any:
-        if key not in self._obj:
-            raise MessageError(f"{self._kind} message: field '{self._prefix}{key}' is missing")
-        value = self._obj[key]
-        if value is None and nullable:
-            return None
-        if not isinstance(value, types) or isinstance(value, bool):
-            raise MessageError(f"{self._kind} message: field '{self._prefix}{key}' must be {what}, got {value!r}")
-        return value
-
-    def integer(self, key: str) -> int:
-        value = self._get(key, (int,), "an integer")
-        if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
-            raise MessageError(f"{self._kind} message: field '{self._prefix}{key}' is out of the int64 range")
-        return value
-
-    def number(self, key: str, nullable: bool = False) -> float | None:
-        value = self._get(key, (int, float), "a number", nullable)
-        if value is None:
-            return None
-        if not math.isfinite(value):
-            raise MessageError(f"{self._kind} message: field '{self._prefix}{key}' must be finite, got {value!r}")
-        return float(value)
-
-    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
-        value = self.text(key)
-        if value not in allowed:
-            raise MessageError(f"{self._kind} message: field '{self._prefix}{key}' must be one of {list(allowed)}")
-        return value
-
-    def text(self, key: str) -> str:
-        return self._get(key, (str,), "a string")
-
-    def optional_text(self, key: str) -> str | None:
-        return self._get(key, (str,), "a string", nullable=True) if key in self._obj else None
-
-    def mapping(self, key: str) -> Mapping[str, Any]:
-        return self._get(key, (Mapping,), "an object")
-
-    def array(self, key: str) -> list[Any]:
-        return self._get(key, (list,), "a list")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._obj)

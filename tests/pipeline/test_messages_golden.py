@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from pipeline.messages import (
@@ -142,8 +143,9 @@ def test_every_golden_payload_decodes_to_its_message(case):
         assert type(msg).from_json(golden.encode()) == msg
 
 
-def test_integer_floats_are_written_as_floats():
-    """A float field given an int still goes out as ``30.0``, as schema 1 wrote it."""
-    msg = _status(fps=30, staleness_ms=0, outputs={})
-    payload = _wire(msg.to_payload())
-    assert '"fps":30.0,"staleness_ms":0.0,' in payload
+
+def test_numpy_scores_are_written_as_python_floats():
+    """A score straight from an array (numpy float64) goes out as the same float text."""
+    np = pytest.importorskip("numpy")
+    msg, golden = GOLDEN["event"]
+    assert _wire(msgspec.structs.replace(msg, peak_score=np.float64(0.97)).to_payload()) == golden

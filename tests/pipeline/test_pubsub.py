@@ -124,7 +124,7 @@ def test_label_and_status_round_trip_through_json():
             "field 'timestamps.capture_mono_ns' must be an integer, got 'soon'",
         ),
         (lambda p: p.update(msg_seq=True), "msg_seq.*must be an integer"),
-        (lambda p: p["latency"].update(unit="s"), "latency must be in 'ms'"),
+        (lambda p: p["latency"].update(unit="s"), r"field 'latency.unit' must be one of \['ms'\], got 's'"),
         (lambda p: p.update(kind="status"), "expected a 'label' message"),
     ],
 )

@@ -1,0 +1,98 @@
+"""Plain data (a YAML config, a JSON message) into typed records with msgspec, and its errors in words.
+
+msgspec checks the types, the required fields, the literal choices and the ``Meta`` bounds. This module turns
+its :class:`msgspec.ValidationError` into the field's path and a rule a user reads (``cameras[0].resize``,
+``must be one of ['area', 'linear', 'pyramid'], got 'cubic'``), and finds the known key closest to a typo.
+A ``__post_init__`` that raises ``ValueError("<field>: <rule>")`` gets its field appended to the path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+import msgspec.inspect as mi
+
+__all__ = ["closest_key", "explain", "path_text"]
+
+_AT = re.compile(r"(?P<text>.*) - at `\$(?P<path>[^`]*)`", re.S)
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "null",
+}
+_RULES = {"Invalid base64 encoded string": "is not base64"}
+
+Path = list[str | int]
+
+
+def path_text(path: Path) -> str:
+    """``["cameras", 0, "uri"]`` -> ``cameras[0].uri``."""
+    return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in path).lstrip(".")
+
+
+def closest_key(key: object, known: Iterable[str]) -> str | None:
+    """The known key that ``key`` is most probably a typo of (difflib), or None."""
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    return close[0] if close else None
+
+
+def explain(err: msgspec.ValidationError, data: Any, tp: Any) -> tuple[str, str]:
+    """``(field path, rule)`` of a failed ``msgspec.convert(data, tp)``, e.g. ``("ring.slots", "must be ...")``.
+
+    A missing field gives the rule ``is missing``.
+    """
+    match = _AT.fullmatch(str(err))
+    text, path = (match["text"], _parse(match["path"])) if match else (str(err), [])
+    value = _value_at(data, path)
+    if missing := re.fullmatch(r"Object missing required field `(.+)`", text):
+        return path_text([*path, missing[1]]), "is missing"
+    if isinstance(value, float) and not math.isfinite(value):
+        return path_text(path), f"must be finite, got {value!r}"
+    if expected := re.fullmatch(r"Expected `([^`]+)`(?:, got `[^`]+`)?(.*)", text, re.S):
+        words = " or ".join(_WORDS.get(name, name) for name in expected[1].split(" | "))
+        return path_text(path), f"must be {words}{expected[2]}, got {value!r}"
+    if text.startswith(("Invalid enum value", "Invalid value")):
+        choices = getattr(_type_at(mi.type_info(tp), path), "values", None)
+        return path_text(path), f"must be one of {sorted(choices) if choices else '?'}, got {value!r}"
+    if text in _RULES:
+        return path_text(path), _RULES[text]
+    if rule := re.fullmatch(r"(\w+): (.*)", text, re.S):
+        return path_text([*path, rule[1]]), rule[2]
+    return path_text(path), text
+
+
+def _parse(text: str) -> Path:
+    return [name if name else int(index) for name, index in _STEP.findall(text)]
+
+
+def _value_at(data: Any, path: Path) -> Any:
+    for step in path:
+        try:
+            data = data[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _type_at(info: mi.Type, path: Path) -> mi.Type:
+    """The msgspec type info of the field at ``path`` (through records, sequences, dicts and unions)."""
+    for step in path:
+        if isinstance(info, mi.UnionType):
+            info = next((t for t in info.types if not isinstance(t, mi.NoneType)), info)
+        if isinstance(step, int):
+            info = getattr(info, "item_type", info)
+        elif isinstance(info, (mi.StructType, mi.DataclassType)):
+            info = next((f.type for f in info.fields if f.encode_name == step), info)
+        elif isinstance(info, mi.DictType):
+            info = info.value_type
+    return info

@@ -1,15 +1,19 @@
 """Calibration clips: the prompts the engine sees at run time, collected into shards with a manifest.
 
-Frames take the run-time path of :mod:`pipeline.runtime` and :mod:`pipeline.camera`:
+Calibration takes frames already prepared as the camera process prepares them (uint8 RGB
+``[H, W, 3]`` at the model's size, :func:`engines.transforms.fit_frame` with the camera's resize
+method) and builds its clips of T+1 frames itself:
 
-- a pipeline source (camera, file, stream, ``synthetic://``): BGR frame ->
-  :class:`~pipeline.preprocess.Preprocessor` (the camera's resize method) ->
-  :class:`~pipeline.vmp_stage.VmpStage` -> :class:`~pipeline.window.ClipWindow`, one clip every
-  ``stride`` frames (default T: clips share no prompt);
-- a data set (:func:`engines.data.open_dataset`: a class-per-folder directory, a list file or
-  ``synthetic://?...``): each item's T+1 RGB frames go through a fresh VmpStage and ClipWindow.
+- :func:`collect_from_frames`: consecutive frames of a source (``emim-stream calibrate`` opens the
+  camera, file or stream and prepares each frame), one clip every ``stride`` frames (default T:
+  clips share no prompt), as the runtime's clip window serves them;
+- :func:`collect_from_dataset`: one clip per item of a data set (:func:`engines.data.open_dataset`:
+  a class-per-folder directory, a list file or ``synthetic://?...``).
 
-The normalisation is the runtime's: the VMP layer's mean/std, or the VMP defaults without one.
+A clip's T+1 frames are normalised as the runtime normalises them
+(:func:`engines.transforms.normalisation_for`) and turned into T prompts by the checkpoint's VMP
+layer (:class:`engines.layers.vmp.VmpLayer`), or are its last T normalised frames without one: the
+values the runtime's streaming VMP stage gives the engine for the same frames.
 Clips are split into a calibration set and a held-out set (for the accuracy report) by
 interleaving, so both span the whole footage. A clips folder holds::
 
@@ -27,7 +31,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -39,12 +44,8 @@ from calibration.errors import CalibrationError
 from engines.backends.source import ModelSource
 from engines.data import open_dataset
 from engines.files import atomic_write
-from engines.layers.vmp import MEAN, STD
-from pipeline.errors import EndOfStream
-from pipeline.preprocess import Preprocessor
-from pipeline.sources import open_source, redact_uri
-from pipeline.vmp_stage import VmpStage
-from pipeline.window import ClipWindow
+from engines.transforms import normalisation_for, normalise
+from engines.uris import redact_uri
 
 __all__ = [
     "FORMAT",
@@ -54,9 +55,11 @@ __all__ = [
     "Progress",
     "Shard",
     "Split",
+    "clip_windows",
     "collect_from_dataset",
-    "collect_from_source",
+    "collect_from_frames",
     "load_clips",
+    "prompts",
 ]
 
 log = logging.getLogger(__name__)
@@ -152,37 +155,36 @@ class ClipSet:
                 yield torch.from_numpy(np.array(data[start : start + batch_size]))
 
 
-def _stage_normalisation(model: ModelSource) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Mean and std the runtime's VMP stage uses for this model (pipeline.runtime._CameraStream)."""
-    if model.vmp is not None:
-        return (model.vmp.mean,) * 3, (model.vmp.std,) * 3
-    return (MEAN,) * 3, (STD,) * 3
-
-
 def _held_out(i: int, total: int, held_out: int) -> bool:
     """Whether clip ``i`` of ``total`` is held out: ``held_out`` of them, evenly spread."""
     return (i + 1) * held_out // total > i * held_out // total
 
 
-class _Prompts:
-    """The runtime's VMP stage and clip window for one model: RGB frames in, clips out."""
+def clip_windows(frames: Iterable[np.ndarray], length: int, stride: int) -> Iterator[np.ndarray]:
+    """Windows of ``length`` consecutive frames, ``[length, H, W, 3]``, as the runtime's clip window serves them.
 
-    def __init__(self, model: ModelSource, stride: int) -> None:
-        clip = model.clip
-        mean, std = _stage_normalisation(model)
-        self.stage = VmpStage(model.vmp, "cpu", mean, std, dtype=torch.float32)
-        self.window = ClipWindow(clip.frames, stride, clip.height, clip.width, "cpu", torch.float32)
+    The first window comes once ``length`` frames are in, then one every ``stride`` frames (a
+    stride above ``length`` skips the frames between windows).
+    """
+    window: deque[np.ndarray] = deque(maxlen=length)
+    for count, frame in enumerate(frames, 1):
+        window.append(frame)
+        if count >= length and (count - length) % stride == 0:
+            yield np.stack(window)
 
-    def push(self, rgb: np.ndarray, seq: int) -> torch.Tensor | None:
-        """Frame ``seq`` (uint8 RGB ``[H, W, 3]``); a ready clip ``[3, T, H, W]`` (a view) or None."""
-        prompt = self.stage.push(rgb, seq)
-        if prompt is None or not self.window.push(prompt, seq):
-            return None
-        return self.window.clip()
 
-    def reset(self) -> None:
-        self.stage.reset()
-        self.window.reset()
+@torch.no_grad()
+def prompts(model: ModelSource, frames: np.ndarray) -> torch.Tensor:
+    """T+1 prepared frames ``[T+1, H, W, 3]`` uint8 RGB -> the clip the engine takes, float32 ``[3, T, H, W]``.
+
+    The frames are normalised as the runtime normalises them; the checkpoint's VMP layer turns them
+    into T prompts, or, without one, the last T normalised frames are the clip.
+    """
+    mean, std = normalisation_for(model.vmp)
+    x = normalise(torch.from_numpy(frames)[None], mean, std, channel_dim=1)  # [1, 3, T+1, H, W]
+    if model.vmp is None:
+        return x[0, :, 1:]
+    return model.vmp(x)[0][0]
 
 
 class _Writer:
@@ -227,7 +229,7 @@ class _Writer:
     def finish(self, source: str, resize: str, seconds: float) -> ClipManifest:
         for split in Split:
             self._flush(split)
-        mean, std = _stage_normalisation(self.model)
+        mean, std = normalisation_for(self.model.vmp)
         manifest = ClipManifest(
             model_name=self.model.model_name,
             weights_sha256=self.model.weights_sha256,
@@ -273,67 +275,61 @@ def _finish(writer: _Writer, source: str, resize: str, start: float) -> ClipMani
     return manifest
 
 
-def collect_from_source(
-    uri: str,
+def collect_from_frames(
+    frames: Iterable[np.ndarray],
     model: ModelSource,
     out_dir: str | os.PathLike[str],
     calibration: int,
     held_out: int,
     *,
+    source: str,
     resize: str = "area",
     stride: int | None = None,
-    read_timeout_s: float = 5.0,
     progress: Progress | None = None,
 ) -> ClipManifest:
-    """Collect clips from a pipeline source, through the runtime's preprocessing, VMP stage and window.
+    """Collect clips from consecutive frames of a source, one clip of T+1 frames every ``stride`` frames.
 
-    Files and synthetic sources are read as fast as they decode (unpaced); a file that ends early
-    gives fewer clips (a warning), live sources deliver at their own rate.
+    Frames are taken until enough clips are collected; frames that end early give fewer clips (a
+    warning).
 
     Args:
-        uri: a source URI as in a camera config (file, ``rtsp://...``, USB index, ``synthetic://...``).
+        frames: consecutive frames, uint8 RGB ``[H, W, 3]`` at the model's size, prepared as the
+            camera process prepares them (with ``resize``).
         model: the model the clips are for (clip size, VMP layer, weights hash).
         out_dir: the clips folder (created; earlier clips in it are replaced).
         calibration, held_out: clips wanted for each split.
-        resize: the camera's resize method (``cameras[i].resize``).
+        source: where the frames come from, for the manifest (a URI: credentials are redacted).
+        resize: the resize method the frames were prepared with (``cameras[i].resize``), for the manifest.
         stride: frames between clips (default T: consecutive clips share no prompt).
-        read_timeout_s: live sources: how long a silent source may stall before it counts as lost.
         progress: called after each clip.
 
     Returns:
         The manifest written to ``out_dir``.
 
     Raises:
-        CalibrationError: bad counts, or the source ended before the first calibration clip.
-        SourceError: the source cannot be opened or is lost.
+        CalibrationError: bad counts or stride, frames of another size or type, or no frames for
+            the first calibration clip.
     """
     _check_counts(calibration, held_out)
     total = calibration + held_out
-    frames = model.clip.frames
-    stride = stride or frames
+    clip = model.clip
+    stride = stride or clip.frames
     if stride < 1:
         raise CalibrationError(f"clip stride must be >= 1 frame, got {stride}")
-    source = redact_uri(uri)
-    pre = Preprocessor(model.clip.height, model.clip.width, resize)
-    prompts = _Prompts(model, stride)
+    source = redact_uri(source)
     writer = _Writer(Path(out_dir), model, total, held_out)
     start = time.perf_counter()
-    seq = 0
-    with open_source(uri, pace=False, read_timeout_s=read_timeout_s) as src:
-        while writer.written < total:
-            try:
-                frame = src.read()
-            except EndOfStream:
-                log.warning("%s ended after %d frames", source, seq)
-                break
-            if frame is None:  # a stalled live source; it raises once it counts as lost
-                continue
-            clip = prompts.push(pre(frame.image, bgr=True), seq)
-            seq += 1
-            if clip is not None:
-                writer.add(clip)
-                if progress is not None:
-                    progress(writer.written, total)
+    for window in clip_windows(frames, clip.frames + 1, stride):
+        if window.shape[1:] != (clip.height, clip.width, 3) or window.dtype != np.uint8:
+            raise CalibrationError(
+                f"frames from {source} are {window.dtype} {list(window.shape[1:])}; the model takes uint8 RGB "
+                f"{[clip.height, clip.width, 3]} frames"
+            )
+        writer.add(prompts(model, window))
+        if progress is not None:
+            progress(writer.written, total)
+        if writer.written == total:
+            break
     return _finish(writer, source, resize, start)
 
 
@@ -356,7 +352,8 @@ def collect_from_dataset(
     Args:
         spec: a class-per-folder directory, a list file, or ``synthetic://?split=val...``
             (synthetic ``n`` defaults to the clips wanted).
-        model, out_dir, calibration, held_out, resize, progress: as :func:`collect_from_source`.
+        model, out_dir, calibration, held_out, progress: as :func:`collect_from_frames`.
+        resize: the resize method the frames are prepared with.
         seed: the visiting order and the videos' clip starts.
 
     Raises:
@@ -381,7 +378,6 @@ def collect_from_dataset(
         raise CalibrationError(f"data set {redact_uri(spec)} has no items")
     if total > len(dataset):
         log.warning("data set has %d items for %d clips: items are visited more than once", len(dataset), total)
-    prompts = _Prompts(model, T)
     writer = _Writer(Path(out_dir), model, total, held_out)
     rng = np.random.default_rng([seed, 0xCA11B])
     start = time.perf_counter()
@@ -391,12 +387,7 @@ def collect_from_dataset(
             dataset.set_epoch(k // len(dataset))
             order = rng.permutation(len(dataset)).tolist()
         frames, _ = dataset[order.pop()]
-        prompts.reset()
-        clip = None
-        for seq, rgb in enumerate(frames.numpy()):
-            clip = prompts.push(rgb, seq)
-        assert clip is not None  # T+1 frames make exactly one window of T prompts
-        writer.add(clip)
+        writer.add(prompts(model, frames.numpy()))
         if progress is not None:
             progress(writer.written, total)
     return _finish(writer, redact_uri(spec), resize, start)

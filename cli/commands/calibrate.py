@@ -9,13 +9,31 @@ Writes into ``--out DIR``::
     report.json                         the accuracy report
 
 Exit status: 0 deployable, 1 calibrated but below the gate, others as any command's errors.
+
+The command composes the packages: it opens the source with :func:`pipeline.sources.open_source`,
+prepares every frame as the camera process does (:class:`pipeline.preprocess.Preprocessor`) and hands
+the frames to :func:`calibration.clips.collect_from_frames`, which never imports ``pipeline``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from cli.commands.common import Progress
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from calibration.clips import ClipManifest
+    from engines.backends.source import ModelSource
+    from pipeline.preprocess import Preprocessor
+    from pipeline.sources import FrameSource
+
+log = logging.getLogger(__name__)
 
 HELP = (
     "quantise a model to INT8/FP8 with ModelOpt on calibration clips and gate it on agreement "
@@ -76,6 +94,72 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CalibrationError(f"--gate is a top-1 agreement in 0..1, got {args.gate}")
 
 
+def collect_from_source(
+    uri: str | int,
+    model: ModelSource,
+    out_dir: str | os.PathLike[str],
+    calibration: int,
+    held_out: int,
+    *,
+    resize: str = "area",
+    stride: int | None = None,
+    read_timeout_s: float = 5.0,
+    progress: Progress | None = None,
+) -> ClipManifest:
+    """Calibration clips from a pipeline source, its frames prepared as the camera process prepares them.
+
+    Files and synthetic sources are read as fast as they decode (unpaced); a file that ends early
+    gives fewer clips (a warning), live sources deliver at their own rate.
+
+    Args:
+        uri: a source URI as in a camera config (file, ``rtsp://...``, USB index, ``synthetic://...``).
+        read_timeout_s: live sources: how long a silent source may stall before it counts as lost.
+        model, out_dir, calibration, held_out, resize, stride, progress: as
+            :func:`calibration.clips.collect_from_frames`.
+
+    Raises:
+        CalibrationError: bad counts, or the source ended before the first calibration clip.
+        SourceError: the source cannot be opened or is lost.
+    """
+    from calibration.clips import collect_from_frames
+    from engines.uris import redact_uri
+    from pipeline.preprocess import Preprocessor
+    from pipeline.sources import open_source
+
+    pre = Preprocessor(model.clip.height, model.clip.width, resize)
+    source = redact_uri(uri)
+    with open_source(uri, pace=False, read_timeout_s=read_timeout_s) as src:
+        frames = _prepared_frames(src, pre, source)
+        return collect_from_frames(
+            frames,
+            model,
+            out_dir,
+            calibration,
+            held_out,
+            source=source,
+            resize=resize,
+            stride=stride,
+            progress=progress,
+        )
+
+
+def _prepared_frames(src: FrameSource, pre: Preprocessor, source: str) -> Iterator[np.ndarray]:
+    """The frames of an open source, prepared; until it ends (a warning) or is lost (SourceError)."""
+    from pipeline.errors import EndOfStream
+
+    count = 0
+    while True:
+        try:
+            frame = src.read()
+        except EndOfStream:
+            log.warning("%s ended after %d frames", source, count)
+            return
+        if frame is None:  # a stalled live source; it raises once it counts as lost
+            continue
+        count += 1
+        yield pre(frame.image, bgr=True)
+
+
 def main(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -83,7 +167,7 @@ def main(args: argparse.Namespace) -> int:
     import onnxruntime
     import torch
 
-    from calibration.clips import Split, collect_from_dataset, collect_from_source, load_clips
+    from calibration.clips import Split, collect_from_dataset, load_clips
     from calibration.errors import CalibrationError
     from calibration.quantize import (
         DEFAULT_KEEP,

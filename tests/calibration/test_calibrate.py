@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from calibration import CalibrationError
-from calibration.clips import Split, collect_from_source, load_clips
+from calibration.clips import Split, load_clips
 from calibration.quantize import (
     DEFAULT_KEEP,
     audit_qdq,
@@ -37,6 +37,7 @@ from calibration.quantize import (
 )
 from calibration.report import build_report, infer_logits
 from cli import main as cli
+from cli.commands.calibrate import collect_from_source
 from engines.backends import load_engine
 from engines.backends.base import EngineConfig
 from engines.backends.source import load_source

@@ -1,8 +1,13 @@
-"""Calibration clips: the runtime's prompts from real sources and videos, shards + manifest, clear refusals."""
+"""Calibration clips: the runtime's prompts from real sources and videos, shards + manifest, clear refusals.
+
+Sources are read the calibrate command's way (:func:`cli.commands.calibrate.collect_from_source`: open_source,
+the camera's Preprocessor, then :func:`calibration.clips.collect_from_frames`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 
@@ -12,14 +17,17 @@ import pytest
 import torch
 
 from calibration import clips as clips_module
-from calibration.clips import MANIFEST, Split, collect_from_dataset, collect_from_source, load_clips
+from calibration.clips import MANIFEST, Split, clip_windows, collect_from_dataset, collect_from_frames, load_clips
 from calibration.errors import CalibrationError
+from cli.commands.calibrate import collect_from_source
 from engines.backends.base import EngineConfig
 from engines.backends.source import ModelSource, load_source
 from engines.layers.vmp import VmpLayer
-from engines.transforms import normalise
+from engines.transforms import normalisation_for
 from pipeline.preprocess import Preprocessor
 from pipeline.sources import SyntheticSource
+from pipeline.vmp_stage import VmpStage
+from pipeline.window import ClipWindow
 
 T, SIZE = 4, 64
 URI = "synthetic://?seed=3&size=80x64&segment_s=1"
@@ -40,14 +48,20 @@ def with_vmp(untrained) -> ModelSource:
     return dataclasses.replace(untrained, vmp=vmp.eval(), weights_sha256="5e" * 32)
 
 
-def batch_vmp_clips(model: ModelSource, uri: str, count: int) -> list[torch.Tensor]:
-    """Reference: the batch VMP layer on frames prepared like camera frames, T+1 frames per clip."""
+def runtime_clips(model: ModelSource, uri: str, count: int, stride: int = T) -> list[torch.Tensor]:
+    """Reference: the runtime's streaming path, camera Preprocessor -> VmpStage -> ClipWindow, on the same source."""
     pre = Preprocessor(SIZE, SIZE, "area")
+    stage = VmpStage(model.vmp, "cpu", *normalisation_for(model.vmp))
+    window = ClipWindow(T, stride, SIZE, SIZE)
+    clips = []
     with SyntheticSource(uri, pace=False) as src:
-        rgb = np.stack([pre(src.read().image, bgr=True) for _ in range(count * T + 1)])
-    x = normalise(torch.from_numpy(rgb), (0.45,) * 3, (0.225,) * 3).permute(1, 0, 2, 3)[None]
-    with torch.no_grad():
-        return [model.vmp(x[:, :, k * T : (k + 1) * T + 1])[0][0] for k in range(count)]
+        for seq in itertools.count():
+            prompt = stage.push(pre(src.read().image, bgr=True), seq)
+            if prompt is not None and window.push(prompt, seq):
+                clips.append(window.clip().clone())
+                if len(clips) == count:
+                    return clips
+    raise AssertionError("unreachable: the synthetic source is endless")
 
 
 def test_source_clips_are_the_runtime_prompts_split_and_sharded(with_vmp, tmp_path):
@@ -65,9 +79,37 @@ def test_source_clips_are_the_runtime_prompts_split_and_sharded(with_vmp, tmp_pa
     clips = load_clips(tmp_path, with_vmp)
     calibration = torch.cat(list(clips.batches(Split.CALIBRATION, 2)))
     held_out = torch.cat(list(clips.batches(Split.HELD_OUT, 2)))
-    expected = batch_vmp_clips(with_vmp, URI, 4)  # held out: every 4th clip (the last of 4)
+    expected = runtime_clips(with_vmp, URI, 4)  # held out: every 4th clip (the last of 4)
     for got, want in zip([*calibration, *held_out], expected, strict=True):
-        assert (got - want).abs().max() < 1e-6
+        assert (got - want).abs().max() < 1e-6  # float32 prompts in [-2, 2.5]: a few ulp of elementwise maths
+
+
+def test_overlapping_clips_without_vmp_are_the_runtime_frames(untrained, tmp_path):
+    """Stride 2 < T (clips share frames) and no VMP layer (the pass-through stage): still the runtime's clips."""
+    collect_from_source(URI, untrained, tmp_path, calibration=3, held_out=0, stride=2)
+    got = torch.cat(list(load_clips(tmp_path, untrained).batches(Split.CALIBRATION, 8)))
+    for clip, want in zip(got, runtime_clips(untrained, URI, 3, stride=2), strict=True):
+        assert torch.equal(clip, want)  # normalisation alone: the same elementwise operations, bit for bit
+
+
+@pytest.mark.parametrize(("T_", "stride"), [(4, 4), (4, 1), (3, 2), (2, 5)])
+def test_clip_windows_are_the_runtime_clip_windows(T_, stride):
+    """Frame k carries the number k; a window of T+1 frames ends where the runtime's ClipWindow serves one."""
+    frames = [np.full((1, 1, 3), k, np.uint8) for k in range(30)]
+    window, served = ClipWindow(T_, stride, 1, 1), []
+    for seq in range(1, 30):  # frame 0 only serves as the first prompt's reference
+        if window.push(torch.zeros(3, 1, 1), seq):
+            served.append(list(range(window.first_seq - 1, window.last_seq + 1)))
+    got = [w[:, 0, 0, 0].tolist() for w in clip_windows(frames, T_ + 1, stride)]
+    assert got == served and len(got) >= 5
+
+
+def test_frames_of_another_size_are_refused(untrained, tmp_path):
+    frames = (np.zeros((SIZE, SIZE + 1, 3), np.uint8) for _ in range(2 * T))
+    with pytest.raises(
+        CalibrationError, match=r"frames from cam are uint8 \[64, 65, 3\]; the model takes .*\[64, 64, 3\]"
+    ):
+        collect_from_frames(frames, untrained, tmp_path, calibration=1, held_out=0, source="cam")
 
 
 def test_a_short_file_gives_the_clips_it_has(untrained, tmp_path, caplog):

@@ -151,7 +151,7 @@ class SyntheticClips(ClipDataset):
             raise ConfigError(f"synthetic data set needs n >= 1 clips, got {n}")
         if frames < 2:
             raise ConfigError(f"synthetic clips need at least 2 frames (T+1), got {frames}")
-        check_resize(method, "synthetic data set: resize method")
+        method = check_resize(method, "synthetic data set: resize method")
         if window not in ("first", "any"):
             raise ConfigError(f"synthetic data set window {window!r} is not supported; expected 'first' or 'any'")
         if style not in _SYNTHETIC_STYLES:
@@ -252,7 +252,7 @@ class VideoClips(ClipDataset):
         seed: int = 0,
         source: str = "videos",
     ) -> None:
-        check_resize(method, f"{source}: resize method")
+        method = check_resize(method, f"{source}: resize method")
         self.items, self.labels = tuple(items), tuple(labels)
         self.frames, self.height, self.width = frames, height, width
         self.method, self.train, self.seed, self.source = method, train, seed, source

@@ -59,14 +59,14 @@ RESIZE_METHODS: tuple[str, ...] = tuple(m.value for m in ResizeMethod)
 
 
 def check_resize(method: str, field: str) -> str:
-    """``method`` if it names a :class:`ResizeMethod`.
+    """The name of the :class:`ResizeMethod` ``method`` is (a member or its name), as a plain ``str``.
 
     Raises:
         ConfigError: another name; the message starts with ``field`` (e.g. ``'preprocess.method'``).
     """
     if method not in RESIZE_METHODS:
         raise ConfigError(f"{field} {method!r} is not supported; expected one of {', '.join(RESIZE_METHODS)}")
-    return str(method)
+    return ResizeMethod(method).value
 
 
 def fit_frame(image: np.ndarray, height: int, width: int, method: str = ResizeMethod.AREA) -> np.ndarray:
@@ -86,7 +86,7 @@ def fit_frame(image: np.ndarray, height: int, width: int, method: str = ResizeMe
 
     Returns:
         ``[height, width, c]`` uint8, C-contiguous (``[height, width]`` where cv2 drops a single
-        channel); a copy unless ``image`` is already exactly the output.
+        channel); it shares memory with ``image`` only when ``image`` is already exactly the output.
     """
     in_h, in_w = image.shape[:2]
     scale = max(height / in_h, width / in_w)

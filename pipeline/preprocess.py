@@ -38,12 +38,11 @@ class Preprocessor:
     """
 
     def __init__(self, height: int, width: int, method: str = "area") -> None:
-        check_resize(method, "preprocess.method")
+        self.method = check_resize(method, "preprocess.method")
         if height < 1 or width < 1:
             raise ConfigError(f"preprocess output size must be positive, got {width}x{height}")
         self.height = height
         self.width = width
-        self.method = method
 
     def __call__(self, image: np.ndarray, bgr: bool = True) -> np.ndarray:
         """Preprocess one frame.

@@ -11,7 +11,8 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -20,7 +21,7 @@ import msgspec.inspect as mi
 __all__ = ["closest_key", "explain", "path_text"]
 
 _AT = re.compile(r"(?P<text>.*) - at `\$(?P<path>[^`]*)`", re.S)
-_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _WORDS = {
     "int": "an integer",
     "float": "a number",
@@ -32,12 +33,13 @@ _WORDS = {
 }
 _RULES = {"Invalid base64 encoded string": "is not base64"}
 
-Path = list[str | int]
+Path = list[str | int | None]
+"""Keys and indices from the root; None: a value of a dict whose key msgspec does not report."""
 
 
 def path_text(path: Path) -> str:
-    """``["cameras", 0, "uri"]`` -> ``cameras[0].uri``."""
-    return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in path).lstrip(".")
+    """``["cameras", 0, "uri"]`` -> ``cameras[0].uri`` (a dict value of unknown key: ``stages[...]``)."""
+    return "".join(f".{s}" if isinstance(s, str) else f"[{'...' if s is None else s}]" for s in path).lstrip(".")
 
 
 def closest_key(key: object, known: Iterable[str]) -> str | None:
@@ -54,16 +56,20 @@ def explain(err: msgspec.ValidationError, data: Any, tp: Any) -> tuple[str, str]
     match = _AT.fullmatch(str(err))
     text, path = (match["text"], _parse(match["path"])) if match else (str(err), [])
     value = _value_at(data, path)
+    got = "" if value is _UNKNOWN else f", got {value!r}"
     if missing := re.fullmatch(r"Object missing required field `(.+)`", text):
         return path_text([*path, missing[1]]), "is missing"
     if isinstance(value, float) and not math.isfinite(value):
         return path_text(path), f"must be finite, got {value!r}"
     if expected := re.fullmatch(r"Expected `([^`]+)`(?:, got `[^`]+`)?(.*)", text, re.S):
+        if str(sys.float_info.max) in expected[2]:  # the bounds of a finite float
+            return path_text(path), f"must be finite{got}"
         words = " or ".join(_WORDS.get(name, name) for name in expected[1].split(" | "))
-        return path_text(path), f"must be {words}{expected[2]}, got {value!r}"
+        return path_text(path), f"must be {words}{expected[2]}{got}"
     if text.startswith(("Invalid enum value", "Invalid value")):
-        choices = getattr(_type_at(mi.type_info(tp), path), "values", None)
-        return path_text(path), f"must be one of {sorted(choices) if choices else '?'}, got {value!r}"
+        info = _type_at(mi.type_info(tp), path, data)
+        choices = [e.value for e in info.cls] if isinstance(info, mi.EnumType) else getattr(info, "values", ())
+        return path_text(path), f"must be one of {list(choices)}{got}"
     if text in _RULES:
         return path_text(path), _RULES[text]
     if rule := re.fullmatch(r"(\w+): (.*)", text, re.S):
@@ -72,7 +78,10 @@ def explain(err: msgspec.ValidationError, data: Any, tp: Any) -> tuple[str, str]
 
 
 def _parse(text: str) -> Path:
-    return [name if name else int(index) for name, index in _STEP.findall(text)]
+    return [name or (None if index == "..." else int(index)) for name, index in _STEP.findall(text)]
+
+
+_UNKNOWN = object()
 
 
 def _value_at(data: Any, path: Path) -> Any:
@@ -80,15 +89,20 @@ def _value_at(data: Any, path: Path) -> Any:
         try:
             data = data[step]
         except (KeyError, IndexError, TypeError):
-            return None
+            return _UNKNOWN
     return data
 
 
-def _type_at(info: mi.Type, path: Path) -> mi.Type:
-    """The msgspec type info of the field at ``path`` (through records, sequences, dicts and unions)."""
+def _type_at(info: mi.Type, path: Path, data: Any) -> mi.Type:
+    """The msgspec type info of the field at ``path`` of ``data`` (through records, sequences, dicts and unions;
+    of a tagged union, the member whose tag ``data`` carries)."""
     for step in path:
         if isinstance(info, mi.UnionType):
-            info = next((t for t in info.types if not isinstance(t, mi.NoneType)), info)
+            members = [t for t in info.types if not isinstance(t, mi.NoneType)]
+            tagged = [t for t in members if isinstance(t, mi.StructType) and t.tag is not None]
+            here = data if isinstance(data, Mapping) else {}
+            info = next((t for t in tagged if here.get(t.tag_field) == t.tag), members[0])
+        data = _value_at(data, [step])
         if isinstance(step, int):
             info = getattr(info, "item_type", info)
         elif isinstance(info, (mi.StructType, mi.DataclassType)):

@@ -1,29 +1,29 @@
 """Pipeline configuration: nested frozen dataclasses, loaded from YAML and validated.
 
 The dataclass field defaults (with their attribute docstrings) are the single source of
-defaults; YAML files set only what differs. Unknown keys are refused with a close-match hint,
-values are type-checked, and every error names the field (``cameras[1].stride``,
-``publish.endpoint``). ``--set key.path=value`` overrides (YAML syntax for the value) apply
-before validation.
+defaults; YAML files set only what differs. ``msgspec.convert`` checks the types and runs each
+record's ``__post_init__`` (the bounds); unknown keys are refused with a close-match hint, and
+every error names the field (``cameras[1].stride``, ``publish.endpoint``).
+``--set key.path=value`` overrides (YAML syntax for the value) apply before validation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
+import msgspec.inspect as mi
 import yaml
 
 from engines.backends.base import EngineConfig
 from engines.errors import ConfigError
+from engines.validation import closest_key, explain, path_text
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -50,8 +50,9 @@ DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 """The embedded default config, shipped in the package (``configs/default.yaml`` links to it)."""
 
 
-class FieldError(ConfigError):
-    """A value of one field is invalid; the loader prefixes the field's full path."""
+class FieldError(ConfigError, ValueError):
+    """A value of one field is invalid; the loader prefixes the field's full path (msgspec reports a ValueError
+    raised in ``__post_init__`` with the path of the record)."""
 
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
@@ -442,82 +443,44 @@ def config_hash(cfg: PipelineConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
 _STRING_ONLY = ("id",)
-"""Keys whose YAML numbers are refused rather than turned into text (``id: 010`` would be camera ``8``)."""
+"""Keys whose YAML numbers are refused rather than read as text (``id: 010`` would be camera ``8``)."""
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            return _convert(options[0], value, path)
-        raise ConfigError(f"{path}: unsupported type {tp}")  # pragma: no cover - not used by the schema
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{path}: must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-            raise ConfigError(f"{path}: must be a list, got {value!r}")
-        item = args[0]
-        return tuple(_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, int) and not isinstance(value, bool) and path.rpartition(".")[2] in _STRING_ONLY:
-            raise ConfigError(
-                f"{path}: must be a string, got the number {value}; quote it (YAML reads 010 as 8), e.g. id: \"010\""
-            )
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise ConfigError(f"{path}: must be a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")  # pragma: no cover
+def _check_keys(info: mi.Type, data: Any, path: list[str | int]) -> None:
+    """Refuse unknown keys, naming the closest known one, and read a YAML number given for text as text.
+
+    msgspec ignores unknown keys of dataclasses, and YAML reads ``source: 0`` (a USB index) as a number.
+    """
+    if isinstance(info, mi.UnionType):
+        info = next((t for t in info.types if isinstance(t, mi.DataclassType)), info)
+    if isinstance(info, mi.DataclassType) and isinstance(data, dict):
+        fields = {f.name: f.type for f in info.fields}
+        for key, value in data.items():
+            where = path_text([*path, str(key)])
+            if key not in fields:
+                close = closest_key(key, fields)
+                hint = f"did you mean '{path_text([*path, close])}'?" if close else f"known keys: {', '.join(fields)}"
+                raise ConfigError(f"unknown key '{where}'; {hint}")
+            if _is_text(fields[key]) and type(value) is int:
+                if key in _STRING_ONLY:
+                    raise ConfigError(
+                        f"{where}: must be a string, got the number {value}; quote it (YAML reads 010 as 8), "
+                        f'e.g. {key}: "010"'
+                    )
+                data[key] = str(value)
+            _check_keys(fields[key], value, [*path, key])
+    elif isinstance(info, mi.VarTupleType) and isinstance(data, list):
+        for i, item in enumerate(data):
+            if _is_text(info.item_type) and type(item) is int:
+                data[i] = str(item)
+            _check_keys(info.item_type, item, [*path, i])
 
 
-def _build(cls: type, data: Any, path: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, naming ``path`` in every error."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'config'}: must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    prefix = f"{path}." if path else ""
-    for key in data:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
-            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
-    required = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    missing = [n for n in required if n not in data]
-    if missing:
-        raise ConfigError(f"missing key(s): {', '.join(prefix + m for m in missing)}")
-    kwargs = {key: _convert(hints[key], value, prefix + key) for key, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except FieldError as err:
-        raise ConfigError(f"{prefix}{err.field_name}: {err.detail}") from None
+def _is_text(info: mi.Type) -> bool:
+    """A ``str`` or ``str | None`` field."""
+    types = info.types if isinstance(info, mi.UnionType) else (info,)
+    return any(isinstance(t, mi.StrType) for t in types)
 
 
 def _apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -570,7 +533,12 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Pipel
     for assignment in overrides:
         _apply_override(data, assignment)
     try:
-        return _build(PipelineConfig, data, "")
+        _check_keys(mi.type_info(PipelineConfig), data, [])
+        return msgspec.convert(data, PipelineConfig)
+    except msgspec.ValidationError as err:
+        field_path, rule = explain(err, data, PipelineConfig)
+        message = f"missing key(s): {field_path}" if rule == "is missing" else f"{field_path}: {rule}"
     except ConfigError as err:
-        where = f"config '{path}': " if path is not None else "config: "
-        raise ConfigError(where + str(err)) from None
+        message = str(err)
+    where = f"config '{path}': " if path is not None else "config: "
+    raise ConfigError(where + message) from None

@@ -11,14 +11,16 @@ This module imports neither torch nor any backend (the pipeline config embeds
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+import msgspec
+
 from engines.errors import ConfigError
+from engines.validation import closest_key, explain
 
 if TYPE_CHECKING:
     import torch
@@ -123,7 +125,8 @@ class EngineConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EngineConfig:
-        """Build from a mapping (a config file's ``engine:`` section), rejecting unknown keys.
+        """Build from a mapping (a config file's ``engine:`` section) with ``msgspec.convert``, as the pipeline
+        config is built, rejecting unknown keys.
 
         Raises:
             ConfigError: an unknown key (with the closest known one) or an invalid value.
@@ -133,10 +136,14 @@ class EngineConfig:
         known = [f.name for f in fields(cls)]
         for key in data:
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"; did you mean engine.{close[0]}?" if close else f"; known: {', '.join(known)}"
+                close = closest_key(key, known)
+                hint = f"; did you mean engine.{close}?" if close else f"; known: {', '.join(known)}"
                 raise ConfigError(f"unknown key engine.{key}{hint}")
-        return cls(**data)
+        try:
+            return msgspec.convert(data, cls)
+        except msgspec.ValidationError as err:
+            field_path, rule = explain(err, data, cls)
+            raise ConfigError(f"engine.{field_path} {rule}") from None
 
     def __post_init__(self) -> None:
         _choice("backend", self.backend, Backend)

@@ -246,3 +246,30 @@ def test_doctor_reports_environment_and_choice(no_gpu, no_tensorrt, monkeypatch,
     assert "'aoti' on cuda (fp16)      unavailable: no CUDA GPU" in out
     assert "'torch' on cpu (fp32)      CHOSEN; fp32 because fp16 on the CPU is slow" in out
     assert "onnxruntime" in out and "emim kernels" in out and "aoti compiler" in out
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        Candidate("tensorrt", "cuda", "fp16"),
+        Candidate("tensorrt", "cuda", "bf16"),
+        Candidate("aoti", "cuda", "fp32"),
+        Candidate("torch", "cuda:1", "fp32"),
+        Candidate("onnxruntime", "cuda", "fp32"),
+        Candidate("onnxruntime", "auto", "fp32"),
+        Candidate("torch", "cpu", "fp32"),
+    ],
+    ids=str,
+)
+def test_doctor_says_what_opening_would(no_gpu, tmp_path, step):
+    """doctor's verdict on a step is the opener's own: the same reason, or none when it opens."""
+    from engines.backends import open_backend
+    from engines.doctor import probe
+
+    cfg = EngineConfig(model="emim_xs", plan_cache_dir=str(tmp_path), **SMALL)
+    try:
+        with open_backend(cfg, step, tiny_source()):
+            reason = None
+    except BackendUnavailableError as err:
+        reason = err.reason
+    assert probe(cfg, step) == reason

@@ -58,8 +58,11 @@ _IDLE_SLEEP_S = 0.0005
 
 
 class Observer(Protocol):
-    """Sees every message the loop publishes and every engine it serves from (:class:`pipeline.metrics.Metrics`,
-    :class:`CallbackObserver`). Calls run in the loop: they must be quick."""
+    """Sees every message the loop publishes and every engine it serves from.
+
+    Implementations: :class:`pipeline.metrics.Metrics`, :class:`CallbackObserver`. Calls run in the loop: they
+    must be quick.
+    """
 
     def observe_label(self, msg: LabelMessage) -> None: ...
 
@@ -114,7 +117,8 @@ class InferenceLoop:
     """The inference loop over all cameras (see the module docstring).
 
     Args:
-        engine: the engine to serve from (the loop closes the engines it swaps out, not this one).
+        engine: the engine to serve from. The loop closes an engine it swaps out; the caller closes the one in
+            use at the end (``loop.engine``).
         streams: one per camera, in config order.
         scheduler: picks the cameras of each engine call.
         outputs: where messages go.

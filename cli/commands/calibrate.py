@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from cli.commands.common import Progress
+from engines.backends.base import QUANTIZED, Precision
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,7 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--source", help="a source URI: file, rtsp://, USB index, synthetic://... (default: cameras[0])")
     src.add_argument("--data", help="a data set: class-per-folder directory, list file or synthetic://?split=val")
     src.add_argument("--clips-from", metavar="DIR", help="reuse the clips folder of an earlier run (OUT/clips)")
-    parser.add_argument("--precision", choices=("int8", "fp8"), default="int8", help="default: %(default)s")
+    parser.add_argument(
+        "--precision", choices=[p.value for p in QUANTIZED], default=Precision.INT8.value, help="default: %(default)s"
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
         "--gate", type=float, default=0.99, help="smallest top-1 agreement to deploy (default %(default)s)"

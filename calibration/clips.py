@@ -44,7 +44,7 @@ from calibration.errors import CalibrationError
 from engines.backends.source import ModelSource
 from engines.data import open_dataset
 from engines.files import atomic_write
-from engines.transforms import normalisation_for, normalise
+from engines.transforms import check_resize, normalisation_for, normalise
 from engines.uris import redact_uri
 
 __all__ = [
@@ -311,6 +311,7 @@ def collect_from_frames(
             the first calibration clip.
     """
     _check_counts(calibration, held_out)
+    resize = check_resize(resize, "calibration resize method")
     total = calibration + held_out
     clip = model.clip
     stride = stride or clip.frames
@@ -361,6 +362,7 @@ def collect_from_dataset(
         DatasetError, ConfigError: the data set cannot be opened or read (naming the file).
     """
     _check_counts(calibration, held_out)
+    resize = check_resize(resize, "calibration resize method")
     total = calibration + held_out
     T = model.clip.frames
     dataset = open_dataset(

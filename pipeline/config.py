@@ -23,6 +23,7 @@ import yaml
 
 from engines.backends.base import EngineConfig
 from engines.errors import ConfigError
+from engines.transforms import ResizeMethod
 from engines.validation import closest_key, explain, path_text
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
     "config_hash",
     "load_config",
 ]
-
-ResizeMethod = Literal["area", "linear", "pyramid"]
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 """The embedded default config, shipped in the package (``configs/default.yaml`` links to it)."""
@@ -91,7 +90,7 @@ class CameraConfig:
     """Files: rewind at the end instead of ending the camera."""
     pace: bool = True
     """Files and synthetic sources: deliver frames at the source's own fps."""
-    resize: ResizeMethod = "area"
+    resize: ResizeMethod = ResizeMethod.AREA
     """Resize method (train and evaluate with the same one): area, linear (fastest) or pyramid."""
     open_timeout_s: float = 10.0
     """Network sources: give up opening after this long (then reconnect with backoff)."""

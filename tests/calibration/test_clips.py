@@ -23,7 +23,7 @@ from cli.commands.calibrate import collect_from_source
 from engines.backends.base import EngineConfig
 from engines.backends.source import ModelSource, load_source
 from engines.layers.vmp import VmpLayer
-from engines.transforms import normalisation_for
+from engines.transforms import ResizeMethod, normalisation_for
 from pipeline.preprocess import Preprocessor
 from pipeline.sources import SyntheticSource
 from pipeline.vmp_stage import VmpStage
@@ -31,6 +31,7 @@ from pipeline.window import ClipWindow
 
 T, SIZE = 4, 64
 URI = "synthetic://?seed=3&size=80x64&segment_s=1"
+AREA = ResizeMethod.AREA  # as cameras[i].resize carries it
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,8 @@ def test_source_clips_are_the_runtime_prompts_split_and_sharded(with_vmp, tmp_pa
 
 def test_overlapping_clips_without_vmp_are_the_runtime_frames(untrained, tmp_path):
     """Stride 2 < T (clips share frames) and no VMP layer (the pass-through stage): still the runtime's clips."""
-    collect_from_source(URI, untrained, tmp_path, calibration=3, held_out=0, stride=2)
+    manifest = collect_from_source(URI, untrained, tmp_path, calibration=3, held_out=0, stride=2, resize=AREA)
+    assert type(manifest.resize) is str and manifest.resize == "area"  # a config's enum member, written as its name
     got = torch.cat(list(load_clips(tmp_path, untrained).batches(Split.CALIBRATION, 8)))
     for clip, want in zip(got, runtime_clips(untrained, URI, 3, stride=2), strict=True):
         assert torch.equal(clip, want)  # normalisation alone: the same elementwise operations, bit for bit

@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 
-from cli.commands.common import add_config_argument, config_path
+from cli.commands.common import add_config_argument, add_overrides_argument, config_path
 
 HELP = "run the pipeline at 1, 2, ... cameras; report the largest count sustained without drops or latency drift"
 
@@ -27,14 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.25,
         help="largest ratio of last-third to middle-third median latency (default 1.25)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable), e.g. --set engine.max_batch=1",
-    )
+    add_overrides_argument(parser, "engine.max_batch=1")
 
 
 def main(args: argparse.Namespace) -> int:

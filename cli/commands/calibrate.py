@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from cli.commands.common import Progress
+from cli.commands.common import Progress, add_overrides_argument
 from engines.backends.base import QUANTIZED, Precision
 
 if TYPE_CHECKING:
@@ -74,14 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "MLP; --keep '' quantises every conv and linear)",
     )
     parser.add_argument("--seed", type=int, default=0, help="data sets: visiting order and clip starts")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set engine.checkpoint=my.pt (repeatable)",
-    )
+    add_overrides_argument(parser, "engine.checkpoint=my.pt")
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -1,4 +1,4 @@
-"""Options and helpers several commands share: the pipeline config, CURVE client keys, progress display.
+"""Options and helpers several commands share: the pipeline config and its overrides, CURVE client keys, progress.
 
 Not a command itself (:data:`cli.main.COMMANDS` does not list it).
 """
@@ -19,6 +19,7 @@ __all__ = [
     "Progress",
     "add_config_argument",
     "add_curve_arguments",
+    "add_overrides_argument",
     "config_label",
     "config_path",
     "curve_client",
@@ -43,6 +44,23 @@ def config_path(args: argparse.Namespace) -> Path:
 def config_label(args: argparse.Namespace) -> str:
     """How to name the config in output: the ``--config`` path, or ``the embedded default``."""
     return args.config or "the embedded default"
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser, example: str | None = None) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``, for :func:`pipeline.config.load_config`.
+
+    Args:
+        example: an override shown in the help, e.g. ``engine.backend=torch``.
+    """
+    shown = f", e.g. --set {example}" if example else ""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value{shown} (repeatable)",
+    )
 
 
 def add_curve_arguments(parser: argparse.ArgumentParser) -> None:

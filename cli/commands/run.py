@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 
-from cli.commands.common import add_config_argument, config_path
+from cli.commands.common import add_config_argument, add_overrides_argument, config_path
 
 HELP = (
     "run the pipeline on a config: cameras -> VMP -> EMIM engine -> ZeroMQ labels "
@@ -33,14 +33,7 @@ def _duration(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("--duration", type=_duration, default=None, metavar="SECONDS", help="stop after this long")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set engine.backend=torch (repeatable)",
-    )
+    add_overrides_argument(parser, "engine.backend=torch")
     parser.add_argument("--quiet", action="store_true", help="do not print each label and event")
     parser.add_argument(
         "--view", type=int, default=None, metavar="PORT", help="serve the live view on PORT (view.port)"

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import psutil
 
-from cli.commands.common import add_config_argument, config_label, config_path
+from cli.commands.common import add_config_argument, add_overrides_argument, config_label, config_path
 
 HELP = (
     "run the pipeline for M minutes; report RSS growth and p99 latency of the first and last minute "
@@ -27,14 +27,7 @@ HELP = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("--minutes", type=float, required=True, help="how long to run (fractions allowed)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
-    )
+    add_overrides_argument(parser)
     parser.add_argument("--sample-s", type=float, default=10.0, help="RSS sampling period, default %(default)s")
     parser.add_argument(
         "--max-rss-growth", type=float, default=50.0, metavar="MIB",

@@ -6,7 +6,7 @@ import argparse
 import math
 
 from cli.commands.engine_options import add_engine_arguments, engine_config_from_args
-from engines.backends.base import Backend
+from engines.backends.base import Backend, Precision
 
 HELP = "benchmark backends (median / p90 per-clip latency, clips/s, MAC/s) or, with --op, the EMIM op kernels"
 
@@ -43,13 +43,14 @@ def _fmt(value: float, spec: str) -> str:
 def _main_op(args: argparse.Namespace) -> int:
     import torch
 
+    from engines.backends.torch_engine import DTYPES
     from engines.bench import bench_op
 
     if args.device in (None, "auto"):
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.precision or "fp32", torch.float32)
+    dtype = DTYPES.get(Precision(args.precision or Precision.FP32), torch.float32)  # int8 / fp8: the op in fp32
     if args.threads:
         torch.set_num_threads(args.threads)
     kernels = [args.kernel] if args.kernel and args.kernel != "auto" else None

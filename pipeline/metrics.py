@@ -181,7 +181,7 @@ class Metrics:
         self.events.labels(msg.camera_id, msg.label).inc()
 
     def set_engine(self, info: Mapping[str, Any] | Any) -> None:
-        """Set the engine identity from a mapping or dataclass (e.g. ``EngineInfo``, ``ModelInfo``).
+        """Set the engine identity from a mapping or dataclass (e.g. ``EngineInfo``).
 
         ``model`` is read from the key ``model``, ``model_name`` or ``name``; missing labels are empty.
         """

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from cli.commands.common import Progress, add_overrides_argument
@@ -100,7 +100,7 @@ def collect_from_source(
     resize: str = "area",
     stride: int | None = None,
     read_timeout_s: float = 5.0,
-    progress: Progress | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ClipManifest:
     """Calibration clips from a pipeline source, its frames prepared as the camera process prepares them.
 

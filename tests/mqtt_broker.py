@@ -11,12 +11,9 @@ broker cannot run, for ``pytest.mark.skipif``. With ``tls`` it serves MQTT over 
 
 from __future__ import annotations
 
-import ctypes
 import getpass
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +25,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.loopback import accepts, die_with_parent, free_port
+
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 OPENSSL = shutil.which("openssl")
@@ -38,16 +37,6 @@ MISSING: str | None = (
     "mosquitto mosquitto-clients)"
 )
 """None when the broker can run, else the skip reason."""
-
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Mosquitto:
     """``mosquitto`` listening on 127.0.0.1:``port`` with persistence in ``directory``.
@@ -93,17 +82,13 @@ class Mosquitto:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=lambda: _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM),
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self._proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not start:\n{self.log()}") from None
-                time.sleep(0.02)
+        while not accepts(self.port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not start:\n{self.log()}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM: it saves its sessions). Safe to call twice."""

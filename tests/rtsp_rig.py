@@ -16,9 +16,7 @@ the rig cannot run, for ``pytest.mark.skipif``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.loopback import accepts, die_with_parent, free_port
 
 FFMPEG = shutil.which("ffmpeg")
 RTSP_SERVER = shutil.which("rtsp-server-perl")
@@ -39,9 +39,6 @@ MISSING: str | None = (
 """None when the rig can run, else the skip reason."""
 
 _RTP_PORTS = 16  # UDP ports rtsp-server-perl may use from --rtp_start_port: 2 for the source, 2 per client SETUP
-_PR_SET_PDEATHSIG = 1
-# resolved here, not in the forked child, where only async-signal-safe work is allowed before exec
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 class RtspCamera:
@@ -59,7 +56,7 @@ class RtspCamera:
             raise RuntimeError(MISSING)
         self.log_dir = log_dir
         self.size, self.fps, self.gop = size, fps, gop
-        self.client_port, self.source_port = _free_tcp_port(), _free_tcp_port()
+        self.client_port, self.source_port = free_port(), free_port()
         self.rtp_start_port = _free_udp_range(_RTP_PORTS)
         self._server: subprocess.Popen | None = None
         self._ffmpeg: subprocess.Popen | None = None
@@ -95,7 +92,7 @@ class RtspCamera:
                 ],
                 "rtsp-server.log",
             )  # fmt: skip
-            self._wait(lambda: _accepts(self.source_port), deadline, "the server to listen")
+            self._wait(lambda: accepts(self.source_port), deadline, "the server to listen")
             width, height = self.size
             self._ffmpeg = self._spawn(
                 [
@@ -138,7 +135,7 @@ class RtspCamera:
     def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
         with open(self.log_dir / log_name, "ab") as log:
             return subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
             )
 
     def _wait(self, ready, deadline: float, what: str) -> None:
@@ -179,17 +176,6 @@ def rtsp_camera(tmp_path: Path) -> Iterator[Callable[..., RtspCamera]]:
         camera.stop()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the test process dies, so no camera outlives a killed run."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _free_udp_range(count: int) -> int:
     """An even port P with P .. P+count-1 free for UDP on 127.0.0.1 right now."""
     for _ in range(100):
@@ -206,14 +192,6 @@ def _free_udp_range(count: int) -> int:
                 continue
             return base
     raise RuntimeError(f"found no {count} consecutive free UDP ports on 127.0.0.1")
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
 
 
 def _describe_ok(port: int) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,11 @@ import psutil
 import pytest
 import yaml
 
+from tests.loopback import free_port  # noqa: F401 - the tests here import it from this module
 from tests.mqtt_broker import mosquitto  # noqa: F401 - a fixture for the tests here
 from tests.rtsp_rig import rtsp_camera  # noqa: F401 - a fixture for the tests here
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shm_segments() -> set[str]:

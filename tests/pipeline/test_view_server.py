@@ -13,13 +13,8 @@ import pytest
 from engines.errors import ConfigError
 from pipeline.publish import Publisher
 from pipeline.view.server import ViewServer, parse_listen, resolve_token
+from tests.loopback import free_port
 from tests.pipeline.test_view_state import label, status
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,0 +1,39 @@
+"""What the test rigs that start real servers on 127.0.0.1 share (tests/mqtt_broker.py, tests/rtsp_rig.py).
+
+A free TCP port, a probe for a listening port, and a ``preexec_fn`` that ties a server's life to the test
+process (``PR_SET_PDEATHSIG``: SIGTERM when the test process dies, so no server outlives a killed run).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import socket
+import sys
+
+__all__ = ["accepts", "die_with_parent", "free_port"]
+
+_PR_SET_PDEATHSIG = 1
+# resolved here, not in the forked child, where only async-signal-safe work is allowed before exec
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accepts(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` (Linux): the child gets SIGTERM when the test process dies."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

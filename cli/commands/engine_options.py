@@ -9,10 +9,7 @@ import argparse
 
 from engines.backends.base import Backend, EngineConfig, Precision, read_engine_section
 
-__all__ = ["BACKENDS", "PRECISIONS", "add_engine_arguments", "engine_config_from_args"]
-
-BACKENDS = tuple(b.value for b in Backend)
-PRECISIONS = tuple(p.value for p in Precision)
+__all__ = ["add_engine_arguments", "engine_config_from_args"]
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser, backend: bool = True) -> None:
@@ -25,9 +22,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser, backend: bool = True) 
     src.add_argument("--checkpoint", help="an emim-stream checkpoint file")
     src.add_argument("--model", help="a registry name with untrained (seeded) weights, e.g. emim_s")
     if backend:
-        parser.add_argument("--backend", choices=BACKENDS, help="backend (default: the config's, else auto)")
+        parser.add_argument(
+            "--backend", choices=[b.value for b in Backend], help="backend (default: the config's, else auto)"
+        )
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--precision", choices=[p.value for p in Precision])
     parser.add_argument("--max-batch", type=int, help="largest batch per inference call")
     parser.add_argument("--frames", type=int, help="clip length T (default: the model's)")
     parser.add_argument("--size", type=int, help="square clip size H = W (default: the model's)")

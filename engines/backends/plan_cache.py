@@ -11,7 +11,8 @@ the key fields and the artefact's own hash. One whose sidecar is missing, unread
 another key, or whose bytes do not match the recorded hash is never loaded: it is rebuilt, with
 one log line saying why. Files are written atomically (temporary file, then rename).
 
-This module needs neither TensorRT nor torch; the backends supply the build and load functions.
+This module imports neither TensorRT nor torch (only :meth:`CacheKey.for_input` asks torch for a GPU's
+name); the backends supply the build and load functions.
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import platformdirs
 
 from engines.errors import BackendUnavailableError
 from engines.files import atomic_write
+
+if TYPE_CHECKING:
+    import torch
+
+    from engines.backends.base import InputSpec
 
 __all__ = ["PLAN_FORMAT", "CacheKey", "PlanCache", "PlanKey", "PlanStatus", "default_cache_dir", "load_or_build"]
 
@@ -56,10 +62,10 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("emim-stream", appauthor=False))
 
 
+@dataclass(frozen=True, slots=True)
 class CacheKey:
-    """Behaviour shared by the cache keys (frozen dataclasses with precision, batch and clip fields)."""
+    """The fields every cache key has: the input, the precision and the GPU; each toolkit's key adds its own."""
 
-    __slots__ = ()
     toolkit: ClassVar[str]
     """Who builds and loads the artefact, for log lines ('tensorrt', 'aoti')."""
     kind: ClassVar[str]
@@ -68,6 +74,38 @@ class CacheKey:
     """File suffix of the artefact ('.plan', '.pt2')."""
     prefix: ClassVar[str] = ""
     """Start of the file name stem."""
+
+    frames: int
+    height: int
+    width: int
+    max_batch: int
+    input_dtype: str
+    precision: str
+    gpu_name: str
+    """'' for an artefact built for the CPU."""
+    compute_capability: str
+    """``major.minor``, e.g. '9.0' for an H100 ('' on the CPU)."""
+
+    @classmethod
+    def for_input(cls, spec: InputSpec, precision: str, device: torch.device, **fields: Any) -> Self:
+        """The key of an artefact taking ``spec`` at ``precision`` on ``device``; ``fields``: the toolkit's own."""
+        gpu_name = capability = ""
+        if device.type == "cuda":
+            import torch
+
+            gpu_name = torch.cuda.get_device_name(device)
+            capability = "{}.{}".format(*torch.cuda.get_device_capability(device))
+        return cls(
+            frames=spec.frames,
+            height=spec.height,
+            width=spec.width,
+            max_batch=spec.max_batch,
+            input_dtype=str(spec.dtype).removeprefix("torch."),
+            precision=precision,
+            gpu_name=gpu_name,
+            compute_capability=capability,
+            **fields,
+        )
 
     def digest(self) -> str:
         """SHA-256 of the key fields (sorted JSON)."""
@@ -97,16 +135,7 @@ class PlanKey(CacheKey):
     suffix: ClassVar[str] = ".plan"
 
     onnx_sha256: str
-    frames: int
-    height: int
-    width: int
-    max_batch: int
-    input_dtype: str
-    precision: str
     tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    """``major.minor``, e.g. '9.0' for an H100."""
 
 
 class PlanCache:

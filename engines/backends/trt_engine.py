@@ -62,19 +62,7 @@ def import_tensorrt() -> Any:
 
 def plan_key(onnx_sha256: str, spec: InputSpec, precision: str, trt_version: str, device: torch.device) -> PlanKey:
     """The cache key of a plan for this graph, input, precision, TensorRT and GPU."""
-    major, minor = torch.cuda.get_device_capability(device)
-    return PlanKey(
-        onnx_sha256=onnx_sha256,
-        frames=spec.frames,
-        height=spec.height,
-        width=spec.width,
-        max_batch=spec.max_batch,
-        input_dtype=str(spec.dtype).removeprefix("torch."),
-        precision=precision,
-        tensorrt_version=trt_version,
-        gpu_name=torch.cuda.get_device_name(device),
-        compute_capability=f"{major}.{minor}",
-    )
+    return PlanKey.for_input(spec, precision, device, onnx_sha256=onnx_sha256, tensorrt_version=trt_version)
 
 
 def _progress_monitor(trt: Any) -> Any:

@@ -1,7 +1,8 @@
 """What the test rigs that start real servers on 127.0.0.1 share (tests/mqtt_broker.py, tests/rtsp_rig.py).
 
-A free TCP port, a probe for a listening port, and a ``preexec_fn`` that ties a server's life to the test
-process (``PR_SET_PDEATHSIG``: SIGTERM when the test process dies, so no server outlives a killed run).
+The skip reason when a server's tools are missing, a free TCP port, a probe for a listening port, and a
+``preexec_fn`` that ties a server's life to the test process (``PR_SET_PDEATHSIG``: SIGTERM when the test
+process dies, so no server outlives a killed run).
 """
 
 from __future__ import annotations
@@ -11,11 +12,23 @@ import signal
 import socket
 import sys
 
-__all__ = ["accepts", "die_with_parent", "free_port"]
+__all__ = ["accepts", "die_with_parent", "free_port", "missing_tools"]
 
 _PR_SET_PDEATHSIG = 1
 # resolved here, not in the forked child, where only async-signal-safe work is allowed before exec
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def missing_tools(needs: str, packages: str, *found: str | None) -> str | None:
+    """None when every tool in ``found`` (``shutil.which`` results) is there on Linux, else the skip reason.
+
+    Args:
+        needs: what the rig needs, in words (``the RTSP rig needs Linux, ffmpeg and rtsp-server-perl``).
+        packages: the Debian packages that bring the tools.
+    """
+    if all(found) and sys.platform == "linux":
+        return None
+    return f"{needs} (apt-get install -y --no-install-recommends {packages})"
 
 
 def free_port() -> int:

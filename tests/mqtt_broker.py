@@ -15,7 +15,6 @@ import getpass
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,18 +24,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.loopback import accepts, die_with_parent, free_port
+from tests.loopback import accepts, die_with_parent, free_port, missing_tools
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 OPENSSL = shutil.which("openssl")
-MISSING: str | None = (
-    None
-    if MOSQUITTO and MOSQUITTO_PASSWD and sys.platform == "linux"
-    else "the MQTT tests need Linux and Debian's mosquitto (apt-get install -y --no-install-recommends "
-    "mosquitto mosquitto-clients)"
+MISSING = missing_tools(
+    "the MQTT tests need Linux and Debian's mosquitto", "mosquitto mosquitto-clients", MOSQUITTO, MOSQUITTO_PASSWD
 )
 """None when the broker can run, else the skip reason."""
+
 
 class Mosquitto:
     """``mosquitto`` listening on 127.0.0.1:``port`` with persistence in ``directory``.

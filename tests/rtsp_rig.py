@@ -19,22 +19,18 @@ import contextlib
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.loopback import accepts, die_with_parent, free_port
+from tests.loopback import accepts, die_with_parent, free_port, missing_tools
 
 FFMPEG = shutil.which("ffmpeg")
 RTSP_SERVER = shutil.which("rtsp-server-perl")
-MISSING: str | None = (
-    None
-    if FFMPEG and RTSP_SERVER and sys.platform == "linux"
-    else "the RTSP rig needs Linux, ffmpeg and rtsp-server-perl "
-    "(apt-get install -y --no-install-recommends ffmpeg rtsp-server-perl)"
+MISSING = missing_tools(
+    "the RTSP rig needs Linux, ffmpeg and rtsp-server-perl", "ffmpeg rtsp-server-perl", FFMPEG, RTSP_SERVER
 )
 """None when the rig can run, else the skip reason."""
 

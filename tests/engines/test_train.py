@@ -18,8 +18,9 @@ from cli.commands import evaluate as evaluate_cmd
 from cli.commands import train as train_cmd
 from engines.checkpoint import load_checkpoint
 from engines.errors import ConfigError
+from engines.layers.vmp import VmpLayer
 from engines.synthetic import CLASSES, SyntheticScene, clip_seed
-from engines.train import TrainConfig, lr_schedule, resume_path, train
+from engines.train import RESUME_FORMAT, TrainConfig, load_resume, lr_schedule, resume_path, train
 from pipeline.preprocess import Preprocessor
 from pipeline.vmp_stage import VmpStage
 from tests.engines.test_data import write_video
@@ -129,6 +130,36 @@ def test_resume_refuses_a_missing_file_and_changed_settings(tmp_path):
         train(TrainConfig(epochs=2, **base), on_step=stop)
     with pytest.raises(ConfigError, match=r"changed: epochs 2 -> 3"):
         train(TrainConfig(epochs=3, resume=True, **base))
+
+
+def test_a_resume_file_in_the_resume1_layout_loads_into_the_run_and_its_state(tmp_path):
+    """The layout written since resume/1 (a plain dict, epoch sums as four floats) stays readable."""
+    torch.manual_seed(0)
+    model, vmp = torch.nn.Linear(4, 3), VmpLayer()
+    optimizer = torch.optim.AdamW([*model.parameters(), *vmp.parameters()])
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    settings, labels = {"epochs": 3, "seed": 0}, ("a", "b", "c")
+    history = [{"epoch": 1, "train_loss": 1.5, "train_top1": 0.25, "val_top1": None, "lr": 1e-3, "seconds": 2.0}]
+    path = tmp_path / "run.pt.resume"
+    torch.save({
+        "format": RESUME_FORMAT, "settings": settings, "labels": list(labels), "model": model.state_dict(),
+        "vmp": vmp.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1, "step_in_epoch": 2,
+        "global_step": 7, "history": history, "train_seconds": 12.5, "epoch_totals": [3.0, 1.0, 4.0, 0.5],
+    }, path)  # fmt: skip
+
+    fresh, fresh_vmp = torch.nn.Linear(4, 3), VmpLayer()
+    fresh_optimizer = torch.optim.AdamW([*fresh.parameters(), *fresh_vmp.parameters()])
+    state = load_resume(path, settings, labels, fresh, fresh_vmp, fresh_optimizer)
+    assert (state.epoch, state.step_in_epoch, state.global_step, state.train_seconds) == (1, 2, 7, 12.5)
+    assert state.history == history and state.labels == labels
+    stats = state.epoch_stats
+    assert (stats.loss_sum, stats.correct, stats.clips, stats.reg_sum, stats.steps) == (3.0, 1, 4, 0.5, 2)
+    assert (stats.loss, stats.top1, stats.reg) == (0.75, 0.25, 0.125)
+    torch.testing.assert_close(fresh.weight, model.weight, rtol=0, atol=0)
+    assert fresh_optimizer.state_dict()["state"][0]["step"] == 1
+    with pytest.raises(ConfigError, match=r"changed: epochs 3 -> 4"):
+        load_resume(path, {"epochs": 4, "seed": 0}, labels, fresh, fresh_vmp, fresh_optimizer)
 
 
 def test_init_from_own_checkpoint_keeps_backbone_and_vmp_and_resets_the_head(tmp_path):

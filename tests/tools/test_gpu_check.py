@@ -130,3 +130,16 @@ def test_every_step_has_a_box_and_the_gpu_run_fits_eight_minutes(plan):
     assert plan.budget_s <= (470 if plan.device == "cuda" else 170)
     if plan.device == "cuda":  # every step gets its whole box within the budget
         assert sum(plan.boxes.values()) <= plan.budget_s
+
+
+@pytest.mark.parametrize("only", [None, {"table"}, {"table-aoti"}])
+def test_the_rehearsals_aoti_build_runs_only_when_named(tmp_path, only):
+    check = gpu_check.Check(gpu_check.rehearsal_plan(), tmp_path, True, only, tmp_path / "no-wheels")
+    try:
+        step = check.step("table-aoti", [sys.executable, "-c", "pass"])
+    finally:
+        check.close()
+    if only == {"table-aoti"}:
+        assert (step.status, step.note) == ("ok", "")
+    else:
+        assert step.status == "skipped" and step.note == "runs on request (--only table-aoti)"

@@ -52,7 +52,7 @@ def test_run_from_anywhere_uses_the_embedded_default_and_scores_against_the_trut
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     stdout, stderr = (tmp_path / "run.out").open("w+"), (tmp_path / "run.err").open("w+")
     proc = subprocess.Popen(
-        [EMIM_STREAM, "run", "--duration", "30", "--set", f"publish.endpoint={endpoint}", "--set", "metrics.port=0"],
+        [EMIM_STREAM, "run", "--duration", "10", "--set", f"publish.endpoint={endpoint}", "--set", "metrics.port=0"],
         cwd=tmp_path, stdout=stdout, stderr=stderr, text=True,
     )  # fmt: skip
     try:

@@ -27,7 +27,8 @@ PRINTED_LABELS = 30
 
 
 def collect(endpoint: str, count: int, timeout_s: float, topics=(b"labels/",), proc=None) -> list:
-    """Up to ``count`` messages within ``timeout_s`` (also watching the pipeline's children)."""
+    """Up to ``count`` messages within ``timeout_s``, or until the pipeline ``proc`` has exited and nothing more
+    arrives (also watching its children)."""
     out = []
     deadline = time.monotonic() + timeout_s
     with Subscriber(endpoint, topics=topics, timeout_s=1.0) as sub:
@@ -37,6 +38,8 @@ def collect(endpoint: str, count: int, timeout_s: float, topics=(b"labels/",), p
             got = sub.recv(0.5)
             if got is not None:
                 out.append(got.payload)
+            elif proc is not None and proc.proc.poll() is not None:
+                break
     return out
 
 

@@ -128,7 +128,7 @@ def test_video_file_with_a_sidecar_carries_the_truth(tmp_path, pipeline_factory)
 def test_ctrl_c_in_train_saves_and_prints_the_resume_command(tmp_path):
     out = tmp_path / "ck.pt"
     argv = [
-        sys.executable, "-m", "cli", "train", "--model", "emim_xs", "--data", "synthetic://?split=train&n=64",
+        sys.executable, "-m", "cli", "train", "--model", "emim_xs", "--data", "synthetic://?split=train&n=16",
         "--val-n", "0", "--epochs", "1", "--size", "32", "--frames", "4", "--batch-size", "2", "--threads", "1",
         "--log-every", "1", "--out", str(out),
     ]  # fmt: skip
@@ -137,7 +137,7 @@ def test_ctrl_c_in_train_saves_and_prints_the_resume_command(tmp_path):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # wait for the first optimizer step
             line = proc.stderr.readline()
-            if "step 1/32" in line or not line:
+            if "step 1/8" in line or not line:
                 break
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
@@ -167,7 +167,7 @@ def test_soak_fails_its_verdict_with_exit_1(tmp_path):
         "engine": engine_section(),
         "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
     }))  # fmt: skip
-    strict = _cli("soak", "--config", str(config), "--minutes", "0.25", "--sample-s", "1", "--max-p99-ratio", "0.01",
+    strict = _cli("soak", "--config", str(config), "--minutes", "0.15", "--sample-s", "1", "--max-p99-ratio", "0.01",
                   cwd=tmp_path)  # fmt: skip
     assert strict.returncode == 1, strict.stderr[-2000:]
     assert "verdict: FAIL" in strict.stdout, strict.stdout

@@ -43,14 +43,23 @@ def view_config(publish_port: int, cameras: list[dict]) -> dict:
     }
 
 
-@pytest.fixture
-def browser():
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium for the module (started once: it takes seconds)."""
     with playwright_sync.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture
+def browser(chromium):
+    """The module's Chromium; the pages a test opened are closed after it."""
+    yield chromium
+    for context in chromium.contexts:
+        context.close()
 
 
 def wait_for_page(url: str, p, timeout_s: float = 90) -> None:

@@ -49,6 +49,7 @@ from engines.evaluate import EvalResult, evaluate, forward_clips
 from engines.files import atomic_write
 from engines.layers.vmp import VmpLayer, slope_shift
 from engines.models import build_model, get_model_cfg
+from engines.uris import SYNTHETIC_SIZE, is_synthetic
 
 __all__ = [
     "RESUME_FORMAT",
@@ -543,12 +544,12 @@ def _validation_split(
             cfg.val_data, frames, height, width, train=False, labels=train_set.labels, method=cfg.method,
             default_split="val", default_n=cfg.val_n,
         )
-    if cfg.data.startswith("synthetic:"):
+    if is_synthetic(cfg.data):
         if cfg.val_n == 0:
             return train_set, None
         method = getattr(train_set, "method", cfg.method)
         window = getattr(train_set, "window", "first")
-        size = "x".join(str(v) for v in getattr(train_set, "source_size", (320, 240)))
+        size = "x".join(str(v) for v in getattr(train_set, "source_size", SYNTHETIC_SIZE))
         style = getattr(train_set, "style", "classic")
         spec = f"synthetic://?split=val&n={cfg.val_n}&method={method}&window={window}&size={size}&style={style}"
         return train_set, open_dataset(spec, frames, height, width, train=False)

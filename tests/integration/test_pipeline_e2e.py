@@ -22,9 +22,6 @@ from tests.integration.conftest import ROOT, alive, engine_section, free_port, s
 
 pytestmark = pytest.mark.slow
 
-PRINTED_LABELS = 30
-"""Printed labels the embedded-default runs wait for (4 s at the default's 7.5 labels/s), then stop."""
-
 
 def collect(endpoint: str, count: int, timeout_s: float, topics=(b"labels/",), proc=None) -> list:
     """Up to ``count`` messages within ``timeout_s``, or until the pipeline ``proc`` has exited and nothing more
@@ -145,17 +142,10 @@ def test_embedded_default_prints_the_forced_class(pipeline_factory, label):
     config["cameras"][0]["source"] += f"&label={label}"
     port = free_port()
     config["publish"]["endpoint"] = f"tcp://127.0.0.1:{port}"
-    p = pipeline_factory(config)
-
-    def printed_labels() -> list[str]:
-        return re.findall(r"^\s*cam1 frames\s+\d+-\d+\s+(\S+)\s+[\d.]+", p.output(), flags=re.MULTILINE)
-
-    deadline = time.monotonic() + 90
-    while len(printed_labels()) < PRINTED_LABELS and time.monotonic() < deadline and p.proc.poll() is None:
-        time.sleep(0.2)
-    assert p.terminate() == 0
-    printed = printed_labels()
-    assert len(printed) >= PRINTED_LABELS, p.output()[-2000:]
+    p = pipeline_factory(config, duration=12)
+    assert p.wait(90) == 0
+    printed = re.findall(r"^\s*cam1 frames\s+\d+-\d+\s+(\S+)\s+[\d.]+", p.output(), flags=re.MULTILINE)
+    assert len(printed) >= 10, p.output()[-2000:]
     share = printed.count(label) / len(printed)
     assert share >= 0.8, f"{label}: {share:.0%} of {len(printed)} printed labels ({sorted(set(printed))})"
 

@@ -24,8 +24,11 @@ _spec.loader.exec_module(gpu_check)
 
 def test_a_step_past_its_box_is_interrupted_with_its_children(tmp_path):
     child_pid = tmp_path / "child.pid"
+    # A step that obeys SIGINT, also where the test runs with SIGINT ignored (a background job of a
+    # non-interactive shell passes SIG_IGN down, and Python then keeps it).
     script = (
-        "import subprocess, sys, time\n"
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
         f"open({str(child_pid)!r}, 'w').write(str(p.pid))\n"
         "time.sleep(60)\n"

@@ -137,11 +137,15 @@ class WindowConfig:
         _check_range("stride", self.stride, 1, MAX_STRIDE)
 
 
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+"""Where the label publisher binds by default, and where subscribers, the profiler and the view connect."""
+
+
 @dataclass(frozen=True)
 class PublishConfig:
     """The ZeroMQ publisher of labels and status."""
 
-    endpoint: str = "tcp://127.0.0.1:5556"
+    endpoint: str = DEFAULT_ENDPOINT
     """Where the PUB socket binds. Only loopback unless ``allow_remote``."""
     allow_remote: bool = False
     """Allow a non-loopback bind (then consider CURVE keys)."""

@@ -15,11 +15,9 @@ import threading
 from pathlib import Path
 
 from cli.commands.common import add_curve_arguments, curve_client, curve_hint
+from pipeline.config import DEFAULT_ENDPOINT
 
 HELP = "profile per-frame latency of a running pipeline: percentiles per camera and stage, drops, loss"
-
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emim-stream profile``."""

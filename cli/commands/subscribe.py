@@ -16,14 +16,12 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TextIO
 
 from cli.commands.common import add_curve_arguments, curve_client, curve_hint
+from pipeline.config import DEFAULT_ENDPOINT
 from pipeline.errors import PipelineError
 from pipeline.messages import EventMessage, LabelMessage, MessageError, PreviewMessage, StatusMessage, parse_payload
 from pipeline.subscribe import Received, Subscriber
 
 HELP = "print label/status messages of a running pipeline (ZeroMQ SUB)"
-
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emim-stream subscribe``."""

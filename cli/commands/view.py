@@ -13,11 +13,9 @@ import signal
 import threading
 
 from cli.commands.common import add_curve_arguments, curve_client
+from pipeline.config import DEFAULT_ENDPOINT
 
 HELP = "serve the live view (previews, labels, events, state, latency chart) of a running pipeline in a browser"
-
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emim-stream view``."""

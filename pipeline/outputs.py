@@ -53,28 +53,26 @@ class Outputs:
 
     def label(self, msg: LabelMessage) -> None:
         """Publish a label message (``msg_seq`` from :meth:`next_msg_seq`)."""
-        payload = msg.to_payload()
-        self.publisher.send(label_topic(msg.camera_id), payload)
-        if self.mqtt is not None:
-            self.mqtt.send("label", msg.camera_id, payload)
+        self._send("label", label_topic(msg.camera_id), msg)
         if self.recorder is not None:
             self.recorder.on_label(msg)
 
     def event(self, msg: EventMessage) -> None:
         """Publish a closed action event."""
-        payload = msg.to_payload()
-        self.publisher.send(event_topic(msg.camera_id), payload)
-        if self.mqtt is not None:
-            self.mqtt.send("event", msg.camera_id, payload)
+        self._send("event", event_topic(msg.camera_id), msg)
         if self.recorder is not None:
             self.recorder.on_event(msg)
 
     def status(self, msg: StatusMessage) -> None:
         """Publish a camera status (heartbeat) message."""
+        self._send("status", status_topic(msg.camera_id), msg)
+
+    def _send(self, kind: str, topic: bytes, msg: LabelMessage | EventMessage | StatusMessage) -> None:
+        """One payload to ZeroMQ and, when configured, to the MQTT sink."""
         payload = msg.to_payload()
-        self.publisher.send(status_topic(msg.camera_id), payload)
+        self.publisher.send(topic, payload)
         if self.mqtt is not None:
-            self.mqtt.send("status", msg.camera_id, payload)
+            self.mqtt.send(kind, msg.camera_id, payload)
 
     def previews(self) -> None:
         """Publish the previews encoded since the last call (at most one per camera)."""

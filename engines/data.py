@@ -98,6 +98,11 @@ class ClipDataset(Dataset):
         """Label index of every item, in order (for stratified splits and class counts)."""
         raise NotImplementedError
 
+    @property
+    def fixed_items(self) -> bool:
+        """Whether item ``i`` is the same in every epoch (so it can be rendered once and cached)."""
+        return True
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -174,6 +179,10 @@ class SyntheticClips(ClipDataset):
     @property
     def targets(self) -> list[int]:
         return [label_of(self._index(i)) for i in range(self.n)]
+
+    @property
+    def fixed_items(self) -> bool:
+        return not self.fresh
 
     def _index(self, i: int) -> int:
         return self.start + i + (self.epoch * self.n if self.fresh else 0)
@@ -369,6 +378,10 @@ class VideoClips(ClipDataset):
     @property
     def targets(self) -> list[int]:
         return [item.label for item in self.items]
+
+    @property
+    def fixed_items(self) -> bool:
+        return not self.train
 
     def subset(self, indices: Sequence[int], train: bool) -> VideoClips:
         """The videos at ``indices`` (e.g. a validation split), sampled as ``train`` says."""

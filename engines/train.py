@@ -34,6 +34,7 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from torch.utils.data import DataLoader
 
+from engines.augment import SymmetricClips
 from engines.checkpoint import (
     FORMAT,
     ClipSpec,
@@ -43,6 +44,7 @@ from engines.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from engines.clip_cache import cache_clips
 from engines.data import ClipDataset, open_dataset, split_validation
 from engines.errors import CheckpointError, ConfigError
 from engines.evaluate import EvalResult, evaluate, forward_clips
@@ -73,6 +75,7 @@ RESUME_FORMAT = "emim-stream.resume/1"
 _RESUME_KEYS = (
     "model", "data", "val_data", "epochs", "frames", "size", "overrides", "batch_size", "lr", "min_lr",
     "weight_decay", "warmup_epochs", "vmp", "vmp_lambda", "vmp_init", "val_fraction", "val_n", "method", "seed", "init",
+    "augment",
 )
 
 
@@ -110,6 +113,10 @@ class TrainConfig:
     method: str = "area"
     """Resize method (as the camera's ``resize`` setting)."""
     seed: int = 0
+    augment: bool = False
+    """Show each training clip through a random motion symmetry (:mod:`engines.augment`; the nine motions only)."""
+    cache_clips: Path | None = None
+    """Render the (fixed) training clips once into this folder and read them from there every epoch."""
     workers: int = 0
     resume: bool = False
     log_every: int = 20
@@ -383,6 +390,10 @@ def train(
     train_set = open_dataset(cfg.data, frames + 1, height, width, train=True, method=cfg.method, seed=cfg.seed)
     labels = train_set.labels
     train_set, val_set = _validation_split(cfg, train_set, frames + 1, height, width)
+    if cfg.cache_clips is not None:
+        train_set = cache_clips(train_set, cfg.cache_clips, cfg.workers)
+    if cfg.augment:
+        train_set = SymmetricClips(train_set, cfg.seed)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=len(labels), **cfg.overrides)

@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="architecture argument, e.g. emim=false or temporal_stride=2 (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment", action="store_true",
+                        help="show each training clip mirrored, transposed and/or reversed at random, with the label "
+                        "of the motion it then shows (the nine synthetic motions only)")
+    parser.add_argument("--cache-clips", nargs="?", const="", default=None, metavar="DIR",
+                        help="render the training clips once (with --workers processes) into DIR "
+                        "(default: the user cache's clips/) and read them from there every epoch; not with fresh=1")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is faster on a CPU shared with other jobs)")
@@ -85,6 +91,17 @@ def _pair(text: str | None, option: str) -> tuple[float, float] | None:
     except ValueError:
         raise ConfigError(f"{option} {text!r} must be two numbers M,N, e.g. 0,0.168") from None
     return m, n
+
+
+def _cache_folder(text: str | None) -> Path | None:
+    """``--cache-clips``: absent -> None; given without DIR -> the user cache's ``clips/``; else DIR."""
+    if text is None:
+        return None
+    if text:
+        return Path(text)
+    from engines.backends.plan_cache import default_cache_dir
+
+    return default_cache_dir() / "clips"
 
 
 def _value(text: str) -> object:
@@ -129,6 +146,8 @@ def main(args: argparse.Namespace) -> int:
         val_n=args.val_n,
         method=args.resize,
         seed=args.seed,
+        augment=args.augment,
+        cache_clips=_cache_folder(args.cache_clips),
         workers=args.workers,
         resume=args.resume,
         log_every=args.log_every,

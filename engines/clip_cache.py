@@ -10,9 +10,11 @@ find it. The file is read with ``allow_pickle=False``: it can hold only numbers.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from engines import synthetic, transforms
 from engines.data import ClipDataset
 from engines.errors import ConfigError
 
@@ -52,10 +55,15 @@ class CachedClips(ClipDataset):
 
 
 def cache_path(dataset: ClipDataset, folder: Path) -> Path:
-    """Where the clips of ``dataset`` are cached in ``folder``: named by a digest of what it is."""
+    """Where the clips of ``dataset`` are cached in ``folder``: named by a digest of what it is and of the code
+    that renders it (the data set's module, the synthetic scenes, the frame transforms), so a changed renderer
+    never serves clips it would no longer make."""
+    code = hashlib.sha256()
+    for module in (sys.modules[type(dataset).__module__], synthetic, transforms):
+        code.update(Path(inspect.getfile(module)).read_bytes())
     what = {
         "format": _FORMAT, "kind": type(dataset).__name__, "describe": dataset.describe(), "labels": dataset.labels,
-        "shape": [len(dataset), dataset.frames, dataset.height, dataset.width, 3],
+        "shape": [len(dataset), dataset.frames, dataset.height, dataset.width, 3], "code": code.hexdigest(),
     }
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
     return folder / f"clips-{digest[:20]}.npy"

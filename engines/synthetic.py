@@ -21,7 +21,9 @@ a smooth, zero-mean sub-pixel wobble, several times slower than the slowest obje
 Two styles (:data:`STYLES`). ``classic`` is the above. ``photo`` cuts the objects, with soft masks,
 from photographs and lays them over a photograph (:data:`PHOTO_DIR`; seeds of the test split use
 only the ``test`` pictures, every other seed only the ``train`` ones, so held-out pictures are
-never seen in training), places objects partly outside the frame, adds 0-2 small distractor objects
+never seen in training), places the moving objects in the centred square that a square model input
+keeps of the frame, often partly outside it (translations wrap around that square, so a moving object
+never travels through the cropped margins unseen), adds 0-2 small distractor objects
 swinging slowly to and fro, a slow camera pan and stronger shake, motion blur (a shutter open for
 part of the frame interval), lighting flicker and drift, and more sensor noise. The class motions
 are the same. :func:`h264_roundtrip` puts frames through an H.264 encode and decode.
@@ -326,6 +328,7 @@ class _Segment:
         # Patch half-size: the largest radius; a multiple of 4 pixels keeps pyrDown levels centred.
         self._patch_r = max(8, 4 * math.ceil(_RADIUS[1] * self._s / 4))
         self._margin = math.ceil(_SHAKE * self._s) + 2
+        self._wrap = ((0.0, float(width)), (0.0, float(height)))  # per axis, (start, span) translations wrap in
         self._cycles: dict[tuple[int, int], _Object] = {}
 
         # Everything below is drawn in a fixed order that does not depend on the class.
@@ -370,12 +373,13 @@ class _Segment:
         if self._name in _TRANSLATIONS:
             # The view wraps around along the motion: an object leaving one edge enters at the other.
             dx, dy = _TRANSLATIONS[self._name]
+            (x_lo, x_span), (y_lo, y_span) = self._wrap
             if dx:
-                x = (x + dx * speed * self._s * t) % self._w
-                centres = [(x, y), (x - self._w if x > self._w / 2 else x + self._w, y)]
+                x = x_lo + (x - x_lo + dx * speed * self._s * t) % x_span
+                centres = [(x, y), (x - x_span if x > x_lo + x_span / 2 else x + x_span, y)]
             else:
-                y = (y + dy * speed * self._s * t) % self._h
-                centres = [(x, y), (x, y - self._h if y > self._h / 2 else y + self._h)]
+                y = y_lo + (y - y_lo + dy * speed * self._s * t) % y_span
+                centres = [(x, y), (x, y - y_span if y > y_lo + y_span / 2 else y + y_span)]
         for cx, cy in centres:
             _paste(canvas, obj.levels, cx + self._margin, cy + self._margin, radius / self._patch_r, theta, alpha)
 
@@ -445,6 +449,11 @@ class _PhotoSegment(_Segment):
         self._h, self._w = height, width
         self._s = min(height, width)
         self._patch_r = max(8, 4 * math.ceil(_RADIUS[1] * self._s / 4))
+        # The centred S x S square is what a square model input keeps of the frame (cover and centre-crop).
+        # Objects start with their centre in it and translations wrap around it (leaving it at one edge while
+        # entering at the other), so the moving objects are in the model's view, not in the cropped margins.
+        self._view = ((width - self._s) / 2.0, (height - self._s) / 2.0)
+        self._wrap = ((self._view[0], float(self._s)), (self._view[1], float(self._s)))
         self._pictures = pictures
         self._cycles: dict[tuple[int, int], _Object] = {}
 
@@ -505,7 +514,7 @@ class _PhotoSegment(_Segment):
 
     def _new_object(self, rng: np.random.Generator, phase: float) -> _Object:
         levels = self._photo_levels(rng)
-        x, y = rng.uniform(0.0, self._w), rng.uniform(0.0, self._h)  # up to half outside the frame
+        x, y = (rng.uniform(start, start + self._s) for start in self._view)  # up to half outside the view
         return _Object(levels, x, y, phase, rng.uniform(0.0, 2.0 * math.pi))
 
     def _new_distractor(self, rng: np.random.Generator) -> _Distractor:

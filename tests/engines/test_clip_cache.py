@@ -3,12 +3,15 @@ rendered again, never loaded as objects; train --cache-clips --augment end to en
 
 from __future__ import annotations
 
+import inspect
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from engines import synthetic
 from engines.checkpoint import load_checkpoint
 from engines.clip_cache import cache_clips, cache_path
 from engines.data import SyntheticClips
@@ -85,3 +88,16 @@ def test_training_with_cached_and_mirrored_clips_writes_a_checkpoint_that_record
     assert training["augment"] is True
     assert "rendered once" in training["train_data"] and "mirrored" in training["train_data"]
     assert len(list((tmp_path / "cache").glob("clips-*.npy"))) == 1
+
+
+def test_the_cache_file_name_changes_with_the_rendering_code(tmp_path, monkeypatch):
+    """A cache made by an older renderer is never served: the name digests engines/synthetic.py's bytes too."""
+    data = small()
+    before = cache_path(data, tmp_path)
+    edited = tmp_path / "synthetic.py"
+    edited.write_bytes(Path(inspect.getfile(synthetic)).read_bytes() + b"\n# changed\n")
+    real = inspect.getfile
+    monkeypatch.setattr(inspect, "getfile", lambda obj: str(edited) if obj is synthetic else real(obj))
+    assert cache_path(data, tmp_path) != before
+    monkeypatch.undo()
+    assert cache_path(data, tmp_path) == before

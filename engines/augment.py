@@ -17,6 +17,7 @@ import torch
 
 from engines.data import ClipDataset
 from engines.errors import ConfigError
+from engines.synthetic import CLASSES
 
 __all__ = ["SYMMETRIES", "SymmetricClips", "Symmetry"]
 
@@ -25,7 +26,6 @@ _TRANSPOSE = {"left": "up", "right": "down", "rotate_cw": "rotate_ccw"}
 _FLIP_X = {"left": "right", "rotate_cw": "rotate_ccw"}
 _FLIP_Y = {"up": "down", "rotate_cw": "rotate_ccw"}
 _REVERSE = {"left": "right", "up": "down", "approach": "recede", "rotate_cw": "rotate_ccw"}
-_UNCHANGED = "static"
 _AUGMENT_TAG = 0x5E7A09
 
 
@@ -56,7 +56,7 @@ class Symmetry:
         Raises:
             ConfigError: ``name`` is not one of the nine motions.
         """
-        if name != _UNCHANGED and not any(name in t or name in t.values() for t in (_TRANSPOSE, _REVERSE)):
+        if name not in CLASSES:
             raise ConfigError(f"label {name!r} is not a motion with a known mirror image")
         for on, table in ((self.transpose, _TRANSPOSE), (self.flip_x, _FLIP_X), (self.flip_y, _FLIP_Y),
                           (self.reverse, _REVERSE)):
@@ -93,6 +93,10 @@ class SymmetricClips(ClipDataset):
     @property
     def targets(self) -> list[int]:
         return self.base.targets
+
+    @property
+    def fixed_items(self) -> bool:
+        return False  # a new symmetry every epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

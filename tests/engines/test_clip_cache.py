@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from engines import synthetic
+from engines.augment import SymmetricClips
 from engines.checkpoint import load_checkpoint
 from engines.clip_cache import cache_clips, cache_path
 from engines.data import SyntheticClips
@@ -75,6 +76,8 @@ class _Payload:
 def test_data_sets_that_change_every_epoch_are_not_cached(tmp_path):
     with pytest.raises(ConfigError, match="same every epoch"):
         cache_clips(small(fresh=True), tmp_path)
+    with pytest.raises(ConfigError, match="same every epoch"):
+        cache_clips(SymmetricClips(small(), seed=0), tmp_path)  # a new symmetry every epoch
     assert not any(tmp_path.iterdir())
 
 

@@ -19,6 +19,7 @@ from pipeline.config import DEFAULT_ENDPOINT
 
 HELP = "profile per-frame latency of a running pipeline: percentiles per camera and stage, drops, loss"
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emim-stream profile``."""
     parser.add_argument(

@@ -23,6 +23,7 @@ from pipeline.subscribe import Received, Subscriber
 
 HELP = "print label/status messages of a running pipeline (ZeroMQ SUB)"
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emim-stream subscribe``."""
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"publisher endpoint (default {DEFAULT_ENDPOINT})")

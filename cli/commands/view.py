@@ -17,6 +17,7 @@ from pipeline.config import DEFAULT_ENDPOINT
 
 HELP = "serve the live view (previews, labels, events, state, latency chart) of a running pipeline in a browser"
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emim-stream view``."""
     parser.add_argument(

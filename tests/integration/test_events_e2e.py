@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 FPS, SEGMENT_S, STRIDE = 30, 4, 4
 CHANGE = FPS * SEGMENT_S  # first frame of the right segment
 # A scene the demo model labels steadily inside both segments: these tests check where events start and end, not
-# the model. (With the stage-5 weights, seeds 3 and 5 of 1-5 split the right segment in two: a 2-window flicker to
-# recede or rotate_ccw mid-segment ends the event; seeds 1, 2 and 4 give one event per segment.)
+# the model. (Seed 2 gives one event per segment with the stage-5 and stage-6 weights; with stage 5, seeds 3 and 5 of
+# 1-5 split the right segment in two: a 2-window flicker to recede or rotate_ccw mid-segment ends the event.)
 SEED = 2
 JITTER_NS = 20e6  # capture times of a paced camera vary by a few ms around n / fps
 

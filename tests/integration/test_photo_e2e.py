@@ -27,8 +27,8 @@ pytestmark = [
 
 FPS = 25
 SECONDS = 3
-# motion -> test-split clip index of the scene: a translation and a zoom (README, Demo model: 94% on the photo
-# test split). The model shipped before the photographic fine-tune (47%) fails here: it calls "up" recede.
+# motion -> test-split clip index of the scene: a translation and a zoom (the demo model's photographic figures:
+# README, Demo model). The model shipped before the photographic fine-tunes (47%) fails here: it calls "up" recede.
 MOTIONS = {"up": 12, "approach": 14}
 
 

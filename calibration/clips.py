@@ -1,18 +1,18 @@
 """Calibration clips: the prompts the engine sees at run time, collected into shards with a manifest.
 
 Calibration takes frames already prepared as the camera process prepares them (uint8 RGB
-``[H, W, 3]`` at the model's size, :func:`engines.transforms.fit_frame` with the camera's resize
+``[H, W, 3]`` at the model's size, :func:`emim_stream.engines.transforms.fit_frame` with the camera's resize
 method) and builds its clips of T+1 frames itself:
 
 - :func:`collect_from_frames`: consecutive frames of a source (``emim-stream calibrate`` opens the
   camera, file or stream and prepares each frame), one clip every ``stride`` frames (default T:
   clips share no prompt), as the runtime's clip window serves them;
-- :func:`collect_from_dataset`: one clip per item of a data set (:func:`engines.data.open_dataset`:
+- :func:`collect_from_dataset`: one clip per item of a data set (:func:`emim_stream.engines.data.datasets.open_dataset`:
   a class-per-folder directory, a list file or ``synthetic://?...``).
 
 A clip's T+1 frames are normalised as the runtime normalises them
-(:func:`engines.transforms.normalisation_for`) and turned into T prompts by the checkpoint's VMP
-layer (:class:`engines.layers.vmp.VmpLayer`), or are its last T normalised frames without one: the
+(:func:`emim_stream.engines.layers.vmp.normalisation_for`) and turned into T prompts by the checkpoint's VMP
+layer (:class:`emim_stream.engines.layers.vmp.VmpLayer`), or are its last T normalised frames without one: the
 values the runtime's streaming VMP stage gives the engine for the same frames.
 Clips are split into a calibration set and a held-out set (for the accuracy report) by
 interleaving, so both span the whole footage. A clips folder holds::
@@ -40,12 +40,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.errors import CalibrationError
-from engines.backends.source import ModelSource
-from engines.data import open_dataset
-from engines.files import atomic_write
-from engines.transforms import check_resize, normalisation_for, normalise
-from engines.uris import redact_uri
+from emim_stream.calibration.errors import CalibrationError
+from emim_stream.engines.backends.model_source import ModelSource
+from emim_stream.engines.data.datasets import open_dataset
+from emim_stream.engines.files import atomic_write
+from emim_stream.engines.layers.vmp import normalisation_for
+from emim_stream.engines.transforms import check_resize, normalise
+from emim_stream.engines.uris import redact_uri
 
 __all__ = [
     "FORMAT",
@@ -345,7 +346,8 @@ def collect_from_dataset(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> ClipManifest:
-    """Collect clips from a data set (:func:`engines.data.open_dataset` spec), each item's T+1 frames -> one clip.
+    """Collect clips from a data set (:func:`emim_stream.engines.data.datasets.open_dataset` spec), each item's T+1
+    frames -> one clip.
 
     Items are visited in a seeded random order; when more clips are wanted than the data set
     has items, it is visited again with the next epoch (videos: other random clip starts).

@@ -47,11 +47,11 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from engines.backends.base import QUANTIZED, Precision
-from engines.errors import CalibrationError
-from engines.export import INPUT_NAME, ExportReport, export_onnx, file_sha256
-from engines.files import atomic_write
-from engines.onnx_audit import check_onnx
+from emim_stream.engines.backends.base import QUANTIZED, Precision
+from emim_stream.engines.errors import CalibrationError
+from emim_stream.engines.export.onnx import INPUT_NAME, ExportReport, export_onnx, file_sha256
+from emim_stream.engines.export.onnx_audit import check_onnx
+from emim_stream.engines.files import atomic_write
 
 __all__ = [
     "DEFAULT_KEEP",
@@ -397,7 +397,7 @@ def qdq_parity(
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    from engines.errors import ExportError
+    from emim_stream.engines.errors import ExportError
 
     proto = onnx.load(os.fspath(path))
     graph = proto.graph

@@ -10,9 +10,9 @@ report compares with it the fake-quant torch model and, where ONNX Runtime runs 
 
 The gate: the artifact is deployable when every measured top-1 agreement reaches ``gate``
 (default 0.99: with 100 held-out clips, one disagreement is allowed). The Q/DQ graph also carries
-:func:`calibration.quantize.qdq_parity` figures (each pair against its torch quantiser).
+:func:`emim_stream.calibration.quantize.qdq_parity` figures (each pair against its torch quantiser).
 
-The verdict goes beside the Q/DQ ONNX as the record of :mod:`engines.deployability` (weights
+The verdict goes beside the Q/DQ ONNX as the record of :mod:`emim_stream.engines.export.deployability` (weights
 hash, ONNX hash, gate and figure), which the backends check before they use the graph.
 """
 
@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from engines import deployability
-from engines.errors import CalibrationError, ExportError
-from engines.export import run_onnxruntime
+from emim_stream.engines.errors import CalibrationError, ExportError
+from emim_stream.engines.export import deployability
+from emim_stream.engines.export.onnx import run_onnxruntime
 
 if TYPE_CHECKING:
-    from calibration.quantize import QdqParity
+    from emim_stream.calibration.quantize import QdqParity
 
 __all__ = [
     "DEFAULT_GATE",
@@ -132,7 +132,7 @@ class CalibrationReport:
     """Why the Q/DQ graph was not run in ONNX Runtime (None: it ran)."""
     onnxruntime_vs_fakequant: Agreement | None = None
     """The Q/DQ graph in ONNX Runtime against the fake-quant torch model (not gated: the two are
-    roundings of the same quantised network, see :mod:`calibration.quantize`)."""
+    roundings of the same quantised network, see :mod:`emim_stream.calibration.quantize`)."""
     qdq_parity: QdqParity | None = None
     details: dict[str, Any] = field(default_factory=dict)
     """Calibration facts for the record: clips, quantised layers, timings, versions."""
@@ -256,5 +256,6 @@ def onnxruntime_logits(
 def write_sidecar(
     onnx_path: str | os.PathLike[str], report: CalibrationReport, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Write the report's verdict beside the ONNX (:func:`engines.deployability.write_sidecar`) and return it."""
+    """Write the report's verdict beside the ONNX (:func:`emim_stream.engines.export.deployability.write_sidecar`)
+    and return it."""
     return deployability.write_sidecar(onnx_path, report.verdict, extra)

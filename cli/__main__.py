@@ -1,7 +1,7 @@
-"""``python -m cli``: the same as the ``emim-stream`` command."""
+"""``python -m emim_stream.cli``: the same as the ``emim-stream`` command."""
 
 import sys
 
-from cli.main import main
+from emim_stream.cli.main import main
 
 sys.exit(main())

@@ -1,8 +1,8 @@
 """``emim-stream``: the command-line entry point.
 
-Each sub-command lives in its own module under :mod:`cli.commands` and exposes
+Each sub-command lives in its own module under :mod:`emim_stream.cli.commands` and exposes
 ``HELP`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``. User errors
-(:class:`engines.errors.EmimError`) print one line and exit with the error's code; anything
+(:class:`emim_stream.engines.errors.EmimError`) print one line and exit with the error's code; anything
 else is a bug and keeps its traceback.
 """
 
@@ -13,9 +13,9 @@ import importlib
 import logging
 import sys
 
-from engines.errors import EmimError
+from emim_stream.engines.errors import EmimError
 
-# Sub-command name -> module under cli.commands. build_parser imports every one; each keeps its heavy
+# Sub-command name -> module under emim_stream.cli.commands. build_parser imports every one; each keeps its heavy
 # imports (torch, the engines) inside main() so that `--help` stays fast.
 COMMANDS: dict[str, str] = {
     "run": "run",
@@ -39,8 +39,8 @@ COMMANDS: dict[str, str] = {
     "import-weights": "import_weights",
 }
 
-# Loggers of this project; every other (third-party) logger is shown from WARNING up unless -v.
-OWN_LOGGERS = ("engines", "pipeline", "calibration", "cli")
+# Loggers of this project live under this name; every other (third-party) logger is shown from WARNING up unless -v.
+OWN_LOGGER = "emim_stream"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"cli.commands.{module_name}")
+        module = importlib.import_module(f"emim_stream.cli.commands.{module_name}")
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(_main=module.main)
@@ -69,7 +69,7 @@ def configure_logging(verbose: int) -> None:
 
 
 def _own_or_warning(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in OWN_LOGGERS
+    return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] == OWN_LOGGER
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,7 @@ class CalibrationError(EmimError):
 
     No or too few clips, clips of another shape or for another model, ModelOpt missing, a Q/DQ
     graph without the expected quantise/dequantise pairs, or an artifact that an engine refuses
-    (:mod:`engines.deployability`: made for other weights, changed, or below its accuracy gate).
+    (:mod:`emim_stream.engines.export.deployability`: made for other weights, changed, or below its accuracy gate).
     The message names the file, the figures and the fix.
     """
 

@@ -1,7 +1,7 @@
 """Frame preparation, written once: the resize method, fit (resize to cover + centre crop), normalisation.
 
-Training and evaluation (:mod:`engines.data`), calibration and the camera process
-(:mod:`pipeline.preprocess`) call these functions, so a model sees the same pixels and values in
+Training and evaluation (:mod:`emim_stream.engines.data.datasets`), calibration and the camera process
+(:mod:`emim_stream.pipeline.capture.preprocess`) call these functions, so a model sees the same pixels and values in
 training as at run time.
 
 The resize method is a setting because it dominates the camera-side cost (DESIGN.md: 1080p to
@@ -21,12 +21,10 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from engines.errors import ConfigError
+from emim_stream.engines.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
-
-    from engines.layers.vmp import VmpLayer
 
 __all__ = [
     "MEAN",
@@ -35,7 +33,6 @@ __all__ = [
     "ResizeMethod",
     "check_resize",
     "fit_frame",
-    "normalisation_for",
     "normalise",
 ]
 
@@ -136,14 +133,3 @@ def normalise(
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=dtype, device=x.device).reshape(shape)
     shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], dtype=dtype, device=x.device)
     return x.mul_(scale).sub_(shift.reshape(shape))
-
-
-def normalisation_for(vmp: VmpLayer | None) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """``(mean, std)`` per channel of the frames the VMP stage gets: the VMP layer's own, else :data:`MEAN`/:data:`STD`.
-
-    VMP de-normalises with its own scalars, so its frames must be normalised with them on every
-    channel; the runtime's VMP stage and calibration both take the normalisation from here.
-    """
-    if vmp is not None:
-        return (vmp.mean,) * 3, (vmp.std,) * 3
-    return (MEAN,) * 3, (STD,) * 3

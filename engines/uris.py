@@ -1,6 +1,7 @@
 """Source and data-set URIs, written once: credential redaction and the ``synthetic://?...`` query.
 
-The camera sources (:mod:`pipeline.sources`), the data sets (:mod:`engines.data`) and calibration
+The camera sources (:mod:`emim_stream.pipeline.capture.sources`), the data sets
+(:mod:`emim_stream.engines.data.datasets`) and calibration
 read the same URIs; a ``synthetic://?name=value&...`` URI is parsed by :class:`SyntheticQuery`
 for both the synthetic camera and the synthetic data set, each with its own parameter names.
 """
@@ -12,7 +13,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Sequence
 
-from engines.errors import ConfigError
+from emim_stream.engines.errors import ConfigError
 
 __all__ = ["MAX_SYNTHETIC_SIDE", "SYNTHETIC_SCHEME", "SYNTHETIC_SIZE", "SyntheticQuery", "is_synthetic", "redact_uri"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +22,21 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
-from engines.backends.base import EngineConfig
-from engines.errors import ConfigError
-from engines.transforms import ResizeMethod
-from engines.validation import closest_key, explain, path_text
+from emim_stream.engines.backends.base import EngineConfig
+from emim_stream.engines.errors import ConfigError
+from emim_stream.engines.transforms import ResizeMethod
+from emim_stream.engines.validation import closest_key, explain, path_text
+from emim_stream.pipeline.endpoints import port_problem
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "DEPRECATED_KEYS",
     "CameraConfig",
     "EventsConfig",
     "MetricsConfig",
     "MqttConfig",
-    "OutputConfig",
-    "OutputsConfig",
     "PipelineConfig",
+    "PostprocessConfig",
     "PublishConfig",
     "RecordConfig",
     "RingConfig",
@@ -47,6 +49,7 @@ __all__ = [
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 """The embedded default config, shipped in the package (``configs/default.yaml`` links to it)."""
+_LOG = logging.getLogger(__name__)
 
 
 class FieldError(ConfigError, ValueError):
@@ -167,8 +170,6 @@ class PublishConfig:
     def __post_init__(self) -> None:
         if "://" not in self.endpoint:
             raise FieldError("endpoint", f"must be a ZeroMQ endpoint like tcp://127.0.0.1:5556, got {self.endpoint!r}")
-        from pipeline.publish import port_problem  # here: camera processes load the config without ZeroMQ
-
         if self.endpoint.startswith("tcp://") and (problem := port_problem(self.endpoint.rpartition(":")[2])):
             raise FieldError("endpoint", f"{problem}, got {self.endpoint!r}")
         _check_range("send_hwm", self.send_hwm, 1, MAX_HWM)
@@ -179,8 +180,8 @@ class PublishConfig:
 
 
 @dataclass(frozen=True)
-class OutputConfig:
-    """What the ``run`` command shows and how labels are post-processed."""
+class PostprocessConfig:
+    """How window scores become published labels, and whether ``run`` prints them."""
 
     print_labels: bool = True
     """Print one line per published label message."""
@@ -213,7 +214,8 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class EventsConfig:
-    """Action events: per camera, a hysteresis state machine over the (smoothed) scores (pipeline/events.py)."""
+    """Action events: per camera, a hysteresis state machine over the (smoothed) scores
+    (pipeline/inference/events.py)."""
 
     enabled: bool = True
     """Publish ``events/<camera>/`` messages (and print them in ``run``)."""
@@ -241,7 +243,7 @@ MQTT_KINDS = ("event", "label", "status")
 
 @dataclass(frozen=True)
 class MqttConfig:
-    """The MQTT sink (pipeline/mqtt.py): messages to ``<prefix>/<box_id>/<camera>/<kind>`` on a broker."""
+    """The MQTT sink (pipeline/comms/mqtt.py): messages to ``<prefix>/<box_id>/<camera>/<kind>`` on a broker."""
 
     host: str | None = None
     """Broker host name or address; None = no MQTT sink."""
@@ -316,13 +318,6 @@ class MqttConfig:
             raise FieldError("queue_size", f"must be >= 1, got {self.queue_size}")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
             raise FieldError("reconnect_min_s", "must be > 0 and <= reconnect_max_s")
-
-
-@dataclass(frozen=True)
-class OutputsConfig:
-    """Outputs besides the ZeroMQ publisher."""
-
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
 
 @dataclass(frozen=True)
@@ -419,13 +414,13 @@ class PipelineConfig:
     ring: RingConfig = field(default_factory=RingConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     view: ViewConfig = field(default_factory=ViewConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
-    outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
     def __post_init__(self) -> None:
         if not self.cameras:
@@ -445,6 +440,10 @@ def config_hash(cfg: PipelineConfig) -> str:
     text = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
+
+DEPRECATED_KEYS: dict[tuple[str, ...], str] = {("output",): "postprocess", ("outputs", "mqtt"): "mqtt"}
+"""Old key path -> its new top-level section; the old names are read, with a warning, until version 0.3
+(CHANGELOG.md)."""
 
 _STRING_ONLY = ("id",)
 """Keys whose YAML numbers are refused rather than read as text (``id: 010`` would be camera ``8``)."""
@@ -513,6 +512,23 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
                 raise ConfigError(f"--set {key}: '{part}' is not a section")
 
 
+def _rename_deprecated(data: dict[str, Any]) -> None:
+    """Move sections given under a :data:`DEPRECATED_KEYS` name to their new name, with one warning each."""
+    for old, new in DEPRECATED_KEYS.items():
+        parent: Any = data
+        for part in old[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or old[-1] not in parent:
+            continue
+        old_name = ".".join(old)
+        if new in data:
+            raise ConfigError(f"both '{old_name}' (its old name) and '{new}' are set; keep '{new}'")
+        data[new] = parent.pop(old[-1])
+        if len(old) > 1 and not parent:
+            del data[old[0]]
+        _LOG.warning("config key '%s' is now '%s'; the old name is read until version 0.3", old_name, new)
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:
     """Read a YAML config (or start from defaults when ``path`` is None), apply overrides, validate.
 
@@ -536,6 +552,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Pipel
     for assignment in overrides:
         _apply_override(data, assignment)
     try:
+        _rename_deprecated(data)
         _check_keys(mi.type_info(PipelineConfig), data, [])
         return msgspec.convert(data, PipelineConfig)
     except msgspec.ValidationError as err:

@@ -1,8 +1,8 @@
-"""Errors of the streaming runtime, under :class:`engines.errors.EmimError`."""
+"""Errors of the streaming runtime, under :class:`emim_stream.engines.errors.EmimError`."""
 
 from __future__ import annotations
 
-from engines.errors import EmimError
+from emim_stream.engines.errors import EmimError
 
 
 class PipelineError(EmimError):

@@ -2,14 +2,15 @@
 
 ``run(cfg)`` builds each part from its config section and wires them in the order a frame travels::
 
-    CameraSupervisor: camera processes, one shared-memory ring each       pipeline.supervisor
-      -> CameraStream per camera: ring reader, VMP stage, clip window     pipeline.stream
-      -> Scheduler: ready windows, round-robin, up to the max batch       pipeline.scheduler
-      -> Engine.infer -> Postprocessor -> EventTracker                    pipeline.loop
-      -> Outputs: ZeroMQ PUB, MQTT sink, recorder, live-view previews     pipeline.outputs
-      -> LatencyRecorder, observers (Prometheus metrics, the callbacks)   pipeline.loop
+    CameraSupervisor: camera processes, one shared-memory ring each       emim_stream.pipeline.capture.supervisor
+      -> CameraStream per camera: ring reader, VMP stage, clip window     emim_stream.pipeline.inference.stream
+      -> Scheduler: ready windows, round-robin, up to the max batch       emim_stream.pipeline.inference.scheduler
+      -> Engine.infer -> Postprocessor -> EventTracker                    emim_stream.pipeline.inference.loop
+      -> Outputs: ZeroMQ PUB, MQTT sink, recorder, live-view previews     emim_stream.pipeline.outputs.dispatch
+      -> LatencyRecorder, observers (Prometheus metrics, the callbacks)   emim_stream.pipeline.inference.loop
 
-then runs :class:`pipeline.loop.InferenceLoop` until the duration passes, ``stop`` is set or every camera has
+then runs :class:`emim_stream.pipeline.inference.loop.InferenceLoop` until the duration passes, ``stop`` is set or
+every camera has
 ended, and reports what it did. Every part is closed on every exit path.
 """
 
@@ -21,22 +22,22 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from engines.backends import start_engine
-from engines.errors import ConfigError
-from pipeline.camera import CameraExit
-from pipeline.config import PipelineConfig, config_hash
-from pipeline.latency import LatencyRecorder
-from pipeline.loop import CallbackObserver, InferenceLoop, LoopSettings, Observer
-from pipeline.messages import EventMessage, LabelMessage
-from pipeline.metrics import Metrics
-from pipeline.mqtt import MqttSink
-from pipeline.outputs import Outputs
-from pipeline.preview import PreviewTap
-from pipeline.publish import CurveServer, Publisher, SlowSubscriberPolicy
-from pipeline.record import Recorder
-from pipeline.scheduler import Scheduler
-from pipeline.stream import build_stream
-from pipeline.supervisor import CameraSupervisor
+from emim_stream.engines.backends import start_engine
+from emim_stream.engines.errors import ConfigError
+from emim_stream.pipeline.capture.camera import CameraExit
+from emim_stream.pipeline.capture.supervisor import CameraSupervisor
+from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage
+from emim_stream.pipeline.comms.mqtt import MqttSink
+from emim_stream.pipeline.comms.publish import CurveServer, Publisher, SlowSubscriberPolicy
+from emim_stream.pipeline.config import PipelineConfig, config_hash
+from emim_stream.pipeline.inference.latency import LatencyRecorder
+from emim_stream.pipeline.inference.loop import CallbackObserver, InferenceLoop, LoopSettings, Observer
+from emim_stream.pipeline.inference.scheduler import Scheduler
+from emim_stream.pipeline.inference.stream import build_stream
+from emim_stream.pipeline.outputs.dispatch import Outputs
+from emim_stream.pipeline.outputs.metrics import Metrics
+from emim_stream.pipeline.outputs.preview import PreviewTap
+from emim_stream.pipeline.outputs.record import Recorder
 
 __all__ = ["RunReport", "run"]
 
@@ -58,7 +59,7 @@ class RunReport:
     """Cameras whose source cannot work (missing file, corrupt video, no such camera) -> why."""
     events: dict[str, int] = field(default_factory=dict)
     mqtt: dict | None = None
-    """The MQTT sink's final :meth:`pipeline.mqtt.MqttSink.stats` (None: no sink)."""
+    """The MQTT sink's final :meth:`emim_stream.pipeline.comms.mqtt.MqttSink.stats` (None: no sink)."""
 
 
 def run(
@@ -115,7 +116,7 @@ def run(
             metrics.watch_mqtt(outputs.mqtt)
         streams = [
             build_stream(
-                cam, cameras.cameras[cam.id].ring, engine, cfg.stride_of(cam), cfg.output, cfg.events, outputs.taps
+                cam, cameras.cameras[cam.id].ring, engine, cfg.stride_of(cam), cfg.postprocess, cfg.events, outputs.taps
             )
             for cam in cfg.cameras
         ]
@@ -184,9 +185,9 @@ def _metrics(cfg: PipelineConfig, resources: ExitStack) -> Metrics | None:
 
 
 def _mqtt(cfg: PipelineConfig, resources: ExitStack) -> MqttSink | None:
-    if cfg.outputs.mqtt.host is None:
+    if cfg.mqtt.host is None:
         return None
-    return resources.enter_context(MqttSink(cfg.outputs.mqtt))
+    return resources.enter_context(MqttSink(cfg.mqtt))
 
 
 def _preview_tap(cfg: PipelineConfig, resources: ExitStack) -> PreviewTap | None:

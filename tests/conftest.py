@@ -32,7 +32,7 @@ class WarmupRun:
     cache_dir: Path
     config: dict
     labels: list
-    """Every label message received, in order (pipeline.messages.LabelMessage)."""
+    """Every label message received, in order (emim_stream.pipeline.comms.messages.LabelMessage)."""
     output: str
     exit_code: int
     build_pid: int | None
@@ -40,8 +40,8 @@ class WarmupRun:
 
 
 def _run_until_swapped(root: Path) -> WarmupRun:
-    from pipeline.messages import LabelMessage
-    from pipeline.subscribe import Subscriber
+    from emim_stream.pipeline.comms.messages import LabelMessage
+    from emim_stream.pipeline.comms.subscribe import Subscriber
     from tests.integration.conftest import PipelineProcess, free_port
 
     cache = Path(os.environ["XDG_CACHE_HOME"]) / "emim-stream"  # the default plan cache of every run

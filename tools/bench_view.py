@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.subscribe import Subscriber  # noqa: E402
+from emim_stream.pipeline.comms.subscribe import Subscriber  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
@@ -50,7 +50,7 @@ def free_port() -> int:
 @contextmanager
 def pipeline(args: argparse.Namespace, endpoint: str, view_port: int | None) -> Iterator[subprocess.Popen]:
     """``emim-stream run`` in its own process group; SIGINT (then SIGKILL) on exit."""
-    command = [sys.executable, "-m", "cli", "run", "--quiet", "--set", f"publish.endpoint={endpoint}"]
+    command = [sys.executable, "-m", "emim_stream.cli", "run", "--quiet", "--set", f"publish.endpoint={endpoint}"]
     if args.config:
         command += ["--config", args.config]
     command += ["--view", str(view_port)] if view_port else ["--set", "view.preview_fps=0"]

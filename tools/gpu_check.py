@@ -285,6 +285,17 @@ def fetch_wheels(wheels: Path, python_version: str = "3.12") -> int:
     return rc
 
 
+def link_namespace(site: Path) -> None:
+    """Make this checkout importable as ``emim_stream.*`` from ``site`` without installing it (no build step).
+
+    The namespace folder holds one link per mapped top-level folder, as pyproject's ``package-dir`` maps them.
+    """
+    namespace = site / "emim_stream"
+    namespace.mkdir(parents=True, exist_ok=True)
+    for folder in ("engines", "pipeline", "calibration", "cli"):
+        (namespace / folder).symlink_to(ROOT / folder, target_is_directory=True)
+
+
 class Check:
     """One gpu-check run: steps, their results and the report files."""
 
@@ -293,6 +304,7 @@ class Check:
         self.start = time.monotonic()
         self.tmp = Path(tempfile.mkdtemp(prefix="gpu-check-"))
         self.site = self.tmp / "site"
+        link_namespace(self.site)
         self.env = {**os.environ, **plan.env, "PYTHONPATH": os.pathsep.join([str(self.site), str(ROOT)])}
         self.env["XDG_CACHE_HOME"] = str(self.tmp / "cache")  # a fresh plan cache: aoti builds are measured
         self.steps: list[Step] = []
@@ -364,7 +376,7 @@ class Check:
             )
         self.measure("env", [])
         self.versions = self.steps[-1].meta
-        self.step("doctor", self.python("-m", "cli", "doctor", *shlex.split(self.plan.doctor)))
+        self.step("doctor", self.python("-m", "emim_stream.cli", "doctor", *shlex.split(self.plan.doctor)))
         junit = self.tmp / "junit.xml"
         self.step(
             "pytest",

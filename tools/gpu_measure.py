@@ -7,8 +7,8 @@ rows it finished are kept. Sub-commands:
   kernel, precision and batch: per-clip p50/p90, clips/s, the ratio to the FLOP floor
   (MACs x 2 / peak), and each configuration's logit error and top-1 agreement against eager fp32
   with the reference kernel on the same clips (8 by default).
-- ``op``: :func:`engines.bench.bench_op` (what ``emim-stream bench --op`` runs) per dtype.
-- ``cameras``: :func:`pipeline.capacity.camera_capacity` (what ``emim-stream bench-cameras`` runs)
+- ``op``: :func:`emim_stream.engines.diagnostics.bench.bench_op` (what ``emim-stream bench --op`` runs) per dtype.
+- ``cameras``: :func:`emim_stream.pipeline.measure.capacity.camera_capacity` (what ``emim-stream bench-cameras`` runs)
   at each of the given camera counts (unlike ``bench-cameras``, it goes on after a count not sustained).
 
 Run from the repository root: ``python tools/gpu_measure.py table --out rows.jsonl ...``.
@@ -104,7 +104,7 @@ def env(args: argparse.Namespace, out: IO[str]) -> None:
             info["driver"] = subprocess.run(smi, capture_output=True, text=True, timeout=10).stdout.strip() or None
         except (OSError, subprocess.TimeoutExpired):
             info["driver"] = None
-    from cli.main import build_parser
+    from emim_stream.cli.main import build_parser
 
     build_parser()  # imports every command module: what the package needs at start-up
     emit(out, info)
@@ -113,9 +113,9 @@ def env(args: argparse.Namespace, out: IO[str]) -> None:
 def table(args: argparse.Namespace, out: IO[str]) -> None:
     import torch
 
-    from engines.backends import BACKENDS, Candidate, EngineConfig, open_backend
-    from engines.backends.source import load_source
-    from engines.flops import count_cost
+    from emim_stream.engines.backends import BACKENDS, Candidate, EngineConfig, open_backend
+    from emim_stream.engines.backends.model_source import load_source
+    from emim_stream.engines.diagnostics.flops import count_cost
 
     base = EngineConfig(
         model=args.model,
@@ -183,8 +183,8 @@ def _with_depths(source, name: str, depths: list[int], kernel: str):
     """``source`` with a seeded untrained ``name`` of other depths (a smaller graph: faster compiles)."""
     import torch
 
-    from engines.checkpoint import weights_sha256
-    from engines.models import build_model
+    from emim_stream.engines.checkpoints.io import weights_sha256
+    from emim_stream.engines.models import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -199,7 +199,7 @@ def _config_rows(opening, args: argparse.Namespace, clips, ref, floor_ms: float,
     Args:
         opening: a call that opens the engine (timed: an aoti build happens there).
     """
-    from engines.bench import bench_engine
+    from emim_stream.engines.diagnostics.bench import bench_engine
 
     t0 = time.perf_counter()
     with opening() as engine:
@@ -230,7 +230,7 @@ def _config_rows(opening, args: argparse.Namespace, clips, ref, floor_ms: float,
 def op(args: argparse.Namespace, out: IO[str]) -> None:
     import torch
 
-    from engines.bench import OP_LAYERS, OpLayer, bench_op
+    from emim_stream.engines.diagnostics.bench import OP_LAYERS, OpLayer, bench_op
 
     layers = (OpLayer("tiny", 2, 4, 5, 5, 16),) if args.tiny else OP_LAYERS
     device = torch.device(args.device)
@@ -265,8 +265,8 @@ def op(args: argparse.Namespace, out: IO[str]) -> None:
 def cameras(args: argparse.Namespace, out: IO[str]) -> None:
     import yaml
 
-    from pipeline.capacity import camera_capacity
-    from pipeline.config import load_config
+    from emim_stream.pipeline.config import load_config
+    from emim_stream.pipeline.measure.capacity import camera_capacity
 
     engine = {
         "backend": "torch",

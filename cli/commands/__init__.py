@@ -1,1 +1,1 @@
-"""One module per ``emim-stream`` sub-command (see :mod:`cli.main`)."""
+"""One module per ``emim-stream`` sub-command (see :mod:`emim_stream.cli.main`)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from cli.commands.engine_options import add_engine_arguments, engine_config_from_args
-from engines.backends.base import Backend, Precision
+from emim_stream.cli.commands.engine_options import add_engine_arguments, engine_config_from_args
+from emim_stream.engines.backends.base import Backend, Precision
 
 HELP = "benchmark backends (median / p90 per-clip latency, clips/s, MAC/s) or, with --op, the EMIM op kernels"
 
@@ -43,8 +43,8 @@ def _fmt(value: float, spec: str) -> str:
 def _main_op(args: argparse.Namespace) -> int:
     import torch
 
-    from engines.backends.torch_engine import DTYPES
-    from engines.bench import bench_op
+    from emim_stream.engines.backends.torch_engine import DTYPES
+    from emim_stream.engines.diagnostics.bench import bench_op
 
     if args.device in (None, "auto"):
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,8 +80,8 @@ def _main_op(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     if args.op:
         return _main_op(args)
-    from engines.bench import bench_backends
-    from engines.errors import ConfigError
+    from emim_stream.engines.diagnostics.bench import bench_backends
+    from emim_stream.engines.errors import ConfigError
 
     if not (args.model or args.checkpoint or args.config):
         raise ConfigError("bench needs --model NAME, --checkpoint FILE or --config FILE (or --op)")

@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 
-from cli.commands.common import add_config_argument, add_overrides_argument, config_path
+from emim_stream.cli.commands.common import add_config_argument, add_overrides_argument, config_path
 
 HELP = "run the pipeline at 1, 2, ... cameras; report the largest count sustained without drops or latency drift"
 
@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engines.errors import ConfigError
-    from pipeline.capacity import camera_capacity
-    from pipeline.config import load_config
+    from emim_stream.engines.errors import ConfigError
+    from emim_stream.pipeline.config import load_config
+    from emim_stream.pipeline.measure.capacity import camera_capacity
 
     if args.max_cameras < 1 or args.seconds < 3:
         raise ConfigError("--max-cameras must be >= 1 and --seconds >= 3")

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.benchmarks import frame_overhead, ring_throughput
+    from emim_stream.pipeline.measure.benchmarks import frame_overhead, ring_throughput
 
     print(f"per-frame overhead at {args.size}x{args.size}, median of {args.frames} frames, 1 thread (us):")
     print(f"{'T':>4} {'write':>8} {'read':>8} {'vmp':>8} {'window':>8} {'total':>8}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cli.commands.engine_options import add_engine_arguments, engine_config_from_args
-from engines.backends.base import Backend
+from emim_stream.cli.commands.engine_options import add_engine_arguments, engine_config_from_args
+from emim_stream.engines.backends.base import Backend
 
 HELP = "build a TensorRT plan or an aoti package ahead of time (cached by model, input, precision, toolkit, device)"
 
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from engines.backends import Candidate, open_backend
+    from emim_stream.engines.backends import Candidate, open_backend
 
     fixed = {"force_undeployable": True} if args.force else {}
     cfg = engine_config_from_args(args, backend=args.backend, **fixed)

@@ -10,9 +10,10 @@ Writes into ``--out DIR``::
 
 Exit status: 0 deployable, 1 calibrated but below the gate, others as any command's errors.
 
-The command composes the packages: it opens the source with :func:`pipeline.sources.open_source`,
-prepares every frame as the camera process does (:class:`pipeline.preprocess.Preprocessor`) and hands
-the frames to :func:`calibration.clips.collect_from_frames`, which never imports ``pipeline``.
+The command composes the packages: it opens the source with :func:`emim_stream.pipeline.capture.sources.open_source`,
+prepares every frame as the camera process does (:class:`emim_stream.pipeline.capture.preprocess.Preprocessor`) and
+hands
+the frames to :func:`emim_stream.calibration.clips.collect_from_frames`, which never imports ``pipeline``.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from cli.commands.common import Progress, add_overrides_argument
-from engines.backends.base import QUANTIZED, Precision
+from emim_stream.cli.commands.common import Progress, add_overrides_argument
+from emim_stream.engines.backends.base import QUANTIZED, Precision
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from calibration.clips import ClipManifest
-    from engines.backends.source import ModelSource
-    from pipeline.preprocess import Preprocessor
-    from pipeline.sources import FrameSource
+    from emim_stream.calibration.clips import ClipManifest
+    from emim_stream.engines.backends.model_source import ModelSource
+    from emim_stream.pipeline.capture.preprocess import Preprocessor
+    from emim_stream.pipeline.capture.sources import FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from calibration.errors import CalibrationError
+    from emim_stream.calibration.errors import CalibrationError
 
     if args.clips_from is None and (args.clips is None or args.clips < 1):
         raise CalibrationError("--clips N (>= 1) is needed to collect clips (or reuse a folder with --clips-from)")
@@ -111,16 +112,16 @@ def collect_from_source(
         uri: a source URI as in a camera config (file, ``rtsp://...``, USB index, ``synthetic://...``).
         read_timeout_s: live sources: how long a silent source may stall before it counts as lost.
         model, out_dir, calibration, held_out, resize, stride, progress: as
-            :func:`calibration.clips.collect_from_frames`.
+            :func:`emim_stream.calibration.clips.collect_from_frames`.
 
     Raises:
         CalibrationError: bad counts, or the source ended before the first calibration clip.
         SourceError: the source cannot be opened or is lost.
     """
-    from calibration.clips import collect_from_frames
-    from engines.uris import redact_uri
-    from pipeline.preprocess import Preprocessor
-    from pipeline.sources import open_source
+    from emim_stream.calibration.clips import collect_from_frames
+    from emim_stream.engines.uris import redact_uri
+    from emim_stream.pipeline.capture.preprocess import Preprocessor
+    from emim_stream.pipeline.capture.sources import open_source
 
     pre = Preprocessor(model.clip.height, model.clip.width, resize)
     source = redact_uri(uri)
@@ -141,7 +142,7 @@ def collect_from_source(
 
 def _prepared_frames(src: FrameSource, pre: Preprocessor, source: str) -> Iterator[np.ndarray]:
     """The frames of an open source, prepared; until it ends (a warning) or is lost (SourceError)."""
-    from pipeline.errors import EndOfStream
+    from emim_stream.pipeline.errors import EndOfStream
 
     count = 0
     while True:
@@ -163,9 +164,9 @@ def main(args: argparse.Namespace) -> int:
     import onnxruntime
     import torch
 
-    from calibration.clips import Split, collect_from_dataset, load_clips
-    from calibration.errors import CalibrationError
-    from calibration.quantize import (
+    from emim_stream.calibration.clips import Split, collect_from_dataset, load_clips
+    from emim_stream.calibration.errors import CalibrationError
+    from emim_stream.calibration.quantize import (
         DEFAULT_KEEP,
         export_qdq_onnx,
         import_modelopt,
@@ -173,9 +174,9 @@ def main(args: argparse.Namespace) -> int:
         qdq_parity,
         quantize_model,
     )
-    from calibration.report import build_report, infer_logits, onnxruntime_logits, write_sidecar
-    from engines.backends.source import load_source
-    from pipeline.config import load_config
+    from emim_stream.calibration.report import build_report, infer_logits, onnxruntime_logits, write_sidecar
+    from emim_stream.engines.backends.model_source import load_source
+    from emim_stream.pipeline.config import load_config
 
     _check_args(args)
     cfg = load_config(args.config, args.overrides)

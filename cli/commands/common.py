@@ -1,6 +1,6 @@
 """Options and helpers several commands share: the pipeline config and its overrides, CURVE client keys, progress.
 
-Not a command itself (:data:`cli.main.COMMANDS` does not list it).
+Not a command itself (:data:`emim_stream.cli.main.COMMANDS` does not list it).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from engines.errors import ConfigError
-from pipeline.config import DEFAULT_CONFIG
-from pipeline.keys import CurveClient
+from emim_stream.engines.errors import ConfigError
+from emim_stream.pipeline.comms.curve import CurveClient
+from emim_stream.pipeline.config import DEFAULT_CONFIG
 
 __all__ = [
     "Progress",
@@ -47,7 +47,7 @@ def config_label(args: argparse.Namespace) -> str:
 
 
 def add_overrides_argument(parser: argparse.ArgumentParser, example: str | None = None) -> None:
-    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``, for :func:`pipeline.config.load_config`.
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``, for :func:`emim_stream.pipeline.config.load_config`.
 
     Args:
         example: an override shown in the help, e.g. ``engine.backend=torch``.

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from engines.errors import ConfigError
-from pipeline.config import DEFAULT_CONFIG
+from emim_stream.engines.errors import ConfigError
+from emim_stream.pipeline.config import DEFAULT_CONFIG
 
 HELP = "print the embedded default config (show) or write a copy to edit (init [PATH])"
 

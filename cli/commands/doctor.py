@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.commands.engine_options import add_engine_arguments, engine_config_from_args
+from emim_stream.cli.commands.engine_options import add_engine_arguments, engine_config_from_args
 
 HELP = "report CPU/GPU, CUDA, TensorRT, NATTEN, ONNX Runtime, and the backend/kernel a config would get"
 
@@ -19,9 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engines.backends.openers import cache_dir
-    from engines.doctor import environment, selection
-    from pipeline.config import DEFAULT_CONFIG
+    from emim_stream.engines.backends.candidate import cache_dir
+    from emim_stream.engines.diagnostics.doctor import environment, selection
+    from emim_stream.pipeline.config import DEFAULT_CONFIG
 
     if args.config is None:  # what `emim-stream run` and `make run` use
         args.config = str(DEFAULT_CONFIG)
@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _report_stale_rings(clean: bool) -> None:
     """The ``[shared memory]`` section: rings left in /dev/shm by runs whose owner process is gone."""
-    from pipeline.ring import SHM_DIR, reclaim_stale_rings, stale_rings
+    from emim_stream.pipeline.capture.ring import SHM_DIR, reclaim_stale_rings, stale_rings
 
     stale = reclaim_stale_rings() if clean else stale_rings()
     listed = ", ".join(f"{SHM_DIR}/{n}" for n in stale) or "none"

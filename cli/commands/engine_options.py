@@ -1,13 +1,13 @@
 """The engine options that ``build-engine``, ``bench`` and ``doctor`` share: they fill an EngineConfig.
 
-Not a command itself (:data:`cli.main.COMMANDS` does not list it).
+Not a command itself (:data:`emim_stream.cli.main.COMMANDS` does not list it).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from engines.backends.base import Backend, EngineConfig, Precision, read_engine_section
+from emim_stream.engines.backends.base import Backend, EngineConfig, Precision, read_engine_section
 
 __all__ = ["add_engine_arguments", "engine_config_from_args"]
 

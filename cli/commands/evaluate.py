@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from cli.commands.common import Progress
-from engines.transforms import RESIZE_METHODS
+from emim_stream.cli.commands.common import Progress
+from emim_stream.engines.transforms import RESIZE_METHODS
 
 HELP = "evaluate a checkpoint on held-out clips: top-1, per-class accuracy, confusion matrix"
 
@@ -30,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from engines.checkpoint import load_checkpoint
-    from engines.data import open_dataset
-    from engines.evaluate import evaluate
+    from emim_stream.engines.checkpoints.io import load_checkpoint
+    from emim_stream.engines.data.datasets import open_dataset
+    from emim_stream.engines.training.evaluate import evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)

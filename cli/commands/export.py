@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.commands.common import Progress
+from emim_stream.cli.commands.common import Progress
 
 HELP = "export a checkpoint or model to ONNX (standard ops only), audit its ops, verify with ONNX Runtime"
 
@@ -41,10 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from engines.backends import EngineConfig
-    from engines.backends.source import load_source
-    from engines.errors import ExportError
-    from engines.export import DEFAULT_OPSET, export_onnx, verify_onnx
+    from emim_stream.engines.backends import EngineConfig
+    from emim_stream.engines.backends.model_source import load_source
+    from emim_stream.engines.errors import ExportError
+    from emim_stream.engines.export.onnx import DEFAULT_OPSET, export_onnx, verify_onnx
 
     cfg = EngineConfig(
         checkpoint=args.checkpoint, model=args.model, frames=args.frames, height=args.size, width=args.size

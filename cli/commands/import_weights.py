@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Import, report how the keys fitted, and say how to use the result; exit 0."""
-    from engines.import_weights import import_weights
+    from emim_stream.engines.checkpoints.import_weights import import_weights
 
     result = import_weights(args.src, args.model, args.labels, args.out, args.frames, args.size)
     clip = result.clip

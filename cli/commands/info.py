@@ -17,10 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engines.checkpoint import load_checkpoint
-    from engines.flops import count_cost
-    from engines.layers.blocks import EmimAttention
-    from engines.models import build_model, get_model_cfg
+    from emim_stream.engines.checkpoints.io import load_checkpoint
+    from emim_stream.engines.diagnostics.flops import count_cost
+    from emim_stream.engines.layers.blocks import EmimAttention
+    from emim_stream.engines.models import build_model, get_model_cfg
 
     if args.checkpoint:
         ck = load_checkpoint(args.checkpoint)

@@ -1,14 +1,14 @@
 """``emim-stream keys``: write a CURVE key pair for the publisher (``--name server``) or a subscriber.
 
 Writes ``DIR/NAME.key`` (public, 0644) and ``DIR/NAME.key_secret`` (secret, 0600) in pyzmq's certificate format
-(see :mod:`pipeline.keys`) and prints where each file goes.
+(see :mod:`emim_stream.pipeline.comms.curve`) and prints where each file goes.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pipeline.keys import PUBLIC_SUFFIX, SECRET_SUFFIX, load_public_key, write_key_pair
+from emim_stream.pipeline.comms.curve import PUBLIC_SUFFIX, SECRET_SUFFIX, load_public_key, write_key_pair
 
 HELP = "write a CURVE key pair (publisher: --name server; one per subscriber: --name NAME)"
 

@@ -1,7 +1,8 @@
 """``emim-stream profile``: per-camera, per-stage latency percentiles of a running pipeline (or relay).
 
 Subscribes for ``--duration`` seconds (or until Ctrl-C / SIGTERM), then prints the windows/s, drops, lost
-messages and the latency table; ``--json`` writes the report (structure in :mod:`pipeline.profile`), ``--plot``
+messages and the latency table; ``--json`` writes the report (structure in
+:mod:`emim_stream.pipeline.measure.profile`), ``--plot``
 a PNG (needs the ``plot`` extra, matplotlib).
 """
 
@@ -14,8 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
-from cli.commands.common import add_curve_arguments, curve_client, curve_hint
-from pipeline.config import DEFAULT_ENDPOINT
+from emim_stream.cli.commands.common import add_curve_arguments, curve_client, curve_hint
+from emim_stream.pipeline.config import DEFAULT_ENDPOINT
 
 HELP = "profile per-frame latency of a running pipeline: percentiles per camera and stage, drops, loss"
 
@@ -45,8 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Profile, print the report, write ``--json``/``--plot``; exit 0, or 1 when no label arrived."""
-    from pipeline.errors import PipelineError
-    from pipeline.profile import DEFAULT_TOPICS, format_report, plot_profile, profile, require_matplotlib
+    from emim_stream.pipeline.errors import PipelineError
+    from emim_stream.pipeline.measure.profile import (
+        DEFAULT_TOPICS,
+        format_report,
+        plot_profile,
+        profile,
+        require_matplotlib,
+    )
 
     if args.duration is not None and args.duration <= 0:
         raise PipelineError(f"--duration must be > 0 seconds, got {args.duration}")

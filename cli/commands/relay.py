@@ -1,6 +1,7 @@
 """``emim-stream relay``: merge several pipelines' label/status streams behind one endpoint.
 
-Runs ZeroMQ's XSUB/XPUB proxy (:class:`pipeline.relay.Relay`) until Ctrl-C or SIGTERM, then prints how much
+Runs ZeroMQ's XSUB/XPUB proxy (:class:`emim_stream.pipeline.comms.relay.Relay`) until Ctrl-C or SIGTERM, then prints
+how much
 it relayed. Subscribers (``emim-stream subscribe``/``profile``) connect to ``--listen``.
 """
 
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Relay until SIGINT/SIGTERM; exit 0 on a signal, 1 if the proxy stopped on its own."""
-    from pipeline.relay import Relay
+    from emim_stream.pipeline.comms.relay import Relay
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}

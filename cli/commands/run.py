@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 
-from cli.commands.common import add_config_argument, add_overrides_argument, config_path
+from emim_stream.cli.commands.common import add_config_argument, add_overrides_argument, config_path
 
 HELP = (
     "run the pipeline on a config: cameras -> VMP -> EMIM engine -> ZeroMQ labels "
@@ -87,11 +87,11 @@ def _format_event(msg) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from pipeline.errors import SourceError
-    from pipeline.latency import format_table
-    from pipeline.runtime import run
-    from pipeline.view.server import ViewProcess
+    from emim_stream.pipeline.config import load_config
+    from emim_stream.pipeline.errors import SourceError
+    from emim_stream.pipeline.inference.latency import format_table
+    from emim_stream.pipeline.runtime import run
+    from emim_stream.pipeline.view.server import ViewProcess
 
     overrides = list(args.overrides)
     if args.view is not None:
@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    show = cfg.output.print_labels and not args.quiet
+    show = cfg.postprocess.print_labels and not args.quiet
 
     accuracy = Accuracy()
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import psutil
 
-from cli.commands.common import add_config_argument, add_overrides_argument, config_label, config_path
+from emim_stream.cli.commands.common import add_config_argument, add_overrides_argument, config_label, config_path
 
 HELP = (
     "run the pipeline for M minutes; report RSS growth and p99 latency of the first and last minute "
@@ -50,8 +50,8 @@ def _tree_rss_mib() -> float:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from pipeline.runtime import run
+    from emim_stream.pipeline.config import load_config
+    from emim_stream.pipeline.runtime import run
 
     cfg = load_config(config_path(args), args.overrides)
     stop = threading.Event()

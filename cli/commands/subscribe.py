@@ -15,11 +15,18 @@ import sys
 from contextlib import AbstractContextManager, nullcontext
 from typing import TextIO
 
-from cli.commands.common import add_curve_arguments, curve_client, curve_hint
-from pipeline.config import DEFAULT_ENDPOINT
-from pipeline.errors import PipelineError
-from pipeline.messages import EventMessage, LabelMessage, MessageError, PreviewMessage, StatusMessage, parse_payload
-from pipeline.subscribe import Received, Subscriber
+from emim_stream.cli.commands.common import add_curve_arguments, curve_client, curve_hint
+from emim_stream.pipeline.comms.messages import (
+    EventMessage,
+    LabelMessage,
+    MessageError,
+    PreviewMessage,
+    StatusMessage,
+    parse_payload,
+)
+from emim_stream.pipeline.comms.subscribe import Received, Subscriber
+from emim_stream.pipeline.config import DEFAULT_ENDPOINT
+from emim_stream.pipeline.errors import PipelineError
 
 HELP = "print label/status messages of a running pipeline (ZeroMQ SUB)"
 

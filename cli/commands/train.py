@@ -9,9 +9,9 @@ import sys
 import threading
 from pathlib import Path
 
-from cli.commands.common import Progress
-from engines.errors import ConfigError
-from engines.transforms import RESIZE_METHODS
+from emim_stream.cli.commands.common import Progress
+from emim_stream.engines.errors import ConfigError
+from emim_stream.engines.transforms import RESIZE_METHODS
 
 HELP = "train or fine-tune a model on synthetic clips, a class-per-folder video set or a list file"
 
@@ -99,7 +99,7 @@ def _cache_folder(text: str | None) -> Path | None:
         return None
     if text:
         return Path(text)
-    from engines.backends.plan_cache import default_cache_dir
+    from emim_stream.engines.backends.engine_cache import default_cache_dir
 
     return default_cache_dir() / "clips"
 
@@ -119,7 +119,7 @@ def _value(text: str) -> object:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from engines.train import TrainConfig, TrainInterrupted, train
+    from emim_stream.engines.training.train import TrainConfig, TrainInterrupted, train
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,8 +12,8 @@ import argparse
 import signal
 import threading
 
-from cli.commands.common import add_curve_arguments, curve_client
-from pipeline.config import DEFAULT_ENDPOINT
+from emim_stream.cli.commands.common import add_curve_arguments, curve_client
+from emim_stream.pipeline.config import DEFAULT_ENDPOINT
 
 HELP = "serve the live view (previews, labels, events, state, latency chart) of a running pipeline in a browser"
 
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; exit 0."""
-    from pipeline.view.server import ViewServer, parse_listen, resolve_token
+    from emim_stream.pipeline.view.server import ViewServer, parse_listen, resolve_token
 
     host, port = parse_listen(args.listen)
     token = resolve_token(host, args.allow_remote, args.token_file)

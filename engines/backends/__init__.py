@@ -1,8 +1,8 @@
-"""Inference backends behind one :class:`~engines.backends.base.Engine` interface.
+"""Inference backends behind one :class:`~emim_stream.engines.backends.base.Engine` interface.
 
-- :mod:`engines.backends.base`: the contract (``EngineConfig``, ``Engine``, ``Backend``, ``Precision``);
-- :mod:`engines.backends.openers`: how each backend opens, and its availability checks;
-- :mod:`engines.backends.select`: the selection policy (the fallback chain, ``load_engine``,
+- :mod:`emim_stream.engines.backends.base`: the contract (``EngineConfig``, ``Engine``, ``Backend``, ``Precision``);
+- :mod:`emim_stream.engines.backends.openers`: how each backend opens, and its availability checks;
+- :mod:`emim_stream.engines.backends.select`: the selection policy (the fallback chain, ``load_engine``,
   ``start_engine``);
 - one module per backend (``torch_engine``, ``aoti_engine``, ``ort_engine``, ``trt_engine``) and
   the plan cache they share (``plan_cache``).
@@ -12,9 +12,10 @@ The package imports nothing heavy; backends are imported when chosen.
 
 from __future__ import annotations
 
-from engines.backends.base import Backend, Engine, EngineConfig, EngineInfo, InputSpec, Precision
-from engines.backends.openers import BACKENDS, Candidate, cache_dir, check_backend, open_backend
-from engines.backends.select import fallback_chain, load_engine, start_engine
+from emim_stream.engines.backends.base import Backend, Engine, EngineConfig, EngineInfo, InputSpec, Precision
+from emim_stream.engines.backends.candidate import Candidate, cache_dir, check_backend
+from emim_stream.engines.backends.openers import BACKENDS, open_backend
+from emim_stream.engines.backends.select import fallback_chain, load_engine, start_engine
 
 __all__ = [
     "BACKENDS",

@@ -8,14 +8,14 @@ CUDA GPUs), with no TensorRT. The VMP stage stays in the pipeline, as for every 
   with batch 1, export specialises the batch to 1), then
   ``torch._inductor.aoti_compile_and_package``. On 2 CPU cores the demo model takes ~10 s to
   export and ~100-130 s to compile; progress is logged every few seconds.
-- Cache: :mod:`engines.backends.plan_cache`, beside the TensorRT plans, keyed by :class:`AotiKey`
+- Cache: :mod:`emim_stream.engines.backends.engine_cache`, beside the TensorRT plans, keyed by :class:`AotiKey`
   (weights hash, model code, input spec, batch range, precision, EMIM kernel, torch version,
   device kind, GPU name and compute capability or the CPU's vector ISA), with a JSON sidecar. A
   package for another torch or device, or a corrupt / truncated one, is rebuilt with a log line.
 - Run: ``torch._inductor.aoti_load_package`` (milliseconds for a cached package); ``infer`` calls
   it with the batch as it comes (any size up to max_batch).
 - Warm-up (DESIGN "Warm-up"): :class:`BackgroundBuild` builds a missing package in a spawned
-  process while another engine serves; :func:`engines.backends.select.start_engine` uses it.
+  process while another engine serves; :func:`emim_stream.engines.backends.select.start_engine` uses it.
 """
 
 from __future__ import annotations
@@ -40,16 +40,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from engines.backends.base import EngineBase, EngineInfo, InputSpec, Precision, check_clips
-from engines.backends.plan_cache import CacheKey, PlanCache, load_or_build
-from engines.backends.source import ModelSource
-from engines.backends.torch_engine import DTYPES, apply_kernel
-from engines.errors import BackendUnavailableError, EmimError
-from engines.layers.neighborhood import choose_kernel
+from emim_stream.engines.backends.base import EngineBase, EngineInfo, InputSpec, Precision, check_clips
+from emim_stream.engines.backends.candidate import cache_dir, check_backend
+from emim_stream.engines.backends.engine_cache import CacheKey, EngineCache, load_or_build
+from emim_stream.engines.backends.model_source import ModelSource
+from emim_stream.engines.backends.torch_engine import DTYPES, apply_kernel
+from emim_stream.engines.errors import BackendUnavailableError, EmimError
+from emim_stream.engines.layers.neighborhood import choose_kernel
 
 if TYPE_CHECKING:
-    from engines.backends.base import EngineConfig
-    from engines.backends.openers import Candidate
+    from emim_stream.engines.backends.base import EngineConfig
+    from emim_stream.engines.backends.candidate import Candidate
 
 __all__ = [
     "AotiEngine",
@@ -216,7 +217,7 @@ class NotBuiltError(BackendUnavailableError):
     """No valid cached package, and the engine was opened with ``build=False``."""
 
 
-def _previous_build_s(cache: PlanCache, key: AotiKey) -> float | None:
+def _previous_build_s(cache: EngineCache, key: AotiKey) -> float | None:
     """Build time recorded by the newest sidecar of a package of the same model (any key)."""
     for sidecar in sorted(cache.root.glob(f"{key.prefix}*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
@@ -262,7 +263,7 @@ class AotiEngine(EngineBase):
         device: torch.device,
         precision: str,
         max_batch: int,
-        cache: PlanCache,
+        cache: EngineCache,
         kernel: str = "auto",
         threads: int = 0,
         build: bool = True,
@@ -323,10 +324,8 @@ class AotiEngine(EngineBase):
 
 def open_aoti(source: ModelSource, cfg: EngineConfig, step: Candidate, build: bool = True) -> AotiEngine:
     """The ``aoti`` opener of the fallback chain (``build=False``: load a cached package or fail)."""
-    from engines.backends.openers import cache_dir, check_backend
-
     device = check_backend(cfg, step)
-    cache = PlanCache(cache_dir(cfg))
+    cache = EngineCache(cache_dir(cfg))
     return AotiEngine(source, device, step.precision, cfg.max_batch, cache, cfg.kernel, cfg.threads, build)
 
 
@@ -342,7 +341,7 @@ def _build_main(cfg: EngineConfig, step: Candidate, conn: Connection, parent_pid
 
     threading.Thread(target=watch_parent, name="aoti-parent-watch", daemon=True).start()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [aoti build] %(name)s: %(message)s")
-    from engines.backends.source import load_source
+    from emim_stream.engines.backends.model_source import load_source
 
     try:
         with open_aoti(load_source(cfg), cfg, step):

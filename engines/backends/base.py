@@ -2,7 +2,7 @@
 
 An engine classifies batches of clips (the VMP prompts, already normalised) on its own device:
 ``infer(clips [B, 3, T, H, W]) -> logits [B, classes]`` (float32). Backends: ``torch`` (CPU/CUDA),
-``aoti``, ``onnxruntime`` and ``tensorrt``; :func:`engines.backends.select.load_engine` picks one
+``aoti``, ``onnxruntime`` and ``tensorrt``; :func:`emim_stream.engines.backends.select.load_engine` picks one
 from an :class:`EngineConfig` and falls back in a stated order.
 
 This module imports neither torch nor any backend (the pipeline config embeds
@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-from engines.errors import ConfigError
-from engines.validation import closest_key, explain
+from emim_stream.engines.errors import ConfigError
+from emim_stream.engines.validation import closest_key, explain
 
 if TYPE_CHECKING:
     import torch
 
-    from engines.layers.vmp import VmpLayer
+    from emim_stream.engines.layers.vmp import VmpLayer
 
 __all__ = [
     "QUANTIZED",
@@ -209,7 +209,7 @@ class EngineInfo:
     precision: str
     device: str
     checkpoint_sha256: str
-    """Content hash of the weights (engines.checkpoint.weights_sha256)."""
+    """Content hash of the weights (emim_stream.engines.checkpoints.io.weights_sha256)."""
     model_name: str
     weights: str
     """Where the weights came from: a checkpoint path, or 'untrained <name> (seed 0)'."""

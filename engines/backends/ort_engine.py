@@ -1,6 +1,6 @@
 """The onnxruntime backend: the exported graph in ONNX Runtime (CPU; the CUDA provider where present).
 
-The graph is the one :func:`engines.export.export_onnx` writes (cached by weights hash, clip and
+The graph is the one :func:`emim_stream.engines.export.onnx.export_onnx` writes (cached by weights hash, clip and
 precision), or a ready ONNX from ``engine.onnx``. Input and output cross as torch tensors; on the
 CUDA provider they stay on the GPU (IO binding).
 """
@@ -14,10 +14,11 @@ from types import ModuleType
 
 import torch
 
-from engines.backends.base import EngineBase, EngineInfo, Precision, check_clips
-from engines.backends.source import ModelSource
-from engines.errors import BackendUnavailableError
-from engines.export import DEFAULT_OPSET, export_onnx, onnx_input_spec
+from emim_stream.engines.backends.base import EngineBase, EngineInfo, Precision, check_clips
+from emim_stream.engines.backends.model_source import ModelSource
+from emim_stream.engines.backends.onnx_input import onnx_input_spec
+from emim_stream.engines.errors import BackendUnavailableError
+from emim_stream.engines.export.onnx import DEFAULT_OPSET, export_onnx
 
 __all__ = ["OrtEngine", "cached_onnx", "cuda_provider_present", "import_onnxruntime", "providers_for"]
 
@@ -69,7 +70,7 @@ def cached_onnx(source: ModelSource, cache_dir: Path, half: bool) -> Path:
     """The exported graph of ``source`` in ``cache_dir``, exporting it on first use.
 
     The file name carries the weights hash, clip and dtype, so a changed checkpoint or clip gets
-    its own file. Export failures surface as :class:`~engines.errors.ExportError`.
+    its own file. Export failures surface as :class:`~emim_stream.engines.errors.ExportError`.
     """
     clip = source.clip
     dtype = "fp16" if half else "fp32"

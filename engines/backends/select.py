@@ -10,7 +10,7 @@ fixed order, logging one line per decision with the reason:
 - ``torch``: torch on CUDA -> torch on the CPU (``device: cpu``: the CPU only)
 - ``onnxruntime``: onnxruntime -> torch on CUDA -> torch on the CPU
 
-Only :class:`~engines.errors.BackendUnavailableError` moves the chain on (not installed, no GPU,
+Only :class:`~emim_stream.engines.errors.BackendUnavailableError` moves the chain on (not installed, no GPU,
 an op TensorRT's parser lacks, a failed build); any other error is a real one and propagates.
 Precision follows each step: torch and aoti have no int8/fp8 path (they run fp16 on CUDA, fp32 on
 the CPU), and a CPU fallback runs fp32 unless bf16 was asked for.
@@ -25,13 +25,14 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from engines.backends.base import Backend, Engine, EngineConfig, Precision
-from engines.backends.openers import BACKENDS, Candidate, Opener
-from engines.errors import BackendUnavailableError
+from emim_stream.engines.backends.base import Backend, Engine, EngineConfig, Precision
+from emim_stream.engines.backends.candidate import Candidate
+from emim_stream.engines.backends.openers import BACKENDS, Opener
+from emim_stream.engines.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
-    from engines.backends.aoti_engine import BackgroundBuild
-    from engines.backends.source import ModelSource
+    from emim_stream.engines.backends.aoti_engine import BackgroundBuild
+    from emim_stream.engines.backends.model_source import ModelSource
 
 __all__ = ["fallback_chain", "load_engine", "start_engine"]
 
@@ -104,7 +105,7 @@ def load_engine(
         ConfigError, CheckpointError, KernelUnavailableError: the config or checkpoint is wrong.
         CalibrationError: ``engine.onnx`` is a calibrated graph the engine must refuse.
     """
-    from engines.backends.source import load_source
+    from emim_stream.engines.backends.model_source import load_source
 
     source = source or load_source(cfg)
     chain = fallback_chain(cfg)
@@ -139,8 +140,8 @@ def start_engine(cfg: EngineConfig, source: ModelSource | None = None) -> tuple[
     Raises:
         As :func:`load_engine` (a background build already started is ended first).
     """
-    from engines.backends.aoti_engine import BackgroundBuild, NotBuiltError, cpp_compiler, open_aoti
-    from engines.backends.source import load_source
+    from emim_stream.engines.backends.aoti_engine import BackgroundBuild, NotBuiltError, cpp_compiler, open_aoti
+    from emim_stream.engines.backends.model_source import load_source
 
     source = source or load_source(cfg)
     last = fallback_chain(cfg)[-1]

@@ -12,11 +12,11 @@ import logging
 
 import torch
 
-from engines.backends.base import EngineBase, EngineInfo, InputSpec, Precision, check_clips
-from engines.backends.source import ModelSource
-from engines.errors import BackendUnavailableError
-from engines.layers.blocks import EmimAttention
-from engines.layers.neighborhood import choose_kernel
+from emim_stream.engines.backends.base import EngineBase, EngineInfo, InputSpec, Precision, check_clips
+from emim_stream.engines.backends.model_source import ModelSource
+from emim_stream.engines.errors import BackendUnavailableError
+from emim_stream.engines.layers.blocks import EmimAttention
+from emim_stream.engines.layers.neighborhood import choose_kernel
 
 __all__ = ["DTYPES", "TorchEngine", "apply_kernel", "cuda_device"]
 

@@ -4,14 +4,14 @@
   FP8 from a ModelOpt Q/DQ graph, built with no precision flags, which TensorRT 11 removed);
   ``OnnxParser.parse_from_file``; one optimisation profile over the batch (1, max, max); a timing
   cache per TensorRT version and GPU; progress reported through ``IProgressMonitor``.
-- Cache: :mod:`engines.backends.plan_cache` (key = ONNX hash, input spec, precision, TensorRT
+- Cache: :mod:`emim_stream.engines.backends.engine_cache` (key = ONNX hash, input spec, precision, TensorRT
   version, GPU name, compute capability; JSON sidecar; mismatched or corrupt plans are rebuilt).
 - Run: torch tensors bound by address, ``execute_async_v3`` on a side stream; optionally a CUDA
   graph of the enqueue for the current batch size (re-captured when the batch size changes, as
   one execution context's shapes and addresses are baked into a graph).
 
 ``import tensorrt`` happens only in :func:`import_tensorrt`: without TensorRT every other
-backend works, and the glue here is tested with fakes (tests/engines/test_trt_glue.py).
+backend works, and the glue here is tested with fakes (tests/engines/backends/test_trt_glue.py).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from engines.backends.base import EngineBase, EngineInfo, InputSpec, Precision, check_clips
-from engines.backends.plan_cache import PlanCache, PlanKey, load_or_build
-from engines.backends.source import ModelSource
-from engines.errors import BackendUnavailableError, ExportError
+from emim_stream.engines.backends.base import EngineBase, EngineInfo, InputSpec, Precision, check_clips
+from emim_stream.engines.backends.engine_cache import EngineCache, PlanKey, load_or_build
+from emim_stream.engines.backends.model_source import ModelSource
+from emim_stream.engines.errors import BackendUnavailableError, ExportError
 
 __all__ = ["MIN_TENSORRT", "TrtEngine", "build_plan", "import_tensorrt", "plan_key", "tensorrt_version"]
 
@@ -188,12 +188,13 @@ class TrtEngine(EngineBase):
         device: torch.device,
         precision: str,
         max_batch: int,
-        cache: PlanCache,
+        cache: EngineCache,
         cuda_graphs: bool = False,
         workspace_gib: float = 4.0,
     ) -> None:
-        from engines.export import file_sha256, onnx_input_spec
-        from engines.onnx_audit import check_onnx
+        from emim_stream.engines.backends.onnx_input import onnx_input_spec
+        from emim_stream.engines.export.onnx import file_sha256
+        from emim_stream.engines.export.onnx_audit import check_onnx
 
         trt = import_tensorrt()
         if device.type != "cuda":

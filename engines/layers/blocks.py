@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.layers.neighborhood import WINDOW, emim_neighborhood, resolve_kernel
+from emim_stream.engines.layers.neighborhood import WINDOW, emim_neighborhood, resolve_kernel
 
 __all__ = [
     "Attention",

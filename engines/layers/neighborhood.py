@@ -12,14 +12,13 @@ computes the context for only 32 channels per head; we compute the full head wid
 Kernels (one function, interchangeable implementations, each tested against a float64
 loop-over-positions reference):
 
-- ``reference``: portable PyTorch. The window is walked as 49 shifted slices of the padded
-  key/value maps, each a vectorised product over all positions at once (no Python loop over
-  positions; 49 static slices export to ONNX as plain Slice/Mul/ReduceSum, which TensorRT
-  compiles with native layers). MODEL_SPEC measured this shape of kernel at ~34 ms per stage-3
-  layer on 2 CPU cores against ~570 ms for an ``unfold`` version, which materialises 49 copies
-  of K and V.
+- ``reference``: portable PyTorch (:mod:`emim_stream.engines.layers.neighborhood_reference`). The window is
+  walked as 49 shifted slices of the padded key/value maps, each a vectorised product over all positions at
+  once (no Python loop over positions; 49 static slices export to ONNX as plain Slice/Mul/ReduceSum, which
+  TensorRT compiles with native layers). MODEL_SPEC measured this shape of kernel at ~34 ms per stage-3 layer
+  on 2 CPU cores against ~570 ms for an ``unfold`` version, which materialises 49 copies of K and V.
 - ``triton``: one fused Triton kernel (logits + rpb + online softmax + context) registered as the
-  op ``emim::neighborhood`` (:mod:`engines.layers.neighborhood_triton`), present when Triton is
+  op ``emim::neighborhood`` (:mod:`emim_stream.engines.layers.neighborhood_triton`), present when Triton is
   installed. It runs on CUDA GPUs, and on the CPU only under Triton's interpreter (tests).
 
 ``auto`` resolves per device (:func:`choose_kernel`): ``triton`` on a CUDA device when Triton is
@@ -31,13 +30,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from engines.errors import KernelUnavailableError
-
-WINDOW = 7
-PAD = WINDOW // 2
-PAD_VALUE = 1e-6
+from emim_stream.engines.errors import KernelUnavailableError
+from emim_stream.engines.layers.neighborhood_reference import PAD, PAD_VALUE, WINDOW, reference_kernel
 
 __all__ = [
     "KERNELS",
@@ -68,41 +63,17 @@ def pair_frames(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torc
     return q[:, :, :-1], k[:, :, 1:], v[:, :, 1:]
 
 
-def _pad(x: torch.Tensor) -> torch.Tensor:
-    """Pad the H and W dims of ``[..., H, W, d]`` by PAD with the constant PAD_VALUE."""
-    return F.pad(x, (0, 0, PAD, PAD, PAD, PAD), value=PAD_VALUE)
-
-
-def _reference_kernel(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Portable kernel on paired frames: q, k, v ``[B, h, T', H, W, d]`` -> (A, F)."""
-    H, W = q.shape[3], q.shape[4]
-    q = q * scale
-    k_pad, v_pad = _pad(k), _pad(v)
-    logits = [(q * k_pad[:, :, :, dy : dy + H, dx : dx + W, :]).sum(-1) for dy in range(WINDOW) for dx in range(WINDOW)]
-    attn = torch.stack(logits, dim=-1) + rpb.reshape(1, -1, 1, 1, 1, WINDOW * WINDOW).to(q.dtype)
-    softmax_dtype = torch.promote_types(attn.dtype, torch.float32)  # fp16/bf16 logits: softmax in fp32
-    weights = torch.softmax(attn.to(softmax_dtype), dim=-1).to(v.dtype)
-    context = None
-    for p in range(WINDOW * WINDOW):
-        dy, dx = divmod(p, WINDOW)
-        term = weights[..., p : p + 1] * v_pad[:, :, :, dy : dy + H, dx : dx + W, :]
-        context = term if context is None else context + term
-    return attn, context
-
-
 KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, ...]]
 
 # Kernel name -> implementation; ``triton`` is added at the end of this module when Triton is installed.
-KERNELS: dict[str, KernelFn] = {"reference": _reference_kernel}
+KERNELS: dict[str, KernelFn] = {"reference": reference_kernel}
 
 
 def _runs_on(name: str, device: torch.device) -> str | None:
     """Why kernel ``name`` cannot run on ``device`` (None: it can)."""
     if name != "triton" or device.type == "cuda":
         return None
-    from engines.layers.neighborhood_triton import interpreted
+    from emim_stream.engines.layers.neighborhood_triton import interpreted
 
     if device.type == "cpu" and interpreted():
         return None
@@ -176,8 +147,8 @@ def emim_neighborhood(
     return attn, context
 
 
-try:  # the fused kernel registers when Triton is installed (it imports this module's constants)
-    from engines.layers.neighborhood_triton import triton_kernel
+try:  # the fused kernel registers when Triton is installed
+    from emim_stream.engines.layers.neighborhood_triton import triton_kernel
 except ImportError:
     pass
 else:

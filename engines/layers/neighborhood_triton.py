@@ -28,7 +28,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 from triton import knobs
 
-from engines.layers.neighborhood import PAD, PAD_VALUE, WINDOW, _reference_kernel
+from emim_stream.engines.layers.neighborhood_reference import PAD, PAD_VALUE, WINDOW, reference_kernel
 
 __all__ = ["BLOCK_P", "OP_NAME", "interpreted", "triton_kernel"]
 
@@ -167,7 +167,7 @@ if not interpreted():
     @emim_neighborhood_fused.register_kernel("cpu")
     def _cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor, scale: float):
         """CPU tensors without the interpreter: the reference kernel's maths (same contract)."""
-        return _reference_kernel(q, k, v, rpb, scale)
+        return reference_kernel(q, k, v, rpb, scale)
 
 
 def triton_kernel(

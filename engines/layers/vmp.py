@@ -9,7 +9,7 @@ Deviation from the released code (MODEL_SPEC "Decision (grey weights)"): the gre
 the standard RGB ones (0.299, 0.587, 0.114) by default, and a setting.
 
 The maths lives once, in :func:`grey_level`, :func:`attention_from_grey` and :func:`motion_prompt`;
-the batch layer and the live streaming stage (pipeline.vmp_stage, which computes each frame's grey
+the batch layer and the live streaming stage (emim_stream.pipeline.inference.vmp_stage, which computes each frame's grey
 level once and keeps it for the next step) both call them, so a streamed window equals the batch
 layer on the same T+1 raw frames.
 """
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from engines.transforms import MEAN, STD
+from emim_stream.engines.transforms import MEAN, STD
 
 ALPHA, BETA, GAMMA, EPS = 5.0, 0.45, 0.6, 0.1
 RGB_GREY = (0.299, 0.587, 0.114)
@@ -33,6 +33,7 @@ __all__ = [
     "grey_level",
     "motion_attention",
     "motion_prompt",
+    "normalisation_for",
     "slope_shift",
 ]
 
@@ -142,3 +143,14 @@ class VmpLayer(nn.Module):
     def settings(self) -> dict[str, object]:
         """What a checkpoint stores beside ``m``/``n`` to rebuild this layer."""
         return {"grey_weights": [float(w) for w in self.grey.tolist()], "mean": self.mean, "std": self.std}
+
+
+def normalisation_for(vmp: VmpLayer | None) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(mean, std)`` per channel of the frames the VMP stage gets: the VMP layer's own, else ``MEAN`` / ``STD``.
+
+    VMP de-normalises with its own scalars, so its frames must be normalised with them on every
+    channel; the runtime's VMP stage and calibration both take the normalisation from here.
+    """
+    if vmp is not None:
+        return (vmp.mean,) * 3, (vmp.std,) * 3
+    return (MEAN,) * 3, (STD,) * 3

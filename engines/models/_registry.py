@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from engines.errors import UnknownModelError
+from emim_stream.engines.errors import UnknownModelError
 
 __all__ = ["ModelCfg", "build_model", "get_model_cfg", "list_models", "register_model"]
 

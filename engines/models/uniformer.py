@@ -20,10 +20,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from engines.errors import ConfigError
-from engines.layers.blocks import CBlock, EmimAttention, PatchEmbed3d, SABlock
-from engines.models._registry import ModelCfg, register_cfgs, register_model
-from engines.synthetic import CLASSES as SYNTHETIC_CLASSES
+from emim_stream.engines.data.classes import SYNTHETIC_CLASSES
+from emim_stream.engines.errors import ConfigError
+from emim_stream.engines.layers.blocks import CBlock, EmimAttention, PatchEmbed3d, SABlock
+from emim_stream.engines.models._registry import ModelCfg, register_cfgs, register_model
 
 __all__ = ["Uniformer"]
 
@@ -135,18 +135,6 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapt a public UniFormer/EMIM state dict to ``model`` (pure: no loading).
-
-    Unwraps ``model`` / ``model_state`` / ``state_dict``, strips ``module.``, and inflates 2-D
-    ImageNet conv weights to 3-D (MODEL_SPEC section 1, "Loading pretrained weights"). EMIM
-    parameters absent from the source are not invented; they keep their init.
-    """
-    from engines.checkpoint import inflate_2d_to_3d, unwrap_state_dict
-
-    return inflate_2d_to_3d(unwrap_state_dict(state_dict), model.state_dict())[0]
 
 
 _PAPER_UNIFORMER = "arXiv:2201.04676"

@@ -1,7 +1,7 @@
 """The live view's HTTP server: the page, its static files and a Server-Sent Events stream of camera updates.
 
 :class:`ViewServer` subscribes to a pipeline (or relay) for ``labels/``, ``status/``, ``events/`` and ``preview/``
-messages, keeps a :class:`~pipeline.view.state.ViewState`, and serves with the standard library's
+messages, keeps a :class:`~emim_stream.pipeline.view.state.ViewState`, and serves with the standard library's
 ``ThreadingHTTPServer`` (a thread per connection; the page needs a handful):
 
 - ``GET /`` the page, ``GET /static/<file>`` its scripts and styles (uPlot is vendored, nothing comes from a CDN);
@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from engines.errors import ConfigError, EmimError
-from pipeline.config import PipelineConfig
-from pipeline.errors import PublishError
-from pipeline.keys import CurveClient
-from pipeline.publish import _is_loopback
-from pipeline.subscribe import Subscriber
-from pipeline.view.state import ViewState
+from emim_stream.engines.errors import ConfigError, EmimError
+from emim_stream.pipeline.comms.curve import CurveClient
+from emim_stream.pipeline.comms.subscribe import Subscriber
+from emim_stream.pipeline.config import PipelineConfig
+from emim_stream.pipeline.endpoints import is_loopback
+from emim_stream.pipeline.errors import PublishError
+from emim_stream.pipeline.view.state import ViewState
 
 __all__ = ["TOPICS", "ViewProcess", "ViewServer", "parse_listen", "resolve_token"]
 
@@ -77,7 +77,7 @@ def resolve_token(host: str, allow_remote: bool, token_file: str | None) -> str 
     Raises:
         ConfigError: a non-loopback ``host`` without ``allow_remote``, or an unreadable or empty token file.
     """
-    remote = not _is_loopback(host)
+    remote = not is_loopback(host)
     if remote and not allow_remote:
         raise ConfigError(
             f"view host {host!r} is not a loopback address; binding it exposes the cameras' pictures to the "
@@ -213,11 +213,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _host_allowed(self) -> bool:
         """On a loopback bind, only loopback names in Host (a rebound DNS name must not reach the page)."""
-        if not _is_loopback(self.server.view.host):
+        if not is_loopback(self.server.view.host):
             return True
         host = self.headers.get("Host", "")
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return _is_loopback(name)
+        return is_loopback(name)
 
     def _authorised(self) -> bool:
         token = self.server.view.token.encode()
@@ -311,7 +311,7 @@ class ViewServer:
         self.idle_timeout_s = idle_timeout_s
         self.state = ViewState()
         self.stopping = threading.Event()
-        static = resources.files("pipeline.view") / "static"
+        static = resources.files("emim_stream.pipeline.view") / "static"
         self.files = {name: (static / name).read_bytes() for name in [*_STATIC, "index.html"]}
         self._subscriber = Subscriber(endpoint, TOPICS, timeout_s=0.25, max_msg_bytes=16 << 20, curve=curve)
         try:
@@ -345,7 +345,7 @@ class ViewServer:
         for thread in self._threads:
             thread.start()
         _log.info("live view of %s on %s", self.endpoint, self.url)
-        if not _is_loopback(self.host):
+        if not is_loopback(self.host):
             _log.warning("the live view is served over plain HTTP on %s: use a TLS proxy across networks", self.url)
         return self
 

@@ -24,9 +24,9 @@ import pytest
 import torch
 import yaml
 
-from calibration import CalibrationError
-from calibration.clips import Split, load_clips
-from calibration.quantize import (
+from emim_stream.calibration import CalibrationError
+from emim_stream.calibration.clips import Split, load_clips
+from emim_stream.calibration.quantize import (
     DEFAULT_KEEP,
     audit_qdq,
     check_qdq,
@@ -35,16 +35,16 @@ from calibration.quantize import (
     quantizable_modules,
     quantize_model,
 )
-from calibration.report import build_report, infer_logits
-from cli import main as cli
-from cli.commands.calibrate import collect_from_source
-from engines.backends import load_engine
-from engines.backends.base import EngineConfig
-from engines.backends.source import load_source
-from engines.checkpoint import ClipSpec, save_checkpoint
-from engines.deployability import check_deployable
-from engines.export import run_onnxruntime
-from engines.models import build_model
+from emim_stream.calibration.report import build_report, infer_logits
+from emim_stream.cli import main as cli
+from emim_stream.cli.commands.calibrate import collect_from_source
+from emim_stream.engines.backends import load_engine
+from emim_stream.engines.backends.base import EngineConfig
+from emim_stream.engines.backends.model_source import load_source
+from emim_stream.engines.checkpoints.io import ClipSpec, save_checkpoint
+from emim_stream.engines.export.deployability import check_deployable
+from emim_stream.engines.export.onnx import run_onnxruntime
+from emim_stream.engines.models import build_model
 
 pytest.importorskip("modelopt.torch.quantization", reason="calibration needs nvidia-modelopt (the quant extra)")
 

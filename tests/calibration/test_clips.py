@@ -1,7 +1,8 @@
 """Calibration clips: the runtime's prompts from real sources and videos, shards + manifest, clear refusals.
 
-Sources are read the calibrate command's way (:func:`cli.commands.calibrate.collect_from_source`: open_source,
-the camera's Preprocessor, then :func:`calibration.clips.collect_from_frames`).
+Sources are read the calibrate command's way (:func:`emim_stream.cli.commands.calibrate.collect_from_source`:
+open_source,
+the camera's Preprocessor, then :func:`emim_stream.calibration.clips.collect_from_frames`).
 """
 
 from __future__ import annotations
@@ -16,18 +17,25 @@ import numpy as np
 import pytest
 import torch
 
-from calibration import clips as clips_module
-from calibration.clips import MANIFEST, Split, clip_windows, collect_from_dataset, collect_from_frames, load_clips
-from calibration.errors import CalibrationError
-from cli.commands.calibrate import collect_from_source
-from engines.backends.base import EngineConfig
-from engines.backends.source import ModelSource, load_source
-from engines.layers.vmp import VmpLayer
-from engines.transforms import ResizeMethod, normalisation_for
-from pipeline.preprocess import Preprocessor
-from pipeline.sources import SyntheticSource
-from pipeline.vmp_stage import VmpStage
-from pipeline.window import ClipWindow
+from emim_stream.calibration import clips as clips_module
+from emim_stream.calibration.clips import (
+    MANIFEST,
+    Split,
+    clip_windows,
+    collect_from_dataset,
+    collect_from_frames,
+    load_clips,
+)
+from emim_stream.calibration.errors import CalibrationError
+from emim_stream.cli.commands.calibrate import collect_from_source
+from emim_stream.engines.backends.base import EngineConfig
+from emim_stream.engines.backends.model_source import ModelSource, load_source
+from emim_stream.engines.layers.vmp import VmpLayer, normalisation_for
+from emim_stream.engines.transforms import ResizeMethod
+from emim_stream.pipeline.capture.preprocess import Preprocessor
+from emim_stream.pipeline.capture.sources import SyntheticSource
+from emim_stream.pipeline.inference.vmp_stage import VmpStage
+from emim_stream.pipeline.inference.window import ClipWindow
 
 T, SIZE = 4, 64
 URI = "synthetic://?seed=3&size=80x64&segment_s=1"

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from calibration import CalibrationError
-from calibration.report import build_report, compare_logits, write_sidecar
-from engines.deployability import check_deployable, read_sidecar, sidecar_path
+from emim_stream.calibration import CalibrationError
+from emim_stream.calibration.report import build_report, compare_logits, write_sidecar
+from emim_stream.engines.export.deployability import check_deployable, read_sidecar, sidecar_path
 
 LABELS = ("a", "b", "c", "d", "e", "f")
 HASH = "ab" * 32

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.files import atomic_write
+from emim_stream.engines.files import atomic_write
 
 
 def test_atomic_write_replaces_the_target(tmp_path: Path) -> None:

@@ -1,13 +1,20 @@
-"""engines.transforms: the resize-method check, fit_frame's crop geometry, the runtime's normalisation."""
+"""emim_stream.engines.transforms: the resize-method check, fit_frame's crop geometry, the runtime's normalisation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engines.errors import ConfigError
-from engines.layers.vmp import VmpLayer
-from engines.transforms import MEAN, RESIZE_METHODS, STD, ResizeMethod, check_resize, fit_frame, normalisation_for
+from emim_stream.engines.errors import ConfigError
+from emim_stream.engines.layers.vmp import VmpLayer, normalisation_for
+from emim_stream.engines.transforms import (
+    MEAN,
+    RESIZE_METHODS,
+    STD,
+    ResizeMethod,
+    check_resize,
+    fit_frame,
+)
 
 
 def test_check_resize_takes_names_and_members_and_names_the_field():

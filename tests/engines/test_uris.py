@@ -1,13 +1,13 @@
-"""engines.uris: credential redaction and the one synthetic:// query parser (camera and data set)."""
+"""emim_stream.engines.uris: credential redaction and the one synthetic:// query parser (camera and data set)."""
 
 from __future__ import annotations
 
 import pytest
 
-from engines.data import open_dataset
-from engines.errors import ConfigError
-from engines.uris import SyntheticQuery, is_synthetic, redact_uri
-from pipeline.sources import SyntheticSource
+from emim_stream.engines.data.datasets import open_dataset
+from emim_stream.engines.errors import ConfigError
+from emim_stream.engines.uris import SyntheticQuery, is_synthetic, redact_uri
+from emim_stream.pipeline.capture.sources import SyntheticSource
 
 KNOWN = ("seed", "size", "rate", "name")
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import msgspec
 import pytest
 
-from engines.validation import closest_key, explain, path_text
+from emim_stream.engines.validation import closest_key, explain, path_text
 
 
 class Mode(str, enum.Enum):

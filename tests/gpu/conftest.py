@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines.backends import BACKENDS, Candidate, Engine, EngineConfig, open_backend
-from engines.backends.source import ModelSource, load_source
+from emim_stream.engines.backends import BACKENDS, Candidate, Engine, EngineConfig, open_backend
+from emim_stream.engines.backends.model_source import ModelSource, load_source
 from tests.integration.conftest import pipeline_factory  # noqa: F401 - the end-to-end tests' fixture
 
 CUDA = torch.cuda.is_available()

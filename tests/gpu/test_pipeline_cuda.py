@@ -10,9 +10,9 @@ import collections
 import pytest
 import yaml
 
-from pipeline import vmp_stage
-from pipeline.config import load_config
-from pipeline.runtime import run
+from emim_stream.pipeline.config import load_config
+from emim_stream.pipeline.inference import vmp_stage
+from emim_stream.pipeline.runtime import run
 from tests.gpu.conftest import GPU
 from tests.integration.conftest import free_port, shm_segments
 from tests.integration.test_pipeline_e2e import check_label_stream, collect
@@ -65,7 +65,7 @@ def test_vmp_prompts_are_computed_on_the_gpu(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump(cuda_config(free_port())))
     before = shm_segments()
     labels: collections.Counter[str] = collections.Counter()
-    cfg = load_config(path, ["output.print_labels=false"])
+    cfg = load_config(path, ["postprocess.print_labels=false"])
     report = run(cfg, 8.0, on_label=lambda m: labels.update([m.camera_id]))
     assert set(labels) == set(CAMERAS) and min(labels.values()) >= 10, labels
     assert devices["cuda"] >= 4 * 30 and set(devices) == {"cuda"}, devices

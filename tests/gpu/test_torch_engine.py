@@ -11,10 +11,10 @@ import dataclasses
 import pytest
 import torch
 
-from engines.backends import EngineConfig
-from engines.backends.source import load_source
-from engines.data import SyntheticClips
-from engines.transforms import normalise
+from emim_stream.engines.backends import EngineConfig
+from emim_stream.engines.backends.model_source import load_source
+from emim_stream.engines.data.datasets import SyntheticClips
+from emim_stream.engines.transforms import normalise
 from tests.gpu.conftest import GPU, open_engine, random_clips, rel_err
 
 pytestmark = GPU

@@ -1,7 +1,7 @@
 """The fused Triton EMIM kernel on CUDA against the float64 reference, at EMIM-S's sizes and odd ones.
 
 The reference is the ``reference`` kernel in float64 (itself checked against a loop over positions in
-tests/engines/test_neighborhood.py) on the same inputs the Triton kernel sees, upcast: the errors below
+tests/engines/layers/test_neighborhood.py) on the same inputs the Triton kernel sees, upcast: the errors below
 are the kernel's own arithmetic, relative to the reference's largest magnitude. Bounds: fp32 1e-5;
 fp16 2e-3 (logits) / 5e-3 (context); bf16 1e-2 / 2e-2 (8-bit mantissa outputs).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines.layers.neighborhood import KERNELS, WINDOW, emim_neighborhood
+from emim_stream.engines.layers.neighborhood import KERNELS, WINDOW, emim_neighborhood
 from tests.gpu.conftest import GPU, rel_err
 
 pytestmark = GPU

@@ -50,7 +50,7 @@ class PipelineProcess:
     def __init__(self, tmp_path: Path, config: dict, duration: float | None = None, extra: tuple[str, ...] = ()):
         self.config_path = tmp_path / "pipeline.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        args = [sys.executable, "-m", "cli", "run", "--config", str(self.config_path), *extra]
+        args = [sys.executable, "-m", "emim_stream.cli", "run", "--config", str(self.config_path), *extra]
         if duration is not None:
             args += ["--duration", str(duration)]
         self.log = open(tmp_path / "run.log", "w+")  # noqa: SIM115 - closed in stop()

@@ -10,17 +10,17 @@ import time
 import pytest
 import torch
 
-from engines.backends import load_engine
-from engines.backends.base import EngineConfig
-from pipeline.config import EventsConfig
-from pipeline.events import EventTracker, WindowSpan
-from pipeline.messages import EventMessage, LabelMessage
-from pipeline.postprocess import Postprocessor
-from pipeline.preprocess import Preprocessor
-from pipeline.sources import SyntheticSource
-from pipeline.subscribe import Subscriber
-from pipeline.vmp_stage import VmpStage
-from pipeline.window import ClipWindow
+from emim_stream.engines.backends import load_engine
+from emim_stream.engines.backends.base import EngineConfig
+from emim_stream.pipeline.capture.preprocess import Preprocessor
+from emim_stream.pipeline.capture.sources import SyntheticSource
+from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage
+from emim_stream.pipeline.comms.subscribe import Subscriber
+from emim_stream.pipeline.config import EventsConfig
+from emim_stream.pipeline.inference.events import EventTracker, WindowSpan
+from emim_stream.pipeline.inference.postprocess import Postprocessor
+from emim_stream.pipeline.inference.vmp_stage import VmpStage
+from emim_stream.pipeline.inference.window import ClipWindow
 from tests.integration.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
     # a second reader, the subscribe command on events/ only, started first: its imports do not compete with the
     # pipeline near the first change (ZeroMQ connects once the pipeline binds)
     cli = subprocess.Popen(
-        [sys.executable, "-m", "cli", "subscribe", "--endpoint", endpoint, "--topic", "events/",
+        [sys.executable, "-m", "emim_stream.cli", "subscribe", "--endpoint", endpoint, "--topic", "events/",
          "--count", "2", "--timeout", "180"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -148,7 +148,7 @@ def test_event_boundaries_of_the_demo_model_frame_by_frame():
 
 def test_event_config_out_of_range_exits_2_naming_the_field():
     done = subprocess.run(
-        [sys.executable, "-m", "cli", "run", "--set", "events.exit=0.9", "--duration", "1"],
+        [sys.executable, "-m", "emim_stream.cli", "run", "--set", "events.exit=0.9", "--duration", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2

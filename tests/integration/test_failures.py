@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline.messages import LabelMessage, StatusMessage
-from pipeline.subscribe import Subscriber
+from emim_stream.pipeline.comms.messages import LabelMessage, StatusMessage
+from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, engine_section, free_port
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def base_config(port: int, source: str, **camera) -> dict:
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "emim_stream.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 

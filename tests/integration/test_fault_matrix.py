@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.subscribe import Subscriber
+from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, engine_section, free_port
 
 pytestmark = [
@@ -131,7 +131,7 @@ def config_for(state: str, port: int, video: Path) -> dict:
         "cameras": [camera, live] if state == "ended" else [camera],
         "engine": engine_section(),
         "window": {"stride": 4},
-        "output": {"print_labels": False},
+        "postprocess": {"print_labels": False},
         "publish": {"endpoint": f"tcp://127.0.0.1:{port}", "heartbeat_s": 0.2},
         "supervisor": {"restart_backoff_s": 0.2, "restart_backoff_max_s": 1.0},
     }
@@ -146,7 +146,7 @@ class Run:
         self.log = tmp_path / f"{name}.log"
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli", "run", "--config", str(cfg_path), *extra],
+                [sys.executable, "-m", "emim_stream.cli", "run", "--config", str(cfg_path), *extra],
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,

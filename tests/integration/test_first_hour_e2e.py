@@ -15,11 +15,11 @@ import cv2
 import pytest
 import yaml
 
-from engines.synthetic import render_clip
-from pipeline.config import DEFAULT_CONFIG
-from pipeline.messages import LabelMessage
-from pipeline.sources import SyntheticSource
-from pipeline.subscribe import Subscriber
+from emim_stream.engines.data.synthetic import render_clip
+from emim_stream.pipeline.capture.sources import SyntheticSource
+from emim_stream.pipeline.comms.messages import LabelMessage
+from emim_stream.pipeline.comms.subscribe import Subscriber
+from emim_stream.pipeline.config import DEFAULT_CONFIG
 from tests.integration.conftest import ROOT, engine_section, free_port, shm_segments
 
 pytestmark = pytest.mark.slow
@@ -128,7 +128,7 @@ def test_video_file_with_a_sidecar_carries_the_truth(tmp_path, pipeline_factory)
 def test_ctrl_c_in_train_saves_and_prints_the_resume_command(tmp_path):
     out = tmp_path / "ck.pt"
     argv = [
-        sys.executable, "-m", "cli", "train", "--model", "emim_xs", "--data", "synthetic://?split=train&n=16",
+        sys.executable, "-m", "emim_stream.cli", "train", "--model", "emim_xs", "--data", "synthetic://?split=train&n=16",
         "--val-n", "0", "--epochs", "1", "--size", "32", "--frames", "4", "--batch-size", "2", "--threads", "1",
         "--log-every", "1", "--out", str(out),
     ]  # fmt: skip
@@ -153,7 +153,7 @@ def test_ctrl_c_in_train_saves_and_prints_the_resume_command(tmp_path):
     resume = shlex.split(match[2])
     assert resume[0] == "emim-stream" and resume[-1] == "--resume"
     done = subprocess.run(
-        [sys.executable, "-m", "cli", *resume[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "emim_stream.cli", *resume[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.is_file() and not Path(match[1]).exists()

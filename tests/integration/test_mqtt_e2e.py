@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.messages import StatusMessage
-from pipeline.subscribe import Subscriber
+from emim_stream.pipeline.comms.messages import StatusMessage
+from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import engine_section, free_port
 from tests.mqtt_broker import MISSING, Recorder
 
@@ -33,12 +33,10 @@ def test_broker_outage_mid_run_drops_exactly_what_the_subscriber_missed(pipeline
         "publish": {"endpoint": endpoint, "heartbeat_s": 0.5},
         "metrics": {"port": 0},
         "events": {"enter": 0.3, "exit": 0.2, "min_windows": 1},
-        "outputs": {
-            "mqtt": {
-                "host": "127.0.0.1", "port": broker.port, "box_id": "box1", "prefix": "fleet",
-                "kinds": ["label", "status", "event"], "qos": 1, "queue_size": 10,
-                "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
-            }
+        "mqtt": {
+            "host": "127.0.0.1", "port": broker.port, "box_id": "box1", "prefix": "fleet",
+            "kinds": ["label", "status", "event"], "qos": 1, "queue_size": 10,
+            "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
         },
     }  # fmt: skip
     zmq_seen: set[tuple[str, str, int]] = set()

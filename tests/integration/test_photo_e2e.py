@@ -15,8 +15,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from engines.synthetic import SyntheticScene, clip_seed
-from pipeline.messages import LabelMessage
+from emim_stream.engines.data.synthetic import SyntheticScene, clip_seed
+from emim_stream.pipeline.comms.messages import LabelMessage
 from tests.integration.conftest import free_port
 from tests.integration.test_pipeline_e2e import collect
 

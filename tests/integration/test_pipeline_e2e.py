@@ -16,8 +16,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.messages import LabelMessage, StatusMessage
-from pipeline.subscribe import Subscriber
+from emim_stream.pipeline.comms.messages import LabelMessage, StatusMessage
+from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, alive, engine_section, free_port, shm_segments
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ import torch
 import yaml
 import zmq
 
-from engines.checkpoint import ClipSpec, save_checkpoint
-from engines.models import build_model
-from pipeline.subscribe import Subscriber
+from emim_stream.engines.checkpoints.io import ClipSpec, save_checkpoint
+from emim_stream.engines.models import build_model
+from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, engine_section, free_port
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def cli(tmp_path, cfg: dict, *args: str, timeout: float = 90) -> subprocess.Comp
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return subprocess.run(
-        [sys.executable, "-m", "cli", "run", "--config", str(path), *args],
+        [sys.executable, "-m", "emim_stream.cli", "run", "--config", str(path), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -106,7 +106,7 @@ def test_subscribe_survives_deeply_nested_json(tmp_path):
         pub.linger = 0
         port = pub.bind_to_random_port("tcp://127.0.0.1")
         sub = subprocess.Popen(
-            [sys.executable, "-m", "cli", "subscribe", "--endpoint", f"tcp://127.0.0.1:{port}",
+            [sys.executable, "-m", "emim_stream.cli", "subscribe", "--endpoint", f"tcp://127.0.0.1:{port}",
              "--topic", "status/", "--count", "1", "--timeout", "60"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
@@ -126,7 +126,7 @@ def test_subscribe_survives_deeply_nested_json(tmp_path):
 
 
 def _status() -> dict:
-    from pipeline.messages import StatusMessage
+    from emim_stream.pipeline.comms.messages import StatusMessage
 
     return {
         **StatusMessage(

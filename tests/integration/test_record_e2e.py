@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.record import Overlay, draw_overlay, overlay_layout
+from emim_stream.pipeline.outputs.record import Overlay, draw_overlay, overlay_layout
 from tests.integration.conftest import free_port
-from tests.pipeline.test_record import decode, region
+from tests.pipeline.outputs.test_record import decode, region
 
 
 def test_recordings_show_each_cameras_forced_label(pipeline_factory, tmp_path):
@@ -19,7 +19,7 @@ def test_recordings_show_each_cameras_forced_label(pipeline_factory, tmp_path):
         ],
         "engine": {"backend": "torch", "device": "cpu", "checkpoint": "emim_xs.demo", "threads": 1},
         "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
-        "output": {"print_labels": False},
+        "postprocess": {"print_labels": False},
     }
     p = pipeline_factory(config, duration=12, extra=("--record", str(out)))
     assert p.wait(120) == 0, p.output()[-3000:]

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.subscribe import Subscriber
+from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -38,7 +38,7 @@ def view_config(publish_port: int, cameras: list[dict]) -> dict:
         "cameras": cameras,
         "engine": {"backend": "torch", "device": "cpu", "checkpoint": "emim_xs.demo", "threads": 1},
         "publish": {"endpoint": f"tcp://127.0.0.1:{publish_port}"},
-        "output": {"print_labels": False},
+        "postprocess": {"print_labels": False},
         "view": {"preview_fps": 5},
     }
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engines.errors import ConfigError
-from pipeline.config import load_config
+from emim_stream.engines.errors import ConfigError
+from emim_stream.pipeline.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +54,7 @@ def test_overrides_apply_before_validation(tmp_path):
         ("cameras: []\n", [], "cameras: at least one camera"),
         ("cameras: [{id: a, source: x, resize: cubic}]\n", [], r"cameras\[0\]\.resize: must be one of"),
         ("cameras: [{id: a, source: x}]\nengine: {backend: tpu}\n", [], "engine.backend must be one of"),
-        ("cameras: [{id: a, source: x}]\n", ["output.topk"], "--set expects key.path=value"),
+        ("cameras: [{id: a, source: x}]\n", ["postprocess.topk"], "--set expects key.path=value"),
         ("cameras: [{id: a, source: x}\n", [], "is not valid YAML"),
     ],
 )
@@ -66,3 +66,21 @@ def test_bad_values_name_the_field(tmp_path, text, overrides, message):
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_old_section_names_are_read_with_one_warning_each(tmp_path, caplog):
+    path = write(tmp_path, "cameras: [{id: a, source: x}]\noutput: {topk: 5}\noutputs: {mqtt: {host: h, port: 1884}}\n")
+    with caplog.at_level("WARNING", logger="emim_stream.pipeline.config"):
+        cfg = load_config(path, ["output.smoothing=0.5"])
+    assert (cfg.postprocess.topk, cfg.postprocess.smoothing) == (5, 0.5)
+    assert (cfg.mqtt.host, cfg.mqtt.port) == ("h", 1884)
+    assert [r.getMessage() for r in caplog.records] == [
+        "config key 'output' is now 'postprocess'; the old name is read until version 0.3",
+        "config key 'outputs.mqtt' is now 'mqtt'; the old name is read until version 0.3",
+    ]
+
+
+def test_an_old_and_a_new_section_name_together_are_refused(tmp_path):
+    path = write(tmp_path, "cameras: [{id: a, source: x}]\noutput: {topk: 5}\npostprocess: {topk: 4}\n")
+    with pytest.raises(ConfigError, match="both 'output' \\(its old name\\) and 'postprocess' are set"):
+        load_config(path)

@@ -13,18 +13,18 @@ import pytest
 import yaml
 import zmq
 
-from cli.commands import profile as profile_cmd
-from cli.commands.common import Progress
-from cli.commands.soak import verdict
-from cli.main import main as cli_main
-from engines.errors import ConfigError
-from engines.synthetic import CLASSES
-from pipeline.config import DEFAULT_CONFIG, CameraConfig, load_config
-from pipeline.keys import CurveServer, write_key_pair
-from pipeline.messages import LabelMessage, MessageError, ModelInfo, WindowInfo
-from pipeline.publish import Publisher
-from pipeline.sources import SyntheticSource
-from pipeline.truth import FileTruth, Segment, SyntheticTruth, read_sidecar, truth_for
+from emim_stream.cli.commands import profile as profile_cmd
+from emim_stream.cli.commands.common import Progress
+from emim_stream.cli.commands.soak import verdict
+from emim_stream.cli.main import main as cli_main
+from emim_stream.engines.data.synthetic import CLASSES
+from emim_stream.engines.errors import ConfigError
+from emim_stream.pipeline.capture.sources import SyntheticSource
+from emim_stream.pipeline.comms.curve import CurveServer, write_key_pair
+from emim_stream.pipeline.comms.messages import LabelMessage, MessageError, ModelInfo, WindowInfo
+from emim_stream.pipeline.comms.publish import Publisher
+from emim_stream.pipeline.config import DEFAULT_CONFIG, CameraConfig, load_config
+from emim_stream.pipeline.inference.truth import FileTruth, Segment, SyntheticTruth, read_sidecar, truth_for
 from tests.integration.conftest import ROOT
 
 # --- the embedded default ------------------------------------------------------------------------------------
@@ -132,11 +132,11 @@ def test_truth_field_is_optional_in_schema_1():
 
 _LOG_PROBE = """
 import logging, sys
-from cli.main import configure_logging
+from emim_stream.cli.main import configure_logging
 configure_logging(int(sys.argv[1]))
 logging.getLogger("onnxscript.optimizer").info("third-party info")
 logging.getLogger("torch.onnx").warning("third-party warning")
-logging.getLogger("engines.export").info("own info")
+logging.getLogger("emim_stream.engines.export.onnx").info("own info")
 """
 
 

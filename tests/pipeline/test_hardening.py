@@ -9,14 +9,21 @@ import time
 import pytest
 import zmq
 
-from engines.errors import ConfigError
-from pipeline.config import load_config
-from pipeline.errors import PublishError, SourceError
-from pipeline.messages import LabelMessage, MessageError, ModelInfo, StatusMessage, WindowInfo, parse_payload
-from pipeline.publish import Publisher
-from pipeline.relay import Relay
-from pipeline.sources import OpenCvSource, SourceState, open_source, redact_uri
-from pipeline.subscribe import Subscriber
+from emim_stream.engines.errors import ConfigError
+from emim_stream.pipeline.capture.sources import OpenCvSource, SourceState, open_source, redact_uri
+from emim_stream.pipeline.comms.messages import (
+    LabelMessage,
+    MessageError,
+    ModelInfo,
+    StatusMessage,
+    WindowInfo,
+    parse_payload,
+)
+from emim_stream.pipeline.comms.publish import Publisher
+from emim_stream.pipeline.comms.relay import Relay
+from emim_stream.pipeline.comms.subscribe import Subscriber
+from emim_stream.pipeline.config import load_config
+from emim_stream.pipeline.errors import PublishError, SourceError
 
 CAMERA = "cameras: [{id: cam1, source: 'synthetic://'}]\n"
 
@@ -40,7 +47,7 @@ def load(tmp_path, text: str = CAMERA, overrides: tuple[str, ...] = ()):
         ("supervisor.stall_timeout_s=.inf", "supervisor.stall_timeout_s: must be > 0 and <= 3600 s"),
         ("supervisor.restart_backoff_max_s=1.0e+9", "supervisor.restart_backoff_max_s: must be > 0 and <= 3600 s"),
         ("window.stride=100000", "window.stride: must be in 1..1024"),
-        ("output.topk=1000", "output.topk: must be in 1..100"),
+        ("postprocess.topk=1000", "postprocess.topk: must be in 1..100"),
         ("engine.threads=100000", "engine.threads must be an integer in 0..256"),
         ("engine.frames=100000", "engine.frames must be an integer in 2..128"),
         ("engine.width=1048576", "engine.width must be a multiple of 32 in 32..1024"),
@@ -84,11 +91,11 @@ def test_publisher_port_zero_binds_any_port_and_out_of_range_is_refused():
 def test_relay_bounds_and_the_remote_without_curve_warning(caplog):
     with pytest.raises(ConfigError, match=r"relay send_hwm must be an integer in 1\.\.1000000, got -5"):
         Relay("tcp://127.0.0.1:*", ["tcp://127.0.0.1:9"], send_hwm=-5)
-    with caplog.at_level(logging.WARNING, logger="pipeline.relay"), Relay("tcp://127.0.0.1:*", ["inproc://x"]):
+    with caplog.at_level(logging.WARNING, logger="emim_stream.pipeline.comms.relay"), Relay("tcp://127.0.0.1:*", ["inproc://x"]):
         pass
     assert not caplog.records
     remote = Relay("tcp://0.0.0.0:*", ["inproc://x"], allow_remote=True)
-    with caplog.at_level(logging.WARNING, logger="pipeline.relay"), remote as relay:
+    with caplog.at_level(logging.WARNING, logger="emim_stream.pipeline.comms.relay"), remote as relay:
         endpoint = relay.endpoint
     assert [r.getMessage() for r in caplog.records] == [
         f"relaying on {endpoint} without CURVE: anyone who reaches it can read the streams"
@@ -170,7 +177,7 @@ def test_parse_payload_refuses_poisoned_fields(case):
 
 
 def test_source_states_and_message_states_agree():
-    from pipeline.messages import SOURCE_STATES
+    from emim_stream.pipeline.comms.messages import SOURCE_STATES
 
     assert tuple(s.value for s in SourceState) == SOURCE_STATES
     assert parse_payload(_status("reconnecting")).state == "reconnecting"

@@ -1,0 +1,1 @@
+"""From a model to a deployable graph: ONNX export, TensorRT op audit, the calibrated graph's record."""

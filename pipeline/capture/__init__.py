@@ -1,0 +1,1 @@
+"""The camera side: sources, the camera process, preprocessing, the shared-memory ring, supervision."""

@@ -1,0 +1,530 @@
+"""Frame sources: video files, RTSP/HTTP streams and USB cameras through OpenCV, and the synthetic scene.
+
+Every source implements :class:`FrameSource` and is a context manager (``with open_source(uri) as src``
+opens it, leaving the block closes it). Colour order: **every source returns BGR** (OpenCV's decode
+order; the synthetic source converts), so one ``Preprocessor(..., bgr=True)`` path serves all.
+
+States (:class:`SourceState`, published on ``status/<camera_id>/``): a source is CONNECTING until its
+first ``open()`` succeeds (RECONNECTING on later attempts and after a loss), LIVE while frames arrive,
+STALLED while a live source's reads fail but it is not yet lost, and ENDED once a file is exhausted or
+the source is closed. A live source that stays silent for ``read_timeout_s`` raises
+:class:`SourceConnectionError`; reconnecting (with backoff) is the caller's job: wait, ``open()`` again.
+
+Credentials never reach a message or a log line: :func:`redact_uri` (:mod:`emim_stream.engines.uris`, where the
+``synthetic://`` query parser lives too) strips ``user:password@`` and secret-looking query values from
+every URI the sources print.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import stat
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from emim_stream.engines.data.synthetic import SyntheticScene, label_index
+from emim_stream.engines.errors import ConfigError
+from emim_stream.engines.uris import SYNTHETIC_SIZE, SyntheticQuery, is_synthetic, redact_uri
+from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, SourceError
+
+__all__ = [
+    "SOURCES",
+    "FrameSource",
+    "OpenCvSource",
+    "SourceFrame",
+    "SourceInfo",
+    "SourceState",
+    "SyntheticSource",
+    "open_source",
+    "redact_uri",
+]
+
+_log = logging.getLogger(__name__)
+
+_NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+_RTSP_TRANSPORTS = ("auto", "tcp", "udp")
+_FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_FALLBACK_FPS = 30.0  # pacing rate for a file whose container does not state a usable fps
+_MAX_LAG_S = 1.0  # a paced source that falls this far behind its schedule restarts the schedule
+
+
+class SourceState(str, Enum):
+    """Where a source stands; the value is what ``status/<camera_id>/`` messages carry."""
+
+    CONNECTING = "connecting"
+    LIVE = "live"
+    STALLED = "stalled"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """What ``open()`` found out about a source."""
+
+    uri_redacted: str
+    width: int
+    height: int
+    fps: float  # the source's nominal frame rate; 0.0 if it does not say
+    is_live: bool  # a camera or stream (frames come at their own pace) rather than a file
+    backend: str  # OpenCV backend name ('FFMPEG', 'V4L2', ...) or 'synthetic'
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFrame:
+    """One decoded frame.
+
+    ``image`` is ``[H, W, 3]`` uint8 **BGR**, C-contiguous and owned by the frame. ``capture_mono_ns`` /
+    ``capture_wall_ns`` are ``time.monotonic_ns()`` / ``time.time_ns()`` when the frame became available
+    (decoded from a live source; released on schedule from a paced file). ``source_pts_ns`` is the
+    stream's own presentation time (monotonic across file loops), -1 if unknown.
+    """
+
+    image: np.ndarray
+    capture_mono_ns: int
+    capture_wall_ns: int
+    source_pts_ns: int
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """What the camera process needs from a source."""
+
+    @property
+    def state(self) -> SourceState: ...
+
+    def open(self) -> SourceInfo:
+        """Connect / open; may be called again after ``close()`` or an error to reconnect."""
+        ...
+
+    def read(self) -> SourceFrame | None:
+        """The next frame, or None when none is available right now (a stall)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> FrameSource: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class _Pacer:
+    """Releases item ``n`` at ``start + n / fps`` on the monotonic clock: sleeping never accumulates drift."""
+
+    def __init__(self, fps: float) -> None:
+        self._period_ns = 1e9 / fps
+        self._start_ns: float | None = None
+
+    def wait(self, n: int) -> None:
+        now = time.monotonic_ns()
+        if self._start_ns is None or now - (self._start_ns + n * self._period_ns) > _MAX_LAG_S * 1e9:
+            self._start_ns = now - n * self._period_ns  # first item, or too far behind: restart here
+            return
+        delay_ns = self._start_ns + n * self._period_ns - now
+        if delay_ns > 0:
+            time.sleep(delay_ns / 1e9)
+
+
+class OpenCvSource:
+    """A source decoded by ``cv2.VideoCapture``: a video file, an RTSP/HTTP(S) stream or a USB camera.
+
+    Files are finite (``is_live`` False); network URLs (HTTP(S) included) and cameras are live.
+
+    Args:
+        uri: file path (or ``file://`` URI), network URL (``rtsp://``, ``http(s)://``, ...), or a camera
+            index (an int or a digit string; ``/dev/video*`` device nodes are cameras too).
+        loop: files only: rewind at the end instead of raising :class:`EndOfStream`.
+        pace: files only: release frames at the file's own fps (monotonic schedule); False reads as
+            fast as the decoder goes. Live sources are never paced (they pace themselves).
+        open_timeout_s: network streams: give up connecting after this long (FFmpeg's open timeout).
+        read_timeout_s: live sources: a source that delivers no frame for this long is lost
+            (:class:`SourceConnectionError`). It is also FFmpeg's per-read timeout, so a network read
+            blocks up to this long: FFmpeg cannot resume a stream once that timeout fired, so a shorter
+            per-read timeout would turn every short stall into a reconnect.
+        rtsp_transport: ``rtsp://`` and ``rtsps://`` only: RTP over ``tcp`` or ``udp``; ``auto`` tries TCP, then
+            UDP (the one that worked last goes first on a reconnect) and logs which one worked. Passed to FFmpeg
+            through ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` for the duration of the open only (other options already
+            set there are kept).
+
+    Raises:
+        ConfigError: a non-positive timeout or an unknown transport.
+    """
+
+    def __init__(
+        self,
+        uri: str | int,
+        loop: bool = False,
+        pace: bool = True,
+        open_timeout_s: float = 10.0,
+        read_timeout_s: float = 5.0,
+        rtsp_transport: str = "auto",
+    ) -> None:
+        if not (open_timeout_s > 0 and read_timeout_s > 0):
+            raise ConfigError(
+                f"source timeouts must be > 0, got open_timeout_s={open_timeout_s}, read_timeout_s={read_timeout_s}"
+            )
+        if rtsp_transport not in _RTSP_TRANSPORTS:
+            raise ConfigError(f"rtsp_transport must be one of {', '.join(_RTSP_TRANSPORTS)}, got {rtsp_transport!r}")
+        self._target: str | int
+        if isinstance(uri, int) or uri.strip().isdigit():
+            self._kind, self._target = "camera", int(uri)
+        elif urllib.parse.urlsplit(uri).scheme.lower() in _NETWORK_SCHEMES:
+            self._kind, self._target = "network", uri
+        else:
+            path = uri.removeprefix("file://")
+            is_device = path.startswith("/dev/") and os.path.exists(path) and stat.S_ISCHR(os.stat(path).st_mode)
+            self._kind, self._target = ("camera" if is_device else "file"), path
+        self.uri_redacted = redact_uri(uri)
+        self.loop = loop
+        self.pace = pace
+        self.open_timeout_s = open_timeout_s
+        self.read_timeout_s = read_timeout_s
+        is_rtsp = self._kind == "network" and urllib.parse.urlsplit(str(uri)).scheme.lower() in ("rtsp", "rtsps")
+        self._transports: list[str | None] = (
+            [None] if not is_rtsp else ["tcp", "udp"] if rtsp_transport == "auto" else [rtsp_transport]
+        )
+        self.rtsp_transport_used: str | None = None
+        """The RTP transport of the open RTSP stream (``tcp`` / ``udp``), None for other sources."""
+        self._is_live = self._kind != "file"
+        self._cap: cv2.VideoCapture | None = None
+        self._state = SourceState.CONNECTING
+        self._opened_before = False
+        self._exhausted = False
+        self._pending: np.ndarray | None = None  # a file's first frame, decoded by _connect() as a probe
+        self._pacer: _Pacer | None = None
+        self._released = 0  # frames released since open (indexes the pacing schedule)
+        self._pts_offset_ns = 0  # added to a file's timestamps after each loop
+        self._last_pts_ns = -1
+        self._last_frame_mono_ns = 0
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    def open(self) -> SourceInfo:
+        """Open (or re-open, from the start) the source and check that it delivers a frame.
+
+        Raises:
+            SourceError: missing or undecodable file, camera that does not open or sends nothing.
+            SourceConnectionError: a network stream that cannot be reached or sends no frame.
+        """
+        self.close()
+        self._state = SourceState.RECONNECTING if self._opened_before else SourceState.CONNECTING
+        self._opened_before = True
+        self._cap, first = self._connect()
+        height, width = first.shape[:2]
+        fps = _usable_fps(self._cap)
+        self._pending = None if self._is_live else first  # a live stream has more; a file must not lose it
+        self._pacer = None
+        if self.pace and not self._is_live:
+            if fps == 0.0:
+                _log.warning("%s: no usable fps in the file; pacing at %.0f fps", self.uri_redacted, _FALLBACK_FPS)
+            self._pacer = _Pacer(fps or _FALLBACK_FPS)
+        self._exhausted = False
+        self._released = 0
+        self._pts_offset_ns = 0
+        self._last_pts_ns = -1
+        self._last_frame_mono_ns = time.monotonic_ns()
+        self._state = SourceState.LIVE
+        info = SourceInfo(self.uri_redacted, width, height, fps, self._is_live, self._cap.getBackendName())
+        _log.info("opened %s: %dx%d at %.2f fps via %s", self.uri_redacted, width, height, fps, info.backend)
+        return info
+
+    def read(self) -> SourceFrame | None:
+        """The next frame; None while a live source stalls (after a short wait, so callers do not spin).
+
+        Raises:
+            EndOfStream: a file without ``loop`` is exhausted (also on every later call).
+            SourceConnectionError: a live source delivered nothing for ``read_timeout_s``.
+            SourceError: a looping file cannot be opened or decoded again after its end.
+        """
+        if self._exhausted:
+            raise EndOfStream(f"{self.uri_redacted}: no more frames")
+        if self._cap is None:
+            raise RuntimeError(f"{self.uri_redacted}: read() on a source that is not open")
+        image = self._decode()
+        if image is None and not self._is_live:
+            if not self.loop:
+                self.close()
+                self._exhausted = True
+                raise EndOfStream(f"{self.uri_redacted}: end of file after {self._released} frames")
+            self._rewind()
+            image = self._decode()
+        if image is None:
+            return self._stall()
+        if self._pacer is not None:
+            self._pacer.wait(self._released)
+        self._released += 1
+        now = time.monotonic_ns()
+        self._last_frame_mono_ns = now
+        self._state = SourceState.LIVE
+        return SourceFrame(image, now, time.time_ns(), self._last_pts_ns)
+
+    def close(self) -> None:
+        """Release the capture; the state becomes ENDED. Safe to call twice."""
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+            _log.info("closed %s", self.uri_redacted)
+        self._pending = None
+        if self._opened_before:
+            self._state = SourceState.ENDED
+
+    def __enter__(self) -> OpenCvSource:
+        if self._cap is None:
+            self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _connect(self) -> tuple[cv2.VideoCapture, np.ndarray]:
+        """A capture that has delivered its first frame, or the error that says why not."""
+        if self._kind == "file" and not os.path.isfile(self._target):
+            raise SourceError(_missing_file_message(self._target, self.uri_redacted))
+        for attempt, transport in enumerate(self._transports):
+            cap = self._capture(transport)
+            ok, first = cap.read() if cap.isOpened() else (False, None)
+            if ok and first is not None and first.ndim == 3 and first.shape[2] == 3:
+                if transport is not None:
+                    self._rtsp_worked(transport, tried=self._transports[:attempt])
+                return cap, first
+            opened = cap.isOpened()
+            cap.release()
+        if self._kind == "network":
+            what = "sent no frame" if opened else "cannot be reached"
+            over = "" if self._transports == [None] else f" over {' or '.join(t.upper() for t in self._transports)}"
+            raise SourceConnectionError(
+                f"stream {self.uri_redacted} {what}{over} (open_timeout_s={self.open_timeout_s}, "
+                f"read_timeout_s={self.read_timeout_s})"
+            )
+        if self._kind == "camera":
+            what = "delivers no frames" if opened else "does not open"
+            raise SourceError(f"camera {self.uri_redacted} {what}; check the index or device and its permissions")
+        what = "cannot decode its first frame" if opened else "cannot open it (not a video, or corrupt)"
+        raise SourceError(f"video file {self.uri_redacted}: OpenCV {what}")
+
+    def _capture(self, rtsp_transport: str | None) -> cv2.VideoCapture:
+        """An opened (or failed) capture of the target; network streams with the open/read timeouts."""
+        if self._kind != "network":
+            return cv2.VideoCapture(self._target, cv2.CAP_ANY)
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(self.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, round(self.read_timeout_s * 1000),
+        ]  # fmt: skip
+        with _ffmpeg_capture_option("rtsp_transport", rtsp_transport):
+            return cv2.VideoCapture(self._target, cv2.CAP_FFMPEG, params)
+
+    def _rtsp_worked(self, transport: str, tried: list[str | None]) -> None:
+        """Remember (and log, when it changes) the transport that worked; it goes first on a reconnect."""
+        if transport != self.rtsp_transport_used:
+            failed = f" ({', '.join(str(t).upper() for t in tried)} failed)" if tried else ""
+            _log.info("%s: RTP over %s%s", self.uri_redacted, transport.upper(), failed)
+        self.rtsp_transport_used = transport
+        self._transports.remove(transport)
+        self._transports.insert(0, transport)
+
+    def _decode(self) -> np.ndarray | None:
+        """The next decoded image (the probe frame first), updating ``_last_pts_ns``; None on failure."""
+        if self._pending is not None:
+            image, self._pending = self._pending, None
+        else:
+            ok, image = self._cap.read()
+            if not ok or image is None:
+                return None
+        pos_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+        known = self._kind != "camera" and math.isfinite(pos_ms) and pos_ms >= 0
+        self._last_pts_ns = self._pts_offset_ns + round(pos_ms * 1e6) if known else -1
+        return image
+
+    def _rewind(self) -> None:
+        """Loop a file: open it again at the start; the pacing schedule and the timestamps carry on."""
+        self._cap.release()
+        self._cap = None
+        try:
+            self._cap, self._pending = self._connect()
+        except SourceError:
+            self.close()
+            raise
+        self._pts_offset_ns = self._last_pts_ns + round(1e9 / (_usable_fps(self._cap) or _FALLBACK_FPS))
+
+    def _stall(self) -> None:
+        """A live source gave no frame: STALLED, or lost once silent for ``read_timeout_s``."""
+        silent_s = (time.monotonic_ns() - self._last_frame_mono_ns) / 1e9
+        if silent_s >= self.read_timeout_s:
+            self.close()
+            self._state = SourceState.RECONNECTING
+            raise SourceConnectionError(f"stream {self.uri_redacted} lost: no frame for {silent_s:.1f} s")
+        self._state = SourceState.STALLED
+        time.sleep(min(0.05, self.read_timeout_s - silent_s))
+
+
+class SyntheticSource:
+    """A live camera that films :class:`emim_stream.engines.data.synthetic.SyntheticScene` (BGR frames, like OpenCV).
+
+    URI: ``synthetic://?seed=1&fps=30&size=320x240&label=left&segment_s=4&style=photo``, every parameter
+    optional (defaults: seed 0, fps 30, size 320x240, no label = cycle through the classes, segment_s 4,
+    style classic; ``photo``: photographs seen by a realistic camera). ``label=left,right`` scripts the
+    segments: one class per segment, in turn.
+    Frame ``n`` is scene frame ``n`` with presentation time ``n / fps``; with ``pace`` it is released at
+    ``start + n / fps`` on the monotonic clock, otherwise as fast as it renders.
+
+    Raises:
+        ConfigError: malformed URI or a bad/unknown query parameter (the message names it).
+    """
+
+    PARAMETERS = ("seed", "fps", "size", "label", "segment_s", "style")
+
+    def __init__(self, uri: str, pace: bool = True) -> None:
+        query = SyntheticQuery(uri, self.PARAMETERS, "synthetic source", "synthetic://?seed=1&fps=30")
+        self.uri = uri
+        self.pace = pace
+        self.seed = int(query.number("seed", int, 0, lambda v: v >= 0, ">= 0"))
+        self.fps = query.number("fps", float, 30.0, lambda v: math.isfinite(v) and 0 < v <= 1000, "in (0, 1000]")
+        self.width, self.height = query.size("size", SYNTHETIC_SIZE)
+        self.segment_s = query.number("segment_s", float, 4.0, lambda v: math.isfinite(v) and v > 0, "> 0")
+        labels = query.text("label", "")
+        label = labels.split(",") if labels else None
+        if label is not None:
+            try:
+                [label_index(name) for name in label]
+            except ConfigError as err:
+                raise ConfigError(f"synthetic source parameter 'label': {err}") from None
+        try:
+            self.scene = SyntheticScene(
+                self.seed, self.height, self.width, self.fps, label, self.segment_s, query.text("style", "classic")
+            )
+        except ConfigError as err:
+            raise ConfigError(f"synthetic source parameter 'style': {err}") from None
+        self._state = SourceState.CONNECTING
+        self._is_open = False
+        self._pacer: _Pacer | None = None
+        self._next = 0
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    def open(self) -> SourceInfo:
+        """Start the camera at scene frame 0 (again, after ``close()``)."""
+        self._is_open = True
+        self._next = 0
+        self._pacer = _Pacer(self.fps) if self.pace else None
+        self._state = SourceState.LIVE
+        return SourceInfo(self.uri, self.width, self.height, self.fps, True, "synthetic")
+
+    def read(self) -> SourceFrame:
+        """The next scene frame (BGR), released on schedule when paced."""
+        if not self._is_open:
+            raise RuntimeError(f"{self.uri}: read() on a source that is not open")
+        n = self._next
+        image = cv2.cvtColor(self.scene.frame(n), cv2.COLOR_RGB2BGR)
+        if self._pacer is not None:
+            self._pacer.wait(n)
+        self._next = n + 1
+        return SourceFrame(image, time.monotonic_ns(), time.time_ns(), round(n * 1e9 / self.fps))
+
+    def label_at(self, n: int) -> str:
+        """The true class of frame ``n`` (ground truth for demos and tests)."""
+        return self.scene.label_at(n)
+
+    def close(self) -> None:
+        """Stop; the state becomes ENDED."""
+        if self._is_open:
+            self._state = SourceState.ENDED
+        self._is_open = False
+
+    def __enter__(self) -> SyntheticSource:
+        if not self._is_open:
+            self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _missing_file_message(path: str, shown: str) -> str:
+    """Why a source that is not a network URL or camera index cannot be a video file."""
+    if os.path.isdir(path):
+        return f"{shown} is a directory, not a video file"
+    if path.startswith("/dev/"):
+        what = "is not a camera (not a character device)" if os.path.exists(path) else "does not exist"
+        return f"camera device {shown} {what}; is the camera plugged in (ls /dev/video*)?"
+    return f"video file not found: {shown}"
+
+
+@contextlib.contextmanager
+def _ffmpeg_capture_option(key: str, value: str | None) -> Iterator[None]:
+    """Set one FFmpeg option in ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (``k;v|k;v``) while a capture opens.
+
+    OpenCV's FFmpeg backend reads the variable when it opens a stream; other options the user set there are kept,
+    and the variable is restored afterwards (each camera runs in its own process).
+    """
+    if value is None:
+        yield
+        return
+    old = os.environ.get(_FFMPEG_OPTIONS)
+    options = dict(item.split(";", 1) for item in (old or "").split("|") if ";" in item)
+    options[key] = value
+    os.environ[_FFMPEG_OPTIONS] = "|".join(f"{k};{v}" for k, v in options.items())
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[_FFMPEG_OPTIONS]
+        else:
+            os.environ[_FFMPEG_OPTIONS] = old
+
+
+def _usable_fps(cap: cv2.VideoCapture) -> float:
+    """The capture's nominal fps, or 0.0 when it states none or nonsense."""
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return fps if math.isfinite(fps) and 0 < fps <= 1000 else 0.0
+
+
+SOURCES: dict[str, type] = {"opencv": OpenCvSource, "synthetic": SyntheticSource}
+"""Source kind -> class; :func:`open_source` picks by URI scheme ('synthetic://' or anything OpenCV reads)."""
+
+
+def open_source(
+    uri: str | int,
+    *,
+    loop: bool = False,
+    pace: bool = True,
+    open_timeout_s: float = 10.0,
+    read_timeout_s: float = 5.0,
+    rtsp_transport: str = "auto",
+) -> FrameSource:
+    """Build the source for ``uri`` (not yet opened: call ``open()`` or use it in a ``with`` block).
+
+    ``synthetic://...`` gives a :class:`SyntheticSource` (which takes only ``pace``: it is endless and
+    local, so ``loop``, the timeouts and ``rtsp_transport`` do not apply); anything else an
+    :class:`OpenCvSource`.
+    """
+    if is_synthetic(uri):
+        return SOURCES["synthetic"](uri, pace=pace)
+    return SOURCES["opencv"](
+        uri,
+        loop=loop,
+        pace=pace,
+        open_timeout_s=open_timeout_s,
+        read_timeout_s=read_timeout_s,
+        rtsp_transport=rtsp_transport,
+    )

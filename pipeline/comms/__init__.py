@@ -1,0 +1,1 @@
+"""What crosses a socket: the message contract, ZeroMQ publish/subscribe and relay, CURVE keys, MQTT."""

@@ -1,0 +1,176 @@
+"""One camera as the inference loop sees it: ring -> VMP stage -> clip window -> a ready window (or none).
+
+:meth:`CameraStream.drain` reads the camera's ring frame by frame, shows each frame to the frame taps (live-view
+previews, recorder), turns it into a VMP prompt and pushes the prompt into the clip window. It stops at the first
+window that is ready, as a :class:`WindowJob` in ``pending``, for the scheduler and the engine. The real-time rule
+lives here: a window that completes while the ring already holds the frames of the next one is skipped and
+counted (``dropped_windows``), so a loop that is behind serves each camera's newest window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from emim_stream.engines.backends.base import Engine
+from emim_stream.engines.layers.vmp import normalisation_for
+from emim_stream.pipeline.capture.ring import RingReader, SharedRing
+from emim_stream.pipeline.comms.messages import EventMessage
+from emim_stream.pipeline.config import CameraConfig, EventsConfig, PostprocessConfig
+from emim_stream.pipeline.inference.events import EventTracker
+from emim_stream.pipeline.inference.postprocess import Postprocessor
+from emim_stream.pipeline.inference.truth import Truth, truth_for
+from emim_stream.pipeline.inference.vmp_stage import VmpStage
+from emim_stream.pipeline.inference.window import ClipWindow
+from emim_stream.pipeline.outputs.dispatch import FrameTap
+
+__all__ = ["CameraStream", "WindowJob", "build_stream"]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowJob:
+    """A ready window of one camera, waiting for the engine (its clip is a view, valid until the next push)."""
+
+    camera_id: str
+    clip: torch.Tensor
+    first_seq: int
+    last_seq: int
+    capture_mono_ns: int
+    capture_wall_ns: int
+    ring_mono_ns: int
+    read_mono_ns: int
+    vmp_done_mono_ns: int
+    first_capture_mono_ns: int
+    first_capture_wall_ns: int
+
+
+class CameraStream:
+    """Per-camera state of the inference loop: the stages of one camera and what they counted.
+
+    Args:
+        camera_id: the camera's id.
+        ring: the camera's ring; read from seq 0.
+        stage: the VMP stage (on the engine's device).
+        window: the clip window (T and stride; on the engine's device).
+        post: softmax, top-k and smoothing of this camera's scores.
+        events: the camera's action-event tracker (None: events off).
+        truth: the true class of the source's frames (None: unknown).
+        taps: frame observers, shown every frame read.
+    """
+
+    def __init__(
+        self,
+        camera_id: str,
+        ring: SharedRing,
+        stage: VmpStage,
+        window: ClipWindow,
+        post: Postprocessor,
+        *,
+        events: EventTracker | None = None,
+        truth: Truth | None = None,
+        taps: Sequence[FrameTap] = (),
+    ) -> None:
+        self.camera_id, self.ring = camera_id, ring
+        self.reader = RingReader(ring, start_seq=0)
+        self.stage, self.window, self.post = stage, window, post
+        self.events, self.truth, self.taps = events, truth, tuple(taps)
+        self.captures: deque[tuple[int, int]] = deque(maxlen=window.frames)
+        """Capture (mono, wall) ns of the last T frames read: when a window is ready, its oldest frame's first."""
+        self.pts: deque[tuple[int, int]] = deque(maxlen=window.frames + window.stride + 1)
+        """(seq, source pts) of the latest frames: a window's truth is read from its first and last frame."""
+        self.buf = np.empty((ring.height, ring.width, 3), dtype=np.uint8)
+        self.pending: WindowJob | None = None
+        self.closed_events: list[EventMessage] = []
+        """Events closed by a gap in the frames, waiting to be published."""
+        self.dropped_windows = 0
+        self.nonfinite_windows = 0
+        self.labels_sent = 0
+        self.events_sent = 0
+        self.last_capture_mono_ns = 0
+        self.last_status_mono = 0.0
+
+    def window_truth(self, first_seq: int, last_seq: int) -> str | None:
+        """The true class of the window from the frame before ``first_seq`` (VMP's reference) to ``last_seq``."""
+        if self.truth is None:
+            return None
+        pts = {seq: p for seq, p in self.pts if first_seq - 1 <= seq <= last_seq}
+        if last_seq not in pts:
+            return None
+        return self.truth.window(pts[min(pts)], pts[last_seq])
+
+    def caught_up(self) -> bool:
+        """True when every frame written to the ring so far has been read."""
+        return self.ring.latest_seq < self.reader.next_seq
+
+    def drain(self, limit: int) -> bool:
+        """Read up to ``limit`` frames; True when a window is ready (``pending`` set)."""
+        for _ in range(limit):
+            frame = self.reader.read_next(out=self.buf)
+            if frame is None:
+                return False
+            for tap in self.taps:
+                tap.on_frame(self.camera_id, frame)
+            read_mono = time.monotonic_ns()
+            self.last_capture_mono_ns = frame.capture_mono_ns
+            self.captures.append((frame.capture_mono_ns, frame.capture_wall_ns))
+            if self.truth is not None:
+                self.pts.append((frame.seq, frame.source_pts_ns))
+            prompt = self.stage.push(frame.image, frame.seq)
+            if prompt is None:
+                self.post.reset()
+                if self.events is not None:
+                    self.closed_events += self.events.interrupt("gap")
+                continue
+            vmp_done = time.monotonic_ns()
+            if not self.window.push(prompt, frame.seq):
+                continue
+            if self.window.will_be_ready_within(self.ring.latest_seq - frame.seq):
+                self.dropped_windows += 1  # a newer window is already in the ring: serve that one
+                continue
+            self.pending = WindowJob(
+                self.camera_id,
+                self.window.clip(),
+                self.window.first_seq,
+                frame.seq,
+                frame.capture_mono_ns,
+                frame.capture_wall_ns,
+                frame.ring_mono_ns,
+                read_mono,
+                vmp_done,
+                *self.captures[0],
+            )
+            return True
+        return False
+
+
+def build_stream(
+    camera: CameraConfig,
+    ring: SharedRing,
+    engine: Engine,
+    stride: int,
+    postprocess: PostprocessConfig,
+    events: EventsConfig,
+    taps: Sequence[FrameTap] = (),
+) -> CameraStream:
+    """The stream of ``camera`` with its stages made for ``engine`` (its device, clip size, VMP and labels).
+
+    Raises:
+        ConfigError: the camera's truth sidecar is malformed or names a class the model does not know.
+    """
+    spec, vmp = engine.input_spec, engine.vmp
+    mean, std = normalisation_for(vmp)
+    return CameraStream(
+        camera.id,
+        ring,
+        VmpStage(vmp, engine.device, mean, std, dtype=torch.float32),
+        ClipWindow(spec.frames, stride, spec.height, spec.width, engine.device, torch.float32),
+        Postprocessor(engine.labels, postprocess.topk, postprocess.smoothing),
+        events=EventTracker(camera.id, engine.labels, events) if events.enabled else None,
+        truth=truth_for(camera, engine.labels),
+        taps=taps,
+    )

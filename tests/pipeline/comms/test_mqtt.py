@@ -1,0 +1,156 @@
+"""MqttSink against a real Mosquitto broker on loopback: topics and payloads, retain, an unreachable broker,
+refused credentials, and the bounded queue that drops its oldest messages while the broker is down."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from emim_stream.engines.errors import ConfigError
+from emim_stream.pipeline.comms.mqtt import MqttSink
+from emim_stream.pipeline.config import MqttConfig
+from tests.mqtt_broker import MISSING, Recorder
+
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+
+
+def _wait(predicate, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _payload(kind: str, n: int) -> dict:
+    return {"schema": 1, "kind": kind, "camera_id": "cam1", "msg_seq": n}
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_messages_arrive_with_documented_topics_payloads_and_retained_status(mosquitto, protocol):
+    broker = mosquitto()
+    cfg = MqttConfig(
+        host="127.0.0.1", port=broker.port, protocol=protocol, box_id="box7", prefix="site/a",
+        kinds=("event", "label", "status"), qos=1,
+    )  # fmt: skip
+    live = Recorder(broker.port, "site/a/#")
+    try:
+        with MqttSink(cfg) as sink:
+            assert sink.client_id == "emim-box7"
+            assert sink.send("event", "cam1", _payload("event", 0))
+            assert sink.send("label", "cam1", _payload("label", 0))
+            assert sink.send("status", "cam1", _payload("status", 0))
+            assert live.wait_for(lambda m: len(m) == 3)
+            assert _wait(lambda: sink.stats()["sent"] == 3)
+            assert sink.stats() == {
+                "state": "connected", "sent": 3, "dropped": 0, "queued": 0, "reconnects": 0, "detail": ""
+            }  # fmt: skip
+        assert {(t, p["kind"], r) for t, p, r in live.messages} == {
+            ("site/a/box7/cam1/event", "event", False),
+            ("site/a/box7/cam1/label", "label", False),
+            ("site/a/box7/cam1/status", "status", False),  # retained, but delivered live as a normal message
+        }
+        late = Recorder(broker.port, "site/a/#", client_id="late")
+        try:  # a subscriber arriving later gets the retained status only
+            assert late.wait_for(lambda m: len(m) == 1)
+            assert late.messages == [("site/a/box7/cam1/status", _payload("status", 0), True)]
+        finally:
+            late.close()
+    finally:
+        live.close()
+
+
+def test_kinds_not_configured_are_not_sent(mosquitto):
+    broker = mosquitto()
+    with MqttSink(MqttConfig(host="127.0.0.1", port=broker.port, box_id="b")) as sink:  # default: events only
+        assert not sink.send("label", "cam1", _payload("label", 0))
+        assert sink.send("event", "cam1", _payload("event", 0))
+        assert _wait(lambda: sink.stats()["sent"] == 1)
+
+
+def test_unreachable_broker_at_start_is_reported_once_and_retried(mosquitto, caplog):
+    broker = mosquitto(start=False)
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, box_id="b", reconnect_min_s=0.1, reconnect_max_s=0.2)
+    caplog.set_level(logging.INFO, logger="emim_stream.pipeline.comms.mqtt")
+    with MqttSink(cfg) as sink:
+        started = time.monotonic()
+        for n in range(3):
+            assert sink.send("event", "cam1", _payload("event", n))
+        assert time.monotonic() - started < 0.1  # never waits for the broker
+        assert _wait(lambda: sink.stats()["state"] == "unreachable")
+        time.sleep(1.0)  # several retries
+        unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(unreachable) == 1 and unreachable[0].levelno == logging.WARNING
+        assert f"broker 127.0.0.1:{broker.port} unreachable" in sink.stats()["detail"]
+        broker.start()
+        assert _wait(lambda: sink.stats()["sent"] == 3), sink.stats()
+        assert sink.stats()["state"] == "connected" and sink.stats()["dropped"] == 0
+
+
+def test_refused_credentials_are_one_clear_line_without_the_password(mosquitto, caplog):
+    broker = mosquitto(users={"emim": "right-password"})
+    caplog.set_level(logging.INFO, logger="emim_stream.pipeline.comms.mqtt")
+    cfg = MqttConfig(
+        host="127.0.0.1", port=broker.port, box_id="b", username="emim", password="wrong-password",
+        reconnect_min_s=0.1, reconnect_max_s=0.2,
+    )  # fmt: skip
+    assert "wrong-password" not in repr(cfg)
+    with MqttSink(cfg) as sink:
+        assert _wait(lambda: sink.stats()["state"] == "refused")
+        time.sleep(0.8)  # it keeps retrying: still one line
+        stats = sink.stats()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert f"broker 127.0.0.1:{broker.port} refused the connection: Not authorized" in errors[0].getMessage()
+    assert stats["state"] == "refused" and "Not authorized" in stats["detail"]
+    assert "wrong-password" not in caplog.text
+
+
+def test_good_credentials_from_the_environment(mosquitto, monkeypatch):
+    broker = mosquitto(users={"emim": "s3cret"})
+    monkeypatch.setenv("EMIM_MQTT_PASSWORD", "s3cret")
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, box_id="b", username="emim", password_env="EMIM_MQTT_PASSWORD")
+    with MqttSink(cfg) as sink:
+        assert sink.send("event", "cam1", _payload("event", 0))
+        assert _wait(lambda: sink.stats()["sent"] == 1), sink.stats()
+
+
+def test_full_queue_drops_the_oldest_and_counts_them(mosquitto):
+    broker = mosquitto()
+    Recorder(broker.port, "emim/#", persistent=True).close()  # a session that collects messages while away
+    broker.stop()
+    cfg = MqttConfig(
+        host="127.0.0.1", port=broker.port, box_id="b", queue_size=5, reconnect_min_s=0.1, reconnect_max_s=0.2
+    )
+    with MqttSink(cfg) as sink:
+        for n in range(12):
+            sink.send("event", "cam1", _payload("event", n))
+        assert sink.stats()["dropped"] == 7 and sink.stats()["queued"] == 5
+        broker.start()
+        assert _wait(lambda: sink.stats()["sent"] == 5), sink.stats()
+    recorder = Recorder(broker.port, "emim/#", persistent=True)
+    try:
+        assert recorder.wait_for(lambda m: len(m) == 5)
+        assert [p["msg_seq"] for _, p, _ in recorder.messages] == [7, 8, 9, 10, 11]  # the newest five
+    finally:
+        recorder.close()
+
+
+def test_tls_with_the_brokers_ca_delivers_and_an_unknown_ca_does_not(mosquitto):
+    broker = mosquitto(tls=True)
+    good = MqttConfig(host="127.0.0.1", port=broker.port, box_id="b", tls=True, ca_file=str(broker.ca_file))
+    with MqttSink(good) as sink:
+        assert sink.send("event", "cam1", _payload("event", 0))
+        assert _wait(lambda: sink.stats()["sent"] == 1), sink.stats()
+    untrusted = MqttConfig(host="127.0.0.1", port=broker.port, box_id="b", tls=True, reconnect_min_s=0.1,
+                           reconnect_max_s=0.2)  # system CAs: the test CA is not among them
+    with MqttSink(untrusted) as sink:
+        sink.send("event", "cam1", _payload("event", 0))
+        time.sleep(1.0)
+        assert (sink.stats()["state"], sink.stats()["sent"]) == ("unreachable", 0)
+        assert "TLS certificate is not trusted: check ca_file" in sink.stats()["detail"]
+    with pytest.raises(ConfigError, match="mqtt: TLS set-up failed"):
+        MqttSink(MqttConfig(host="127.0.0.1", tls=True, ca_file=str(broker.directory / "missing.pem")))

@@ -10,10 +10,10 @@ method) and builds its clips of T+1 frames itself:
 - :func:`collect_from_dataset`: one clip per item of a data set (:func:`emim_stream.engines.data.datasets.open_dataset`:
   a class-per-folder directory, a list file or ``synthetic://?...``).
 
-A clip's T+1 frames are normalised as the runtime normalises them
-(:func:`emim_stream.engines.layers.vmp.normalisation_for`) and turned into T prompts by the checkpoint's VMP
-layer (:class:`emim_stream.engines.layers.vmp.VmpLayer`), or are its last T normalised frames without one: the
-values the runtime's streaming VMP stage gives the engine for the same frames.
+A clip's T+1 frames are normalised with the checkpoint's clip spec and turned into T prompts by its VMP
+layer, or are its last T normalised frames without one (:func:`emim_stream.engines.layers.vmp.clip_inputs`, as
+training and evaluation make them): the values the runtime's streaming VMP stage gives the engine for the same
+frames.
 Clips are split into a calibration set and a held-out set (for the accuracy report) by
 interleaving, so both span the whole footage. A clips folder holds::
 
@@ -44,8 +44,8 @@ from emim_stream.calibration.errors import CalibrationError
 from emim_stream.engines.backends.model_source import ModelSource
 from emim_stream.engines.data.datasets import open_dataset
 from emim_stream.engines.files import atomic_write
-from emim_stream.engines.layers.vmp import normalisation_for
-from emim_stream.engines.transforms import check_resize, normalise
+from emim_stream.engines.layers.vmp import clip_inputs
+from emim_stream.engines.transforms import check_resize
 from emim_stream.engines.uris import redact_uri
 
 __all__ = [
@@ -178,14 +178,11 @@ def clip_windows(frames: Iterable[np.ndarray], length: int, stride: int) -> Iter
 def prompts(model: ModelSource, frames: np.ndarray) -> torch.Tensor:
     """T+1 prepared frames ``[T+1, H, W, 3]`` uint8 RGB -> the clip the engine takes, float32 ``[3, T, H, W]``.
 
-    The frames are normalised as the runtime normalises them; the checkpoint's VMP layer turns them
-    into T prompts, or, without one, the last T normalised frames are the clip.
+    The frames are normalised with the checkpoint's clip spec; its VMP layer turns them into T prompts, or,
+    without one, the last T normalised frames are the clip.
     """
-    mean, std = normalisation_for(model.vmp)
-    x = normalise(torch.from_numpy(frames)[None], mean, std, channel_dim=1)  # [1, 3, T+1, H, W]
-    if model.vmp is None:
-        return x[0, :, 1:]
-    return model.vmp(x)[0][0]
+    clip = model.clip
+    return clip_inputs(torch.from_numpy(frames)[None], model.vmp, clip.mean, clip.std)[0][0]
 
 
 class _Writer:
@@ -230,7 +227,7 @@ class _Writer:
     def finish(self, source: str, resize: str, seconds: float) -> ClipManifest:
         for split in Split:
             self._flush(split)
-        mean, std = normalisation_for(self.model.vmp)
+        mean, std = self.model.clip.mean, self.model.clip.std
         manifest = ClipManifest(
             model_name=self.model.model_name,
             weights_sha256=self.model.weights_sha256,

@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"checkpoint {ck.path} ({ck.model_name}, VMP {'on' if ck.vmp is not None else 'off'})")
     print(f"data       {dataset.describe()}")
     result = evaluate(
-        ck.model, ck.vmp, dataset, args.batch_size, args.workers, ck.labels, clip.mean, clip.std,
+        ck.model, ck.vmp, dataset, clip, args.batch_size, args.workers, ck.labels,
         progress=Progress("evaluating clips"),
     )
     print(result.report())

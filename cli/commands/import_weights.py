@@ -23,18 +23,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="CK.pt", help="the checkpoint to write")
     parser.add_argument("--frames", type=int, default=None, help="clip length T (default: the model's, 16)")
     parser.add_argument("--size", type=int, default=None, help="square clip size, a multiple of 32 (default 224)")
+    sampling = parser.add_argument_group(
+        "clip sampling", "how the training clips were sampled (default: the published configuration for k400 "
+        "8/16/32 frames and ssv2 16/32 frames; none recorded otherwise)",
+    )
+    sampling.add_argument("--frame-interval", type=int, default=None, metavar="N",
+                          help="source frames between sampled frames (the 4 of 16x4)")
+    sampling.add_argument("--fps", type=float, default=None,
+                          help="frame rate of the training videos the interval counts in (e.g. 30)")
+    sampling.add_argument("--span", type=float, default=None, metavar="SECONDS",
+                          help="uniformly sampled models: the seconds the clip's frames spread over")
 
 
 def main(args: argparse.Namespace) -> int:
     """Import, report how the keys fitted, and say how to use the result; exit 0."""
     from emim_stream.engines.checkpoints.import_weights import import_weights
 
-    result = import_weights(args.src, args.model, args.labels, args.out, args.frames, args.size)
+    result = import_weights(args.src, args.model, args.labels, args.out, args.frames, args.size, _sampling(args))
     clip = result.clip
     print(
         f"wrote {result.out}: {result.model}, {len(result.labels)} classes ({args.labels}), "
         f"clip {clip.frames}x{clip.height}x{clip.width}, weights {result.weights_sha256[:12]}"
     )
+    print(f"sampling: {clip.describe_sampling()}")
+    if clip.sampling is None:
+        _log.warning(
+            "no clip sampling recorded (no published configuration for %s with %d frames): cameras feed it "
+            "consecutive frames; state it with --frame-interval and --fps, or --span",
+            args.labels, clip.frames,
+        )
     print(f"keys: {result.report.summary()}")
     if result.report.missing:
         _log.warning(
@@ -44,3 +61,23 @@ def main(args: argparse.Namespace) -> int:
         )
     print(f"run it:  emim-stream run --set engine.checkpoint={result.out}")
     return 0
+
+
+def _sampling(args: argparse.Namespace):
+    """The :class:`ClipSampling` the options state, or None (the published one, if any, applies).
+
+    Raises:
+        ConfigError: ``--fps`` without ``--frame-interval`` and vice versa, or ``--span`` with either.
+    """
+    from emim_stream.engines.clip import ClipSampling
+    from emim_stream.engines.errors import ConfigError
+
+    if args.frame_interval is None and args.fps is None and args.span is None:
+        return None
+    if args.span is not None:
+        if args.frame_interval is not None or args.fps is not None:
+            raise ConfigError("--span (uniform sampling) excludes --frame-interval and --fps")
+        return ClipSampling(span_s=args.span)
+    if args.frame_interval is None or args.fps is None:
+        raise ConfigError("--frame-interval and --fps go together (the interval counts frames at that rate)")
+    return ClipSampling(frame_interval=args.frame_interval, fps=args.fps)

@@ -25,18 +25,22 @@ def main(args: argparse.Namespace) -> int:
     if args.checkpoint:
         ck = load_checkpoint(args.checkpoint)
         model, name = ck.model, f"{ck.model_name} ({ck.path})"
-        _, T, H, W = 3, ck.clip.frames, ck.clip.height, ck.clip.width
+        T, H, W, mean, std = ck.clip.frames, ck.clip.height, ck.clip.width, ck.clip.mean, ck.clip.std
         vmp = "learned" if ck.vmp is not None else "none (frames pass through)"
+        sampling = ck.clip.describe_sampling()
     else:
         model, name = build_model(args.model, args.classes), args.model
-        _, T, H, W = get_model_cfg(args.model).input_size
-        vmp = "-"
+        cfg = get_model_cfg(args.model)
+        _, T, H, W = cfg.input_size
+        mean, std = cfg.mean, cfg.std
+        vmp = sampling = "-"
     T = args.frames or T
     H = W = args.size or H
     cost = count_cost(model, (3, T, H, W))
     emim = [m for m in model.modules() if isinstance(m, EmimAttention)]
     print(f"model           {name}")
-    print(f"input           3 x {T} x {H} x {W} (C x T x H x W), normalised mean 0.45 / std 0.225")
+    print(f"input           3 x {T} x {H} x {W} (C x T x H x W), normalised mean {_values(mean)} / std {_values(std)}")
+    print(f"sampling        {sampling}")
     print(f"classes         {model.num_classes}")
     print(f"temporal stride {model.temporal_stride}")
     print(f"EMIM layers     {len(emim)}" + (f" (kernel {emim[0].kernel})" if emim else ""))
@@ -44,3 +48,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"parameters      {cost.params:,}")
     print(f"MACs per clip   {cost.macs / 1e9:.2f} G (EMIM window products {cost.emim_window_macs / 1e9:.2f} G)")
     return 0
+
+
+def _values(values: tuple[float, ...]) -> str:
+    """``0.45`` for equal channels, else ``(0.485, 0.456, 0.406)``."""
+    return f"{values[0]:g}" if len(set(values)) == 1 else "(" + ", ".join(f"{v:g}" for v in values) + ")"

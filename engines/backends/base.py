@@ -25,6 +25,7 @@ from emim_stream.engines.validation import closest_key, explain
 if TYPE_CHECKING:
     import torch
 
+    from emim_stream.engines.clip import ClipSpec
     from emim_stream.engines.layers.vmp import VmpLayer
 
 __all__ = [
@@ -240,6 +241,11 @@ class Engine(Protocol):
     def input_spec(self) -> InputSpec: ...
 
     @property
+    def clip(self) -> ClipSpec:
+        """The checkpoint's clip spec: how the frames of a clip are normalised and sampled in time."""
+        ...
+
+    @property
     def labels(self) -> tuple[str, ...]: ...
 
     def infer(self, clips: torch.Tensor) -> torch.Tensor:
@@ -271,6 +277,10 @@ class EngineBase:
     @property
     def input_spec(self) -> InputSpec:
         return self._spec
+
+    @property
+    def clip(self) -> ClipSpec:
+        return self._source.clip
 
     @property
     def labels(self) -> tuple[str, ...]:

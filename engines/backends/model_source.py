@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from emim_stream.engines.backends.base import EngineConfig, EngineInfo
-from emim_stream.engines.checkpoints.io import ClipSpec, load_checkpoint, weights_sha256
+from emim_stream.engines.checkpoints.io import load_checkpoint, weights_sha256
+from emim_stream.engines.clip import CONSECUTIVE, ClipSpec
 from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.layers.vmp import VmpLayer
 from emim_stream.engines.models import build_model, get_model_cfg
@@ -67,7 +68,7 @@ def load_source(cfg: EngineConfig) -> ModelSource:
         n = model.num_classes
         labels = model_cfg.label_names if len(model_cfg.label_names) == n else tuple(f"class_{i}" for i in range(n))
         _, T, H, W = model_cfg.input_size
-        clip = ClipSpec(T, H, W, model_cfg.mean, model_cfg.std)
+        clip = ClipSpec(T, H, W, model_cfg.mean, model_cfg.std, CONSECUTIVE)  # untrained: no sampling to keep
         name, vmp = model.model_name, None
         digest = weights_sha256(model.state_dict())
         weights = f"untrained {cfg.model} (seed {UNTRAINED_SEED})"
@@ -77,5 +78,5 @@ def load_source(cfg: EngineConfig) -> ModelSource:
     height = cfg.height or clip.height
     width = cfg.width or clip.width
     if (frames, height, width) != (clip.frames, clip.height, clip.width):
-        clip = ClipSpec(frames, height, width, clip.mean, clip.std)
+        clip = replace(clip, frames=frames, height=height, width=width)
     return ModelSource(model.eval().float(), tuple(labels), clip, name, digest, weights, vmp)

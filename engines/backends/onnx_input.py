@@ -7,7 +7,7 @@ import os
 import torch
 
 from emim_stream.engines.backends.base import InputSpec
-from emim_stream.engines.checkpoints.io import ClipSpec
+from emim_stream.engines.clip import ClipSpec
 from emim_stream.engines.errors import ConfigError
 
 __all__ = ["onnx_input_spec"]

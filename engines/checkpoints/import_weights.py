@@ -11,6 +11,9 @@ Label maps shipped in ``engines/checkpoints/labels/`` (one class name per line i
 
 - ``k400``: Kinetics-400, 400 classes, alphabetical (the order of the official annotation CSVs' sorted names);
 - ``ssv2``: Something-Something-v2, 174 templates in the order of the official ``something-something-v2-labels.json``.
+
+The clip's sampling comes from the published configurations (:data:`PUBLISHED_SAMPLING`, by label map and T;
+sources in :mod:`emim_stream.engines.clip`), or from the caller for other data.
 """
 
 from __future__ import annotations
@@ -21,21 +24,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emim_stream.engines.checkpoints.io import (
-    ClipSpec,
     LoadReport,
     load_pretrained,
     read_file,
     save_checkpoint,
     unwrap_state_dict,
 )
+from emim_stream.engines.clip import ClipSampling, ClipSpec
 from emim_stream.engines.errors import CheckpointError, ConfigError
 from emim_stream.engines.models import build_model, get_model_cfg
 
-__all__ = ["LABEL_MAPS", "ImportResult", "import_weights", "read_label_map"]
+__all__ = ["LABEL_MAPS", "PUBLISHED_SAMPLING", "SSV2_SPAN_S", "ImportResult", "import_weights", "read_label_map"]
 
 _LABELS_DIR = Path(__file__).with_name("labels")
 LABEL_MAPS: dict[str, Path] = {"k400": _LABELS_DIR / "k400.txt", "ssv2": _LABELS_DIR / "ssv2.txt"}
 """Shipped label maps by name."""
+
+KINETICS_FPS = 30.0
+"""The frame rate Kinetics videos are resampled to before sampling (SlowFast ``DATA.TARGET_FPS``)."""
+SSV2_SPAN_S = 4.0
+"""The span given to uniformly sampled Something-Something V2 models on a live camera. In training their T
+frames spread over each whole video (a few seconds long, every video its own length); 4 s is our choice of a
+typical one, not a published figure: override it with ``window.frame_interval`` where actions are shorter."""
+PUBLISHED_SAMPLING: dict[tuple[str, int], ClipSampling] = {
+    ("k400", 8): ClipSampling(frame_interval=8, fps=KINETICS_FPS),  # UniFormer 8x8 (8x1x4 in its README)
+    ("k400", 16): ClipSampling(frame_interval=4, fps=KINETICS_FPS),  # UniFormer 16x4 (mmaction2 16x4x1)
+    ("k400", 32): ClipSampling(frame_interval=4, fps=KINETICS_FPS),  # UniFormer-B 32x4
+    ("ssv2", 16): ClipSampling(span_s=SSV2_SPAN_S),  # TSN segments over the whole video
+    ("ssv2", 32): ClipSampling(span_s=SSV2_SPAN_S),
+}
+"""Sampling of the published models, by shipped label map and clip length T."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,7 @@ def import_weights(
     out: str | os.PathLike[str],
     frames: int | None = None,
     size: int | None = None,
+    sampling: ClipSampling | None = None,
 ) -> ImportResult:
     """Load published weights into ``model_name`` and save them as an emim-stream checkpoint.
 
@@ -95,6 +114,9 @@ def import_weights(
             file's classifier outputs.
         out: the checkpoint to write.
         frames, size: clip T and square H = W (default: the model's, e.g. 16 x 224 x 224).
+        sampling: how the file's training clips were sampled; default the published configuration's
+            (:data:`PUBLISHED_SAMPLING`) for a shipped label map and T, else none is recorded (the
+            checkpoint is then fed consecutive camera frames, with a warning).
 
     Returns:
         The :class:`ImportResult`; ``report.missing`` lists weights the file did not hold (left at their
@@ -108,7 +130,9 @@ def import_weights(
     names = read_label_map(labels)
     cfg = get_model_cfg(model_name)
     _, default_t, default_h, default_w = cfg.input_size
-    clip = ClipSpec(frames or default_t, size or default_h, size or default_w)
+    frames = frames or default_t
+    sampling = sampling or PUBLISHED_SAMPLING.get((str(labels), frames))
+    clip = ClipSpec(frames, size or default_h, size or default_w, cfg.mean, cfg.std, sampling)
     raw = read_file(src)  # its errors name the file
     try:
         state = unwrap_state_dict(raw)

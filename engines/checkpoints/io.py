@@ -5,7 +5,7 @@ Own checkpoints are a ``torch.save`` dict that ``torch.load(weights_only=True)``
     format          "emim-stream.checkpoint/1"
     model           registry name (e.g. "emim_xs") and "overrides" (architecture arguments)
     labels          class names, in logit order
-    clip            input spec: frames, height, width, mean, std
+    clip            input spec: frames, height, width, mean, std, sampling (emim_stream.engines.clip)
     vmp             {"m", "n", "grey_weights", "mean", "std"} or None (no VMP: frames pass through)
     state_dict      backbone weights, with MODEL_SPEC's key names
     weights_sha256  content hash of state_dict and vmp (checked on load: corruption is refused)
@@ -19,15 +19,17 @@ missing / unexpected keys reported, never hidden.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from emim_stream.engines.clip import ClipSpec, clip_from_record, clip_record
 from emim_stream.engines.errors import CheckpointError, ConfigError
 from emim_stream.engines.files import atomic_write
 from emim_stream.engines.layers.vmp import VmpLayer
@@ -36,11 +38,11 @@ from emim_stream.engines.models import build_model, get_model_cfg, list_models
 FORMAT = "emim-stream.checkpoint/1"
 _WRAPPERS = ("model", "model_state", "state_dict")
 _SHOW = 5  # how many offending keys an error message names
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT",
     "Checkpoint",
-    "ClipSpec",
     "LoadReport",
     "inflate_2d_to_3d",
     "load_checkpoint",
@@ -50,23 +52,6 @@ __all__ = [
     "unwrap_state_dict",
     "weights_sha256",
 ]
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """Input of one clip: frames T, height, width and the per-channel normalisation."""
-
-    frames: int
-    height: int
-    width: int
-    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
-    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
-
-    def __post_init__(self) -> None:
-        if self.frames < 2:
-            raise ConfigError(f"clip frames must be >= 2, got {self.frames}")
-        if self.height % 32 or self.width % 32 or self.height <= 0 or self.width <= 0:
-            raise ConfigError(f"clip height/width must be positive multiples of 32, got {self.height}x{self.width}")
 
 
 @dataclass(frozen=True)
@@ -247,13 +232,16 @@ def save_checkpoint(
     """Write a project checkpoint atomically (temporary file, then rename); returns its weights hash.
 
     Raises:
-        ConfigError: the label count differs from the model's classes, or the model was not
-            built by :func:`emim_stream.engines.models.build_model`.
+        ConfigError: the label count differs from the model's classes, the model was not
+            built by :func:`emim_stream.engines.models.build_model`, or the VMP layer de-normalises
+            with other values than the clip's normalisation.
     """
     if not hasattr(model, "model_name"):
         raise ConfigError("save_checkpoint needs a model built by emim_stream.engines.models.build_model")
     if len(labels) != model.num_classes:
         raise ConfigError(f"{len(labels)} labels for a model with {model.num_classes} classes")
+    if vmp is not None:
+        _check_vmp_normalisation(clip, vmp.mean, vmp.std)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     vmp_rec = _vmp_record(vmp)
     digest = weights_sha256(state, vmp_rec)
@@ -262,7 +250,7 @@ def save_checkpoint(
         "model": model.model_name,
         "overrides": dict(model.model_overrides),
         "labels": list(labels),
-        "clip": {**asdict(clip), "mean": list(clip.mean), "std": list(clip.std)},
+        "clip": clip_record(clip),
         "vmp": vmp_rec,
         "state_dict": state,
         "weights_sha256": digest,
@@ -328,13 +316,14 @@ def load_checkpoint(path: str | os.PathLike[str], kernel: str = "auto", verify: 
         raise CheckpointError(f"checkpoint '{path}' is corrupted: content hash does not match its record")
     try:
         _check_finite(path, state, vmp_rec)
-        labels, clip = _labels(record["labels"]), _clip(record["clip"])
+        labels, clip = _labels(record["labels"]), clip_from_record(record["clip"])
         overrides = dict(record.get("overrides") or {})
         overrides.pop("kernel", None)
         model = build_model(record["model"], num_classes=len(labels), kernel=kernel, **overrides)
         vmp = None
         if vmp_rec is not None:
-            vmp = VmpLayer(vmp_rec["grey_weights"], vmp_rec["mean"], vmp_rec["std"])
+            _check_vmp_normalisation(clip, vmp_rec["mean"], vmp_rec["std"])
+            vmp = VmpLayer(vmp_rec["grey_weights"], clip.mean[0], clip.std[0])
             with torch.no_grad():
                 vmp.m.fill_(vmp_rec["m"])
                 vmp.n.fill_(vmp_rec["n"])
@@ -344,6 +333,9 @@ def load_checkpoint(path: str | os.PathLike[str], kernel: str = "auto", verify: 
     model.model_overrides = overrides
     _check_fit(path, record["model"], model, state)
     model.load_state_dict(state)
+    if clip.sampling is None:
+        _log.info("checkpoint '%s' states no clip sampling (written before it was recorded): "
+                  "it is fed consecutive camera frames", path)
     return Checkpoint(
         path=path,
         model=model.eval(),
@@ -363,10 +355,17 @@ def _labels(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _clip(value: Any) -> ClipSpec:
-    if not isinstance(value, dict):
-        raise ValueError(f"clip must be a dict of frames, height, width, mean, std, got {str(value)[:80]}")
-    return ClipSpec(value["frames"], value["height"], value["width"], tuple(value["mean"]), tuple(value["std"]))
+def _check_vmp_normalisation(clip: ClipSpec, mean: float, std: float) -> None:
+    """VMP de-normalises with one mean / std for all channels: they must be the clip's normalisation.
+
+    Raises:
+        ConfigError: they differ (the prompts would be computed on wrongly scaled frames).
+    """
+    if clip.mean != (mean,) * 3 or clip.std != (std,) * 3:
+        raise ConfigError(
+            f"the VMP layer de-normalises with mean {mean} / std {std} but the clip is normalised with mean "
+            f"{list(clip.mean)} / std {list(clip.std)}; they must be the same on every channel"
+        )
 
 
 def _check_finite(path: Path, state: dict[str, torch.Tensor], vmp_rec: dict[str, Any] | None) -> None:

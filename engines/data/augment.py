@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from emim_stream.engines.clip import ClipSampling
 from emim_stream.engines.data.datasets import ClipDataset
 from emim_stream.engines.data.synthetic import CLASSES
 from emim_stream.engines.errors import ConfigError
@@ -93,6 +94,10 @@ class SymmetricClips(ClipDataset):
     @property
     def targets(self) -> list[int]:
         return self.base.targets
+
+    @property
+    def sampling(self) -> ClipSampling:
+        return self.base.sampling
 
     @property
     def fixed_items(self) -> bool:

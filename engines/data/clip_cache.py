@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from emim_stream.engines import transforms
+from emim_stream.engines.clip import ClipSampling
 from emim_stream.engines.data import synthetic
 from emim_stream.engines.data.datasets import ClipDataset
 from emim_stream.engines.errors import ConfigError
@@ -47,6 +48,10 @@ class CachedClips(ClipDataset):
     @property
     def targets(self) -> list[int]:
         return self._targets
+
+    @property
+    def sampling(self) -> ClipSampling:
+        return self.base.sampling
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(np.array(self.clips[i])), self._targets[i]

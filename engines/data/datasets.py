@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from emim_stream.engines.clip import CONSECUTIVE, ClipSampling
 from emim_stream.engines.data.synthetic import (
     CLASSES,
     REFERENCE_FPS,
@@ -82,7 +83,7 @@ class DatasetError(EmimError):
 
 
 class ClipDataset(Dataset):
-    """Base of the clip data sets: ``labels``, ``frames`` (T+1), ``height``, ``width``, ``targets``.
+    """Base of the clip data sets: ``labels``, ``frames`` (T+1), ``height``, ``width``, ``targets``, ``sampling``.
 
     ``set_epoch(epoch)`` lets a data set vary with the epoch (synthetic ``fresh=1``; random clip
     starts in videos); the training loop calls it before each epoch.
@@ -92,6 +93,11 @@ class ClipDataset(Dataset):
     frames: int
     height: int
     width: int
+
+    @property
+    def sampling(self) -> ClipSampling:
+        """How the clips' frames are taken in time (recorded in a checkpoint trained on them)."""
+        raise NotImplementedError
 
     @property
     def targets(self) -> list[int]:
@@ -178,6 +184,11 @@ class SyntheticClips(ClipDataset):
         return self.n
 
     @property
+    def sampling(self) -> ClipSampling:
+        """Consecutive scene frames: at 30 fps (classic), or at the 15-30 fps a photo clip draws (any rate)."""
+        return ClipSampling(fps=REFERENCE_FPS) if self.style == "classic" else CONSECUTIVE
+
+    @property
     def targets(self) -> list[int]:
         return [label_of(self._index(i)) for i in range(self.n)]
 
@@ -225,11 +236,13 @@ class SyntheticClips(ClipDataset):
 
 @dataclass(frozen=True, slots=True)
 class VideoItem:
-    """One video of a data set: its path, label index and decodable frame count."""
+    """One video of a data set: its path, label index, decodable frame count and nominal frame rate."""
 
     path: Path
     label: int
     frame_count: int
+    fps: float = 0.0
+    """As the container states it; 0.0: unknown."""
 
 
 class VideoClips(ClipDataset):
@@ -315,7 +328,7 @@ class VideoClips(ClipDataset):
                     f"class folder '{folder}' has no video files{detail}; "
                     f"video suffixes: {', '.join(sorted(VIDEO_SUFFIXES))}"
                 )
-            items += [VideoItem(v, names.index(name), _probe(v, frames)) for v in videos]
+            items += [VideoItem(v, names.index(name), *_probe(v, frames)) for v in videos]
         return cls(items, names, frames, height, width, method, train, seed, f"folder '{root}'")
 
     @classmethod
@@ -370,7 +383,7 @@ class VideoClips(ClipDataset):
         for number, video, label in entries:
             if not video.is_file():
                 raise DatasetError(f"{path}:{number}: video '{video}' does not exist")
-            items.append(VideoItem(video, names.index(label), _probe(video, frames, f"{path}:{number}: ")))
+            items.append(VideoItem(video, names.index(label), *_probe(video, frames, f"{path}:{number}: ")))
         return cls(items, names, frames, height, width, method, train, seed, f"list '{path}'")
 
     def __len__(self) -> int:
@@ -379,6 +392,13 @@ class VideoClips(ClipDataset):
     @property
     def targets(self) -> list[int]:
         return [item.label for item in self.items]
+
+    @property
+    def sampling(self) -> ClipSampling:
+        """Consecutive frames, at the videos' frame rate where they all state one within 1%, else at any rate."""
+        rates = {item.fps for item in self.items}
+        low, high = min(rates, default=0.0), max(rates, default=0.0)
+        return ClipSampling(fps=round(high, 3)) if low > 0 and high <= 1.01 * low else CONSECUTIVE
 
     @property
     def fixed_items(self) -> bool:
@@ -414,8 +434,8 @@ def _resolve_labels(found: list[str], labels: Sequence[str] | None, where: Calla
     return tuple(labels)
 
 
-def _probe(path: Path, frames: int, prefix: str = "") -> int:
-    """Decodable frame count of ``path``, checked to be at least ``frames``."""
+def _probe(path: Path, frames: int, prefix: str = "") -> tuple[int, float]:
+    """Decodable frame count of ``path``, checked to be at least ``frames``, and its nominal fps (0.0: unknown)."""
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
@@ -423,6 +443,7 @@ def _probe(path: Path, frames: int, prefix: str = "") -> int:
         if not cap.grab():
             raise DatasetError(f"{prefix}video '{path}' has no decodable frame (damaged or empty)")
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        fps = cap.get(cv2.CAP_PROP_FPS)
         if count < frames:  # a header that under-reports (or omits) the count: count by decoding
             count = 1
             while count < frames and cap.grab():
@@ -433,7 +454,7 @@ def _probe(path: Path, frames: int, prefix: str = "") -> int:
         raise DatasetError(
             f"{prefix}video '{path}' has {count} frames; a clip needs {frames} (T+1): use fewer --frames"
         )
-    return count
+    return count, fps if math.isfinite(fps) and 0 < fps <= 1000 else 0.0
 
 
 def _read_window(path: Path, start: int, count: int) -> list[np.ndarray]:

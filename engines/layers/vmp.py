@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from emim_stream.engines.transforms import MEAN, STD
+from emim_stream.engines.transforms import MEAN, STD, normalise
 
 ALPHA, BETA, GAMMA, EPS = 5.0, 0.45, 0.6, 0.1
 RGB_GREY = (0.299, 0.587, 0.114)
@@ -30,10 +30,10 @@ __all__ = [
     "RGB_GREY",
     "VmpLayer",
     "attention_from_grey",
+    "clip_inputs",
     "grey_level",
     "motion_attention",
     "motion_prompt",
-    "normalisation_for",
     "slope_shift",
 ]
 
@@ -145,12 +145,23 @@ class VmpLayer(nn.Module):
         return {"grey_weights": [float(w) for w in self.grey.tolist()], "mean": self.mean, "std": self.std}
 
 
-def normalisation_for(vmp: VmpLayer | None) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """``(mean, std)`` per channel of the frames the VMP stage gets: the VMP layer's own, else ``MEAN`` / ``STD``.
+def clip_inputs(
+    clips: torch.Tensor, vmp: VmpLayer | None, mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's input made of uint8 clips of T+1 frames, as training, evaluation and calibration make it.
 
-    VMP de-normalises with its own scalars, so its frames must be normalised with them on every
-    channel; the runtime's VMP stage and calibration both take the normalisation from here.
+    The live pipeline computes the same values frame by frame (emim_stream.pipeline.inference.vmp_stage).
+
+    Args:
+        clips: ``[B, T+1, H, W, 3]`` uint8 RGB.
+        vmp: the checkpoint's VMP layer, or None: the backbone then sees the last T normalised frames.
+        mean, std: the clip spec's normalisation (per channel; VMP de-normalises with the same values).
+
+    Returns:
+        ``(x [B, 3, T, H, W] float32, reg)``: ``reg`` is the VMP regulariser (0 without VMP).
     """
-    if vmp is not None:
-        return (vmp.mean,) * 3, (vmp.std,) * 3
-    return (MEAN,) * 3, (STD,) * 3
+    x = normalise(clips, mean, std, channel_dim=1)
+    if vmp is None:
+        return x[:, :, 1:], x.new_zeros(())
+    return vmp(x)
+

@@ -15,6 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from emim_stream.engines.errors import UnknownModelError
+from emim_stream.engines.transforms import MEAN, STD
 
 __all__ = ["ModelCfg", "build_model", "get_model_cfg", "list_models", "register_model"]
 
@@ -28,8 +29,9 @@ class ModelCfg:
     num_classes: int = 400
     input_size: tuple[int, int, int, int] = (3, 16, 224, 224)
     """(channels, frames T, height, width) of one clip."""
-    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
-    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+    mean: tuple[float, float, float] = (MEAN,) * 3
+    """Input normalisation of the published weights (SlowFast ``DATA.MEAN`` / ``DATA.STD``)."""
+    std: tuple[float, float, float] = (STD,) * 3
     label_names: tuple[str, ...] = ()
     file: str | None = None
     """Weights file under engines/weights/ (shipped in the repository), for tagged names."""

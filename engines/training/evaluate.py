@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from emim_stream.engines.clip import ClipSpec
 from emim_stream.engines.data.datasets import ClipDataset
-from emim_stream.engines.layers.vmp import VmpLayer
-from emim_stream.engines.transforms import normalise
+from emim_stream.engines.layers.vmp import VmpLayer, clip_inputs
 
 __all__ = ["EvalResult", "evaluate", "forward_clips"]
 
@@ -70,11 +70,7 @@ class EvalResult:
 
 
 def forward_clips(
-    model: nn.Module,
-    vmp: VmpLayer | None,
-    clips: torch.Tensor,
-    mean: Sequence[float] = (0.45, 0.45, 0.45),
-    std: Sequence[float] = (0.225, 0.225, 0.225),
+    model: nn.Module, vmp: VmpLayer | None, clips: torch.Tensor, clip: ClipSpec
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of uint8 clips of T+1 frames, as the pipeline computes them.
 
@@ -83,16 +79,13 @@ def forward_clips(
         vmp: the VMP layer, or None: the backbone then sees the last T normalised frames, as the
             pipeline's pass-through VMP stage gives it.
         clips: ``[B, T+1, H, W, 3]`` uint8 RGB.
-        mean, std: the clip normalisation.
+        clip: the checkpoint's clip spec (its normalisation).
 
     Returns:
         ``(logits [B, classes], reg)``: ``reg`` is the VMP regulariser (0 without VMP).
     """
-    x = normalise(clips, mean, std, channel_dim=1)
-    if vmp is None:
-        return model(x[:, :, 1:]), x.new_zeros(())
-    prompts, reg = vmp(x)
-    return model(prompts), reg
+    x, reg = clip_inputs(clips, vmp, clip.mean, clip.std)
+    return model(x), reg
 
 
 @torch.no_grad()
@@ -100,11 +93,10 @@ def evaluate(
     model: nn.Module,
     vmp: VmpLayer | None,
     dataset: ClipDataset,
+    clip: ClipSpec,
     batch_size: int = 16,
     workers: int = 0,
     labels: Sequence[str] | None = None,
-    mean: Sequence[float] = (0.45, 0.45, 0.45),
-    std: Sequence[float] = (0.225, 0.225, 0.225),
     log_every_s: float = 30.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
@@ -113,9 +105,9 @@ def evaluate(
     Args:
         model, vmp: as :func:`forward_clips`.
         dataset: clips whose labels index ``labels``.
+        clip: the checkpoint's clip spec (its normalisation).
         batch_size, workers: data loading.
         labels: label names (default: the data set's).
-        mean, std: the clip normalisation (the checkpoint's).
         log_every_s: progress log interval, seconds.
         progress: called with (clips done, total) after each batch.
     """
@@ -128,7 +120,7 @@ def evaluate(
     start = last_log = time.monotonic()
     done = 0
     for clips, target in loader:
-        logits, _ = forward_clips(model, vmp, clips, mean, std)
+        logits, _ = forward_clips(model, vmp, clips, clip)
         np.add.at(confusion, (target.numpy(), logits.argmax(1).numpy()), 1)
         done += len(target)
         if progress is not None:

@@ -36,13 +36,13 @@ from torch.utils.data import DataLoader
 
 from emim_stream.engines.checkpoints.io import (
     FORMAT,
-    ClipSpec,
     LoadReport,
     load_pretrained,
     read_file,
     resolve_checkpoint,
     save_checkpoint,
 )
+from emim_stream.engines.clip import ClipSpec, clip_from_record
 from emim_stream.engines.data.augment import SymmetricClips
 from emim_stream.engines.data.clip_cache import cache_clips
 from emim_stream.engines.data.datasets import ClipDataset, open_dataset, split_validation
@@ -381,15 +381,22 @@ def train(
         CheckpointError: unreadable or unfitting ``init`` / resume file.
         TrainInterrupted: ``stop`` was set; the resume file is written.
     """
-    _, default_t, default_h, default_w = get_model_cfg(cfg.model).input_size
+    model_cfg = get_model_cfg(cfg.model)
+    _, default_t, default_h, default_w = model_cfg.input_size
     frames = cfg.frames or default_t
     height = width = cfg.size or default_h
     if cfg.size is None and default_h != default_w:
         width = default_w
-    clip = ClipSpec(frames, height, width)
 
     train_set = open_dataset(cfg.data, frames + 1, height, width, train=True, method=cfg.method, seed=cfg.seed)
     labels = train_set.labels
+    mean, std = _normalisation(cfg.init, model_cfg.mean, model_cfg.std)
+    clip = ClipSpec(frames, height, width, mean, std, train_set.sampling)  # what this run trains with
+    if cfg.vmp and (len(set(mean)) > 1 or len(set(std)) > 1):
+        raise ConfigError(
+            f"VMP de-normalises with one mean / std for all channels; the normalisation {list(mean)} / {list(std)} "
+            "differs between channels (train without VMP)"
+        )
     train_set, val_set = _validation_split(cfg, train_set, frames + 1, height, width)
     if cfg.cache_clips is not None:
         train_set = cache_clips(train_set, cfg.cache_clips, cfg.workers)
@@ -398,7 +405,7 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=len(labels), **cfg.overrides)
-    vmp = VmpLayer() if cfg.vmp else None
+    vmp = VmpLayer(mean=mean[0], std=std[0]) if cfg.vmp else None
     if cfg.init and not cfg.resume:
         _load_init(model, vmp, cfg.init, labels)
     if vmp is not None and cfg.vmp_init is not None and not cfg.resume:
@@ -423,7 +430,7 @@ def train(
     _log.info("model %s%s: %s parameters, %d classes, input %dx%dx%d (T x H x W) from %d frames",
               cfg.model, f" {cfg.overrides}" if cfg.overrides else "", f"{params:,}", len(labels),
               frames, height, width, frames + 1)
-    _log.info("train data: %s", train_set.describe())
+    _log.info("train data: %s; clip sampling: %s", train_set.describe(), clip.describe_sampling())
     _log.info("validation data: %s", val_set.describe() if val_set is not None else "none (no evaluation)")
     if vmp is not None:
         a, b = slope_shift(vmp.m.detach(), vmp.n.detach())
@@ -440,7 +447,7 @@ def train(
         epoch_start = time.monotonic()
         lr = _train_epoch(run, train_set, state, on_step, stop)
         if val_set is not None:
-            val_result = evaluate(model, vmp, val_set, cfg.batch_size, cfg.workers, labels, clip.mean, clip.std)
+            val_result = evaluate(model, vmp, val_set, clip, cfg.batch_size, cfg.workers, labels)
         stats = state.epoch_stats
         record = EpochRecord(
             epoch=epoch + 1,
@@ -515,7 +522,7 @@ def _train_epoch(
     lr = cfg.lr
     for clips, target in loader:
         lr = run.schedule.get_last_lr()[0]
-        logits, reg = forward_clips(run.model, run.vmp, clips, run.clip.mean, run.clip.std)
+        logits, reg = forward_clips(run.model, run.vmp, clips, run.clip)
         loss = F.cross_entropy(logits, target) + cfg.vmp_lambda * reg
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -576,6 +583,22 @@ def _param_groups(model: nn.Module, vmp: VmpLayer | None, weight_decay: float) -
     if vmp is not None:
         no_decay += list(vmp.parameters())
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _normalisation(
+    init: str | None, mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The normalisation a run trains with: that of its ``--init`` checkpoint, else the architecture's
+    (``mean`` / ``std``, the published weights' own)."""
+    if init is not None:
+        record = read_file(resolve_checkpoint(init))
+        if isinstance(record, dict) and record.get("format") == FORMAT:
+            try:
+                clip = clip_from_record(record["clip"])
+            except (ConfigError, KeyError, TypeError, ValueError) as err:
+                raise CheckpointError(f"init '{init}' has an invalid clip record: {err}") from None
+            return clip.mean, clip.std
+    return mean, std
 
 
 def _load_init(model: nn.Module, vmp: VmpLayer | None, path: str, labels: tuple[str, ...]) -> LoadReport:

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from emim_stream.engines.backends.base import Engine
-from emim_stream.engines.layers.vmp import normalisation_for
 from emim_stream.pipeline.capture.ring import RingReader, SharedRing
 from emim_stream.pipeline.comms.messages import EventMessage
 from emim_stream.pipeline.config import CameraConfig, EventsConfig, PostprocessConfig
@@ -157,17 +156,16 @@ def build_stream(
     events: EventsConfig,
     taps: Sequence[FrameTap] = (),
 ) -> CameraStream:
-    """The stream of ``camera`` with its stages made for ``engine`` (its device, clip size, VMP and labels).
+    """The stream of ``camera`` with its stages made for ``engine`` (its device, clip spec, VMP and labels).
 
     Raises:
         ConfigError: the camera's truth sidecar is malformed or names a class the model does not know.
     """
-    spec, vmp = engine.input_spec, engine.vmp
-    mean, std = normalisation_for(vmp)
+    spec, clip = engine.input_spec, engine.clip
     return CameraStream(
         camera.id,
         ring,
-        VmpStage(vmp, engine.device, mean, std, dtype=torch.float32),
+        VmpStage(engine.vmp, engine.device, clip.mean, clip.std, dtype=torch.float32),
         ClipWindow(spec.frames, stride, spec.height, spec.width, engine.device, torch.float32),
         Postprocessor(engine.labels, postprocess.topk, postprocess.smoothing),
         events=EventTracker(camera.id, engine.labels, events) if events.enabled else None,

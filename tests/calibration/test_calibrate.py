@@ -41,7 +41,8 @@ from emim_stream.cli.commands.calibrate import collect_from_source
 from emim_stream.engines.backends import load_engine
 from emim_stream.engines.backends.base import EngineConfig
 from emim_stream.engines.backends.model_source import load_source
-from emim_stream.engines.checkpoints.io import ClipSpec, save_checkpoint
+from emim_stream.engines.checkpoints.io import save_checkpoint
+from emim_stream.engines.clip import ClipSpec
 from emim_stream.engines.export.deployability import check_deployable
 from emim_stream.engines.export.onnx import run_onnxruntime
 from emim_stream.engines.models import build_model

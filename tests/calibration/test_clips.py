@@ -30,7 +30,7 @@ from emim_stream.calibration.errors import CalibrationError
 from emim_stream.cli.commands.calibrate import collect_from_source
 from emim_stream.engines.backends.base import EngineConfig
 from emim_stream.engines.backends.model_source import ModelSource, load_source
-from emim_stream.engines.layers.vmp import VmpLayer, normalisation_for
+from emim_stream.engines.layers.vmp import VmpLayer
 from emim_stream.engines.transforms import ResizeMethod
 from emim_stream.pipeline.capture.preprocess import Preprocessor
 from emim_stream.pipeline.capture.sources import SyntheticSource
@@ -60,7 +60,7 @@ def with_vmp(untrained) -> ModelSource:
 def runtime_clips(model: ModelSource, uri: str, count: int, stride: int = T) -> list[torch.Tensor]:
     """Reference: the runtime's streaming path, camera Preprocessor -> VmpStage -> ClipWindow, on the same source."""
     pre = Preprocessor(SIZE, SIZE, "area")
-    stage = VmpStage(model.vmp, "cpu", *normalisation_for(model.vmp))
+    stage = VmpStage(model.vmp, "cpu", model.clip.mean, model.clip.std)
     window = ClipWindow(T, stride, SIZE, SIZE)
     clips = []
     with SyntheticSource(uri, pace=False) as src:

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 
 from emim_stream.engines.errors import ConfigError
-from emim_stream.engines.layers.vmp import VmpLayer, normalisation_for
 from emim_stream.engines.transforms import (
-    MEAN,
     RESIZE_METHODS,
-    STD,
     ResizeMethod,
     check_resize,
     fit_frame,
@@ -48,9 +45,3 @@ def test_fit_frame_does_not_copy_a_frame_that_is_already_the_output():
     out = fit_frame(image, 16, 24)
     assert np.shares_memory(out, image) and out.shape == image.shape
     np.testing.assert_array_equal(out, image)
-
-
-def test_normalisation_for_is_the_vmp_layers_or_the_default():
-    assert normalisation_for(None) == ((MEAN,) * 3, (STD,) * 3) == ((0.45,) * 3, (0.225,) * 3)
-    vmp = VmpLayer(mean=0.5, std=0.25)
-    assert normalisation_for(vmp) == ((0.5,) * 3, (0.25,) * 3)

@@ -13,7 +13,8 @@ import torch
 import yaml
 import zmq
 
-from emim_stream.engines.checkpoints.io import ClipSpec, save_checkpoint
+from emim_stream.engines.checkpoints.io import save_checkpoint
+from emim_stream.engines.clip import ClipSpec
 from emim_stream.engines.models import build_model
 from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, engine_section, free_port

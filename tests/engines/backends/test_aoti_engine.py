@@ -19,7 +19,7 @@ import torch
 
 from emim_stream.engines.backends import Candidate, EngineConfig, aoti_engine, load_engine, open_backend, start_engine
 from emim_stream.engines.backends.model_source import ModelSource, load_source
-from emim_stream.engines.checkpoints.io import ClipSpec
+from emim_stream.engines.clip import ClipSpec
 from emim_stream.engines.errors import BackendUnavailableError
 
 REL = 1e-4

@@ -14,7 +14,8 @@ import torch
 from emim_stream.engines.backends import BACKENDS, Candidate, EngineConfig, fallback_chain, load_engine
 from emim_stream.engines.backends.base import Engine, read_engine_section
 from emim_stream.engines.backends.model_source import ModelSource, load_source
-from emim_stream.engines.checkpoints.io import ClipSpec, save_checkpoint
+from emim_stream.engines.checkpoints.io import save_checkpoint
+from emim_stream.engines.clip import ClipSpec
 from emim_stream.engines.errors import BackendUnavailableError, CheckpointError, ConfigError
 from emim_stream.engines.layers.blocks import EmimAttention
 from emim_stream.engines.layers.vmp import VmpLayer

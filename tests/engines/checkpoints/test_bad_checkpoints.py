@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from emim_stream.engines.checkpoints.io import ClipSpec, load_checkpoint, save_checkpoint, weights_sha256
+from emim_stream.engines.checkpoints.io import load_checkpoint, save_checkpoint, weights_sha256
+from emim_stream.engines.clip import ClipSpec
 from emim_stream.engines.errors import CheckpointError
 from emim_stream.engines.models import build_model
 

@@ -9,6 +9,7 @@ import torch
 from emim_stream.cli.main import main as cli_main
 from emim_stream.engines.checkpoints.import_weights import LABEL_MAPS, read_label_map
 from emim_stream.engines.checkpoints.io import load_checkpoint
+from emim_stream.engines.clip import ClipSampling
 from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.models import build_model
 
@@ -60,6 +61,9 @@ def test_slowfast_uniformer_k400_checkpoint(tmp_path, capsys):
     assert loaded.keys() == published.keys()
     assert all(torch.equal(loaded[k], published[k]) for k in published)
     assert ck.extra["imported"]["source"] == src.name and len(ck.extra["imported"]["source_sha256"]) == 64
+    assert ck.clip.sampling == ClipSampling(frame_interval=4, fps=30.0)  # 16x4: the published configuration
+    assert cli_main(["info", "--checkpoint", str(out)]) == 0
+    assert "sampling        one frame in 4 at 30 fps (7.5 frames/s; 16 frames cover 2.13 s)" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -76,6 +80,8 @@ def test_emim_ssv2_state_dict_and_a_class_count_mismatch(tmp_path, capsys):
     assert cli_main([*argv, "--labels", "ssv2"]) == 0
     ck = load_checkpoint(out)
     assert len(ck.labels) == 174 and (ck.clip.frames, ck.clip.height) == (8, 160)
+    assert ck.clip.sampling is None  # SSv2 models are published at 16 and 32 frames: none known for 8
+    assert "no clip sampling recorded (no published configuration for ssv2 with 8 frames)" in capsys.readouterr().err
     motion = "blocks3.0.attn.motion_conv.0.weight"
     assert torch.equal(ck.model.state_dict()[motion], published[motion])
 
@@ -99,6 +105,42 @@ def test_2d_imagenet_layout_is_inflated(tmp_path, capsys):
     t = target[conv].shape[2]
     expected = flat[conv].double().unsqueeze(2).repeat(1, 1, t, 1, 1) / t
     torch.testing.assert_close(loaded[conv].double(), expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("labels", "options", "sampling"),
+    [
+        ("k400", ["--frames", "8"], ClipSampling(frame_interval=8, fps=30.0)),  # 8x8
+        ("ssv2", [], ClipSampling(span_s=4.0)),  # 16 frames spread over a clip
+        ("ssv2", ["--frame-interval", "2", "--fps", "12"], ClipSampling(frame_interval=2, fps=12.0)),
+        ("mine", ["--span", "3"], ClipSampling(span_s=3.0)),
+        ("mine", [], None),
+    ],
+)
+def test_import_records_the_published_or_the_stated_sampling(tmp_path, capsys, labels, options, sampling):
+    if labels == "mine":
+        labels = tmp_path / "mine.txt"
+        labels.write_text("wave\nsit\nstand\n")
+    src = tmp_path / "published.pth"
+    torch.save(build_model("emim_xs", num_classes=len(read_label_map(labels))).state_dict(), src)
+    out = tmp_path / "ck.pt"
+    argv = ["import-weights", str(src), "--model", "emim_xs", "--labels", str(labels), "--out", str(out), *options]
+    assert cli_main(argv) == 0
+    assert load_checkpoint(out).clip.sampling == sampling
+    assert (sampling is None) == ("no clip sampling recorded" in capsys.readouterr().err)
+
+
+def test_sampling_options_must_state_a_whole_sampling(tmp_path, capsys):
+    src = tmp_path / "published.pth"
+    torch.save(build_model("emim_xs", num_classes=400).state_dict(), src)
+    argv = ["import-weights", str(src), "--model", "emim_xs", "--labels", "k400", "--out", str(tmp_path / "ck.pt")]
+    assert cli_main([*argv, "--fps", "25"]) == 2
+    assert "--frame-interval and --fps go together" in capsys.readouterr().err
+    assert cli_main([*argv, "--span", "3", "--fps", "25"]) == 2
+    assert "--span (uniform sampling) excludes --frame-interval and --fps" in capsys.readouterr().err
+    assert cli_main([*argv, "--frame-interval", "0", "--fps", "25"]) == 2
+    assert "frame_interval must be in 1..1000, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "ck.pt").exists()
 
 
 def test_file_errors_are_one_line(tmp_path, capsys):

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
 from emim_stream.engines.checkpoints.io import (
-    ClipSpec,
     inflate_2d_to_3d,
     load_checkpoint,
     load_pretrained,
     save_checkpoint,
 )
-from emim_stream.engines.errors import CheckpointError
+from emim_stream.engines.clip import ClipSampling, ClipSpec
+from emim_stream.engines.errors import CheckpointError, ConfigError
 from emim_stream.engines.layers.vmp import VmpLayer
 from emim_stream.engines.models import build_model
 
@@ -89,6 +91,51 @@ def test_own_checkpoint_round_trip(tmp_path):
     x = torch.randn(1, 3, 8, 64, 64)
     with torch.no_grad():
         assert torch.equal(ck.model(x), model(x))
+
+
+def test_clip_sampling_round_trips_and_an_older_file_is_fed_consecutive_frames(tmp_path, caplog):
+    model = build_model("emim_xs", num_classes=3)
+    sampling = ClipSampling(frame_interval=4, fps=30.0)
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, model, ("a", "b", "c"), ClipSpec(16, 64, 64, sampling=sampling))
+    assert load_checkpoint(path).clip.sampling == sampling
+    record = torch.load(path, weights_only=True)
+    del record["clip"]["sampling"]  # as written before sampling was recorded
+    torch.save(record, tmp_path / "old.pt")
+    with caplog.at_level(logging.INFO, logger="emim_stream.engines.checkpoints.io"):
+        old = load_checkpoint(tmp_path / "old.pt")
+    assert old.clip.sampling is None and old.clip.describe_sampling().endswith("consecutive camera frames")
+    assert caplog.text.count("states no clip sampling") == 1
+
+
+def test_the_vmp_layer_must_denormalise_with_the_clip_normalisation(tmp_path):
+    model, labels, path = build_model("emim_xs", num_classes=3), ("a", "b", "c"), tmp_path / "ck.pt"
+    other = ClipSpec(8, 64, 64, (0.5,) * 3, (0.25,) * 3)
+    with pytest.raises(ConfigError, match=r"VMP layer de-normalises with mean 0.45 / std 0.225 but the clip"):
+        save_checkpoint(path, model, labels, other, VmpLayer())
+    save_checkpoint(path, model, labels, other, VmpLayer(mean=0.5, std=0.25))
+    assert load_checkpoint(path).vmp.mean == 0.5
+    record = torch.load(path, weights_only=True)
+    record["vmp"]["std"] = 0.225  # a record that contradicts itself
+    torch.save(record, path)
+    with pytest.raises(CheckpointError, match=r"invalid record: .*de-normalises with mean 0.5 / std 0.225"):
+        load_checkpoint(path, verify=False)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ClipSampling(frame_interval=0), "frame_interval must be in 1..1000, got 0"),
+        (lambda: ClipSampling(fps=-30.0), "fps must be a number in (0, 1000] or null, got -30.0"),
+        (lambda: ClipSampling(span_s=4.0, fps=30.0), "span_s (uniform sampling) excludes fps and frame_interval"),
+        (lambda: ClipSpec(8, 64, 64, std=(0.2, 0.0, 0.2)), "clip std must be > 0 on every channel"),
+        (lambda: ClipSpec(8, 64, 64, mean=(0.5, 0.5)), "clip mean must be 3 finite numbers"),
+    ],
+)
+def test_bad_clip_specs_name_the_field(make, message):
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert message in str(err.value)
 
 
 def test_truncated_and_corrupted_checkpoints_fail_clearly(tmp_path):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from emim_stream.engines.backends import start_engine
 from emim_stream.engines.errors import ConfigError
+from emim_stream.engines.sampling import SamplingRequest
 from emim_stream.pipeline.capture.camera import CameraExit
 from emim_stream.pipeline.capture.supervisor import CameraSupervisor
 from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage
@@ -57,6 +58,8 @@ class RunReport:
     publish_dropped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     """Cameras whose source cannot work (missing file, corrupt video, no such camera) -> why."""
+    misconfigured: dict[str, str] = field(default_factory=dict)
+    """Cameras whose settings cannot work with their source (too slow for the model's sampling) -> why."""
     events: dict[str, int] = field(default_factory=dict)
     mqtt: dict | None = None
     """The MQTT sink's final :meth:`emim_stream.pipeline.comms.mqtt.MqttSink.stats` (None: no sink)."""
@@ -108,8 +111,15 @@ def run(
         spec = engine.input_spec
         if cfg.ring.slots <= spec.frames:
             raise ConfigError(f"ring.slots: must exceed the clip length {spec.frames}, got {cfg.ring.slots}")
+        sampling = {
+            cam.id: SamplingRequest.for_clip(engine.clip, cfg.stride_of(cam), cfg.frame_interval_of(cam))
+            for cam in cfg.cameras
+        }
         cameras = resources.enter_context(
-            CameraSupervisor(cfg.cameras, cfg.ring.slots, spec.height, spec.width, cfg.supervisor)
+            CameraSupervisor(
+                cfg.cameras, cfg.ring.slots, spec.height, spec.width, cfg.supervisor, sampling,
+                all_frames=cfg.record.dir is not None,  # the recorder shows every frame, not only the model's
+            )
         )
         outputs = Outputs(publisher, _mqtt(cfg, resources), _preview_tap(cfg, resources), _recorder(cfg, resources))
         if metrics is not None and outputs.mqtt is not None:
@@ -154,6 +164,9 @@ def _report(reason: str, loop: InferenceLoop, cameras: CameraSupervisor, outputs
         reason=reason,
         publish_dropped=outputs.publisher.dropped,
         failed={cam_id: h.detail for cam_id, h in cameras.cameras.items() if h.finished == CameraExit.SOURCE_ERROR},
+        misconfigured={
+            cam_id: h.detail for cam_id, h in cameras.cameras.items() if h.finished == CameraExit.CONFIG_ERROR
+        },
         events={cam_id: s.events_sent for cam_id, s in streams.items()},
     )
     if outputs.mqtt is not None:

@@ -11,9 +11,9 @@ Writes into ``--out DIR``::
 Exit status: 0 deployable, 1 calibrated but below the gate, others as any command's errors.
 
 The command composes the packages: it opens the source with :func:`emim_stream.pipeline.capture.sources.open_source`,
-prepares every frame as the camera process does (:class:`emim_stream.pipeline.capture.preprocess.Preprocessor`) and
-hands
-the frames to :func:`emim_stream.calibration.clips.collect_from_frames`, which never imports ``pipeline``.
+samples and prepares its frames as a camera process does (the checkpoint's clip sampling matched to the source's
+frame rate, :mod:`emim_stream.engines.sampling`; :class:`emim_stream.pipeline.capture.preprocess.Preprocessor`) and
+hands the samples to :func:`emim_stream.calibration.clips.collect_from_frames`, which never imports ``pipeline``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from emim_stream.calibration.clips import ClipManifest
     from emim_stream.engines.backends.model_source import ModelSource
+    from emim_stream.engines.sampling import FrameSampler
     from emim_stream.pipeline.capture.preprocess import Preprocessor
     from emim_stream.pipeline.capture.sources import FrameSource
 
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--held-out", type=int, default=100, help="clips kept out of calibration for the report (default %(default)s)"
     )
-    parser.add_argument("--stride", type=int, help="frames between clips taken from a source (default: T)")
+    parser.add_argument("--stride", type=int, help="sampled frames between clips taken from a source (default: T)")
     parser.add_argument("--batch", type=int, default=8, help="clips per forward pass (default %(default)s)")
     parser.add_argument(
         "--keep",
@@ -103,10 +104,10 @@ def collect_from_source(
     read_timeout_s: float = 5.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> ClipManifest:
-    """Calibration clips from a pipeline source, its frames prepared as the camera process prepares them.
+    """Calibration clips from a pipeline source, its frames sampled and prepared as a camera process does.
 
-    Files and synthetic sources are read as fast as they decode (unpaced); a file that ends early
-    gives fewer clips (a warning), live sources deliver at their own rate.
+    Files and synthetic sources are read as fast as they decode (unpaced: sampled by their own timestamps);
+    a file that ends early gives fewer clips (a warning), live sources deliver at their own rate.
 
     Args:
         uri: a source URI as in a camera config (file, ``rtsp://...``, USB index, ``synthetic://...``).
@@ -119,14 +120,19 @@ def collect_from_source(
         SourceError: the source cannot be opened or is lost.
     """
     from emim_stream.calibration.clips import collect_from_frames
+    from emim_stream.engines.sampling import FrameSampler, SamplingRequest, plan_sampling
     from emim_stream.engines.uris import redact_uri
     from emim_stream.pipeline.capture.preprocess import Preprocessor
     from emim_stream.pipeline.capture.sources import open_source
 
     pre = Preprocessor(model.clip.height, model.clip.width, resize)
     source = redact_uri(uri)
-    with open_source(uri, pace=False, read_timeout_s=read_timeout_s) as src:
-        frames = _prepared_frames(src, pre, source)
+    src = open_source(uri, pace=False, read_timeout_s=read_timeout_s)
+    fps = src.open().fps
+    with src:
+        plan = plan_sampling(SamplingRequest.for_clip(model.clip, stride or model.clip.frames), fps)
+        log.info("%s: %s", source, plan.describe())
+        frames = _prepared_frames(src, pre, FrameSampler(plan), source)
         return collect_from_frames(
             frames,
             model,
@@ -140,8 +146,11 @@ def collect_from_source(
         )
 
 
-def _prepared_frames(src: FrameSource, pre: Preprocessor, source: str) -> Iterator[np.ndarray]:
-    """The frames of an open source, prepared; until it ends (a warning) or is lost (SourceError)."""
+def _prepared_frames(
+    src: FrameSource, pre: Preprocessor, sampler: FrameSampler, source: str
+) -> Iterator[np.ndarray]:
+    """The model's samples of an open source, prepared (a repeated sample twice); until the source ends (a
+    warning) or is lost (SourceError)."""
     from emim_stream.pipeline.errors import EndOfStream
 
     count = 0
@@ -154,7 +163,11 @@ def _prepared_frames(src: FrameSource, pre: Preprocessor, source: str) -> Iterat
         if frame is None:  # a stalled live source; it raises once it counts as lost
             continue
         count += 1
-        yield pre(frame.image, bgr=True)
+        _, samples = sampler.offer(frame.source_pts_ns, frame.capture_mono_ns)
+        if samples:
+            image = pre(frame.image, bgr=True)
+            for _ in range(samples):
+                yield image
 
 
 def main(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from emim_stream.cli.commands.common import add_config_argument, add_overrides_a
 
 HELP = (
     "run the pipeline on a config: cameras -> VMP -> EMIM engine -> ZeroMQ labels "
-    "(exit 6 when a camera's source cannot work)"
+    "(exit 6 when a camera's source cannot work, 2 when its settings cannot work with it)"
 )
 
 
@@ -49,6 +49,7 @@ def _format_label(msg, scored: bool) -> str:
     others = " ".join(f"{label} {score:.2f}" for label, score in rest)
     line = (
         f"{msg.camera_id:>8} frames {msg.window.first_seq:>6}-{msg.window.last_seq:<6} "
+        f"({msg.window.span_ms / 1000:.2f} s) "
         f"{best[0]:<11} {best[1]:.2f}  ({others})  latency {msg.latency_ms['total']:.1f} ms"
     )
     if msg.truth is not None:
@@ -87,6 +88,7 @@ def _format_event(msg) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from emim_stream.engines.errors import ConfigError
     from emim_stream.pipeline.config import load_config
     from emim_stream.pipeline.errors import SourceError
     from emim_stream.pipeline.inference.latency import format_table
@@ -144,6 +146,8 @@ def main(args: argparse.Namespace) -> int:
     if report.latency:
         print("\nper-window latency (CLOCK_MONOTONIC, ms; total = publish - capture of the newest frame):")
         print(format_table(report.latency))
-    for cam_id, why in report.failed.items():
+    for cam_id, why in {**report.failed, **report.misconfigured}.items():
         print(f"emim-stream run: error: camera {cam_id}: {why}", file=sys.stderr)
+    if report.misconfigured:
+        return ConfigError.exit_code
     return SourceError.exit_code if report.failed else 0

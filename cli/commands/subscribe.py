@@ -107,7 +107,7 @@ def _describe_label(msg: LabelMessage) -> str:
         drops = f" dropped {msg.dropped_frames} frames/{msg.dropped_windows} windows"
     return (
         f"{msg.camera_id} #{msg.msg_seq} frames {msg.window.first_seq}-{msg.window.last_seq} "
-        f"{top} latency {latency}{drops}"
+        f"({msg.window.span_ms / 1000:.2f} s) {top} latency {latency}{drops}"
     )
 
 

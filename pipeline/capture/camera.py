@@ -1,10 +1,13 @@
-"""The camera process: source -> decode -> RGB, resize, centre crop -> shared-memory ring.
+"""The camera process: source -> decode -> sampling -> RGB, resize, centre crop -> shared-memory ring.
 
 One spawned process per camera (``camera_main``). It never waits for the consumer: the ring
-overwrites its oldest slots. A network source that drops is reopened with capped exponential
-backoff; the frames expected during the outage (outage x nominal fps) are counted as lost and
-skipped in the sequence numbers, so the consumer sees a gap and restarts its window. Problems
-go to the supervisor as one-line notes over a pipe (credentials redacted by the sources).
+overwrites its oldest slots. Every frame is decoded; only the frames the model sees (the checkpoint's
+clip sampling matched to this camera's frame rate, :mod:`emim_stream.engines.sampling`) are prepared and
+written, unless the recorder wants every frame (then each is written, the model's samples marked). A
+network source that drops is reopened with capped exponential backoff; the frames expected during the
+outage (outage x nominal fps) are counted as lost and skipped in the frame numbers, and the sampling
+restarts after a gap, so the consumer restarts its window. Problems go to the supervisor as one-line
+notes over a pipe (credentials redacted by the sources).
 
 Stopping: every wait of the process (backoff sleeps, the frame loop) watches the supervisor's stop
 pipe, which also reads as closed when the parent dies, and a SIGTERM flag (the handler only sets
@@ -25,9 +28,10 @@ import time
 from multiprocessing.connection import Connection, wait
 
 from emim_stream.engines.errors import ConfigError
+from emim_stream.engines.sampling import FrameSampler, SamplingPlan, SamplingRequest, plan_sampling
 from emim_stream.pipeline.capture.preprocess import Preprocessor
 from emim_stream.pipeline.capture.ring import SharedRing
-from emim_stream.pipeline.capture.sources import SourceInfo, SourceState, open_source
+from emim_stream.pipeline.capture.sources import SourceFrame, SourceInfo, SourceState, open_source
 from emim_stream.pipeline.config import CameraConfig
 from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, SourceError
 
@@ -54,15 +58,31 @@ class CameraExit:
     """A finite source (a file without loop) has no more frames."""
     SOURCE_ERROR = 11
     """The source cannot work (missing file, corrupt video, no such camera): restarting would not help."""
+    CONFIG_ERROR = 12
+    """The settings cannot work with this source (a camera too slow for the model's sampling)."""
 
 
 class _CaptureState:
     """State of the capture loop of one camera."""
 
-    def __init__(self, cfg: CameraConfig, ring: SharedRing, notes: Connection, backoff: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        cfg: CameraConfig,
+        ring: SharedRing,
+        notes: Connection,
+        backoff: tuple[float, float],
+        sampling: SamplingRequest,
+        all_frames: bool,
+    ) -> None:
         self.cfg, self.ring, self.notes = cfg, ring, notes
         self.pre = Preprocessor(ring.height, ring.width, cfg.resize)
-        self.seq = ring.latest_seq + 1  # a restarted process continues after the last written frame
+        self.request, self.all_frames = sampling, all_frames
+        # A restarted process continues after the last written frame, its samples after a gap.
+        self.seq = ring.latest_seq + 1
+        self.frame_seq = ring.latest_frame_seq + 1
+        self.next_sample = ring.latest_sample_seq + 2 if ring.latest_sample_seq >= 0 else 0
+        self.sampler: FrameSampler | None = None
+        self.plan: SamplingPlan | None = None
         self.backoff_s, self.backoff_max_s = backoff
         self.reconnects = 0
         self.frames_lost = 0
@@ -81,6 +101,39 @@ class _CaptureState:
         if force or now - self._last_status_ns >= _STATUS_EVERY_NS:
             self._last_status_ns = now
             self.ring.set_status(STATE_CODES[state], self.fps, self.reconnects, self.frames_lost, *self.size)
+
+    def start_sampling(self, fps: float) -> None:
+        """A new sampling schedule for a source (re)opened at ``fps``; the plan is logged when it changes.
+
+        Raises:
+            ConfigError: the camera cannot deliver the model's sampling.
+        """
+        plan = plan_sampling(self.request, fps)
+        if self.sampler is not None:
+            self.next_sample = self.sampler.next_sample + 1  # a gap: no window spans the outage
+        self.sampler = FrameSampler(plan, self.next_sample)
+        if plan != self.plan:
+            _log.info("camera %s: %s", self.cfg.id, plan.describe())
+            if plan.repeated > 0:
+                self.note(
+                    f"the camera is slower than the model's sampling: {plan.repeated:.0%} of its samples repeat "
+                    "the frame before"
+                )
+        self.plan = plan
+
+    def feed(self, frame: SourceFrame) -> None:
+        """Prepare and write ``frame`` if the model sees it (once per sample), or once for the recorder."""
+        first, count = self.sampler.offer(frame.source_pts_ns, frame.capture_mono_ns)
+        if count or self.all_frames:
+            image = self.pre(frame.image, bgr=True)
+            writes = [(first, count)] if self.all_frames else [(first + k, 1) for k in range(count)]
+            for sample, samples in writes:
+                self.ring.write(
+                    image, self.seq, frame.capture_mono_ns, frame.capture_wall_ns, frame.source_pts_ns,
+                    self.frame_seq, sample, samples,
+                )
+                self.seq += 1
+        self.frame_seq += 1
 
     def count_frame(self, now_ns: int) -> None:
         self._fps_window.append(now_ns)
@@ -140,6 +193,8 @@ def camera_main(
     ring_name: str,
     stop: Connection,
     notes: Connection,
+    sampling: SamplingRequest,
+    all_frames: bool = False,
     backoff: tuple[float, float] = (0.5, 10.0),
     log_level: int = logging.WARNING,
 ) -> None:
@@ -150,6 +205,8 @@ def camera_main(
         ring_name: the shared-memory ring to attach (created by the supervisor, which owns it).
         stop: read end of the supervisor's stop pipe (readable or closed: end the process).
         notes: write end of a pipe for one-line problem reports.
+        sampling: the model's clip sampling (or the config's fixed interval) to meet.
+        all_frames: write every frame, not only the model's samples (for the recorder).
         backoff: (first, max) reconnect delay in seconds; it doubles per failed attempt.
         log_level: logging level in this process.
 
@@ -163,7 +220,7 @@ def camera_main(
     watch = StopWatch(stop)
     ring = SharedRing.attach(ring_name)
     try:
-        raise SystemExit(_capture_loop(_CaptureState(cfg, ring, notes, backoff), watch))
+        raise SystemExit(_capture_loop(_CaptureState(cfg, ring, notes, backoff, sampling, all_frames), watch))
     finally:
         ring.close()
 
@@ -189,10 +246,11 @@ def _capture_loop(cam: _CaptureState, stop: StopWatch) -> int:
             if down_since_ns is not None:  # frames the camera sent while we were away
                 lost = int((time.monotonic_ns() - down_since_ns) / 1e9 * (info.fps or cam.fps))
                 cam.frames_lost += lost
-                cam.seq += lost
+                cam.frame_seq += lost
                 cam.note(f"reconnected after {(time.monotonic_ns() - down_since_ns) / 1e9:.1f} s, ~{lost} frames lost")
                 down_since_ns = None
             delay = cam.backoff_s
+            cam.start_sampling(info.fps)
             cam.status(SourceState.LIVE, force=True)
             while not stop.is_set():
                 frame = source.read()
@@ -202,9 +260,7 @@ def _capture_loop(cam: _CaptureState, stop: StopWatch) -> int:
                 if frame.image.shape[1::-1] != cam.size:
                     cam.size = frame.image.shape[1::-1]
                     cam.note(f"source resolution changed to {cam.size[0]}x{cam.size[1]}")
-                image = cam.pre(frame.image, bgr=True)
-                cam.ring.write(image, cam.seq, frame.capture_mono_ns, frame.capture_wall_ns, frame.source_pts_ns)
-                cam.seq += 1
+                cam.feed(frame)
                 cam.count_frame(frame.capture_mono_ns)
                 cam.status(SourceState.LIVE)
         except EndOfStream:
@@ -218,7 +274,11 @@ def _capture_loop(cam: _CaptureState, stop: StopWatch) -> int:
             if stop.wait(delay):
                 break
             delay = min(delay * 2, cam.backoff_max_s)
-        except (SourceError, ConfigError) as err:
+        except ConfigError as err:
+            cam.note(str(err))
+            cam.status(SourceState.ENDED, force=True)
+            return CameraExit.CONFIG_ERROR
+        except SourceError as err:
             cam.note(str(err))
             cam.status(SourceState.ENDED, force=True)
             return CameraExit.SOURCE_ERROR

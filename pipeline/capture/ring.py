@@ -8,10 +8,16 @@ Segment layout (one ``multiprocessing.shared_memory`` block, named ``emim_<owner
 int64 native-endian)::
 
     header   256 B   magic, layout version, slots, height, width, latest_seq, heartbeat_mono_ns,
-                     writer status (state, fps, reconnects, frames_lost, source_width, source_height)
-    meta     slots x 64 B   per slot: version, seq, capture_mono_ns, capture_wall_ns, source_pts_ns,
-                            ring_mono_ns (when the frame was written)
+                     writer status (state, fps, reconnects, frames_lost, source_width, source_height),
+                     latest frame_seq, latest sample_seq
+    meta     slots x 128 B  per slot: version, seq, capture_mono_ns, capture_wall_ns, source_pts_ns,
+                            ring_mono_ns (when the frame was written), frame_seq, sample_seq, samples
     images   slots x H*W*3 B (each rounded up to 64 B)   uint8 RGB, HWC
+
+Three numbers per frame: ``seq`` orders the ring's writes (a gap is a frame written but lost to the reader);
+``frame_seq`` is the camera's frame number (every decoded frame counts, and frames lost upstream); ``sample_seq``
+numbers the model's samples (:class:`emim_stream.engines.sampling.FrameSampler`): the frame is samples
+``sample_seq .. sample_seq + samples - 1``, and ``samples`` 0 marks a frame written for the recorder only.
 
 Seqlock: the writer makes a slot's ``version`` odd, writes the slot's meta and image, makes it even again, then
 publishes ``latest_seq``. A reader checks that ``version`` is even before its copy and unchanged after it.
@@ -63,17 +69,19 @@ NAME_PREFIX = "emim_"
 SHM_DIR = "/dev/shm"
 _OWNED_NAME = re.compile(rf"{NAME_PREFIX}(?P<pid>\d+)_[0-9a-f]+")
 _MAGIC = int.from_bytes(b"EMIMRING", "little")
-_LAYOUT_VERSION = 2
+_LAYOUT_VERSION = 3
 _ALIGN = 64
 
 # Header: 32 int64 words (fps is stored as float64 in its word).
 _HEADER_WORDS = 32
 _H_MAGIC, _H_LAYOUT, _H_SLOTS, _H_HEIGHT, _H_WIDTH, _H_LATEST_SEQ, _H_HEARTBEAT = range(7)
 _H_STATE, _H_FPS, _H_RECONNECTS, _H_FRAMES_LOST, _H_SOURCE_WIDTH, _H_SOURCE_HEIGHT = range(7, 13)
+_H_LATEST_FRAME_SEQ, _H_LATEST_SAMPLE_SEQ = 13, 14
 
-# Per-slot meta: 8 int64 words.
-_META_WORDS = 8
+# Per-slot meta: 16 int64 words.
+_META_WORDS = 16
 _M_VERSION, _M_SEQ, _M_CAPTURE_MONO, _M_CAPTURE_WALL, _M_SOURCE_PTS, _M_RING_MONO = range(6)
+_M_FRAME_SEQ, _M_SAMPLE_SEQ, _M_SAMPLES = 6, 7, 8
 
 _TRACKER_LOCK = threading.Lock()
 
@@ -125,13 +133,16 @@ class RingStatus:
     source_height: int
     heartbeat_mono_ns: int
     latest_seq: int
+    latest_frame_seq: int
+    """The camera's frame number of the newest frame written (-1: none yet)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RingFrame:
     """One frame read out of the ring. ``image``: [H, W, 3] uint8 RGB, owned by the reader (a copy).
 
-    ``ring_mono_ns`` is when the writer finished writing it (CLOCK_MONOTONIC).
+    ``ring_mono_ns`` is when the writer finished writing it (CLOCK_MONOTONIC). ``frame_seq``, ``sample_seq``,
+    ``samples``: see the module docstring.
     """
 
     seq: int
@@ -140,6 +151,9 @@ class RingFrame:
     capture_wall_ns: int
     source_pts_ns: int
     ring_mono_ns: int = 0
+    frame_seq: int = -1
+    sample_seq: int = -1
+    samples: int = 1
 
 
 class ReadStatus(str, enum.Enum):
@@ -225,7 +239,7 @@ class SharedRing:
         header[_H_LAYOUT], header[_H_SLOTS], header[_H_HEIGHT], header[_H_WIDTH] = (
             _LAYOUT_VERSION, slots, height, width
         )
-        header[_H_LATEST_SEQ] = -1
+        header[[_H_LATEST_SEQ, _H_LATEST_FRAME_SEQ, _H_LATEST_SAMPLE_SEQ]] = -1
         del header
         ring = cls(shm, owner=True)
         ring._meta[:, _M_SEQ] = -1
@@ -302,6 +316,16 @@ class SharedRing:
         """Seq of the newest completely written frame; -1 before the first write."""
         return int(self._header[_H_LATEST_SEQ])
 
+    @property
+    def latest_frame_seq(self) -> int:
+        """The camera's frame number of the newest frame written; -1 before the first write."""
+        return int(self._header[_H_LATEST_FRAME_SEQ])
+
+    @property
+    def latest_sample_seq(self) -> int:
+        """The number of the newest sample written; -1 before the first."""
+        return int(self._header[_H_LATEST_SAMPLE_SEQ])
+
     def write(
         self,
         image: np.ndarray,
@@ -309,15 +333,21 @@ class SharedRing:
         capture_mono_ns: int,
         capture_wall_ns: int,
         source_pts_ns: int = -1,
+        frame_seq: int | None = None,
+        sample_seq: int | None = None,
+        samples: int = 1,
     ) -> None:
         """Write one frame into slot ``seq % slots`` (writer process only; never waits for readers).
 
         Args:
             image: [height, width, 3] uint8 RGB.
-            seq: frame sequence number, > every seq written before (gaps allowed: frames lost upstream).
+            seq: write sequence number, > every seq written before (gaps: frames lost to the readers).
             capture_mono_ns: capture time, ``time.monotonic_ns()``.
             capture_wall_ns: capture time, ``time.time_ns()``.
             source_pts_ns: the source's presentation timestamp in ns, -1 when unknown.
+            frame_seq: the camera's frame number (default ``seq``).
+            sample_seq: the number of the frame's first sample (default ``seq``).
+            samples: how many of the model's samples the frame is (0: written for the recorder only).
 
         Raises:
             ValueError: wrong image shape/dtype or a seq that does not increase (caller bugs).
@@ -334,12 +364,18 @@ class SharedRing:
         meta = self._meta
         version = int(meta[slot, _M_VERSION]) | 1  # odd: write in progress
         meta[slot, _M_VERSION] = version
+        frame_seq = seq if frame_seq is None else frame_seq
+        sample_seq = seq if sample_seq is None else sample_seq
         meta[slot, _M_SEQ : _M_SOURCE_PTS + 1] = (seq, capture_mono_ns, capture_wall_ns, source_pts_ns)
+        meta[slot, _M_FRAME_SEQ : _M_SAMPLES + 1] = (frame_seq, sample_seq, samples)
         self._copy_in(slot, image)
         now = time.monotonic_ns()
         meta[slot, _M_RING_MONO] = now
         meta[slot, _M_VERSION] = version + 1  # even: slot consistent
         header[_H_LATEST_SEQ] = seq
+        header[_H_LATEST_FRAME_SEQ] = frame_seq
+        if samples:
+            header[_H_LATEST_SAMPLE_SEQ] = sample_seq + samples - 1
         header[_H_HEARTBEAT] = now
 
     def _copy_in(self, slot: int, image: np.ndarray) -> None:
@@ -383,6 +419,7 @@ class SharedRing:
             source_height=int(header[_H_SOURCE_HEIGHT]),
             heartbeat_mono_ns=int(header[_H_HEARTBEAT]),
             latest_seq=int(header[_H_LATEST_SEQ]),
+            latest_frame_seq=int(header[_H_LATEST_FRAME_SEQ]),
         )
 
     def close(self) -> None:
@@ -459,8 +496,8 @@ class RingReader:
         slot = seq % ring.slots
         meta = ring._meta
         version = int(meta[slot, _M_VERSION])
-        slot_seq, capture_mono_ns, capture_wall_ns, source_pts_ns, ring_mono_ns = (
-            int(v) for v in meta[slot, _M_SEQ : _M_RING_MONO + 1]
+        slot_seq, capture_mono_ns, capture_wall_ns, source_pts_ns, ring_mono_ns, frame_seq, sample_seq, samples = (
+            int(v) for v in meta[slot, _M_SEQ : _M_SAMPLES + 1]
         )
         if version & 1:
             return ReadResult(ReadStatus.TORN, slot_seq=slot_seq)
@@ -472,7 +509,9 @@ class RingReader:
         self._copy_out(slot, out)
         if int(meta[slot, _M_VERSION]) != version:
             return ReadResult(ReadStatus.TORN, slot_seq=slot_seq)
-        frame = RingFrame(seq, out, capture_mono_ns, capture_wall_ns, source_pts_ns, ring_mono_ns)
+        frame = RingFrame(
+            seq, out, capture_mono_ns, capture_wall_ns, source_pts_ns, ring_mono_ns, frame_seq, sample_seq, samples
+        )
         return ReadResult(ReadStatus.OK, frame, seq)
 
     def _copy_out(self, slot: int, out: np.ndarray) -> None:

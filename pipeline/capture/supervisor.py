@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+from emim_stream.engines.sampling import SamplingRequest
 from emim_stream.pipeline.capture.camera import CameraExit, camera_main
 from emim_stream.pipeline.capture.ring import SharedRing, reclaim_stale_rings
 from emim_stream.pipeline.capture.sources import open_source
@@ -45,7 +47,7 @@ class CameraHandle:
     restarts: int = 0
     next_start_mono: float = 0.0
     finished: int | None = None
-    """The clean exit code once the camera is done for good (ended, source error); None while it runs."""
+    """The clean exit code once the camera is done for good (ended, source or config error); None while it runs."""
     detail: str = ""
     """The latest one-line note from the camera process or the supervisor."""
     history: list[str] = field(default_factory=list)
@@ -58,10 +60,19 @@ class CameraSupervisor:
         cameras: camera config sections.
         slots, height, width: ring geometry (frames are written at the model's input size).
         cfg: restart backoff settings.
+        sampling: per camera id, the model's sampling it must deliver.
+        all_frames: cameras write every frame, the model's samples marked (the recorder wants them all).
     """
 
     def __init__(
-        self, cameras: tuple[CameraConfig, ...], slots: int, height: int, width: int, cfg: SupervisorConfig
+        self,
+        cameras: tuple[CameraConfig, ...],
+        slots: int,
+        height: int,
+        width: int,
+        cfg: SupervisorConfig,
+        sampling: Mapping[str, SamplingRequest],
+        all_frames: bool = False,
     ) -> None:
         for cam in cameras:  # bad source URIs fail here, in the main process, with the field named
             open_source(
@@ -71,7 +82,7 @@ class CameraSupervisor:
                 open_timeout_s=cam.open_timeout_s,
                 read_timeout_s=cam.read_timeout_s,
             )
-        self.cfg = cfg
+        self.cfg, self.sampling, self.all_frames = cfg, dict(sampling), all_frames
         self._ctx = multiprocessing.get_context("spawn")
         self._stop_r, self._stop_w = self._ctx.Pipe(duplex=False)
         self._stopping = False
@@ -94,7 +105,10 @@ class CameraSupervisor:
         backoff = (self.cfg.restart_backoff_s, self.cfg.restart_backoff_max_s)
         process = self._ctx.Process(
             target=camera_main,
-            args=(handle.cfg, handle.ring.name, self._stop_r, send, backoff, logging.getLogger().level),
+            args=(
+                handle.cfg, handle.ring.name, self._stop_r, send, self.sampling[handle.cfg.id], self.all_frames,
+                backoff, logging.getLogger().level,
+            ),
             name=f"camera-{handle.cfg.id}",
             daemon=True,
         )
@@ -121,7 +135,7 @@ class CameraSupervisor:
                 continue
             code = process.exitcode
             process.join(0)
-            if code in (CameraExit.ENDED, CameraExit.SOURCE_ERROR):
+            if code in (CameraExit.ENDED, CameraExit.SOURCE_ERROR, CameraExit.CONFIG_ERROR):
                 handle.finished = code
                 continue
             handle.restarts += 1

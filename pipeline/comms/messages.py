@@ -1,4 +1,4 @@
-"""The message contract between the pipeline and its subscribers (schema 1 of every kind).
+"""The message contract between the pipeline and its subscribers (schema 2 of labels, 1 of the other kinds).
 
 Every message is a ZeroMQ multipart ``[topic, payload]``. The topic is ``labels/<camera_id>/``,
 ``status/<camera_id>/`` or ``events/<camera_id>/``: the trailing ``/`` keeps ``cam1`` from matching ``cam10``
@@ -13,9 +13,11 @@ nested on the wire (``timestamps``, ``latency``, ``topk`` objects); :class:`Labe
 
 Fields common to every kind:
 
-- ``schema`` int: the version of this message's kind; 1 for ``label``, ``status`` and ``event``. A kind's version
-  changes only when its fields change incompatibly; a new kind (``event`` was added after the first release of
-  schema 1) leaves the others alone. A reader must refuse versions it does not know and may skip unknown kinds.
+- ``schema`` int: the version of this message's kind (:data:`SCHEMA_VERSIONS`): 2 for ``label``, 1 for
+  ``status``, ``event`` and ``preview``. A kind's version changes only when its fields change incompatibly (label 2:
+  windows count sampled frames and carry their span); a new kind (``event`` was added after the first release
+  of schema 1) leaves the others alone. A reader must refuse versions it does not know and may skip unknown
+  kinds.
 - ``kind`` str: ``"label"``, ``"status"``, ``"event"`` or ``"preview"``.
 - ``camera_id`` str: the camera (1-64 printable characters, no ``/``, no whitespace).
 - ``msg_seq`` int: per-topic message number set by the publisher, 0, 1, 2, ...; a gap means messages were lost,
@@ -24,8 +26,10 @@ Fields common to every kind:
 
 ``label`` (topic ``labels/<camera_id>/``), one per classified clip window:
 
-- ``window`` object: ``first_seq``, ``last_seq`` (int, frame sequence numbers of the oldest and newest frame),
-  ``frames`` (int, T), ``stride`` (int, frames between consecutive windows).
+- ``window`` object: ``first_seq``, ``last_seq`` (int, the camera's frame numbers of the window's oldest and
+  newest sampled frame: a 16x4 model on a 30 fps camera spans 60 frames), ``frames`` (int, T), ``stride`` (int,
+  sampled frames between consecutive windows), ``span_ms`` (float, capture time of the newest sampled frame
+  minus that of the oldest, CLOCK_MONOTONIC: the time the label covers).
 - ``topk`` list of ``{"label": str, "score": float}``, best first; scores are probabilities in [0, 1].
 - ``model`` object: ``name`` (the architecture's registry name, e.g. ``emim_xs``), ``backend`` (``torch``,
   ``onnxruntime``, ``tensorrt``), ``precision`` (``fp32``, ``fp16``, ...), ``device``, ``checkpoint_sha256`` (str,
@@ -39,7 +43,8 @@ Fields common to every kind:
   ``vmp`` (read -> prompt ready), ``wait`` (prompt ready -> inference start: waiting for the window to complete
   and for the engine), ``infer``, ``publish`` (inference end -> publish) and ``total`` (capture -> publish, the
   per-frame latency of the window).
-- ``dropped_frames`` int: frames of this camera the pipeline never processed (ring overruns, torn reads, gaps).
+- ``dropped_frames`` int: frames of this camera written to its ring that the pipeline never processed (ring
+  overruns, torn reads); frames lost before the ring are the status message's ``frames_lost``.
 - ``dropped_windows`` int: ready windows of this camera skipped because inference was behind.
 - ``truth`` str, optional: the window's true class where the source knows it (the synthetic camera, a video
   file with a ``.truth`` sidecar: :mod:`emim_stream.pipeline.inference.truth`); absent otherwise, and readers must
@@ -50,7 +55,7 @@ Fields common to every kind:
 - ``state`` str: the source state (``connecting``, ``live``, ``stalled``, ``reconnecting``, ``ended``).
 - ``fps`` float: frames per second the camera delivers.
 - ``staleness_ms`` float or null: publish time minus capture time of the camera's newest frame (null: no frame yet).
-- ``latest_seq`` int: newest frame sequence number (-1: none yet).
+- ``latest_seq`` int: the camera's newest frame number (-1: none yet).
 - ``reconnects``, ``frames_lost``, ``dropped_frames`` int: source reconnections, frames lost upstream of the ring,
   frames the pipeline never processed.
 - ``source_width``, ``source_height`` int: native size of the source in pixels (0: unknown).
@@ -94,7 +99,7 @@ from emim_stream.pipeline.errors import PipelineError
 __all__ = [
     "LATENCY_CLOCK",
     "LATENCY_UNIT",
-    "SCHEMA_VERSION",
+    "SCHEMA_VERSIONS",
     "EventMessage",
     "LabelMessage",
     "Message",
@@ -112,7 +117,8 @@ __all__ = [
     "validate_camera_id",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSIONS: dict[str, int] = {"label": 2, "status": 1, "event": 1, "preview": 1}
+"""The schema version of each message kind."""
 LATENCY_UNIT = "ms"
 LATENCY_CLOCK = "CLOCK_MONOTONIC"
 MAX_CAMERA_ID_CHARS = 64
@@ -193,12 +199,14 @@ def latency_breakdown_ms(
 
 
 class WindowInfo(Struct, frozen=True):
-    """The clip window a label covers: frame seqs of its oldest/newest frame, T, and the stride in frames."""
+    """The clip window a label covers: frame numbers of its oldest/newest sampled frame, T, the stride in sampled
+    frames, and the time from its oldest to its newest frame in ms."""
 
     first_seq: Int64
     last_seq: Int64
     frames: Int64
     stride: Int64
+    span_ms: Finite
 
 
 class ModelInfo(Struct, frozen=True):
@@ -218,11 +226,11 @@ class _Message(Struct, frozen=True, kw_only=True, tag_field="kind"):
     clock_domain: str = field(default_factory=local_clock_domain)
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON-ready dict of schema 1: ``schema``, ``kind``, ``camera_id``, ``msg_seq``, ``clock_domain``, then
-        the kind's fields in their declared order."""
+        """The JSON-ready dict: ``schema``, ``kind``, ``camera_id``, ``msg_seq``, ``clock_domain``, then the kind's
+        fields in their declared order."""
         body = msgspec.to_builtins(self, enc_hook=_number)
         head = {key: body.pop(key) for key in ("kind", "camera_id", "msg_seq", "clock_domain")}
-        return {"schema": SCHEMA_VERSION, **head, **body}
+        return {"schema": SCHEMA_VERSIONS[head["kind"]], **head, **body}
 
     def to_json(self) -> bytes:
         """The payload as compact UTF-8 JSON."""
@@ -251,7 +259,7 @@ class _Latency(Struct, frozen=True):
 
 
 class _LabelPayload(_Message, frozen=True, tag="label"):
-    """A label message as schema 1 nests it on the wire (:class:`LabelMessage` is the flat form code uses)."""
+    """A label message as its schema nests it on the wire (:class:`LabelMessage` is the flat form code uses)."""
 
     camera_id: str
     window: WindowInfo
@@ -305,7 +313,7 @@ class LabelMessage(Struct, frozen=True):
     truth: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON-ready dict of schema 1 (``truth`` only when known)."""
+        """The JSON-ready dict (``truth`` only when known)."""
         return _LabelPayload(
             camera_id=self.camera_id,
             window=self.window,
@@ -326,7 +334,7 @@ class LabelMessage(Struct, frozen=True):
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> LabelMessage:
-        """Parse a schema-1 label payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
+        """Parse a label payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
         return _decode(payload, "label")
 
     @classmethod
@@ -357,7 +365,7 @@ class StatusMessage(_Message, frozen=True, tag="status"):
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> StatusMessage:
-        """Parse a schema-1 status payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
+        """Parse a status payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
         return _decode(payload, "status")
 
     @classmethod
@@ -391,7 +399,7 @@ class EventMessage(_Message, frozen=True, tag="event"):
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> EventMessage:
-        """Parse a schema-1 event payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
+        """Parse an event payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
         return _decode(payload, "event")
 
     @classmethod
@@ -417,14 +425,14 @@ class PreviewMessage(_Message, frozen=True, tag="preview"):
     format: Literal["jpeg"] = "jpeg"
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON-ready dict of schema 1 (the JPEG base64-encoded in ``data``, the last key)."""
+        """The JSON-ready dict (the JPEG base64-encoded in ``data``, the last key)."""
         payload = super().to_payload()
         payload["data"] = payload.pop("data")
         return payload
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> PreviewMessage:
-        """Parse a schema-1 preview payload. Raises MessageError (also for ``data`` that is not base64)."""
+        """Parse a preview payload. Raises MessageError (also for ``data`` that is not base64)."""
         return _decode(payload, "preview")
 
 
@@ -439,19 +447,19 @@ def parse_payload(payload: Mapping[str, Any]) -> Message:
 
 
 def _decode(payload: Any, expected: str | None = None) -> Any:
-    """One msgspec conversion of a schema-1 payload of kind ``expected`` (or any kind)."""
+    """One msgspec conversion of a payload of kind ``expected`` (or any kind) in its kind's schema."""
     if not isinstance(payload, Mapping):
         raise MessageError(f"a message payload must be a JSON object, got {type(payload).__name__}")
     kind = payload.get("kind")
     if expected is None and kind not in _KINDS:
         raise MessageError(f"message kind {kind!r} is unknown; expected one of {list(_KINDS)}")
-    if payload.get("schema") != SCHEMA_VERSION:
-        raise MessageError(
-            f"{expected or kind} message has schema {payload.get('schema')!r}; this emim-stream reads schema "
-            f"{SCHEMA_VERSION} (run matching versions of the publisher and the subscriber)"
-        )
     if expected is not None and kind != expected:
         raise MessageError(f"expected a {expected!r} message, got kind {kind!r}")
+    if payload.get("schema") != SCHEMA_VERSIONS[kind]:
+        raise MessageError(
+            f"{kind} message has schema {payload.get('schema')!r}; this emim-stream reads schema "
+            f"{SCHEMA_VERSIONS[kind]} (run matching versions of the publisher and the subscriber)"
+        )
     try:
         msg = msgspec.convert(payload, _Wire)
     except msgspec.ValidationError as err:

@@ -220,7 +220,13 @@ class InferenceLoop:
             )
             msg = LabelMessage(
                 camera_id=stream.camera_id,
-                window=WindowInfo(job.first_seq, job.last_seq, stream.window.frames, stream.window.stride),
+                window=WindowInfo(
+                    job.first_seq,
+                    job.last_seq,
+                    stream.window.frames,
+                    stream.window.stride,
+                    (job.capture_mono_ns - job.first_capture_mono_ns) / 1e6,
+                ),
                 topk=topk,
                 model=self.model_info,
                 capture_mono_ns=job.capture_mono_ns,
@@ -234,7 +240,7 @@ class InferenceLoop:
                 dropped_frames=stream.reader.dropped,
                 dropped_windows=stream.dropped_windows,
                 msg_seq=self.outputs.next_msg_seq(label_topic(stream.camera_id)),
-                truth=stream.window_truth(job.first_seq, job.last_seq),
+                truth=job.truth,
             )
             self.outputs.label(msg)
             stream.labels_sent += 1
@@ -302,7 +308,7 @@ class InferenceLoop:
                 state=state.value,
                 fps=st.fps,
                 staleness_ms=(now_ns - stream.last_capture_mono_ns) / 1e6 if stream.last_capture_mono_ns else None,
-                latest_seq=st.latest_seq,
+                latest_seq=st.latest_frame_seq,
                 reconnects=st.reconnects,
                 frames_lost=st.frames_lost,
                 dropped_frames=stream.reader.dropped,

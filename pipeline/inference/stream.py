@@ -1,9 +1,11 @@
 """One camera as the inference loop sees it: ring -> VMP stage -> clip window -> a ready window (or none).
 
-:meth:`CameraStream.drain` reads the camera's ring frame by frame, shows each frame to the frame taps (live-view
-previews, recorder), turns it into a VMP prompt and pushes the prompt into the clip window. It stops at the first
-window that is ready, as a :class:`WindowJob` in ``pending``, for the scheduler and the engine. The real-time rule
-lives here: a window that completes while the ring already holds the frames of the next one is skipped and
+:meth:`CameraStream.drain` reads the camera's ring frame by frame and shows each frame to the frame taps
+(live-view previews, recorder). A frame the model sees is one or more of its samples (the camera process
+sampled it, :mod:`emim_stream.engines.sampling`): each sample becomes a VMP prompt against the previous sample
+and goes into the clip window; a gap in the sample numbers restarts both. Draining stops at the first window
+that is ready, as a :class:`WindowJob` in ``pending``, for the scheduler and the engine. The real-time rule
+lives here: a window that completes while the ring already holds the samples of the next one is skipped and
 counted (``dropped_windows``), so a loop that is behind serves each camera's newest window.
 """
 
@@ -13,12 +15,13 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from emim_stream.engines.backends.base import Engine
-from emim_stream.pipeline.capture.ring import RingReader, SharedRing
+from emim_stream.pipeline.capture.ring import RingFrame, RingReader, SharedRing
 from emim_stream.pipeline.comms.messages import EventMessage
 from emim_stream.pipeline.config import CameraConfig, EventsConfig, PostprocessConfig
 from emim_stream.pipeline.inference.events import EventTracker
@@ -33,7 +36,11 @@ __all__ = ["CameraStream", "WindowJob", "build_stream"]
 
 @dataclass(frozen=True, slots=True)
 class WindowJob:
-    """A ready window of one camera, waiting for the engine (its clip is a view, valid until the next push)."""
+    """A ready window of one camera, waiting for the engine (its clip is a view, valid until the next push).
+
+    ``first_seq`` / ``last_seq`` are the camera's frame numbers of the window's oldest and newest sample; the
+    ``first_capture_*`` stamps are the oldest sample's, the other capture stamps the newest one's.
+    """
 
     camera_id: str
     clip: torch.Tensor
@@ -46,6 +53,16 @@ class WindowJob:
     vmp_done_mono_ns: int
     first_capture_mono_ns: int
     first_capture_wall_ns: int
+    truth: str | None = None
+
+
+class _Sample(NamedTuple):
+    """What a window needs to know of each of its samples."""
+
+    frame_seq: int
+    capture_mono_ns: int
+    capture_wall_ns: int
+    source_pts_ns: int
 
 
 class CameraStream:
@@ -78,11 +95,11 @@ class CameraStream:
         self.reader = RingReader(ring, start_seq=0)
         self.stage, self.window, self.post = stage, window, post
         self.events, self.truth, self.taps = events, truth, tuple(taps)
-        self.captures: deque[tuple[int, int]] = deque(maxlen=window.frames)
-        """Capture (mono, wall) ns of the last T frames read: when a window is ready, its oldest frame's first."""
-        self.pts: deque[tuple[int, int]] = deque(maxlen=window.frames + window.stride + 1)
-        """(seq, source pts) of the latest frames: a window's truth is read from its first and last frame."""
+        self.samples: deque[_Sample] = deque(maxlen=window.frames + 1)
+        """The latest contiguous samples: a ready window's T and, before them, VMP's reference."""
         self.buf = np.empty((ring.height, ring.width, 3), dtype=np.uint8)
+        self._rest: tuple[RingFrame, int, int] | None = None
+        """(frame, its next sample, read time) while a frame that is several samples is half pushed."""
         self.pending: WindowJob | None = None
         self.closed_events: list[EventMessage] = []
         """Events closed by a gap in the frames, waiting to be published."""
@@ -93,58 +110,71 @@ class CameraStream:
         self.last_capture_mono_ns = 0
         self.last_status_mono = 0.0
 
-    def window_truth(self, first_seq: int, last_seq: int) -> str | None:
-        """The true class of the window from the frame before ``first_seq`` (VMP's reference) to ``last_seq``."""
+    def window_truth(self) -> str | None:
+        """The true class of the window just completed, from VMP's reference sample to its newest."""
         if self.truth is None:
             return None
-        pts = {seq: p for seq, p in self.pts if first_seq - 1 <= seq <= last_seq}
-        if last_seq not in pts:
-            return None
-        return self.truth.window(pts[min(pts)], pts[last_seq])
+        return self.truth.window(self.samples[0].source_pts_ns, self.samples[-1].source_pts_ns)
 
     def caught_up(self) -> bool:
-        """True when every frame written to the ring so far has been read."""
-        return self.ring.latest_seq < self.reader.next_seq
+        """True when every frame written to the ring so far has been read (and pushed)."""
+        return self._rest is None and self.ring.latest_seq < self.reader.next_seq
 
     def drain(self, limit: int) -> bool:
         """Read up to ``limit`` frames; True when a window is ready (``pending`` set)."""
         for _ in range(limit):
-            frame = self.reader.read_next(out=self.buf)
-            if frame is None:
-                return False
-            for tap in self.taps:
-                tap.on_frame(self.camera_id, frame)
-            read_mono = time.monotonic_ns()
-            self.last_capture_mono_ns = frame.capture_mono_ns
-            self.captures.append((frame.capture_mono_ns, frame.capture_wall_ns))
-            if self.truth is not None:
-                self.pts.append((frame.seq, frame.source_pts_ns))
-            prompt = self.stage.push(frame.image, frame.seq)
-            if prompt is None:
-                self.post.reset()
-                if self.events is not None:
-                    self.closed_events += self.events.interrupt("gap")
-                continue
-            vmp_done = time.monotonic_ns()
-            if not self.window.push(prompt, frame.seq):
-                continue
-            if self.window.will_be_ready_within(self.ring.latest_seq - frame.seq):
-                self.dropped_windows += 1  # a newer window is already in the ring: serve that one
-                continue
-            self.pending = WindowJob(
-                self.camera_id,
-                self.window.clip(),
-                self.window.first_seq,
-                frame.seq,
-                frame.capture_mono_ns,
-                frame.capture_wall_ns,
-                frame.ring_mono_ns,
-                read_mono,
-                vmp_done,
-                *self.captures[0],
-            )
-            return True
+            if self._rest is None:
+                frame = self.reader.read_next(out=self.buf)
+                if frame is None:
+                    return False
+                for tap in self.taps:
+                    tap.on_frame(self.camera_id, frame)
+                self.last_capture_mono_ns = frame.capture_mono_ns
+                self._rest = (frame, frame.sample_seq, time.monotonic_ns())
+            frame, sample, read_mono = self._rest
+            end = frame.sample_seq + frame.samples
+            while sample < end:
+                sample += 1
+                if self._push(frame, sample - 1, read_mono):
+                    self._rest = (frame, sample, read_mono) if sample < end else None
+                    return True
+            self._rest = None
         return False
+
+    def _push(self, frame: RingFrame, sample: int, read_mono: int) -> bool:
+        """Sample number ``sample`` (``frame``) into the VMP stage and the window; True when a window is ready."""
+        info = _Sample(frame.frame_seq, frame.capture_mono_ns, frame.capture_wall_ns, frame.source_pts_ns)
+        prompt = self.stage.push(frame.image, sample)
+        if prompt is None:  # the first sample, or the first after a gap: VMP's reference only
+            self.samples.clear()
+            self.samples.append(info)
+            self.post.reset()
+            if self.events is not None:
+                self.closed_events += self.events.interrupt("gap")
+            return False
+        self.samples.append(info)
+        vmp_done = time.monotonic_ns()
+        if not self.window.push(prompt, sample):
+            return False
+        if self.window.will_be_ready_within(self.ring.latest_sample_seq - sample):
+            self.dropped_windows += 1  # a newer window is already in the ring: serve that one
+            return False
+        oldest = self.samples[-self.window.frames]
+        self.pending = WindowJob(
+            self.camera_id,
+            self.window.clip(),
+            oldest.frame_seq,
+            frame.frame_seq,
+            frame.capture_mono_ns,
+            frame.capture_wall_ns,
+            frame.ring_mono_ns,
+            read_mono,
+            vmp_done,
+            oldest.capture_mono_ns,
+            oldest.capture_wall_ns,
+            self.window_truth(),
+        )
+        return True
 
 
 def build_stream(

@@ -1,4 +1,4 @@
-"""Sliding clip windows of T prompts, one every ``stride`` frames, without re-copying T frames.
+"""Sliding clip windows of T prompts, one every ``stride`` samples, without re-copying T frames.
 
 Prompts are written into a doubled ring ``[3, 2T, H, W]`` (slot ``k % T`` and ``k % T + T``), so
 the T newest prompts are always the contiguous time range ``[s, s + T)`` of the buffer and a
@@ -14,7 +14,7 @@ __all__ = ["ClipWindow"]
 
 
 class ClipWindow:
-    """The last T prompts of one camera, with the frame sequence numbers they came from.
+    """The last T prompts of one camera, with the sample numbers they came from.
 
     Args:
         frames: T, prompts per clip.
@@ -39,7 +39,7 @@ class ClipWindow:
         self.reset()
 
     def reset(self) -> None:
-        """Drop all prompts (after a gap in the frame sequence)."""
+        """Drop all prompts (after a gap in the sample numbers)."""
         self._count = 0  # prompts since the last reset
         self._since_ready = 0
         self.last_seq = -1
@@ -50,7 +50,7 @@ class ClipWindow:
         return min(self._count, self.frames)
 
     def push(self, prompt: torch.Tensor, seq: int) -> bool:
-        """Add the prompt of frame ``seq``; True when a window is ready (ending at ``seq``).
+        """Add the prompt of sample ``seq``; True when a window is ready (ending at ``seq``).
 
         A ``seq`` that does not follow the previous one restarts the window.
         """
@@ -77,7 +77,7 @@ class ClipWindow:
 
     @property
     def first_seq(self) -> int:
-        """Frame sequence number of the oldest prompt in the current window."""
+        """Sample number of the oldest prompt in the current window."""
         return self.last_seq - self.frames + 1
 
     def clip(self) -> torch.Tensor:

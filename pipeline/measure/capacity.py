@@ -88,7 +88,8 @@ def _measure(
         labelled.append((time.monotonic(), msg.latency_ms["total"]))
 
     report = run(
-        dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, print_labels=False)), seconds, stop, on_label
+        dataclasses.replace(cfg, postprocess=dataclasses.replace(cfg.postprocess, print_labels=False)), seconds, stop,
+        on_label,
     )
     first = labelled[0][0] if labelled else time.monotonic()
     span = max(time.monotonic() - first, 1e-9)
@@ -97,7 +98,7 @@ def _measure(
         (report.labels.get(c.id, 0) / max(1, report.labels.get(c.id, 0) + report.dropped_windows.get(c.id, 0)))
         for c in cfg.cameras
     )
-    if report.failed:
+    if report.failed or report.misconfigured:
         served = 0.0
     middle = [ms for t, ms in stamps if span / 3 <= t < 2 * span / 3]
     last = [ms for t, ms in stamps if t >= 2 * span / 3]

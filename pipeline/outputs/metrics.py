@@ -7,7 +7,7 @@ read at scrape time (:meth:`Metrics.watch_mqtt`).
 
 Series (label ``camera`` = camera id):
 
-- ``emim_frames_total`` counter: frames the camera delivered into the ring (newest frame seq + 1, from heartbeats).
+- ``emim_frames_total`` counter: frames the camera decoded (its newest frame number + 1, from heartbeats).
 - ``emim_labels_published_total`` counter: label messages published (= windows classified).
 - ``emim_dropped_frames_total`` counter: frames the pipeline never processed (ring overruns, torn reads, gaps).
 - ``emim_dropped_windows_total`` counter: ready windows skipped because inference was behind.

@@ -8,7 +8,7 @@ encoded has the older one replaced (counted in ``replaced``), so the loop never 
 The preview is the frame the model sees (resized and cropped to its H x W), not the camera's native picture.
 Payload: :class:`emim_stream.pipeline.comms.messages.PreviewMessage` (schema 1, ``msg_seq`` set by the publisher):
 ``camera_id``,
-``clock_domain``, ``seq`` (frame sequence number), ``capture_mono_ns``, ``capture_wall_ns``, ``width``, ``height``,
+``clock_domain``, ``seq`` (the camera's frame number), ``capture_mono_ns``, ``capture_wall_ns``, ``width``, ``height``,
 ``format`` = ``"jpeg"`` and ``data`` (the JPEG, base64).
 """
 
@@ -61,7 +61,7 @@ class PreviewTap:
         if now < self._next_due_ns[camera_id]:
             return
         self._next_due_ns[camera_id] = now + self._period_ns
-        item = (frame.seq, frame.image.copy(), frame.capture_mono_ns, frame.capture_wall_ns)
+        item = (frame.frame_seq, frame.image.copy(), frame.capture_mono_ns, frame.capture_wall_ns)
         with self._cond:
             if camera_id in self._pending:
                 self.replaced += 1

@@ -1,4 +1,7 @@
-"""Annotated recordings: per camera an MP4 of the frames the model sees, with its current label drawn on them.
+"""Annotated recordings: per camera an MP4 of its frames as the model sees them, with its current label drawn on.
+
+While recording, the camera processes write every frame to the ring, not only the model's samples, so a
+recording has the camera's full frame rate (at the model's input size).
 
 :class:`Recorder` is a tap of the inference loop: ``on_frame`` copies each frame read into one bounded queue
 (full: the frame is dropped and counted in ``dropped``, the loop never waits) and ``on_label`` notes each camera's
@@ -18,6 +21,7 @@ frames, and for every closed action event (``on_event``, :mod:`emim_stream.pipel
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -245,7 +249,7 @@ class Recorder:
 
     def on_frame(self, camera_id: str, frame: RingFrame) -> None:
         """Queue a copy of a frame just read with the camera's newest label; drop it when the queue is full."""
-        copy = RingFrame(frame.seq, frame.image.copy(), frame.capture_mono_ns, frame.capture_wall_ns, 0)
+        copy = dataclasses.replace(frame, image=frame.image.copy())
         try:
             self._queue.put_nowait((camera_id, copy, self._overlay.get(camera_id)))
         except queue.Full:

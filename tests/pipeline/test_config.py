@@ -33,6 +33,14 @@ def test_overrides_apply_before_validation(tmp_path):
     assert cfg.window.stride == 2 and cfg.stride_of(cfg.cameras[0]) == 6 and cfg.engine.max_batch == 3
 
 
+def test_frame_interval_overrides_the_checkpoints_sampling_per_camera(tmp_path):
+    path = write(tmp_path, "cameras: [{id: a, source: x}, {id: b, source: y, frame_interval: 2}]\n")
+    cfg = load_config(path)
+    assert [cfg.frame_interval_of(c) for c in cfg.cameras] == [None, 2]  # None: the checkpoint's sampling
+    cfg = load_config(path, ["window.frame_interval=4"])
+    assert [cfg.frame_interval_of(c) for c in cfg.cameras] == [4, 2]
+
+
 @pytest.mark.parametrize(
     ("text", "overrides", "message"),
     [
@@ -42,6 +50,16 @@ def test_overrides_apply_before_validation(tmp_path):
             "unknown key 'window.strid'; did you mean 'window.stride'",
         ),
         ("cameras: [{id: a, source: x}, {id: b, source: y, stride: 0}]\n", [], r"cameras\[1\]\.stride: must be in"),
+        (
+            "cameras: [{id: a, source: x, frame_interval: 0}]\n",
+            [],
+            r"cameras\[0\]\.frame_interval: must be in 1..1000, got 0",
+        ),
+        (
+            "cameras: [{id: a, source: x}]\n",
+            ["window.frame_interval=1001"],
+            "window.frame_interval: must be in 1..1000",
+        ),
         ("cameras: [{id: a, source: x}]\nring: {slots: many}\n", [], "ring.slots: must be an integer, got 'many'"),
         (
             "cameras: [{id: a, source: x}]\npublish: {endpoint: localhost}\n",

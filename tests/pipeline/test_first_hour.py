@@ -113,7 +113,8 @@ def test_truth_for_files_needs_a_sidecar_with_the_models_labels(tmp_path):
 
 def _label(truth: str | None) -> LabelMessage:
     return LabelMessage(
-        "cam1", WindowInfo(0, 7, 8, 4), (("left", 0.9), ("right", 0.1)), ModelInfo("emim_xs", "torch", "fp32", "cpu"),
+        "cam1", WindowInfo(0, 7, 8, 4, 233.3), (("left", 0.9), ("right", 0.1)),
+        ModelInfo("emim_xs", "torch", "fp32", "cpu"),
         1, 2, 3, 4, 5, 6, 7, {"total": 0.1}, msg_seq=0, truth=truth,
     )  # fmt: skip
 

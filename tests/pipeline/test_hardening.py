@@ -142,7 +142,7 @@ def test_synthetic_size_is_bounded():
 def _label(**change) -> dict:
     msg = LabelMessage(
         camera_id="cam1",
-        window=WindowInfo(0, 7, 8, 4),
+        window=WindowInfo(0, 7, 8, 4, 233.3),
         topk=(("wave", 0.9),),
         model=ModelInfo("emim_xs", "torch", "fp32", "cpu", "0" * 64),
         capture_mono_ns=1, capture_wall_ns=1, vmp_done_mono_ns=2, infer_start_mono_ns=3, infer_end_mono_ns=4,

@@ -47,6 +47,9 @@ function showLabel(tile, label) {
     return li;
   }));
   tile.node.dataset.label = label.topk.length ? label.topk[0].label : "";
+  const w = label.window;
+  tile.node.querySelector(".window").textContent =
+    `frames ${w.first_seq}-${w.last_seq}, ${w.frames} sampled over ${(w.span_ms / 1000).toFixed(2)} s`;
 }
 
 function showStatus(tile, status) {

@@ -293,3 +293,21 @@ def test_attach_unknown_or_foreign_segment_is_a_clear_error():
         foreign.unlink()
     with pytest.raises(PipelineError, match="slots >= 2"):
         SharedRing.create(1, H, W)
+
+
+def test_frames_carry_their_frame_and_sample_numbers(make_ring):
+    """A sampled ring: written frames keep the camera's frame number, their first sample and how many samples
+    they are (0: written for the recorder only, which leaves the newest sample where it was)."""
+    ring = make_ring(slots=4)
+    assert (ring.latest_frame_seq, ring.latest_sample_seq, ring.status().latest_frame_seq) == (-1, -1, -1)
+    ring.write(_image(0), 0, 1, 2, frame_seq=40, sample_seq=10, samples=2)
+    ring.write(_image(1), 1, 3, 4, frame_seq=41, sample_seq=12, samples=0)
+    reader = RingReader(ring, start_seq=0)
+    first, second = reader.read_next(), reader.read_next()
+    assert (first.seq, first.frame_seq, first.sample_seq, first.samples) == (0, 40, 10, 2)
+    assert (second.seq, second.frame_seq, second.sample_seq, second.samples) == (1, 41, 12, 0)
+    assert (ring.latest_seq, ring.latest_frame_seq, ring.latest_sample_seq) == (1, 41, 11)
+    assert ring.status().latest_frame_seq == 41
+    ring.write(_image(2), 2, 5, 6)  # unsampled rings: every frame is one sample, numbered as it is written
+    third = reader.read_next()
+    assert (third.frame_seq, third.sample_seq, third.samples, ring.latest_sample_seq) == (2, 2, 1, 2)

@@ -1,8 +1,9 @@
-"""Golden payloads: the JSON of every message kind, byte for byte as schema 1 put it on the wire.
+"""Golden payloads: the JSON of every message kind, byte for byte as its schema puts it on the wire.
 
-The strings were written by the field-by-field encoder of the first schema-1 release; any change to them is a
-change of the wire format (and so of ``schema``). Each message must encode to its string exactly (key order,
-float formatting, an absent ``truth``, a ``null`` staleness) and the string must decode back to an equal object.
+The strings were written by the field-by-field encoder of the first schema-1 release (labels: schema 2, whose
+window gained ``span_ms`` and counts sampled frames); any change to them is a change of the wire format (and so
+of ``schema``). Each message must encode to its string exactly (key order, float formatting, an absent
+``truth``, a ``null`` staleness) and the string must decode back to an equal object.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from emim_stream.pipeline.comms.messages import (
     EventMessage,
     LabelMessage,
+    MessageError,
     ModelInfo,
     PreviewMessage,
     StatusMessage,
@@ -30,7 +32,7 @@ _WALL = 1_767_225_600_000_000_000
 def _label(truth: str | None, msg_seq: int) -> LabelMessage:
     return LabelMessage(
         "cam1",
-        WindowInfo(100, 115, 16, 4),
+        WindowInfo(100, 160, 16, 4, 2000.0),  # 16x4 on a 30 fps camera: 15 intervals of 4 frames
         (("wave", 0.912345), ("clap", 1e-05)),
         ModelInfo("emim_xs.demo", "torch", "fp32", "cpu", "ab" * 32),
         capture_mono_ns=_STAMPS[0],
@@ -63,7 +65,7 @@ def _status(**change) -> StatusMessage:
 
 
 _LABEL_BODY = (
-    '"window":{"first_seq":100,"last_seq":115,"frames":16,"stride":4},'
+    '"window":{"first_seq":100,"last_seq":160,"frames":16,"stride":4,"span_ms":2000.0},'
     '"topk":[{"label":"wave","score":0.912345},{"label":"clap","score":1e-05}],'
     '"model":{"name":"emim_xs.demo","backend":"torch","precision":"fp32","device":"cpu",'
     '"checkpoint_sha256":"abababababababababababababababababababababababababababababababab"},'
@@ -83,12 +85,12 @@ _STATUS_TAIL = (
 GOLDEN = {
     "label with truth": (
         _label("wave", 41),
-        '{"schema":1,"kind":"label","camera_id":"cam1","msg_seq":41,"clock_domain":"boot-1",'
+        '{"schema":2,"kind":"label","camera_id":"cam1","msg_seq":41,"clock_domain":"boot-1",'
         + _LABEL_BODY + ',"truth":"wave"}',
     ),
     "label without truth, not yet numbered": (
         _label(None, -1),
-        '{"schema":1,"kind":"label","camera_id":"cam1","msg_seq":-1,"clock_domain":"boot-1",' + _LABEL_BODY + "}",
+        '{"schema":2,"kind":"label","camera_id":"cam1","msg_seq":-1,"clock_domain":"boot-1",' + _LABEL_BODY + "}",
     ),
     "status live": (
         _status(),
@@ -143,6 +145,14 @@ def test_every_golden_payload_decodes_to_its_message(case):
     if not isinstance(msg, PreviewMessage):
         assert type(msg).from_json(golden.encode()) == msg
 
+
+def test_a_schema_1_label_is_refused_naming_both_versions():
+    """Schema-1 windows counted camera frames and had no span: a reader of schema 2 must not take them as its own."""
+    old = json.loads(GOLDEN["label with truth"][1])
+    old["schema"] = 1
+    del old["window"]["span_ms"]
+    with pytest.raises(MessageError, match="label message has schema 1; this emim-stream reads schema 2"):
+        parse_payload(old)
 
 
 def test_numpy_scores_are_written_as_python_floats():

@@ -16,7 +16,7 @@ import zmq
 from emim_stream.cli.commands import subscribe as subscribe_cmd
 from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.comms.messages import (
-    SCHEMA_VERSION,
+    SCHEMA_VERSIONS,
     LabelMessage,
     MessageError,
     ModelInfo,
@@ -38,7 +38,7 @@ def _label(camera_id: str = "cam1", last_seq: int = 15, label: str = "wave") -> 
               capture + 9_000_000, capture + 10_000_000)
     return LabelMessage(
         camera_id=camera_id,
-        window=WindowInfo(first_seq=last_seq - 15, last_seq=last_seq, frames=16, stride=4),
+        window=WindowInfo(first_seq=last_seq - 15, last_seq=last_seq, frames=16, stride=4, span_ms=500.0),
         topk=((label, 0.9), ("clap", 0.05)),
         model=ModelInfo("emim_xs.demo", "torch", "fp32", "cpu", "ab" * 32),
         capture_mono_ns=capture,
@@ -103,7 +103,7 @@ def _recv_until(sub: Subscriber, done: Callable[[list[Received]], bool], timeout
 def test_label_and_status_round_trip_through_json():
     msg = _label()
     payload = json.loads(msg.to_json())
-    assert payload["schema"] == SCHEMA_VERSION and payload["kind"] == "label"
+    assert payload["schema"] == SCHEMA_VERSIONS["label"] == 2 and payload["kind"] == "label"
     assert payload["latency"]["unit"] == "ms" and payload["latency"]["clock"] == "CLOCK_MONOTONIC"
     assert payload["latency"]["stages"]["total"] == pytest.approx(10.0)
     assert payload["topk"][0] == {"label": "wave", "score": 0.9}
@@ -116,7 +116,7 @@ def test_label_and_status_round_trip_through_json():
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda p: p.update(schema=2), "schema 2; this emim-stream reads schema 1"),
+        (lambda p: p.update(schema=1), "schema 1; this emim-stream reads schema 2"),
         (lambda p: p.pop("schema"), "schema None"),
         (lambda p: p["window"].pop("stride"), "field 'window.stride' is missing"),
         (

@@ -227,7 +227,7 @@ def _subscribe_args(*argv: str) -> argparse.Namespace:
 
 _LABEL = LabelMessage(
     camera_id="cam1",
-    window=WindowInfo(0, 7, 8, 4),
+    window=WindowInfo(0, 7, 8, 4, 233.3),
     topk=(("wave", 0.9),),
     model=ModelInfo("emim_xs", "torch", "fp32", "cpu"),
     capture_mono_ns=1, capture_wall_ns=1, vmp_done_mono_ns=2, infer_start_mono_ns=3, infer_end_mono_ns=4,

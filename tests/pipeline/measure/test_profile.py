@@ -45,7 +45,7 @@ def _label(
     extra = {} if clock_domain is None else {"clock_domain": clock_domain}
     return LabelMessage(
         camera_id=camera_id,
-        window=WindowInfo(4 * i, 4 * i + 15, 16, 4),
+        window=WindowInfo(4 * i, 4 * i + 15, 16, 4, 500.0),
         topk=((label, 0.8),),
         model=ModelInfo("emim_xs.demo", "torch", "fp32", "cpu"),
         capture_mono_ns=capture,

@@ -21,7 +21,7 @@ def _label(camera_id: str, total_ms: float, dropped_frames: int, dropped_windows
     now = time.monotonic_ns()
     return LabelMessage(
         camera_id=camera_id,
-        window=WindowInfo(0, 15, 16, 4),
+        window=WindowInfo(0, 15, 16, 4, 500.0),
         topk=(("wave", 0.9),),
         model=ModelInfo("emim_xs.demo", "torch", "fp32", "cpu"),
         capture_mono_ns=now,

@@ -20,7 +20,9 @@ from emim_stream.pipeline.outputs.preview import PreviewTap, preview_topic
 def frame(seq: int) -> RingFrame:
     y, x = np.mgrid[0:64, 0:96]
     image = np.stack([(x * 2 + seq) % 256, y * 4 % 256, np.full_like(x, 128)], axis=-1).astype(np.uint8)
-    return RingFrame(seq, image, capture_mono_ns=1000 + seq, capture_wall_ns=2000 + seq, source_pts_ns=0)
+    return RingFrame(
+        seq, image, capture_mono_ns=1000 + seq, capture_wall_ns=2000 + seq, source_pts_ns=0, frame_seq=seq
+    )
 
 
 def take_within(tap: PreviewTap, timeout_s: float = 5.0) -> list:

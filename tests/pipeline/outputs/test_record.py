@@ -27,7 +27,7 @@ def frames(n: int, size: tuple[int, int] = (64, 64), start_seq: int = 0):
 def label_message(top: str, score: float, total_ms: float) -> LabelMessage:
     return LabelMessage(
         camera_id="cam1",
-        window=WindowInfo(0, 7, 8, 4),
+        window=WindowInfo(0, 7, 8, 4, 233.3),
         topk=((top, score), ("static", 1 - score)),
         model=ModelInfo("emim_xs", "torch", "fp32", "cpu"),
         capture_mono_ns=0,

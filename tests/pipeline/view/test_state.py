@@ -20,11 +20,11 @@ def type7_percentile(values: list[float], q: float) -> float:
 
 def label(camera_id: str, total: float, infer: float, top: str = "left") -> dict:
     return {
-        "schema": 1,
+        "schema": 2,
         "kind": "label",
         "camera_id": camera_id,
         "msg_seq": 0,
-        "window": {"first_seq": 0, "last_seq": 7, "frames": 8, "stride": 4},
+        "window": {"first_seq": 0, "last_seq": 7, "frames": 8, "stride": 4, "span_ms": 233.3},
         "topk": [{"label": top, "score": 0.9}, {"label": "right", "score": 0.1}],
         "model": {"name": "emim_xs"},
         "timestamps": {"publish_wall_ns": 1},

@@ -3,6 +3,8 @@
 - :func:`frame_overhead`: per-frame cost of ring write -> ring read -> VMP prompt -> clip window, in one
   process, for several clip lengths T (the cost must not grow with T: windows are views, not copies).
 - :func:`ring_throughput`: frames/s through a ring between two processes.
+- :func:`camera_cost`: ring writes per second and CPU of a real camera process (and of draining its ring) for a
+  clip sampling: what sampling in the camera saves.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 import numpy as np
+import psutil
 import torch
 
 from emim_stream.engines.layers.vmp import VmpLayer
+from emim_stream.engines.sampling import SamplingRequest
 from emim_stream.pipeline.capture.ring import RingReader, SharedRing
+from emim_stream.pipeline.capture.supervisor import CameraSupervisor
+from emim_stream.pipeline.config import CameraConfig, SupervisorConfig
 from emim_stream.pipeline.errors import PipelineError
 from emim_stream.pipeline.inference.vmp_stage import VmpStage
 from emim_stream.pipeline.inference.window import ClipWindow
 
-__all__ = ["frame_overhead", "ring_throughput"]
+__all__ = ["camera_cost", "frame_overhead", "ring_throughput"]
 
 
 def frame_overhead(
@@ -166,4 +172,62 @@ def ring_throughput(frames: int, height: int, width: int, slots: int, timeout_s:
         "fps": delivered / elapsed_s,
         "mb_per_s": delivered * height * width * 3 / elapsed_s / 1e6,
         "elapsed_s": elapsed_s,
+    }
+
+
+def camera_cost(
+    source: str, size: int, sampling: SamplingRequest, seconds: float, all_frames: bool = False, slots: int = 64
+) -> dict[str, float]:
+    """What one camera costs with a sampling: a real camera process on ``source``, drained as the inference loop
+    drains it (ring read, VMP stage, clip window; no model).
+
+    Measured for ``seconds`` from the first frame: frames decoded and frames written to the ring per second, the
+    camera process's CPU (decode, sampling, resize and crop, ring write) and the draining side's CPU, each in
+    seconds per second (1.0 = one core).
+
+    Args:
+        source: a camera source (a file loops, paced at its frame rate).
+        size: the model's square input size.
+        sampling: what the camera delivers (the checkpoint's sampling, or a fixed interval).
+        seconds: measuring time.
+        all_frames: write every frame (the recorder's mode), not only the model's samples.
+        slots: ring size.
+
+    Raises:
+        PipelineError: the camera gave no frame within 30 s.
+    """
+    torch.set_num_threads(1)
+    camera = CameraConfig("bench", source, loop=True)
+    stage = VmpStage(VmpLayer())
+    window = ClipWindow(sampling.frames, sampling.stride, size, size)
+    with CameraSupervisor((camera,), slots, size, size, SupervisorConfig(), {"bench": sampling}, all_frames) as cams:
+        cams.start()
+        handle = cams.cameras["bench"]
+        reader = RingReader(handle.ring, start_seq=0)
+        out = np.empty((size, size, 3), dtype=np.uint8)
+        deadline = time.monotonic() + 30
+        while handle.ring.latest_seq < 0:
+            if time.monotonic() > deadline or cams.all_finished():
+                raise PipelineError(f"camera benchmark: {source} gave no frame ({handle.detail or 'no note'})")
+            cams.poll()
+            time.sleep(0.01)
+        ring, camera_cpu = handle.ring, psutil.Process(handle.process.pid)
+        start_seq, start_frame = ring.latest_seq, ring.latest_frame_seq
+        start_cpu, start_mine, start = sum(camera_cpu.cpu_times()[:2]), time.process_time(), time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            frame = reader.read_next(out)
+            if frame is None:
+                time.sleep(0.002)
+                continue
+            for sample in range(frame.sample_seq, frame.sample_seq + frame.samples):
+                prompt = stage.push(frame.image, sample)
+                if prompt is not None:
+                    window.push(prompt, sample)
+        writes, frames = ring.latest_seq - start_seq, ring.latest_frame_seq - start_frame
+        cpu, mine = sum(camera_cpu.cpu_times()[:2]) - start_cpu, time.process_time() - start_mine
+    return {
+        "frames_per_s": frames / elapsed,
+        "writes_per_s": writes / elapsed,
+        "camera_cpu": cpu / elapsed,
+        "drain_cpu": mine / elapsed,
     }

@@ -271,8 +271,7 @@ def render_messages() -> str:
     parts = []
     nested = []
     for kind, name in kinds.items():
-        parts.append(f"## `{kind}`\n\n{prose(defs[name].get('description'))}\n\n"
-                     + table(("field", "type", "required"), field_rows(defs[name])))
+        parts.append(f"## `{kind}`\n\n" + table(("field", "type", "required"), field_rows(defs[name])))
         nested += [ref for node in defs[name]["properties"].values() for ref in _refs(node) if ref not in nested]
     for name in nested:
         title = name.lstrip("_")
@@ -322,12 +321,11 @@ def error_classes() -> list[tuple[type, int]]:
 
 def render_exit_codes() -> str:
     rows = [
-        (str(cls.exit_code), f"`{cls.__name__}`", f"`{cls.__base__.__name__}`" if depth else "", prose(cls.__doc__),
-         f"`{cls.__module__}`")
+        (str(cls.exit_code), f"`{cls.__name__}`", f"`{cls.__base__.__name__}`" if depth else "", prose(cls.__doc__))
         for cls, depth in error_classes()
     ]
     rows.sort(key=lambda row: int(row[0]))
-    return table(("code", "error", "subclass of", "raised when", "module"), rows)
+    return table(("code", "error", "subclass of", "raised when"), rows)
 
 
 # ---------------------------------------------------------------------------------------------------------

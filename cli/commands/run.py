@@ -49,7 +49,6 @@ def _format_label(msg, scored: bool) -> str:
     others = " ".join(f"{label} {score:.2f}" for label, score in rest)
     line = (
         f"{msg.camera_id:>8} frames {msg.window.first_seq:>6}-{msg.window.last_seq:<6} "
-        f"({msg.window.span_ms / 1000:.2f} s) "
         f"{best[0]:<11} {best[1]:.2f}  ({others})  latency {msg.latency_ms['total']:.1f} ms"
     )
     if msg.truth is not None:

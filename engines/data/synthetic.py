@@ -52,6 +52,7 @@ __all__ = [
     "CLASSES",
     "PHOTO_DIR",
     "REFERENCE_FPS",
+    "SEGMENT_S",
     "SPLITS",
     "STYLES",
     "SyntheticScene",
@@ -65,6 +66,8 @@ __all__ = [
 CLASSES = SYNTHETIC_CLASSES
 REFERENCE_FPS = 30.0
 """Frame rate at which the motion constants below are defined (and at which clips are rendered)."""
+SEGMENT_S = 4.0
+"""Default length of a scene segment in seconds (one class per segment): the live source's and the data sets'."""
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 """Data-set split -> block of clip seeds; blocks are disjoint (see :func:`clip_seed`)."""
 STYLES: tuple[str, ...] = ("classic", "photo")
@@ -251,7 +254,7 @@ class SyntheticScene:
         width: int,
         fps: float = REFERENCE_FPS,
         label: int | str | Sequence[int | str] | None = None,
-        segment_s: float = 4.0,
+        segment_s: float = SEGMENT_S,
         style: str = "classic",
     ) -> None:
         _check_seed(seed)

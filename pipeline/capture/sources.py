@@ -33,7 +33,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from emim_stream.engines.data.synthetic import SyntheticScene, label_index
+from emim_stream.engines.data.synthetic import SEGMENT_S, SyntheticScene, label_index
 from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.uris import SYNTHETIC_SIZE, SyntheticQuery, is_synthetic, redact_uri
 from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, SourceError
@@ -378,7 +378,8 @@ class SyntheticSource:
     """A live camera that films :class:`emim_stream.engines.data.synthetic.SyntheticScene` (BGR frames, like OpenCV).
 
     URI: ``synthetic://?seed=1&fps=30&size=320x240&label=left&segment_s=4&style=photo``, every parameter
-    optional (defaults: seed 0, fps 30, size 320x240, no label = cycle through the classes, segment_s 4,
+    optional (defaults: seed 0, fps 30, size 320x240, no label = cycle through the classes, segment_s
+    :data:`~emim_stream.engines.data.synthetic.SEGMENT_S`,
     style classic; ``photo``: photographs seen by a realistic camera). ``label=left,right`` scripts the
     segments: one class per segment, in turn.
     Frame ``n`` is scene frame ``n`` with presentation time ``n / fps``; with ``pace`` it is released at
@@ -397,7 +398,7 @@ class SyntheticSource:
         self.seed = int(query.number("seed", int, 0, lambda v: v >= 0, ">= 0"))
         self.fps = query.number("fps", float, 30.0, lambda v: math.isfinite(v) and 0 < v <= 1000, "in (0, 1000]")
         self.width, self.height = query.size("size", SYNTHETIC_SIZE)
-        self.segment_s = query.number("segment_s", float, 4.0, lambda v: math.isfinite(v) and v > 0, "> 0")
+        self.segment_s = query.number("segment_s", float, SEGMENT_S, lambda v: math.isfinite(v) and v > 0, "> 0")
         labels = query.text("label", "")
         label = labels.split(",") if labels else None
         if label is not None:

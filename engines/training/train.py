@@ -23,7 +23,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +71,9 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 RESUME_FORMAT = "emim-stream.resume/1"
-# Settings a resumed run must share with the run it continues (others, e.g. workers, may change).
-_RESUME_KEYS = (
-    "model", "data", "val_data", "epochs", "frames", "size", "overrides", "batch_size", "lr", "min_lr",
-    "weight_decay", "warmup_epochs", "vmp", "vmp_lambda", "vmp_init", "val_fraction", "val_n", "method", "seed", "init",
-    "augment",
-)
+_PER_RUN: dict[str, Any] = {"per_run": True}
+"""Metadata of a :class:`TrainConfig` field that a resumed run may change (where it writes, how it loads data and
+logs); every other field is a setting a resumed run must share with the run it continues."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +82,7 @@ class TrainConfig:
 
     model: str
     data: str
-    out: Path
+    out: Path = field(metadata=_PER_RUN)
     epochs: int
     val_data: str | None = None
     """Validation set spec; default: the synthetic ``val`` split for synthetic data, else a held-out part."""
@@ -116,13 +113,13 @@ class TrainConfig:
     augment: bool = False
     """Show each training clip through a random motion symmetry (:mod:`emim_stream.engines.data.augment`; the nine
     motions only)."""
-    cache_clips: Path | None = None
+    cache_clips: Path | None = field(default=None, metadata=_PER_RUN)
     """Render the (fixed) training clips once into this folder and read them from there every epoch."""
-    workers: int = 0
-    resume: bool = False
-    log_every: int = 20
-    save_every: int = 50
-    command: str = ""
+    workers: int = field(default=0, metadata=_PER_RUN)
+    resume: bool = field(default=False, metadata=_PER_RUN)
+    log_every: int = field(default=20, metadata=_PER_RUN)
+    save_every: int = field(default=50, metadata=_PER_RUN)
+    command: str = field(default="", metadata=_PER_RUN)
     """The command line that started the run (recorded in the checkpoint)."""
 
     def __post_init__(self) -> None:
@@ -260,7 +257,7 @@ class ResumeState:
     """Where a run stands: what its resume file holds besides the weights and the optimizer state."""
 
     settings: dict[str, Any]
-    """The run's :data:`_RESUME_KEYS` settings; a resumed run must have the same."""
+    """The run's settings (the :class:`TrainConfig` fields not marked per run); a resumed run must have the same."""
     labels: tuple[str, ...]
     epoch: int = 0
     """The epoch (0-based) under way, or the next one when ``step_in_epoch`` is 0."""
@@ -604,7 +601,7 @@ def _load_init(model: nn.Module, vmp: VmpLayer | None, path: str, labels: tuple[
 
 
 def _settings(cfg: TrainConfig) -> dict[str, Any]:
-    values = {key: getattr(cfg, key) for key in _RESUME_KEYS}
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if not f.metadata.get("per_run")}
     values["overrides"] = dict(cfg.overrides)
     return values
 

@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
 
-.PHONY: install system-deps run test lint ci clean
+.PHONY: install system-deps run test test-all lint ci clean
 
 install: $(VENV)/.installed
 
@@ -38,14 +38,20 @@ system-deps:
 run: install
 	$(BIN)/emim-stream run --config $(CONFIG)
 
+# The fast set (minutes); test-all adds the slow one: end-to-end pipelines and the AOTInductor build (pyproject's
+# markers, tests/conftest.py).
 test: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: install
 	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
-ci: test lint
+ci: test-all lint
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

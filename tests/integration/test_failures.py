@@ -14,8 +14,6 @@ from emim_stream.pipeline.comms.messages import LabelMessage, StatusMessage
 from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, engine_section, free_port
 
-pytestmark = pytest.mark.slow
-
 
 def base_config(port: int, source: str, **camera) -> dict:
     return {

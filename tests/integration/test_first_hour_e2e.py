@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import cv2
-import pytest
 import yaml
 
 from emim_stream.engines.data.synthetic import render_clip
@@ -21,8 +20,6 @@ from emim_stream.pipeline.comms.messages import LabelMessage
 from emim_stream.pipeline.comms.subscribe import Subscriber
 from emim_stream.pipeline.config import DEFAULT_CONFIG
 from tests.integration.conftest import ROOT, engine_section, free_port, shm_segments
-
-pytestmark = pytest.mark.slow
 
 EMIM_STREAM = str(Path(sys.executable).with_name("emim-stream"))  # the installed entry point
 _LABEL_LINE = re.compile(r"^\s+cam1 frames\s+\d+-(\d+)\s+(\S+)\s+[\d.]+\s+\(.*\)\s+latency [\d.]+ ms(.*)$")

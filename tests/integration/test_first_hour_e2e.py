@@ -169,7 +169,10 @@ def test_soak_fails_its_verdict_with_exit_1(tmp_path):
     assert strict.returncode == 1, strict.stderr[-2000:]
     assert "verdict: FAIL" in strict.stdout, strict.stdout
     assert re.search(r"FAILED\s+p99 last/first [\d.]+ <= 0.01 \([\d.]+ -> [\d.]+ ms\)", strict.stdout), strict.stdout
-    assert re.search(r"(ok|FAILED)\s+RSS growth after warm-up [+-][\d.]+ MiB <= 50", strict.stdout), strict.stdout
+    rss = re.search(r"(ok|FAILED)\s+RSS growth after warm-up ([+-][\d.]+) MiB <= 50\n", strict.stdout)
+    summary = re.search(r"^RSS: start .*, growth after warm-up ([+-][\d.]+) MiB$", strict.stdout, re.MULTILINE)
+    assert rss and summary and summary[1] == rss[2], strict.stdout  # the check judges the figure the summary shows
+    assert (rss[1] == "ok") == (float(rss[2]) <= 50), strict.stdout  # the default --max-rss-growth, applied
 
 
 def test_doctor_without_config_shows_the_embedded_default(tmp_path):

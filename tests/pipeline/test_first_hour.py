@@ -108,7 +108,10 @@ def test_truth_for_files_needs_a_sidecar_with_the_models_labels(tmp_path):
     (tmp_path / "clip.mp4.truth").write_text("0 1 left\n1 2 jumping\n")
     with pytest.raises(ConfigError, match="'jumping' are not the model's"):
         truth_for(CameraConfig(id="c", source=str(video)), CLASSES)
-    assert isinstance(truth_for(CameraConfig(id="c", source=f"file://{video}"), ("left", "jumping")), FileTruth)
+    truth = truth_for(CameraConfig(id="c", source=f"file://{video}"), ("left", "jumping"))  # the URI form: same file
+    assert truth.window(int(0.1e9), int(0.9e9)) == "left" and truth.window(int(1.1e9), int(1.9e9)) == "jumping"
+    assert truth.window(int(0.9e9), int(1.1e9)) is None  # spans the change
+    assert truth.segment_at(int(2.5e9)) is None  # not looping: past the end
 
 
 def _label(truth: str | None) -> LabelMessage:

@@ -87,9 +87,7 @@ def _measure(
     def on_label(msg) -> None:
         labelled.append((time.monotonic(), msg.latency_ms["total"]))
 
-    report = run(
-        dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, print_labels=False)), seconds, stop, on_label
-    )
+    report = run(cfg, seconds, stop, on_label)
     first = labelled[0][0] if labelled else time.monotonic()
     span = max(time.monotonic() - first, 1e-9)
     stamps = [(t - first, ms) for t, ms in labelled]

@@ -12,11 +12,15 @@ import contextlib
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
 
 from emim_stream.cli.commands.common import add_config_argument, add_overrides_argument, config_label, config_path
+
+if TYPE_CHECKING:
+    from emim_stream.pipeline.comms.messages import LabelMessage
 
 HELP = (
     "run the pipeline for M minutes; report RSS growth and p99 latency of the first and last minute "
@@ -68,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
             samples.append((time.monotonic() - start, _tree_rss_mib()))
             print(f"  t={samples[-1][0]:6.0f} s  RSS {samples[-1][1]:7.1f} MiB  labels {len(latencies)}", flush=True)
 
-    def on_label(msg) -> None:
+    def on_label(msg: LabelMessage) -> None:
         latencies.append((time.monotonic() - start, msg.latency_ms["total"]))
 
     thread = threading.Thread(target=sampler, daemon=True)
@@ -120,7 +124,7 @@ def verdict(
         checks.append((False, "p99 drift: no label in the first or the last window"))
     else:
         p99_first, p99_last = np.percentile(first_ms, 99), np.percentile(last_ms, 99)
-        ratio = p99_last / max(p99_first, 1e-9)
+        ratio = float(p99_last / max(p99_first, 1e-9))
         checks.append(
             (ratio <= max_ratio, f"p99 last/first {ratio:.2f} <= {max_ratio:g} ({p99_first:.1f} -> {p99_last:.1f} ms)")
         )

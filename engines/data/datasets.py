@@ -81,7 +81,7 @@ class DatasetError(EmimError):
 # Data sets
 
 
-class ClipDataset(Dataset):
+class ClipDataset(Dataset[tuple[torch.Tensor, int]]):
     """Base of the clip data sets: ``labels``, ``frames`` (T+1), ``height``, ``width``, ``targets``.
 
     ``set_epoch(epoch)`` lets a data set vary with the epoch (synthetic ``fresh=1``; random clip
@@ -102,6 +102,9 @@ class ClipDataset(Dataset):
     def fixed_items(self) -> bool:
         """Whether item ``i`` is the same in every epoch (so it can be rendered once and cached)."""
         return True
+
+    def __len__(self) -> int:
+        raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

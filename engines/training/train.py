@@ -451,7 +451,7 @@ def train(
         _log.info(
             "epoch %d/%d done in %s: train loss %.4f, train acc %.1f%%, VMP reg %.4f%s",
             epoch + 1, cfg.epochs, _duration(record.seconds), record.train_loss, 100 * record.train_top1, stats.reg,
-            f", val top-1 {100 * record.val_top1:.2f}% ({val_result.n} clips)" if val_result is not None else "",
+            f", val top-1 {100 * val_result.top1:.2f}% ({val_result.n} clips)" if val_result is not None else "",
         )
         extra = {
             "training": {
@@ -511,7 +511,7 @@ def _train_epoch(
     window_start = time.monotonic()
     lr = cfg.lr
     for clips, target in loader:
-        lr = run.schedule.get_last_lr()[0]
+        lr = float(run.schedule.get_last_lr()[0])
         logits, reg = forward_clips(run.model, run.vmp, clips, run.clip.mean, run.clip.std)
         loss = F.cross_entropy(logits, target) + cfg.vmp_lambda * reg
         run.optimizer.zero_grad(set_to_none=True)
@@ -567,7 +567,8 @@ def _validation_split(
 
 def _param_groups(model: nn.Module, vmp: VmpLayer | None, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on weight matrices and conv kernels only."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (no_decay if p.dim() <= 1 or name.endswith(".rpb") else decay).append(p)
     if vmp is not None:

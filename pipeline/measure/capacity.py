@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 
+from emim_stream.pipeline.comms.messages import LabelMessage
 from emim_stream.pipeline.config import PipelineConfig
 from emim_stream.pipeline.runtime import run
 
@@ -84,7 +85,7 @@ def _measure(
 ) -> CapacityStep:
     labelled: list[tuple[float, float]] = []
 
-    def on_label(msg) -> None:
+    def on_label(msg: LabelMessage) -> None:
         labelled.append((time.monotonic(), msg.latency_ms["total"]))
 
     report = run(cfg, seconds, stop, on_label)

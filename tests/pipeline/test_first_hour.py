@@ -15,7 +15,6 @@ import zmq
 
 from emim_stream.cli.commands import profile as profile_cmd
 from emim_stream.cli.commands.common import Progress
-from emim_stream.cli.commands.soak import verdict
 from emim_stream.cli.main import main as cli_main
 from emim_stream.engines.data.synthetic import CLASSES
 from emim_stream.engines.errors import ConfigError
@@ -25,6 +24,7 @@ from emim_stream.pipeline.comms.messages import LabelMessage, MessageError, Mode
 from emim_stream.pipeline.comms.publish import Publisher
 from emim_stream.pipeline.config import DEFAULT_CONFIG, CameraConfig, load_config
 from emim_stream.pipeline.inference.truth import FileTruth, Segment, SyntheticTruth, read_sidecar, truth_for
+from emim_stream.pipeline.measure.soak import verdict
 from tests.integration.conftest import ROOT
 
 # --- the embedded default ------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import signal
 import sys
@@ -145,36 +146,15 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = TrainConfig(
-        model=args.model,
-        data=args.data,
-        out=args.out,
-        epochs=args.epochs,
-        val_data=args.val_data,
-        init=args.init,
-        frames=args.frames,
-        size=args.size,
-        overrides=parse_model_args(args.model_arg),
-        batch_size=args.batch_size,
-        lr=args.lr,
-        min_lr=args.min_lr,
-        weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs,
-        vmp=args.vmp,
-        vmp_lambda=args.vmp_lambda,
-        vmp_init=_pair(args.vmp_init, "--vmp-init"),
-        val_fraction=args.val_fraction,
-        val_n=args.val_n,
-        method=args.resize,
-        seed=args.seed,
-        augment=args.augment,
-        cache_clips=_cache_folder(args.cache_clips),
-        workers=args.workers,
-        resume=args.resume,
-        log_every=args.log_every,
-        save_every=args.save_every,
-        command=shlex.join(["emim-stream", *sys.argv[1:]]),
-    )
+    as_given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    cfg = TrainConfig(**{
+        **as_given,  # the options named as TrainConfig's fields
+        "overrides": parse_model_args(args.model_arg),
+        "vmp_init": _pair(args.vmp_init, "--vmp-init"),
+        "method": args.resize,
+        "cache_clips": _cache_folder(args.cache_clips),
+        "command": shlex.join(["emim-stream", *sys.argv[1:]]),
+    })  # fmt: skip
     progress = Progress("training steps")
     stop = threading.Event()
 

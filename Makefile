@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
 
-.PHONY: install system-deps run test test-all lint ci clean
+.PHONY: install system-deps run test test-all lint docs docs-serve ci clean
 
 install: $(VENV)/.installed
 
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,quant,plot]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs,quant,plot]"
 	# natten's build imports torch, so it is installed after torch, without build isolation.
 	$(BIN)/python -m pip install --quiet --no-build-isolation "natten>=0.21"
 	touch $@
@@ -51,7 +51,15 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-ci: test-all lint
+# The documentation site from docs/ (reference pages generated from the code); strict: a broken link fails.
+# NO_MKDOCS_2_WARNING silences the theme's banner about a future MkDocs release.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+ci: test-all lint docs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info site

@@ -110,7 +110,7 @@ class SamplingPlan:
         """Samples per second the camera gives the model (None: unknown camera rate and a rate-free request)."""
         if self.period_ns is not None:
             return float(_NS / self.period_ns)
-        if self.camera_fps:
+        if self.camera_fps and self.every is not None:
             return self.camera_fps * self.repeat / self.every
         return None
 
@@ -119,7 +119,7 @@ class SamplingPlan:
         """Share of the samples that repeat the frame before them (the camera is slower than the model)."""
         if self.every is not None:
             return 1 - 1 / self.repeat
-        if self.frame_period_ns is None:
+        if self.frame_period_ns is None or self.period_ns is None:
             return 0.0
         return max(0.0, 1 - float(self.period_ns / self.frame_period_ns))
 
@@ -131,7 +131,7 @@ class SamplingPlan:
             if self.repeat > 1:
                 how += f", each {self.repeat} times"
         else:
-            how = f"the nearest frame to every {float(self.period_ns) / 1e6:.1f} ms"
+            how = f"the nearest frame to every {float(self.period_ns or 0) / 1e6:.1f} ms"
         rate, frames, stride = self.sampled_fps, self.request.frames, self.request.stride
         if rate:
             span = f"a window's {frames} frames span {(frames - 1) / rate:.2f} s, one label every {stride / rate:.2f} s"
@@ -212,17 +212,20 @@ class FrameSampler:
             first = self.next_sample
             self.next_sample += plan.repeat
             return first, plan.repeat
+        period = plan.period_ns
+        if period is None:  # pragma: no cover - plan_sampling sets every or period_ns
+            raise ValueError(f"a sampling plan needs every or period_ns: {plan}")
         t = self._timestamp(pts_ns, capture_ns)
         if self._t0 is None or (self._prev_t is not None and t <= self._prev_t):
             self._restart(t)
         if self._prev_t is not None:
             self._intervals.append(t - self._prev_t)
-        d = plan.frame_period_ns
+        d = plan.frame_period_ns  # the camera's frame period, else the median of its last intervals
         if d is None:
-            d = statistics.median_low(self._intervals) if self._intervals else 0
-        x, period = t - self._t0, plan.period_ns
+            d = Fraction(statistics.median_low(self._intervals) if self._intervals else 0)
+        x = t - (self._t0 if self._t0 is not None else t)
         start = max(self._k, math.ceil((x - d) / period))  # earlier sampling times had no frame near them
-        end = math.floor((x + Fraction(d) / 2) / period)  # the last sampling time this frame is nearest to
+        end = math.floor((x + d / 2) / period)  # the last sampling time this frame is nearest to
         count = max(0, end - start + 1)
         self._k = max(start, end + 1)
         self._prev_t = t

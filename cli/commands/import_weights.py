@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from emim_stream.engines.clip import ClipSampling
 
 HELP = "turn published UniFormer / EMIM weights into a checkpoint that run, evaluate and export accept"
 
@@ -63,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampling(args: argparse.Namespace):
+def _sampling(args: argparse.Namespace) -> ClipSampling | None:
     """The :class:`ClipSampling` the options state, or None (the published one, if any, applies).
 
     Raises:

@@ -123,6 +123,8 @@ class _CaptureState:
 
     def feed(self, frame: SourceFrame) -> None:
         """Prepare and write ``frame`` if the model sees it (once per sample), or once for the recorder."""
+        if self.sampler is None:  # pragma: no cover - a caller bug
+            raise RuntimeError("feed() before start_sampling()")
         first, count = self.sampler.offer(frame.source_pts_ns, frame.capture_mono_ns)
         if count or self.all_frames:
             image = self.pre(frame.image, bgr=True)

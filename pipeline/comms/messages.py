@@ -87,7 +87,7 @@ import sys
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Final, Literal, cast, get_args
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType, field
@@ -118,10 +118,10 @@ __all__ = [
     "validate_camera_id",
 ]
 
-SCHEMA_VERSIONS: dict[str, int] = {"label": 2, "status": 1, "event": 1, "preview": 1}
+SCHEMA_VERSIONS: Final[dict[str, int]] = {"label": 2, "status": 1, "event": 1, "preview": 1}
 """The schema version of each message kind."""
-LATENCY_UNIT = "ms"
-LATENCY_CLOCK = "CLOCK_MONOTONIC"
+LATENCY_UNIT: Final = "ms"
+LATENCY_CLOCK: Final = "CLOCK_MONOTONIC"
 MAX_CAMERA_ID_CHARS = 64
 
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
@@ -336,7 +336,7 @@ class LabelMessage(Struct, frozen=True):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> LabelMessage:
         """Parse a label payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
-        return _decode(payload, "label")
+        return cast(LabelMessage, _decode(payload, "label"))  # _decode checked the kind
 
     @classmethod
     def from_json(cls, data: bytes | str) -> LabelMessage:
@@ -367,7 +367,7 @@ class StatusMessage(_Message, frozen=True, tag="status"):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> StatusMessage:
         """Parse a status payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
-        return _decode(payload, "status")
+        return cast(StatusMessage, _decode(payload, "status"))
 
     @classmethod
     def from_json(cls, data: bytes | str) -> StatusMessage:
@@ -401,7 +401,7 @@ class EventMessage(_Message, frozen=True, tag="event"):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> EventMessage:
         """Parse an event payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
-        return _decode(payload, "event")
+        return cast(EventMessage, _decode(payload, "event"))
 
     @classmethod
     def from_json(cls, data: bytes | str) -> EventMessage:
@@ -434,7 +434,7 @@ class PreviewMessage(_Message, frozen=True, tag="preview"):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> PreviewMessage:
         """Parse a preview payload. Raises MessageError (also for ``data`` that is not base64)."""
-        return _decode(payload, "preview")
+        return cast(PreviewMessage, _decode(payload, "preview"))
 
 
 Message = LabelMessage | StatusMessage | EventMessage | PreviewMessage
@@ -459,7 +459,7 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-def _decode(payload: Any, expected: str | None = None) -> Any:
+def _decode(payload: Any, expected: str | None = None) -> Message:
     """One msgspec conversion of a payload of kind ``expected`` (or any kind) in its kind's schema."""
     if not isinstance(payload, Mapping):
         raise MessageError(f"a message payload must be a JSON object, got {type(payload).__name__}")
@@ -468,13 +468,14 @@ def _decode(payload: Any, expected: str | None = None) -> Any:
         raise MessageError(f"message kind {kind!r} is unknown; expected one of {list(_KINDS)}")
     if expected is not None and kind != expected:
         raise MessageError(f"expected a {expected!r} message, got kind {kind!r}")
-    if payload.get("schema") != SCHEMA_VERSIONS[kind]:
+    version = SCHEMA_VERSIONS[str(kind)]  # a known kind by now
+    if payload.get("schema") != version:
         raise MessageError(
-            f"{kind} message has schema {payload.get('schema')!r}; this emim-stream reads schema "
-            f"{SCHEMA_VERSIONS[kind]} (run matching versions of the publisher and the subscriber)"
+            f"{kind} message has schema {payload.get('schema')!r}; this emim-stream reads schema {version} "
+            "(run matching versions of the publisher and the subscriber)"
         )
     try:
-        msg = msgspec.convert(payload, _Wire)
+        msg: _Wire = msgspec.convert(payload, _Wire)
     except msgspec.ValidationError as err:
         path, rule = explain(err, payload, _Wire)
         raise MessageError(f"{kind} message: field '{path}' {rule}") from None

@@ -14,6 +14,7 @@ import multiprocessing as mp
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import numpy as np
 import psutil
@@ -57,6 +58,7 @@ def frame_overhead(
             t1 = time.perf_counter_ns()
             frame = reader.read_next(out)
             t2 = time.perf_counter_ns()
+            assert frame is not None  # written just above
             prompt = stage.push(frame.image, frame.seq)
             t3 = time.perf_counter_ns()
             if prompt is not None:
@@ -105,7 +107,9 @@ def _recv_from(process: BaseProcess, conn: Connection, timeout_s: float) -> obje
     return conn.recv()
 
 
-def ring_throughput(frames: int, height: int, width: int, slots: int, timeout_s: float = 60.0) -> dict:
+def ring_throughput(
+    frames: int, height: int, width: int, slots: int, timeout_s: float = 60.0
+) -> dict[str, Any]:
     """Sustained frames/s through a ring between two processes: a spawned writer, the reader in the caller.
 
     The reader follows with ``read_next`` into a reused array and checks each frame's payload. For the
@@ -211,6 +215,8 @@ def camera_cost(
                 raise PipelineError(f"camera benchmark: {source} gave no frame ({handle.detail or 'no note'})")
             cams.poll()
             time.sleep(0.01)
+        if handle.process is None:  # pragma: no cover - start() spawned it
+            raise PipelineError("camera benchmark: the camera process was not started")
         ring, camera_cpu = handle.ring, psutil.Process(handle.process.pid)
         start_seq, start_frame = ring.latest_seq, ring.latest_frame_seq
         start_cpu, start_mine, start = sum(camera_cpu.cpu_times()[:2]), time.process_time(), time.monotonic()

@@ -67,12 +67,32 @@ MAX_STRIDE = 1024
 """Upper bound of ``window.stride`` and ``cameras[].stride``."""
 MAX_HWM = 1_000_000
 """Upper bound of ``publish.send_hwm`` (messages)."""
+MAX_QUEUE = 1_000_000
+"""Upper bound of ``mqtt.queue_size`` (messages)."""
+MAX_RECORD_QUEUE = 100_000
+"""Upper bound of ``record.queue_frames`` (frames: each holds a copy of a camera frame in memory)."""
+MAX_WINDOWS = 10_000
+"""Upper bound of ``events.min_windows``."""
+MQTT_TEXT_BYTES = {"prefix": 1024, "box_id": 256, "client_id": 256, "username": 1024}
+"""Upper bound (UTF-8 bytes) of each MQTT text setting: a whole topic stays far below the protocol's 65,535."""
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
     """``low <= value <= high`` (NaN and infinities fail), else a FieldError naming ``name``."""
     if not low <= value <= high:
         raise FieldError(name, f"must be in {low}..{high}, got {value}")
+
+
+def _check_mqtt_text(name: str, value: str | None) -> None:
+    """An MQTT string (MQTT 3.1.1 section 1.5.3): no NUL or control characters, at most
+    :data:`MQTT_TEXT_BYTES` bytes."""
+    if value is None:
+        return
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        raise FieldError(name, f"must not contain NUL or control characters, got {value[:40]!r}")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MQTT_TEXT_BYTES[name]:
+        raise FieldError(name, f"must be at most {MQTT_TEXT_BYTES[name]} bytes, got {size}")
 
 
 def _check_seconds(name: str, value: float) -> None:
@@ -233,8 +253,7 @@ class EventsConfig:
             raise FieldError("enter", f"must be in (0, 1], got {self.enter}")
         if not 0.0 <= self.exit <= self.enter:
             raise FieldError("exit", f"must be in [0, events.enter = {self.enter}], got {self.exit}")
-        if self.min_windows < 1:
-            raise FieldError("min_windows", f"must be >= 1, got {self.min_windows}")
+        _check_range("min_windows", self.min_windows, 1, MAX_WINDOWS)
 
 
 MQTT_KINDS = ("event", "label", "status")
@@ -280,9 +299,11 @@ class MqttConfig:
     tls_insecure: bool = False
     """Do not check the broker's host name against its certificate (testing only)."""
     keepalive_s: int = 30
-    """MQTT keep-alive: the broker drops the client after 1.5x this without traffic."""
+    """MQTT keep-alive, 1..65535 (the protocol's limit): the broker drops the client after 1.5x this without
+    traffic."""
     queue_size: int = 1000
-    """Messages waiting for the broker; when full (broker down) the oldest is dropped and counted."""
+    """Messages waiting for the broker (1..1,000,000); when full (broker down) the oldest is dropped and
+    counted."""
     reconnect_min_s: float = 1.0
     """First delay before reconnecting to a lost or unreachable broker (doubles each time)."""
     reconnect_max_s: float = 30.0
@@ -295,6 +316,8 @@ class MqttConfig:
             raise FieldError("port", f"must be in 1..65535, got {self.port}")
         if self.protocol not in ("3.1.1", "5"):
             raise FieldError("protocol", f"must be '3.1.1' or '5', got {self.protocol!r}")
+        for name in MQTT_TEXT_BYTES:
+            _check_mqtt_text(name, getattr(self, name))
         for name in ("prefix", "box_id"):
             value = getattr(self, name)
             if value is not None and (not value or any(c in value for c in "+#") or "//" in f"/{value}/"):
@@ -312,11 +335,11 @@ class MqttConfig:
             raise FieldError("username", "a password needs a username")
         if (self.cert_file is None) != (self.key_file is None):
             raise FieldError("key_file", "must be set together with cert_file")
-        if self.keepalive_s < 5:
-            raise FieldError("keepalive_s", f"must be >= 5, got {self.keepalive_s}")
-        if self.queue_size < 1:
-            raise FieldError("queue_size", f"must be >= 1, got {self.queue_size}")
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+        _check_range("keepalive_s", self.keepalive_s, 1, 65535)
+        _check_range("queue_size", self.queue_size, 1, MAX_QUEUE)
+        for name in ("reconnect_min_s", "reconnect_max_s"):
+            _check_seconds(name, getattr(self, name))
+        if self.reconnect_min_s > self.reconnect_max_s:
             raise FieldError("reconnect_min_s", "must be > 0 and <= reconnect_max_s")
 
 
@@ -366,20 +389,28 @@ class ViewConfig:
 
 @dataclass(frozen=True)
 class RecordConfig:
-    """Annotated MP4 recordings of every camera (label, score and latency drawn on the frames)."""
+    """Annotated MP4 recordings of every camera (label, score and latency drawn on the frames), written as
+    fragmented MP4 segments that survive a crash (pipeline/outputs/segments.py)."""
 
     dir: str | None = None
-    """Directory of the recordings (None = off); one file series per camera, ``<camera>_<UTC time>.mp4``."""
+    """Directory of the recordings (None = off); one segment series per camera, ``<camera>_<UTC time>.mp4``."""
     height: int = 360
     """Height in pixels of the recorded picture (frames are scaled up to it), a text band is added above."""
     codec: Literal["auto", "h264", "mpeg4"] = "auto"
-    """``auto``: H.264 where the OpenCV build can encode it, else MPEG-4 part 2."""
-    max_s: float = 300.0
-    """Start a new file after this many seconds of video."""
+    """``auto``: H.264 where it can be encoded, else MPEG-4 part 2."""
+    segment_s: float = 60.0
+    """Start a new segment file after this many seconds of video (a crash loses at most the last second)."""
     max_mb: float = 100.0
-    """Start a new file once the current one reaches this size."""
+    """Start a new segment once the current one reaches this size (1..100,000 MB)."""
+    retain_gb: float | None = None
+    """Delete a camera's oldest segments while its segments take more than this (None = keep all)."""
+    retain_days: float | None = None
+    """Delete segments older than this many days (None = keep all)."""
     queue_frames: int = 256
-    """Frames waiting for the encoder; when full, frames are dropped (counted), never the inference loop slowed."""
+    """Frames waiting for the encoder (1..100,000); when full, frames are dropped (counted), never the inference
+    loop slowed."""
+    retry_s: float = 5.0
+    """After a write error (full disk, removed or read-only directory) try a new segment this often."""
     event_clips: bool = False
     """Also write a short clip around every action event (``DIR/events/``); keeps the last seconds of frames."""
     clip_pre_s: float = 2.0
@@ -392,12 +423,14 @@ class RecordConfig:
     def __post_init__(self) -> None:
         if not 32 <= self.height <= 2160:
             raise FieldError("height", f"must be in 32..2160, got {self.height}")
-        if self.max_s <= 0:
-            raise FieldError("max_s", f"must be > 0, got {self.max_s}")
-        if self.max_mb <= 0:
-            raise FieldError("max_mb", f"must be > 0, got {self.max_mb}")
-        if self.queue_frames < 1:
-            raise FieldError("queue_frames", f"must be >= 1, got {self.queue_frames}")
+        for name in ("segment_s", "retry_s"):
+            _check_seconds(name, getattr(self, name))
+        _check_range("max_mb", self.max_mb, 1, 100_000)
+        _check_range("queue_frames", self.queue_frames, 1, MAX_RECORD_QUEUE)
+        if self.retain_gb is not None:
+            _check_range("retain_gb", self.retain_gb, 0.001, 1_000_000)
+        if self.retain_days is not None:
+            _check_range("retain_days", self.retain_days, 0.001, 36_500)
         for name in ("clip_pre_s", "clip_post_s"):
             if not 0 <= getattr(self, name) <= 60:
                 raise FieldError(name, f"must be in [0, 60], got {getattr(self, name)}")

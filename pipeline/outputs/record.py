@@ -277,7 +277,7 @@ class Recorder:
                     open_files[camera_id] = self._start(camera_id, starting.pop(camera_id))
                     continue
                 self._write(current, camera_id, frame, overlay)
-                if current.full(self.cfg.max_s, self.cfg.max_mb * 1e6):
+                if current.full(self.cfg.segment_s, self.cfg.max_mb * 1e6):
                     current.writer.release()
                     del open_files[camera_id]
             for camera_id, waiting in starting.items():  # cameras that ended within their first frames

@@ -54,6 +54,24 @@ def load(tmp_path, text: str = CAMERA, overrides: tuple[str, ...] = ()):
         ("engine.height=-32", "engine.height must be a multiple of 32 in 32..1024"),
         ("publish.endpoint=tcp://127.0.0.1:99999", "publish.endpoint: port '99999' must be 1-65535"),
         ("publish.endpoint=tcp://127.0.0.1:-1", "publish.endpoint: port '-1' must be 1-65535"),
+        # issue 29 (6): MQTT settings that broke the sink while the run exited 0
+        ("mqtt.keepalive_s=100000", "mqtt.keepalive_s: must be in 1..65535"),
+        ("mqtt.keepalive_s=0", "mqtt.keepalive_s: must be in 1..65535"),
+        (f"mqtt.prefix={'x' * 70000}", "mqtt.prefix: must be at most 1024 bytes"),
+        ('mqtt.prefix="emim\\0x"', "mqtt.prefix: must not contain NUL or control characters"),
+        ('mqtt.box_id="box\\x01"', "mqtt.box_id: must not contain NUL or control characters"),
+        ('mqtt.client_id="c\\0"', "mqtt.client_id: must not contain NUL or control characters"),
+        ('mqtt.username="u\\0"', "mqtt.username: must not contain NUL or control characters"),
+        # issue 29 (7): bounds the documentation promises
+        ("record.segment_s=.nan", "record.segment_s: must be > 0 and <= 3600 s, got nan"),
+        ("record.segment_s=.inf", "record.segment_s: must be > 0 and <= 3600 s, got inf"),
+        ("record.max_mb=.nan", "record.max_mb: must be in 1..100000"),
+        ("record.max_mb=.inf", "record.max_mb: must be in 1..100000"),
+        ("record.queue_frames=1000000000000", "record.queue_frames: must be in 1..100000"),
+        ("mqtt.reconnect_max_s=.inf", "mqtt.reconnect_max_s: must be > 0 and <= 3600 s, got inf"),
+        ("mqtt.reconnect_min_s=.nan", "mqtt.reconnect_min_s: must be > 0 and <= 3600 s, got nan"),
+        ("mqtt.queue_size=1000000000000", "mqtt.queue_size: must be in 1..1000000"),
+        ("events.min_windows=1000000000000", "events.min_windows: must be in 1..10000"),
     ],
 )
 def test_numeric_settings_are_range_checked_naming_the_field(tmp_path, override, field):

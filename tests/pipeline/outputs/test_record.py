@@ -71,7 +71,7 @@ def test_codec_probe_picks_what_this_opencv_can_encode():
 
 
 def test_recordings_rotate_by_duration_and_decode_with_the_overlay(tmp_path):
-    cfg = RecordConfig(dir=str(tmp_path), height=128, max_s=1.0, queue_frames=1000)
+    cfg = RecordConfig(dir=str(tmp_path), height=128, segment_s=1.0, queue_frames=1000)
     recorder = Recorder(cfg, ["cam1"])
     all_frames = list(frames(75))
     recorder.on_label(label_message("left", 0.97, 23.0))

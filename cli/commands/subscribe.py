@@ -19,10 +19,8 @@ from emim_stream.cli.commands.common import add_curve_arguments, curve_client, c
 from emim_stream.pipeline.comms.messages import (
     EventMessage,
     LabelMessage,
-    MessageError,
     PreviewMessage,
     StatusMessage,
-    parse_payload,
 )
 from emim_stream.pipeline.comms.subscribe import Received, Subscriber
 from emim_stream.pipeline.config import DEFAULT_ENDPOINT
@@ -54,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
     curve = curve_client(args)
     with (
         _open_jsonl(args.jsonl) as sink,
-        Subscriber(args.endpoint, topics, max_msg_bytes=args.max_msg_bytes, curve=curve, parse=True) as sub,
+        Subscriber(args.endpoint, topics, max_msg_bytes=args.max_msg_bytes, curve=curve) as sub,
     ):
         n = 0
         try:
@@ -67,7 +65,13 @@ def main(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         _print_summary(sub, sys.stderr)
-        if n == 0:
+        if n == 0 and sub.malformed:
+            print(
+                f"emim-stream subscribe: {sub.malformed} message(s) arrived but none could be read: is the "
+                "publisher an emim-stream pipeline of this version?",
+                file=sys.stderr,
+            )
+        elif n == 0:
             hint = curve_hint(args, sub.handshake_failures)
             if hint is not None:
                 print(f"emim-stream subscribe: {hint}", file=sys.stderr)
@@ -84,11 +88,8 @@ def _open_jsonl(path: str | None) -> AbstractContextManager[TextIO | None]:
 
 
 def describe(received: Received) -> str:
-    """One line for a message: label, status, or the topic and why it could not be read."""
-    try:
-        msg = parse_payload(received.payload)
-    except MessageError as err:
-        return f"{received.topic} #{received.msg_seq} unreadable: {err}"
+    """One line for a message: label, event, preview or status."""
+    msg = received.message
     if isinstance(msg, LabelMessage):
         return _describe_label(msg)
     if isinstance(msg, EventMessage):

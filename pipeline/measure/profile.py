@@ -298,7 +298,7 @@ def profile(
     stop = threading.Event() if stop is None else stop
     profiler = Profiler(capacity)
     deadline_ns = None if duration_s is None else profiler.started_mono_ns + round(duration_s * 1e9)
-    with Subscriber(endpoint, topics, timeout_s=_POLL_S, max_msg_bytes=max_msg_bytes, curve=curve, parse=True) as sub:
+    with Subscriber(endpoint, topics, timeout_s=_POLL_S, max_msg_bytes=max_msg_bytes, curve=curve) as sub:
         while not stop.is_set():
             now_ns = time.monotonic_ns()
             if deadline_ns is not None and now_ns >= deadline_ns:

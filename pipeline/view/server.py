@@ -222,9 +222,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorised(self) -> bool:
         token = self.server.view.token.encode()
         candidates = [self.headers.get("X-Emim-Token", "")]
-        auth = self.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            candidates.append(auth[len("Bearer ") :])
+        scheme, _, credentials = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 7235)
+            candidates.append(credentials)
         try:
             morsel = SimpleCookie(self.headers.get("Cookie", "")).get(_COOKIE)
         except CookieError:

@@ -208,7 +208,7 @@ def test_subscriber_counts_poison_as_malformed_and_survives():
     with zmq.Context() as ctx, ctx.socket(zmq.PUB) as pub:
         pub.linger = 0
         port = pub.bind_to_random_port("tcp://127.0.0.1")
-        with Subscriber(f"tcp://127.0.0.1:{port}", topics=[b""], context=ctx, parse=True) as sub:
+        with Subscriber(f"tcp://127.0.0.1:{port}", topics=[b""], context=ctx) as sub:
             deadline = time.monotonic() + 10
             while sub.received == 0 and time.monotonic() < deadline:  # wait until the subscription is through
                 pub.send_multipart([b"labels/cam1/", json.dumps(_label(msg_seq=0)).encode()])
@@ -220,3 +220,61 @@ def test_subscriber_counts_poison_as_malformed_and_survives():
             got = sub.recv(5)
             assert got is not None and got.msg_seq == 1 and isinstance(got.message, LabelMessage)
             assert sub.received == 2 and sub.malformed == len(bodies)
+
+
+def _subscribed(ctx, pub, sub) -> None:
+    """Send valid labels (msg_seq 0) until ``sub`` receives one: the subscription is through."""
+    deadline = time.monotonic() + 10
+    while sub.received == 0:
+        assert time.monotonic() < deadline, "the subscription never went through"
+        pub.send_multipart([b"labels/cam1/", json.dumps(_label(msg_seq=0)).encode()])
+        sub.recv(0.1)
+
+
+def test_a_malformed_message_never_enters_loss_accounting():
+    """Issue 29 (8): a NaN-score label with msg_seq 2^62 made 'lost 4611686018427387894'; a status with an
+    unknown state and a reused msg_seq made 'publisher restarted' lines."""
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as pub:
+        pub.linger = 0
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        with Subscriber(f"tcp://127.0.0.1:{port}", topics=[b""], context=ctx) as sub:
+            _subscribed(ctx, pub, sub)
+            poisoned = _label(msg_seq=2**62, topk=[{"label": "wave", "score": float("nan")}])
+            pub.send_multipart([b"labels/cam1/", json.dumps(poisoned).encode()])
+            bodies = [json.dumps({**_status("live"), "state": "exploded", "msg_seq": 0}).encode()] * 3
+            bodies.append(json.dumps(_label(msg_seq=2**61, schema=99)).encode())
+            for body in bodies:
+                pub.send_multipart([b"status/cam1/" if b"exploded" in body else b"labels/cam1/", body])
+            pub.send_multipart([b"labels/cam1/", json.dumps(_label(msg_seq=1)).encode()])
+            got = sub.recv(5)
+            assert got is not None and got.msg_seq == 1
+            assert sub.total_lost == 0 and sub.restarts == {}
+            assert sub.malformed == 1 + len(bodies)
+
+
+def test_subscribe_says_messages_arrived_malformed_rather_than_nothing_arrived(capsys):
+    """Issue 29 (9): when everything that arrived was malformed, the hint was 'nothing arrived'."""
+    from emim_stream.cli.main import main
+
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as pub:
+        pub.linger = 0
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        stop = time.monotonic() + 3
+
+        def flood() -> None:
+            while time.monotonic() < stop:
+                pub.send_multipart([b"labels/cam1/", b'{"msg_seq": 1, "kind": "label"}'])
+                time.sleep(0.05)
+
+        import threading
+
+        thread = threading.Thread(target=flood)
+        thread.start()
+        try:
+            code = main(["subscribe", "--endpoint", f"tcp://127.0.0.1:{port}", "--timeout", "2"])
+        finally:
+            thread.join()
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "nothing arrived" not in err
+    assert "malformed" in err and "message(s) arrived but none could be read" in err

@@ -129,5 +129,5 @@ def test_embedded_default_has_events_on_without_static():
 def test_subscribe_prints_one_line_per_event():
     [(_, ev)] = run([("left", 0.9)] * 3, CFG)
     payload = replace(ev, msg_seq=4).to_payload()
-    line = describe(Received("events/cam1/", payload, 0, 0, 100))
+    line = describe(Received("events/cam1/", payload, 0, 0, 100, parse_payload(payload)))
     assert line == f"cam1 #4 event left {ev.duration_s:.2f} s frames 0-15 peak 0.90 mean 0.90 (stopped)"

@@ -25,6 +25,7 @@ from emim_stream.pipeline.comms.publish import Publisher
 from emim_stream.pipeline.comms.subscribe import Received, Subscriber
 from emim_stream.pipeline.errors import PipelineError
 from emim_stream.pipeline.measure.profile import RECEIVE_STAGE, Profiler, format_report, profile
+from tests.pipeline.view.test_state import label
 
 STAGES = ["capture_to_ring", "queue", "vmp", "wait", "infer", "publish", "total"]
 
@@ -73,7 +74,7 @@ def _join(pub: Publisher, sub: Subscriber, timeout_s: float = 5.0) -> None:
     """Probe until the subscription has reached the publisher; drain the probes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        pub.send(b"labels/probe/", {"probe": True})
+        pub.send(b"labels/probe/", label("probe", 1.0, 1.0))
         if sub.recv(0.02) is not None:
             while sub.recv(0.05) is not None:
                 pass

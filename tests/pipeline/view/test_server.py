@@ -168,7 +168,10 @@ def test_a_stalled_event_stream_client_does_not_hold_up_others(publisher):
         stalled.connect((host, int(port)))
         stalled.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # and never reads
         try:
-            preview = {"kind": "preview", "camera_id": "cam1", "format": "jpeg", "seq": 0, "width": 1, "height": 1}
+            preview = {
+                "schema": 1, "kind": "preview", "camera_id": "cam1", "format": "jpeg", "seq": 0, "width": 1,
+                "height": 1, "capture_mono_ns": 0,
+            }
             for seq in range(40):
                 publish_until(publisher, server, preview | {"seq": seq, "data": big, "capture_wall_ns": seq})
             publish_until(publisher, server, label("cam1", 5.0, 1.0, top="waving"))
@@ -179,3 +182,11 @@ def test_a_stalled_event_stream_client_does_not_hold_up_others(publisher):
             assert server.state.frame_jpeg("cam1") == base64.b64decode(big)
         finally:
             stalled.close()
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_bearer_scheme_is_case_insensitive(publisher, scheme):
+    """Issue 29 (9): RFC 7235 auth schemes are case-insensitive; a lowercase ``bearer`` was refused."""
+    with ViewServer(publisher.endpoint, port=0, token="s3cret-token") as server:
+        assert get(server.url + "api/state", {"Authorization": f"{scheme} s3cret-token"})[0] == 200
+        assert get(server.url + "api/state", {"Authorization": f"{scheme} wrong"})[0] == 401

@@ -10,7 +10,8 @@ from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.capture.ring import RingFrame
 from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage, ModelInfo, WindowInfo
 from emim_stream.pipeline.config import RecordConfig
-from emim_stream.pipeline.outputs.record import CODECS, Overlay, Recorder, draw_overlay, overlay_layout, probe_codec
+from emim_stream.pipeline.outputs.record import Overlay, Recorder, draw_overlay, overlay_layout
+from emim_stream.pipeline.outputs.segments import ENCODERS, probe_codec
 
 FPS = 30.0
 
@@ -61,9 +62,9 @@ def region(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return image[y0:y1, x0:x1].astype(np.float64)
 
 
-def test_codec_probe_picks_what_this_opencv_can_encode():
+def test_codec_probe_picks_what_ffmpeg_can_encode():
     codec = probe_codec("auto")
-    assert codec in CODECS
+    assert codec in ENCODERS
     assert probe_codec("mpeg4") == "mpeg4"
     if codec == "mpeg4":  # this build has no H.264 encoder: asking for it is a clear config error
         with pytest.raises(ConfigError, match="record.codec: 'h264' cannot be encoded"):

@@ -60,6 +60,9 @@ class RunReport:
     events: dict[str, int] = field(default_factory=dict)
     mqtt: dict | None = None
     """The MQTT sink's final :meth:`emim_stream.pipeline.comms.mqtt.MqttSink.stats` (None: no sink)."""
+    record: dict[str, dict] | None = None
+    """Per camera, the recorder's final :meth:`emim_stream.pipeline.outputs.record.Recorder.stats` (None: not
+    recording)."""
 
 
 def run(
@@ -114,6 +117,8 @@ def run(
         outputs = Outputs(publisher, _mqtt(cfg, resources), _preview_tap(cfg, resources), _recorder(cfg, resources))
         if metrics is not None and outputs.mqtt is not None:
             metrics.watch_mqtt(outputs.mqtt)
+        if metrics is not None and outputs.recorder is not None:
+            metrics.watch_recorder(outputs.recorder, [c.id for c in cfg.cameras])
         streams = [
             build_stream(
                 cam, cameras.cameras[cam.id].ring, engine, cfg.stride_of(cam), cfg.postprocess, cfg.events, outputs.taps
@@ -143,7 +148,7 @@ def run(
 
 
 def _report(reason: str, loop: InferenceLoop, cameras: CameraSupervisor, outputs: Outputs) -> RunReport:
-    """What the run did; closes the MQTT sink first, so its counts are final."""
+    """What the run did; closes the MQTT sink and the recorder first, so their counts are final."""
     streams = loop.streams
     report = RunReport(
         labels={cam_id: s.labels_sent for cam_id, s in streams.items()},
@@ -159,6 +164,9 @@ def _report(reason: str, loop: InferenceLoop, cameras: CameraSupervisor, outputs
     if outputs.mqtt is not None:
         outputs.mqtt.close()
         report.mqtt = outputs.mqtt.stats()
+    if outputs.recorder is not None:
+        outputs.recorder.close()
+        report.record = {cam_id: outputs.recorder.stats(cam_id) for cam_id in streams}
     return report
 
 

@@ -141,6 +141,12 @@ def main(args: argparse.Namespace) -> int:
             f"mqtt: {m['sent']} sent, {m['dropped']} dropped, {m['reconnects']} reconnects"
             + (f" (last problem: {m['detail']})" if m["detail"] else "")
         )
+    for cam_id, rec in (report.record or {}).items():
+        print(
+            f"recording {cam_id}: {rec['written']} frames in {rec['files']} file(s), {rec['dropped']} dropped "
+            f"(encoder behind), {rec['lost']} frames lost to write errors"
+            + (f" (last: {rec['detail']})" if rec["detail"] else "")
+        )
     if report.latency:
         print("\nper-window latency (CLOCK_MONOTONIC, ms; total = publish - capture of the newest frame):")
         print(format_table(report.latency))

@@ -313,7 +313,7 @@ class InferenceLoop:
                 publish_wall_ns=time.time_ns(),
                 config_hash=self.settings.config_hash,
                 detail=cameras.cameras[cam_id].detail,
-                outputs=self.outputs.stats(),
+                outputs=self.outputs.stats(cam_id),
                 msg_seq=self.outputs.next_msg_seq(status_topic(cam_id)),
             )
             self.outputs.status(msg)

@@ -97,6 +97,12 @@ class Outputs:
             for topic, payload in self.preview.take():
                 self.publisher.send(topic, payload)
 
-    def stats(self) -> dict[str, Any]:
-        """The state of the outputs besides ZeroMQ, for status messages: ``{"mqtt": ...}`` or ``{}``."""
-        return {} if self.mqtt is None else {"mqtt": self.mqtt.stats()}
+    def stats(self, camera_id: str) -> dict[str, Any]:
+        """The state of the outputs besides ZeroMQ, for ``camera_id``'s status messages: ``{"mqtt": ...,
+        "record": ...}``, each present when that output is."""
+        stats: dict[str, Any] = {}
+        if self.mqtt is not None:
+            stats["mqtt"] = self.mqtt.stats()
+        if self.recorder is not None:
+            stats["record"] = self.recorder.stats(camera_id)
+        return stats

@@ -24,6 +24,9 @@ Series (label ``camera`` = camera id):
 - ``emim_engine_info`` gauge = 1, labels ``model``, ``backend``, ``precision``, ``device``, ``checkpoint_sha256``.
 - With an MQTT sink: ``emim_mqtt_sent_total``, ``emim_mqtt_dropped_total``, ``emim_mqtt_reconnects_total``
   (counters), ``emim_mqtt_queued`` (gauge) and ``emim_mqtt_state{state}`` (gauge, 1 for the current state).
+- While recording, per camera: ``emim_record_frames_written_total``, ``emim_record_frames_lost_total`` (to write
+  errors), ``emim_record_write_errors_total``, ``emim_record_frames_dropped_total`` (encoder behind) counters and
+  ``emim_record_write_error`` (gauge, 1 while the camera's recording is failing).
 
 Counters mirror the cumulative counts the messages carry; they never go down (a pipeline restart starts a new
 process and new series, as Prometheus expects).
@@ -63,6 +66,13 @@ class StatsSource(Protocol):
     """Anything with a ``stats()`` dict like :meth:`emim_stream.pipeline.comms.mqtt.MqttSink.stats`."""
 
     def stats(self) -> dict[str, Any]: ...
+
+
+class CameraStatsSource(Protocol):
+    """Anything with a per-camera ``stats(camera_id)``, like
+    :meth:`emim_stream.pipeline.outputs.record.Recorder.stats`."""
+
+    def stats(self, camera_id: str) -> dict[str, Any]: ...
 
 
 class Metrics:
@@ -193,6 +203,10 @@ class Metrics:
         """Export the MQTT sink's counters and state, read at every scrape."""
         self.registry.register(_MqttCollector(sink))
 
+    def watch_recorder(self, recorder: CameraStatsSource, cameras: list[str]) -> None:
+        """Export each camera's recording counters and write-error state, read at every scrape."""
+        self.registry.register(_RecordCollector(recorder, cameras))
+
     def render(self) -> str:
         """All metrics in the Prometheus text format (what a scrape gets)."""
         return prometheus_client.generate_latest(self.registry).decode()
@@ -245,3 +259,27 @@ class _MqttCollector:
         for name in MQTT_STATES:
             state.add_metric([name], 1 if stats["state"] == name else 0)
         yield state
+
+
+class _RecordCollector:
+    """The recorder's per-camera stats as metric families, read at scrape time."""
+
+    def __init__(self, recorder: CameraStatsSource, cameras: list[str]) -> None:
+        self.recorder, self.cameras = recorder, cameras
+
+    def collect(self) -> Iterator[Metric]:
+        stats = {camera: self.recorder.stats(camera) for camera in self.cameras}
+        for name, key, text in (
+            ("emim_record_frames_written", "written", "Frames written into recording segments"),
+            ("emim_record_frames_lost", "lost", "Frames lost to write errors (full disk, removed or read-only dir)"),
+            ("emim_record_write_errors", "write_errors", "Write errors of the recording"),
+            ("emim_record_frames_dropped", "dropped", "Frames not recorded because the encoder was behind"),
+        ):
+            family = CounterMetricFamily(name, text, labels=["camera"])
+            for camera, values in stats.items():
+                family.add_metric([camera], values[key])
+            yield family
+        failing = GaugeMetricFamily("emim_record_write_error", "1 while the recording is failing", labels=["camera"])
+        for camera, values in stats.items():
+            failing.add_metric([camera], 1 if values["state"] == "write_error" else 0)
+        yield failing

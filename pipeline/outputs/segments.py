@@ -2,8 +2,9 @@
 
 Why fragmented MP4: a plain MP4 writes its index (``moov``) at close, so after a SIGKILL or a power loss the file
 being written does not play. A fragmented MP4 (``movflags=frag_keyframe+empty_moov``) writes an empty index first
-and then one self-contained fragment per keyframe; the encoder makes a keyframe every second, so a crash loses at
-most the last second of the segment being written and everything before it plays, in any MP4 player or browser.
+and then one self-contained fragment per :data:`FRAGMENT_S` (and per keyframe, one a second), so a crash loses at
+most the last half second of the segment being written and everything before it plays, in any MP4 player or
+browser.
 Matroska survives a crash too, but browsers play MP4 and not Matroska. A camera's recording is a series of such
 segments, ``<camera>_<UTC start>.mp4``, each ``segment_s`` long (or ``max_mb``): retention deletes whole segments.
 
@@ -33,6 +34,7 @@ from emim_stream.pipeline.outputs.filenames import safe_name, unique_path
 
 __all__ = [
     "ENCODERS",
+    "FRAGMENT_S",
     "WRITE_ERRORS",
     "SegmentWriter",
     "VideoFile",
@@ -48,7 +50,14 @@ ENCODERS = {"h264": "libx264", "mpeg4": "mpeg4"}
 """Codec name (``record.codec``) -> the FFmpeg encoder."""
 WRITE_ERRORS = (OSError, av.FFmpegError)
 """What a failing write raises (PyAV's errors carry FFmpeg's errno; ``av.error.OSError`` is an OSError)."""
-_FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+FRAGMENT_S = 0.5
+"""Longest fragment: at most this much of the segment being written is lost in a crash, and a full disk is
+noticed within it (the muxer writes a fragment when it ends)."""
+_FRAGMENTED = {
+    "movflags": "frag_keyframe+empty_moov+default_base_moof",
+    "frag_duration": str(int(FRAGMENT_S * 1e6)),
+    "flush_packets": "1",  # each fragment goes to the kernel when it ends, not when FFmpeg's 32 KB buffer fills
+}
 _ENCODER_OPTIONS = {"libx264": {"preset": "veryfast"}, "mpeg4": {"qscale": "4"}}
 _FPS_FRAMES = 8
 """Frames whose capture times set a new segment's frame rate."""

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from emim_stream.pipeline.capture.ring import RingFrame
 from emim_stream.pipeline.config import RecordConfig
 from emim_stream.pipeline.outputs.filenames import MAX_NAME_BYTES, safe_name
+from emim_stream.pipeline.outputs.metrics import Metrics
 from emim_stream.pipeline.outputs.record import Recorder
 from emim_stream.pipeline.outputs.segments import playable_frames, prune
 from tests.pipeline.outputs.test_record import event_message, frames
@@ -144,6 +146,17 @@ def test_one_cameras_write_error_never_stops_another_camera(tmp_path, errors):
     assert wide["state"] == "write_error" and wide["written"] == 0 and wide["lost"] == 90
     assert [text for _, text in errors.seen if "recording wide" in text], "an ERROR line names the camera"
     assert not [text for _, text in errors.seen if "cam1" in text]
+    metrics = Metrics(cameras=["wide", "cam1"])
+    metrics.watch_recorder(recorder, ["wide", "cam1"])
+    scraped = {
+        (s.name, s.labels["camera"]): s.value
+        for family in text_string_to_metric_families(metrics.render())
+        for s in family.samples
+        if s.name.startswith("emim_record_")
+    }
+    assert scraped[("emim_record_frames_lost_total", "wide")] == 90
+    assert scraped[("emim_record_write_error", "wide")] == 1 and scraped[("emim_record_write_error", "cam1")] == 0
+    assert scraped[("emim_record_frames_written_total", "cam1")] == 90
 
 
 def test_a_full_disk_is_reported_at_once_and_recording_resumes_when_space_returns(tmp_path, errors):
@@ -158,10 +171,9 @@ def test_a_full_disk_is_reported_at_once_and_recording_resumes_when_space_return
         full_at: list[float] = []
         stop = threading.Event()
 
-        def watch() -> None:  # when the disk has no room left for another fragment
+        def watch() -> None:  # full: the write that does not fit takes the last free block, then fails
             while not stop.is_set() and not full_at:
-                st = os.statvfs(disk)
-                if st.f_bavail * st.f_frsize < 64 * 1024:
+                if os.statvfs(disk).f_bavail == 0:
                     full_at.append(time.monotonic())
                 time.sleep(0.005)
 

@@ -42,9 +42,12 @@ class Mosquitto:
         directory: config, password file, persistence, certificates and ``mosquitto.log``.
         users: user name -> password; None = anonymous clients allowed.
         tls: serve TLS only, with a certificate for 127.0.0.1 signed by the CA in :attr:`ca_file`.
+        acl: lines of a mosquitto ACL file (e.g. ``["topic read #"]``: clients may subscribe but not publish).
     """
 
-    def __init__(self, directory: Path, users: dict[str, str] | None = None, tls: bool = False) -> None:
+    def __init__(
+        self, directory: Path, users: dict[str, str] | None = None, tls: bool = False, acl: list[str] | None = None
+    ) -> None:
         if MISSING:
             raise RuntimeError(MISSING)
         self.directory = directory
@@ -65,6 +68,9 @@ class Mosquitto:
             for user, password in users.items():
                 subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwords), user, password], check=True)
             lines += ["allow_anonymous false", f"password_file {passwords}"]
+        if acl is not None:
+            (directory / "acl").write_text("\n".join(acl) + "\n")
+            lines.append(f"acl_file {directory}/acl")
         if tls:
             _make_certificates(directory)
             lines += [f"cafile {self.ca_file}", f"certfile {directory}/server.pem", f"keyfile {directory}/server.key"]
@@ -160,15 +166,18 @@ class Recorder:
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    """A factory of started :class:`Mosquitto` brokers (``users=``, ``tls=``); all are stopped at teardown."""
+    """A factory of started :class:`Mosquitto` brokers (``users=``, ``tls=``, ``acl=``); all are stopped at
+    teardown."""
     if MISSING:
         pytest.skip(MISSING)
     made: list[Mosquitto] = []
 
-    def make(users: dict[str, str] | None = None, start: bool = True, tls: bool = False) -> Mosquitto:
+    def make(
+        users: dict[str, str] | None = None, start: bool = True, tls: bool = False, acl: list[str] | None = None
+    ) -> Mosquitto:
         directory = tmp_path / f"mosquitto{len(made)}"
         directory.mkdir()
-        broker = Mosquitto(directory, users, tls)
+        broker = Mosquitto(directory, users, tls, acl)
         made.append(broker)
         if start:
             broker.start()

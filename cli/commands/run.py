@@ -141,6 +141,8 @@ def main(args: argparse.Namespace) -> int:
             f"mqtt: {m['sent']} sent, {m['dropped']} dropped, {m['reconnects']} reconnects"
             + (f" (last problem: {m['detail']})" if m["detail"] else "")
         )
+        if m["refused"] and not m["sent"]:
+            print(f"mqtt: the broker refused every message ({m['refused']}): none reached a subscriber")
     for cam_id, rec in (report.record or {}).items():
         print(
             f"recording {cam_id}: {rec['written']} frames in {rec['files']} file(s), {rec['dropped']} dropped "

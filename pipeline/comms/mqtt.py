@@ -14,8 +14,10 @@ messages, so with QoS >= 1 every message is either delivered to the broker or co
 a message written to a connection that breaks before the loss is noticed is gone uncounted (at most once).
 
 The sink reports its state (``connecting``, ``connected``, ``unreachable``, ``reconnecting``, ``refused``,
-``closed``) in :meth:`MqttSink.stats`, which the runtime puts in ``status`` messages and metrics. Each state change
-is logged once (an unreachable broker is not logged at every retry); passwords never reach a log line or a status.
+``rejecting``: connected, but the broker refused every message since, e.g. its access rules forbid the topic,
+which MQTT 5 brokers say and MQTT 3.1.1 brokers cannot; ``closed``) in :meth:`MqttSink.stats`, which the runtime
+puts in ``status`` messages and metrics. Each state change is logged once (an unreachable broker is not logged at
+every retry); passwords never reach a log line or a status.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class MqttSink:
         self.detail = ""
         self.sent = 0
         self.dropped = 0
+        self.refused = 0
+        self._accepted_since_connect = 0
         self.reconnects = 0
         self._queue: deque[tuple[str, bytes, bool]] = deque()
         self._inflight = 0
@@ -148,13 +152,14 @@ class MqttSink:
         return True
 
     def stats(self) -> dict[str, Any]:
-        """``state``, ``sent`` (confirmed by the broker; written, for QoS 0), ``dropped``, ``queued``,
-        ``reconnects`` and ``detail`` (the last problem, empty when none)."""
+        """``state``, ``sent`` (confirmed by the broker; written, for QoS 0), ``dropped``, ``refused`` (by the
+        broker; also in ``dropped``), ``queued``, ``reconnects`` and ``detail`` (the last problem, empty when none)."""
         with self._cond:
             return {
                 "state": self.state,
                 "sent": self.sent,
                 "dropped": self.dropped,
+                "refused": self.refused,
                 "queued": len(self._queue) + self._inflight,
                 "reconnects": self.reconnects,
                 "detail": self.detail,
@@ -169,7 +174,8 @@ class MqttSink:
             return
         with self._cond:
             self._cond.wait_for(
-                lambda: not (self._queue or self._inflight) or self.state != "connected", self.flush_timeout_s
+                lambda: not (self._queue or self._inflight) or self.state not in ("connected", "rejecting"),
+                self.flush_timeout_s,
             )
             self._closing = True
             self._cond.notify_all()
@@ -199,7 +205,7 @@ class MqttSink:
             with self._cond:
                 self._cond.wait_for(
                     lambda: self._closing
-                    or (self._queue and self.state == "connected" and self._inflight < MAX_INFLIGHT)
+                    or (self._queue and self.state in ("connected", "rejecting") and self._inflight < MAX_INFLIGHT)
                 )
                 if self._closing:
                     return
@@ -227,6 +233,7 @@ class MqttSink:
             if self._connected_before:
                 self.reconnects += 1
             self._connected_before = True
+            self._accepted_since_connect = 0
             _log.info("mqtt: connected to %s as '%s'", self.address, self.client_id)
             self.state, self.detail = "connected", ""
             self._cond.notify_all()
@@ -244,7 +251,7 @@ class MqttSink:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._cond:
-            if self._closing or self.state != "connected":
+            if self._closing or self.state not in ("connected", "rejecting"):
                 return
             self._set_state(
                 "reconnecting",
@@ -258,7 +265,19 @@ class MqttSink:
             self._inflight -= 1
             if reason_code.is_failure:
                 self.dropped += 1
-                self.detail = f"broker refused a message: {reason_code}"
+                self.refused += 1
+                if self._accepted_since_connect == 0:
+                    self._set_state(
+                        "rejecting",
+                        f"broker {self.address} refuses every message ({reason_code}): check its access rules "
+                        f"for {self.topic('<camera>', '<kind>')}",
+                        logging.ERROR,
+                    )
+                else:
+                    self.detail = f"broker refused a message: {reason_code}"
             else:
                 self.sent += 1
+                self._accepted_since_connect += 1
+                if self.state == "rejecting":
+                    self.state, self.detail = "connected", ""
             self._cond.notify_all()

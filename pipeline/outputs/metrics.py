@@ -56,7 +56,7 @@ _log = logging.getLogger(__name__)
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """Upper bounds of the stage latency histogram buckets in ms (a ``+Inf`` bucket follows)."""
 ENGINE_LABELS = ("model", "backend", "precision", "device", "checkpoint_sha256")
-MQTT_STATES = ("connecting", "connected", "unreachable", "reconnecting", "refused", "closed")
+MQTT_STATES = ("connecting", "connected", "unreachable", "reconnecting", "refused", "rejecting", "closed")
 """States of :class:`emim_stream.pipeline.comms.mqtt.MqttSink`, each a series of ``emim_mqtt_state``."""
 
 prometheus_client.disable_created_metrics()  # no ``*_created`` series: counters here start with the process

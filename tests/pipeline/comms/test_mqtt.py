@@ -46,7 +46,8 @@ def test_messages_arrive_with_documented_topics_payloads_and_retained_status(mos
             assert live.wait_for(lambda m: len(m) == 3)
             assert _wait(lambda: sink.stats()["sent"] == 3)
             assert sink.stats() == {
-                "state": "connected", "sent": 3, "dropped": 0, "queued": 0, "reconnects": 0, "detail": ""
+                "state": "connected", "sent": 3, "dropped": 0, "refused": 0, "queued": 0, "reconnects": 0,
+                "detail": "",
             }  # fmt: skip
         assert {(t, p["kind"], r) for t, p, r in live.messages} == {
             ("site/a/box7/cam1/event", "event", False),
@@ -154,3 +155,20 @@ def test_tls_with_the_brokers_ca_delivers_and_an_unknown_ca_does_not(mosquitto):
         assert "TLS certificate is not trusted: check ca_file" in sink.stats()["detail"]
     with pytest.raises(ConfigError, match="mqtt: TLS set-up failed"):
         MqttSink(MqttConfig(host="127.0.0.1", tls=True, ca_file=str(broker.directory / "missing.pem")))
+
+
+def test_a_broker_that_refuses_every_publish_is_reported_in_state_and_stats(mosquitto, caplog):
+    """Issue 29 (6): a sink whose broker dropped every message reported nothing and the run exited 0. A broker
+    whose access rules forbid publishing answers MQTT 5 clients 'Not authorized' for each message."""
+    broker = mosquitto(acl=["topic read #"])
+    caplog.set_level(logging.INFO, logger="emim_stream.pipeline.comms.mqtt")
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, box_id="b", protocol="5", kinds=("label",))
+    with MqttSink(cfg) as sink:
+        for n in range(20):
+            sink.send("label", "cam1", _payload("label", n))
+        assert _wait(lambda: sink.stats()["refused"] == 20), sink.stats()
+        stats = sink.stats()
+    assert stats["state"] == "rejecting" and stats["sent"] == 0 and stats["dropped"] == 20
+    assert "refuses every message" in stats["detail"] and "Not authorized" in stats["detail"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "access rules for emim/b/<camera>/<kind>" in errors[0], errors

@@ -58,7 +58,9 @@ _FRAGMENTED = {
     "frag_duration": str(int(FRAGMENT_S * 1e6)),
     "flush_packets": "1",  # each fragment goes to the kernel when it ends, not when FFmpeg's 32 KB buffer fills
 }
-_ENCODER_OPTIONS = {"libx264": {"preset": "veryfast"}, "mpeg4": {"qscale": "4"}}
+_ENCODER_OPTIONS = {"libx264": {"preset": "ultrafast", "tune": "zerolatency"}, "mpeg4": {"qscale": "4"}}
+"""The cheapest settings: recording must not take the cameras' CPU (and no lookahead keeps frames out of the
+fragments, so a crash loses less)."""
 _FPS_FRAMES = 8
 """Frames whose capture times set a new segment's frame rate."""
 _SIZE_CHECK_FRAMES = 30
@@ -164,13 +166,14 @@ def segment_pattern(camera_id: str) -> re.Pattern[str]:
 
 
 def prune(files: Iterable[Path], max_bytes: float | None, max_age_s: float | None) -> list[Path]:
-    """Delete the oldest of ``files`` (given oldest first) while they take more than ``max_bytes``, and those
+    """Delete the oldest of ``files`` (by modification time) while they take more than ``max_bytes``, and those
     last written more than ``max_age_s`` ago; returns the deleted ones."""
     sized = []
     for path in files:
         with contextlib.suppress(FileNotFoundError):
             st = path.stat()
             sized.append((path, st.st_size, st.st_mtime))
+    sized.sort(key=lambda item: item[2])
     total = sum(size for _, size, _ in sized)
     deleted = []
     for path, size, mtime in sized:
@@ -285,7 +288,7 @@ class SegmentWriter:
             self._fail(err)
             return
         if self.retain_bytes is not None or self.retain_s is not None:
-            closed = sorted(p for p in self.directory.iterdir() if self._pattern.fullmatch(p.name))
+            closed = [p for p in self.directory.iterdir() if self._pattern.fullmatch(p.name)]
             for path in prune(closed, self.retain_bytes, self.retain_s):
                 _log.info("recording %s: deleted %s (retention)", self.camera_id, path.name)
 
@@ -346,7 +349,9 @@ class SegmentWriter:
         when not one frame of it plays."""
         if not self.directory.is_dir():
             return
-        mine = sorted(p for p in self.directory.iterdir() if self._pattern.fullmatch(p.name))
+        mine = sorted(
+            (p for p in self.directory.iterdir() if self._pattern.fullmatch(p.name)), key=lambda p: p.stat().st_mtime
+        )
         if mine and playable_frames(mine[-1]) == 0:
             with contextlib.suppress(OSError):
                 mine[-1].unlink()

@@ -25,7 +25,7 @@ import yaml
 from emim_stream.engines.backends.base import EngineConfig
 from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.transforms import ResizeMethod
-from emim_stream.engines.validation import closest_key, explain, path_text
+from emim_stream.engines.validation import check_ranges, closest_key, explain, path_text, ranged
 from emim_stream.pipeline.endpoints import port_problem
 
 __all__ = [
@@ -77,12 +77,6 @@ MQTT_TEXT_BYTES = {"prefix": 1024, "box_id": 256, "client_id": 256, "username": 
 """Upper bound (UTF-8 bytes) of each MQTT text setting: a whole topic stays far below the protocol's 65,535."""
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    """``low <= value <= high`` (NaN and infinities fail), else a FieldError naming ``name``."""
-    if not low <= value <= high:
-        raise FieldError(name, f"must be in {low}..{high}, got {value}")
-
-
 def _check_mqtt_text(name: str, value: str | None) -> None:
     """An MQTT string (MQTT 3.1.1 section 1.5.3): no NUL or control characters, at most
     :data:`MQTT_TEXT_BYTES` bytes."""
@@ -95,10 +89,9 @@ def _check_mqtt_text(name: str, value: str | None) -> None:
         raise FieldError(name, f"must be at most {MQTT_TEXT_BYTES[name]} bytes, got {size}")
 
 
-def _check_seconds(name: str, value: float) -> None:
-    """A duration: finite, > 0 and at most :data:`MAX_SECONDS`."""
-    if not 0 < value <= MAX_SECONDS:
-        raise FieldError(name, f"must be > 0 and <= {MAX_SECONDS:.0f} s, got {value}")
+def _seconds(default: float) -> float:
+    """A duration field: finite, > 0 and at most :data:`MAX_SECONDS`."""
+    return ranged(default, 0, MAX_SECONDS, low_open=True, unit="s")
 
 
 @dataclass(frozen=True)
@@ -115,11 +108,11 @@ class CameraConfig:
     """Files and synthetic sources: deliver frames at the source's own fps."""
     resize: ResizeMethod = ResizeMethod.AREA
     """Resize method (train and evaluate with the same one): area, linear (fastest) or pyramid."""
-    open_timeout_s: float = 10.0
+    open_timeout_s: float = _seconds(10.0)
     """Network sources: give up opening after this long (then reconnect with backoff)."""
-    read_timeout_s: float = 5.0
+    read_timeout_s: float = _seconds(5.0)
     """Network sources: a read that takes longer counts as a dropped connection."""
-    stride: int | None = None
+    stride: int | None = ranged(None, 1, MAX_STRIDE)
     """Frames between windows for this camera (default: ``window.stride``)."""
     rtsp_transport: Literal["auto", "tcp", "udp"] = "auto"
     """RTSP sources: RTP over ``tcp`` or ``udp``; ``auto`` tries TCP, then UDP, and logs which one worked."""
@@ -131,33 +124,29 @@ class CameraConfig:
             raise FieldError("id", "'all' is reserved (latency summaries use it for all cameras)")
         if not str(self.source).strip():
             raise FieldError("source", "must not be empty")
-        for name in ("open_timeout_s", "read_timeout_s"):
-            _check_seconds(name, getattr(self, name))
-        if self.stride is not None:
-            _check_range("stride", self.stride, 1, MAX_STRIDE)
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
 class RingConfig:
     """The shared-memory frame ring of each camera."""
 
-    slots: int = 64
+    slots: int = ranged(64, 4, 4096)
     """Frames kept per camera (must exceed the clip length; more slots tolerate longer stalls)."""
 
     def __post_init__(self) -> None:
-        if not 4 <= self.slots <= 4096:
-            raise FieldError("slots", f"must be in 4..4096, got {self.slots}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
 class WindowConfig:
     """Sliding clip windows."""
 
-    stride: int = 4
+    stride: int = ranged(4, 1, MAX_STRIDE)
     """A window is classified every ``stride`` frames (per camera; ``cameras[i].stride`` overrides)."""
 
     def __post_init__(self) -> None:
-        _check_range("stride", self.stride, 1, MAX_STRIDE)
+        check_ranges(self, FieldError)
 
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
@@ -172,11 +161,11 @@ class PublishConfig:
     """Where the PUB socket binds. Only loopback unless ``allow_remote``."""
     allow_remote: bool = False
     """Allow a non-loopback bind (then consider CURVE keys)."""
-    send_hwm: int = 100
+    send_hwm: int = ranged(100, 1, MAX_HWM)
     """Messages queued per subscriber before sends are dropped (and counted)."""
-    linger_ms: int = 200
+    linger_ms: int = ranged(200, 0, 10_000)
     """How long closing waits to flush queued messages."""
-    heartbeat_s: float = 1.0
+    heartbeat_s: float = _seconds(1.0)
     """Period of ``status/<camera>/`` messages."""
     curve_secret_key_file: str | None = None
     """The publisher's CURVE secret key file (server.key_secret from ``emim-stream keys --name server``, mode
@@ -192,9 +181,7 @@ class PublishConfig:
             raise FieldError("endpoint", f"must be a ZeroMQ endpoint like tcp://127.0.0.1:5556, got {self.endpoint!r}")
         if self.endpoint.startswith("tcp://") and (problem := port_problem(self.endpoint.rpartition(":")[2])):
             raise FieldError("endpoint", f"{problem}, got {self.endpoint!r}")
-        _check_range("send_hwm", self.send_hwm, 1, MAX_HWM)
-        _check_range("linger_ms", self.linger_ms, 0, 10_000)
-        _check_seconds("heartbeat_s", self.heartbeat_s)
+        check_ranges(self, FieldError)
         if (self.curve_secret_key_file is None) != (self.curve_clients_dir is None):
             raise FieldError("curve_clients_dir", "must be set together with curve_secret_key_file")
 
@@ -205,22 +192,20 @@ class PostprocessConfig:
 
     print_labels: bool = True
     """Print one line per published label message."""
-    topk: int = 3
+    topk: int = ranged(3, 1, 100)
     """Labels (with scores) per message."""
-    smoothing: float = 0.0
+    smoothing: float = ranged(0.0, 0, 1, high_open=True)
     """Exponential smoothing of scores over a camera's windows (0 = off, 0.9 = heavy)."""
 
     def __post_init__(self) -> None:
-        _check_range("topk", self.topk, 1, 100)
-        if not 0.0 <= self.smoothing < 1.0:
-            raise FieldError("smoothing", f"must be in [0, 1), got {self.smoothing}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus metrics over HTTP (``GET /metrics``)."""
 
-    port: int | None = None
+    port: int | None = ranged(None, 0, 65535)
     """HTTP port; None = off, 0 = any free port (logged)."""
     host: str = "127.0.0.1"
     """Interface to serve on (loopback by default; anything else needs ``allow_remote``)."""
@@ -228,8 +213,7 @@ class MetricsConfig:
     """Allow a non-loopback ``host`` (the endpoint has no authentication: a warning is logged)."""
 
     def __post_init__(self) -> None:
-        if self.port is not None and not 0 <= self.port <= 65535:
-            raise FieldError("port", f"must be in 0..65535 or null, got {self.port}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
@@ -239,21 +223,19 @@ class EventsConfig:
 
     enabled: bool = True
     """Publish ``events/<camera>/`` messages (and print them in ``run``)."""
-    enter: float = 0.6
+    enter: float = ranged(0.6, 0, 1, low_open=True)
     """An event opens when a label's score stays >= ``enter`` for ``min_windows`` consecutive windows."""
     exit: float = 0.4
     """An open event closes at the first window whose score of its label is below ``exit`` (<= ``enter``)."""
-    min_windows: int = 3
+    min_windows: int = ranged(3, 1, MAX_WINDOWS)
     """Consecutive windows >= ``enter`` before an event opens (shorter flickers open none)."""
     exclude: tuple[str, ...] = ()
     """Labels that never make events (e.g. ``static``)."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.enter <= 1.0:
-            raise FieldError("enter", f"must be in (0, 1], got {self.enter}")
+        check_ranges(self, FieldError)
         if not 0.0 <= self.exit <= self.enter:
             raise FieldError("exit", f"must be in [0, events.enter = {self.enter}], got {self.exit}")
-        _check_range("min_windows", self.min_windows, 1, MAX_WINDOWS)
 
 
 MQTT_KINDS = ("event", "label", "status")
@@ -266,7 +248,7 @@ class MqttConfig:
 
     host: str | None = None
     """Broker host name or address; None = no MQTT sink."""
-    port: int = 1883
+    port: int = ranged(1883, 1, 65535)
     """Broker port (8883 is the usual TLS port)."""
     protocol: str = "3.1.1"
     """MQTT version: ``3.1.1`` or ``5``."""
@@ -298,22 +280,20 @@ class MqttConfig:
     """Private key of ``cert_file`` (PEM)."""
     tls_insecure: bool = False
     """Do not check the broker's host name against its certificate (testing only)."""
-    keepalive_s: int = 30
-    """MQTT keep-alive, 1..65535 (the protocol's limit): the broker drops the client after 1.5x this without
+    keepalive_s: int = ranged(30, 1, 65535)
+    """MQTT keep-alive (the protocol's limit is 65535): the broker drops the client after 1.5x this without
     traffic."""
-    queue_size: int = 1000
-    """Messages waiting for the broker (1..1,000,000); when full (broker down) the oldest is dropped and
-    counted."""
-    reconnect_min_s: float = 1.0
+    queue_size: int = ranged(1000, 1, MAX_QUEUE)
+    """Messages waiting for the broker; when full (broker down) the oldest is dropped and counted."""
+    reconnect_min_s: float = _seconds(1.0)
     """First delay before reconnecting to a lost or unreachable broker (doubles each time)."""
-    reconnect_max_s: float = 30.0
+    reconnect_max_s: float = _seconds(30.0)
     """Cap of the reconnect delay."""
 
     def __post_init__(self) -> None:
         if self.host is not None and not self.host.strip():
             raise FieldError("host", "must be a host name or address, or null (no MQTT sink)")
-        if not 1 <= self.port <= 65535:
-            raise FieldError("port", f"must be in 1..65535, got {self.port}")
+        check_ranges(self, FieldError)
         if self.protocol not in ("3.1.1", "5"):
             raise FieldError("protocol", f"must be '3.1.1' or '5', got {self.protocol!r}")
         for name in MQTT_TEXT_BYTES:
@@ -335,28 +315,23 @@ class MqttConfig:
             raise FieldError("username", "a password needs a username")
         if (self.cert_file is None) != (self.key_file is None):
             raise FieldError("key_file", "must be set together with cert_file")
-        _check_range("keepalive_s", self.keepalive_s, 1, 65535)
-        _check_range("queue_size", self.queue_size, 1, MAX_QUEUE)
-        for name in ("reconnect_min_s", "reconnect_max_s"):
-            _check_seconds(name, getattr(self, name))
         if self.reconnect_min_s > self.reconnect_max_s:
-            raise FieldError("reconnect_min_s", "must be > 0 and <= reconnect_max_s")
+            raise FieldError("reconnect_min_s", "must be <= reconnect_max_s")
 
 
 @dataclass(frozen=True)
 class SupervisorConfig:
     """Camera-process supervision."""
 
-    restart_backoff_s: float = 0.5
+    restart_backoff_s: float = _seconds(0.5)
     """First delay before restarting a dead camera process or reconnecting a lost source (doubles each time)."""
-    restart_backoff_max_s: float = 10.0
+    restart_backoff_max_s: float = _seconds(10.0)
     """Cap of the restart / reconnect delay."""
-    stall_timeout_s: float = 5.0
+    stall_timeout_s: float = _seconds(5.0)
     """A camera whose ring has no heartbeat for this long is reported stalled."""
 
     def __post_init__(self) -> None:
-        for name in ("restart_backoff_s", "restart_backoff_max_s", "stall_timeout_s"):
-            _check_seconds(name, getattr(self, name))
+        check_ranges(self, FieldError)
         if self.restart_backoff_s > self.restart_backoff_max_s:
             raise FieldError("restart_backoff_s", "must be <= restart_backoff_max_s")
 
@@ -365,11 +340,11 @@ class SupervisorConfig:
 class ViewConfig:
     """The live view: JPEG previews on ``preview/<camera>/`` and the browser page ``run`` can serve."""
 
-    preview_fps: float = 4.0
+    preview_fps: float = ranged(4.0, 0, 30)
     """JPEG previews per second and camera published on ``preview/<camera>/`` (0 = none)."""
-    preview_quality: int = 80
+    preview_quality: int = ranged(80, 1, 100)
     """JPEG quality of the previews, 1..100."""
-    port: int | None = None
+    port: int | None = ranged(None, 0, 65535)
     """``run`` serves the page on this port (None = no page; ``emim-stream view`` serves one separately)."""
     host: str = "127.0.0.1"
     """Interface the page is served on; anything but loopback needs ``allow_remote`` (and then a token)."""
@@ -379,12 +354,7 @@ class ViewConfig:
     """File holding the access token (default with ``allow_remote``: a random token, printed once at start)."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.preview_fps <= 30:
-            raise FieldError("preview_fps", f"must be in [0, 30], got {self.preview_fps}")
-        if not 1 <= self.preview_quality <= 100:
-            raise FieldError("preview_quality", f"must be in 1..100, got {self.preview_quality}")
-        if self.port is not None and not 0 <= self.port <= 65535:
-            raise FieldError("port", f"must be in 0..65535 or null, got {self.port}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
@@ -394,48 +364,33 @@ class RecordConfig:
 
     dir: str | None = None
     """Directory of the recordings (None = off); one segment series per camera, ``<camera>_<UTC time>.mp4``."""
-    height: int = 360
+    height: int = ranged(360, 32, 2160)
     """Height in pixels of the recorded picture (frames are scaled up to it), a text band is added above."""
     codec: Literal["auto", "h264", "mpeg4"] = "auto"
     """``auto``: H.264 where it can be encoded, else MPEG-4 part 2."""
-    segment_s: float = 60.0
-    """Start a new segment file after this many seconds of video (a crash loses at most the last second)."""
-    max_mb: float = 100.0
-    """Start a new segment once the current one reaches this size (1..100,000 MB)."""
-    retain_gb: float | None = None
+    segment_s: float = _seconds(60.0)
+    """Start a new segment file after this many seconds of video (a crash loses at most the last half second)."""
+    max_mb: float = ranged(100.0, 1, 100_000)
+    """Start a new segment once the current one reaches this size (MB)."""
+    retain_gb: float | None = ranged(None, 0.001, 1_000_000)
     """Delete a camera's oldest segments while its segments take more than this (None = keep all)."""
-    retain_days: float | None = None
+    retain_days: float | None = ranged(None, 0.001, 36_500)
     """Delete segments older than this many days (None = keep all)."""
-    queue_frames: int = 256
-    """Frames waiting for the encoder (1..100,000); when full, frames are dropped (counted), never the inference
-    loop slowed."""
-    retry_s: float = 5.0
+    queue_frames: int = ranged(256, 1, MAX_RECORD_QUEUE)
+    """Frames waiting for the encoder; when full, frames are dropped (counted), never the inference loop slowed."""
+    retry_s: float = _seconds(5.0)
     """After a write error (full disk, removed or read-only directory) try a new segment this often."""
     event_clips: bool = False
     """Also write a short clip around every action event (``DIR/events/``); keeps the last seconds of frames."""
-    clip_pre_s: float = 2.0
+    clip_pre_s: float = ranged(2.0, 0, 60)
     """Seconds of video before an event's first frame in its clip."""
-    clip_post_s: float = 2.0
+    clip_post_s: float = ranged(2.0, 0, 60)
     """Seconds of video after an event's last frame in its clip."""
-    clip_max_s: float = 30.0
+    clip_max_s: float = ranged(30.0, 0, 600, low_open=True)
     """Longest clip (a longer event keeps its end)."""
 
     def __post_init__(self) -> None:
-        if not 32 <= self.height <= 2160:
-            raise FieldError("height", f"must be in 32..2160, got {self.height}")
-        for name in ("segment_s", "retry_s"):
-            _check_seconds(name, getattr(self, name))
-        _check_range("max_mb", self.max_mb, 1, 100_000)
-        _check_range("queue_frames", self.queue_frames, 1, MAX_RECORD_QUEUE)
-        if self.retain_gb is not None:
-            _check_range("retain_gb", self.retain_gb, 0.001, 1_000_000)
-        if self.retain_days is not None:
-            _check_range("retain_days", self.retain_days, 0.001, 36_500)
-        for name in ("clip_pre_s", "clip_post_s"):
-            if not 0 <= getattr(self, name) <= 60:
-                raise FieldError(name, f"must be in [0, 60], got {getattr(self, name)}")
-        if not 0 < self.clip_max_s <= 600:
-            raise FieldError("clip_max_s", f"must be in (0, 600], got {self.clip_max_s}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)

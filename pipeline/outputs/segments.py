@@ -293,7 +293,13 @@ class SegmentWriter:
                 _log.info("recording %s: deleted %s (retention)", self.camera_id, path.name)
 
     def _fail(self, err: BaseException) -> None:
-        """A write failed: report it, keep what plays of the segment (or remove it), retry later."""
+        """A write failed: report it (first: at once), keep what plays of the segment (or remove it), retry later."""
+        detail = f"write error: {err}"
+        if self.state != "write_error":
+            _log.error("recording %s: %s; retrying every %g s", self.camera_id, detail, self.retry_s)
+        else:
+            _log.debug("recording %s: still failing: %s", self.camera_id, detail)
+        self.state, self.detail = "write_error", detail
         self.write_errors += 1
         self.lost += len(self._first)
         self._first = []
@@ -309,15 +315,6 @@ class SegmentWriter:
                 if current.path in self.files:
                     self.files.remove(current.path)
         self._retry_at = time.monotonic() + self.retry_s
-        detail = f"write error: {err}"
-        if self.state != "write_error":
-            _log.error(
-                "recording %s: %s; %d frame(s) lost so far, retrying every %g s",
-                self.camera_id, detail, self.lost, self.retry_s,
-            )
-        else:
-            _log.debug("recording %s: still failing: %s", self.camera_id, detail)
-        self.state, self.detail = "write_error", detail
 
     def close(self) -> None:
         """Write the frames of a camera that ended within its first frames, close the segment. Idempotent."""

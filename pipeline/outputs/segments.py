@@ -200,8 +200,8 @@ class SegmentWriter:
         retain_bytes, retain_s: retention of this camera's closed segments (None = keep).
 
     Counters: ``written`` (frames in segments), ``lost`` (frames that did not reach the disk because of write
-    errors), ``write_errors``; ``files`` (paths, in order); ``state`` is ``recording`` or ``write_error`` and
-    ``detail`` the last error.
+    errors), ``write_errors``; ``files`` (the segments written, in order; retention may have deleted the oldest
+    since); ``state`` is ``recording`` or ``write_error`` and ``detail`` the last error.
     """
 
     def __init__(

@@ -89,8 +89,8 @@ def _check_mqtt_text(name: str, value: str | None) -> None:
         raise FieldError(name, f"must be at most {MQTT_TEXT_BYTES[name]} bytes, got {size}")
 
 
-def _seconds(default: float) -> float:
-    """A duration field: finite, > 0 and at most :data:`MAX_SECONDS`."""
+def _seconds(default: float) -> Any:
+    """A duration field (a dataclass field, as :func:`ranged` gives): finite, > 0 and at most :data:`MAX_SECONDS`."""
     return ranged(default, 0, MAX_SECONDS, low_open=True, unit="s")
 
 

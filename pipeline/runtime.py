@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 from emim_stream.engines.backends import start_engine
 from emim_stream.engines.errors import ConfigError
@@ -51,14 +52,14 @@ class RunReport:
     labels: dict[str, int] = field(default_factory=dict)
     dropped_frames: dict[str, int] = field(default_factory=dict)
     dropped_windows: dict[str, int] = field(default_factory=dict)
-    latency: dict = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
     engine: str = ""
     reason: str = ""
     publish_dropped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     """Cameras whose source cannot work (missing file, corrupt video, no such camera) -> why."""
     events: dict[str, int] = field(default_factory=dict)
-    mqtt: dict | None = None
+    mqtt: dict[str, Any] | None = None
     """The MQTT sink's final :meth:`emim_stream.pipeline.comms.mqtt.MqttSink.stats` (None: no sink)."""
     record: dict[str, dict] | None = None
     """Per camera, the recorder's final :meth:`emim_stream.pipeline.outputs.record.Recorder.stats` (None: not
@@ -172,7 +173,9 @@ def _report(reason: str, loop: InferenceLoop, cameras: CameraSupervisor, outputs
 
 def _publisher(cfg: PipelineConfig) -> Publisher:
     p = cfg.publish
-    curve = CurveServer(p.curve_secret_key_file, p.curve_clients_dir) if p.curve_secret_key_file else None
+    curve = None
+    if p.curve_secret_key_file and p.curve_clients_dir:  # set together (PublishConfig)
+        curve = CurveServer(p.curve_secret_key_file, p.curve_clients_dir)
     return Publisher(
         p.endpoint,
         p.send_hwm,

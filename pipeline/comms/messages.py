@@ -82,7 +82,7 @@ import sys
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Final, Literal, cast, get_args
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType, field
@@ -114,8 +114,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-LATENCY_UNIT = "ms"
-LATENCY_CLOCK = "CLOCK_MONOTONIC"
+LATENCY_UNIT: Final = "ms"
+LATENCY_CLOCK: Final = "CLOCK_MONOTONIC"
 MAX_CAMERA_ID_CHARS = 64
 
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
@@ -328,7 +328,7 @@ class LabelMessage(Struct, frozen=True):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> LabelMessage:
         """Parse a schema-1 label payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
-        return _decode(payload, "label")
+        return cast(LabelMessage, _decode(payload, "label"))  # _decode checked the kind
 
     @classmethod
     def from_json(cls, data: bytes | str) -> LabelMessage:
@@ -359,7 +359,7 @@ class StatusMessage(_Message, frozen=True, tag="status"):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> StatusMessage:
         """Parse a schema-1 status payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
-        return _decode(payload, "status")
+        return cast(StatusMessage, _decode(payload, "status"))
 
     @classmethod
     def from_json(cls, data: bytes | str) -> StatusMessage:
@@ -393,7 +393,7 @@ class EventMessage(_Message, frozen=True, tag="event"):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> EventMessage:
         """Parse a schema-1 event payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
-        return _decode(payload, "event")
+        return cast(EventMessage, _decode(payload, "event"))
 
     @classmethod
     def from_json(cls, data: bytes | str) -> EventMessage:
@@ -426,7 +426,7 @@ class PreviewMessage(_Message, frozen=True, tag="preview"):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> PreviewMessage:
         """Parse a schema-1 preview payload. Raises MessageError (also for ``data`` that is not base64)."""
-        return _decode(payload, "preview")
+        return cast(PreviewMessage, _decode(payload, "preview"))
 
 
 Message = LabelMessage | StatusMessage | EventMessage | PreviewMessage
@@ -451,7 +451,7 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-def _decode(payload: Any, expected: str | None = None) -> Any:
+def _decode(payload: Any, expected: str | None = None) -> Message:
     """One msgspec conversion of a schema-1 payload of kind ``expected`` (or any kind)."""
     if not isinstance(payload, Mapping):
         raise MessageError(f"a message payload must be a JSON object, got {type(payload).__name__}")
@@ -466,7 +466,7 @@ def _decode(payload: Any, expected: str | None = None) -> Any:
     if expected is not None and kind != expected:
         raise MessageError(f"expected a {expected!r} message, got kind {kind!r}")
     try:
-        msg = msgspec.convert(payload, _Wire)
+        msg: _Wire = msgspec.convert(payload, _Wire)
     except msgspec.ValidationError as err:
         path, rule = explain(err, payload, _Wire)
         raise MessageError(f"{kind} message: field '{path}' {rule}") from None

@@ -33,7 +33,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import ConnectFlags, DisconnectFlags
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.config import MqttConfig
@@ -71,6 +74,7 @@ class MqttSink:
         if cfg.host is None:
             raise ValueError("MqttSink needs mqtt.host")
         self.cfg = cfg
+        self.host: str = cfg.host
         self.flush_timeout_s = flush_timeout_s
         self.box_id = cfg.box_id or default_box_id()
         self.client_id = cfg.client_id or f"emim-{self.box_id}"
@@ -101,7 +105,8 @@ class MqttSink:
             except (OSError, ssl.SSLError, ValueError) as err:
                 raise ConfigError(f"mqtt: TLS set-up failed: {err}") from None
             client.tls_insecure_set(cfg.tls_insecure)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        # paho waits float seconds between attempts; its type hints say int
+        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -123,7 +128,7 @@ class MqttSink:
             "mqtt: publishing %s to %s%s as client '%s', topics %s",
             ", ".join(self.cfg.kinds), self.address, tls, self.client_id, self.topic("<camera>", "<kind>"),
         )
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self._client.connect_async(self.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self._client.loop_start()
         self._worker.start()
         return self
@@ -223,7 +228,14 @@ class MqttSink:
             _log.log(level, "mqtt: %s", detail)
         self.state, self.detail = state, detail
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         with self._cond:
             if reason_code.is_failure:
                 self._set_state(
@@ -238,7 +250,7 @@ class MqttSink:
             self.state, self.detail = "connected", ""
             self._cond.notify_all()
 
-    def _on_connect_fail(self, client, userdata) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         with self._cond:
             if self.state in ("connecting", "unreachable"):
                 tls = " (or its TLS certificate is not trusted: check ca_file)" if self.cfg.tls else ""
@@ -249,7 +261,14 @@ class MqttSink:
                     logging.WARNING,
                 )
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         with self._cond:
             if self._closing or self.state not in ("connected", "rejecting"):
                 return
@@ -260,7 +279,9 @@ class MqttSink:
                 logging.WARNING,
             )
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
+    ) -> None:
         with self._cond:
             self._inflight -= 1
             if reason_code.is_failure:

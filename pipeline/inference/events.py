@@ -114,7 +114,7 @@ class EventTracker:
             score = scores[self._open.label]
             if score < self.exit:
                 self._release_held()
-                closed.append(self._close("exit"))
+                closed.append(self._close(self._open, "exit"))
             elif self._candidate is None:
                 self._open.add(window, score)
             elif self._held is None:
@@ -124,7 +124,7 @@ class EventTracker:
         if self._candidate is not None and self._candidate.windows >= self.min_windows:
             if self._open is not None:
                 self._held = None  # the windows of the candidate's run belong to the new event only
-                closed.append(self._close("takeover"))
+                closed.append(self._close(self._open, "takeover"))
             self._open, self._candidate = self._candidate, None
         return closed
 
@@ -132,7 +132,7 @@ class EventTracker:
         """Close the open event (frames were lost, or the pipeline stops) and forget any run in progress."""
         self._candidate = None
         self._release_held()
-        return [self._close(reason)] if self._open is not None else []
+        return [self._close(self._open, reason)] if self._open is not None else []
 
     def _release_held(self) -> None:
         """A candidate run ended without taking over: the windows held back stay in the open event."""
@@ -140,9 +140,9 @@ class EventTracker:
             self._open.extend(self._held)
         self._held = None
 
-    def _close(self, reason: str) -> EventMessage:
-        run, self._open = self._open, None
-        self._held = None
+    def _close(self, run: _Run, reason: str) -> EventMessage:
+        """The end record of ``run``, the open event, which closes."""
+        self._open = self._held = None
         return EventMessage(
             camera_id=self.camera_id,
             label=self.labels[run.label],

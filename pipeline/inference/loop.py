@@ -168,7 +168,7 @@ class InferenceLoop:
             if deadline is not None and time.monotonic() >= deadline:
                 return "duration reached"
             if self.build is not None and self.build.done():
-                self.swap_engine()  # between engine calls: a window boundary
+                self.swap_engine(self.build)  # between engine calls: a window boundary
             for cam_id, text in cameras.poll():
                 if on_note is not None:
                     on_note(cam_id, text)
@@ -197,7 +197,7 @@ class InferenceLoop:
 
     def serve(self, batch: list[CameraStream]) -> None:
         """One engine call for the pending windows of ``batch``, then one label message per camera."""
-        jobs = [stream.pending for stream in batch]
+        jobs = [stream.pending for stream in batch if stream.pending is not None]  # all: the scheduler's pick
         clips = jobs[0].clip.unsqueeze(0) if len(jobs) == 1 else torch.stack([j.clip for j in jobs])
         infer_start = time.monotonic_ns()
         logits = self.engine.infer(clips)
@@ -320,9 +320,9 @@ class InferenceLoop:
             for observer in self.observers:
                 observer.observe_status(msg)
 
-    def swap_engine(self) -> None:
-        """Serve from the engine the background build made, from the next window on; logged."""
-        build, self.build = self.build, None
+    def swap_engine(self, build: BackgroundBuild) -> None:
+        """Serve from the engine ``build`` made (the finished background build), from the next window on; logged."""
+        self.build = None
         try:
             new = build.engine()
         except BackendUnavailableError as err:

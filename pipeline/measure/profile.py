@@ -150,7 +150,7 @@ class Profiler:
         camera = self._camera(msg.camera_id)
         if isinstance(msg, LabelMessage):
             self._add_label(camera, msg, received.recv_mono_ns)
-        else:
+        elif isinstance(msg, StatusMessage):  # events and previews carry no latency
             self._add_status(camera, msg)
 
     def _camera(self, camera_id: str) -> _CameraProfile:

@@ -13,6 +13,7 @@ import pytest
 
 from emim_stream.cli.commands import profile as profile_cmd
 from emim_stream.pipeline.comms.messages import (
+    EventMessage,
     LabelMessage,
     ModelInfo,
     StatusMessage,
@@ -164,6 +165,16 @@ def test_report_has_every_stage_and_percentile_per_camera_with_drops_and_loss():
     assert report["all"]["stages"]["infer"]["count"] == 34
     text = format_report(report)
     assert "cam1" in text and "cam2" in text and "p99 ms" in text and "receive" in text
+
+
+def test_events_are_left_out_of_the_profile():
+    """A subscription to more than labels and status (e.g. ``--topic ""``) also gets events: no latency in them."""
+    profiler = Profiler()
+    event = EventMessage("cam1", "wave", 100, 139, 1_000, 2_000, 3_000, 4_000, 0.97, 0.84, 7, "exit", 3_100, 4_100)
+    profiler.add(Received("events/cam1/", event.to_payload(), recv_mono_ns=3_200, recv_wall_ns=4_200, size=300))
+    label = _label("cam1", 0, 5.0)
+    profiler.add(Received("labels/cam1/", label.to_payload(), recv_mono_ns=3_200, recv_wall_ns=4_200, size=900))
+    assert (profiler.labels, profiler.statuses, profiler.unreadable) == (1, 0, 0)
 
 
 def test_profile_command_writes_json_and_plot_for_every_camera(tmp_path, capsys):

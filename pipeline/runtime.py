@@ -61,7 +61,7 @@ class RunReport:
     events: dict[str, int] = field(default_factory=dict)
     mqtt: dict[str, Any] | None = None
     """The MQTT sink's final :meth:`emim_stream.pipeline.comms.mqtt.MqttSink.stats` (None: no sink)."""
-    record: dict[str, dict] | None = None
+    record: dict[str, dict[str, Any]] | None = None
     """Per camera, the recorder's final :meth:`emim_stream.pipeline.outputs.record.Recorder.stats` (None: not
     recording)."""
 

@@ -24,10 +24,11 @@ import time
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 import numpy as np
+from av.video.stream import VideoStream
 
 from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.outputs.filenames import safe_name, unique_path
@@ -108,7 +109,8 @@ class VideoFile:
         try:
             encoder = ENCODERS[codec]
             rate = Fraction(round(fps * 100), 100)
-            self._stream = self._container.add_stream(encoder, rate=rate, options=_ENCODER_OPTIONS[encoder])
+            stream = self._container.add_stream(encoder, rate=rate, options=_ENCODER_OPTIONS[encoder])
+            self._stream = cast(VideoStream, stream)  # a video encoder makes a video stream
             self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
             self._stream.codec_context.gop_size = max(1, round(fps))
         except BaseException:

@@ -152,7 +152,7 @@ class _HeadReader:
             raise TimeoutError("request head too slow")
         self._connection.settimeout(min(remaining_s, self._connection.gettimeout() or remaining_s))
         limit = self._left + 1 if size < 0 else min(size, self._left + 1)
-        line = self._raw.readline(limit)
+        line: bytes = self._raw.readline(limit)
         if line and not line.endswith(b"\n") and len(line) < limit:
             raise ConnectionAbortedError("the request head was cut short")
         self._left -= len(line)
@@ -199,7 +199,7 @@ class _Http(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._release()
+            self._release(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -231,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.settimeout(self.server.view.idle_timeout_s)  # idle reads and stalled writes both time out
         self._head = _HeadReader(self.rfile, self.connection)
-        self.rfile = self._head
+        self.rfile = self._head  # type: ignore[assignment]  # the handler only calls readline on it
 
     def handle_one_request(self) -> None:
         self._head.start(time.monotonic() + self.server.view.idle_timeout_s)

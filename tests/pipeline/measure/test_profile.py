@@ -171,9 +171,9 @@ def test_events_are_left_out_of_the_profile():
     """A subscription to more than labels and status (e.g. ``--topic ""``) also gets events: no latency in them."""
     profiler = Profiler()
     event = EventMessage("cam1", "wave", 100, 139, 1_000, 2_000, 3_000, 4_000, 0.97, 0.84, 7, "exit", 3_100, 4_100)
-    profiler.add(Received("events/cam1/", event.to_payload(), recv_mono_ns=3_200, recv_wall_ns=4_200, size=300))
+    profiler.add(Received("events/cam1/", event.to_payload(), 3_200, 4_200, size=300, message=event))
     label = _label("cam1", 0, 5.0)
-    profiler.add(Received("labels/cam1/", label.to_payload(), recv_mono_ns=3_200, recv_wall_ns=4_200, size=900))
+    profiler.add(Received("labels/cam1/", label.to_payload(), 3_200, 4_200, size=900, message=label))
     assert (profiler.labels, profiler.statuses, profiler.unreadable) == (1, 0, 0)
 
 

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -116,14 +117,15 @@ def _make_certificates(directory: Path) -> None:
 
 
 class Recorder:
-    """A paho subscriber that records every message ``(topic, payload dict, retain)`` under ``topic_filter``.
+    """A paho subscriber that records every message ``(topic, payload, retain)`` under ``topic_filter``; the payload
+    is the decoded JSON, or the bytes of one that is not JSON (availability, snapshots, empty retained messages).
 
     With ``persistent`` it keeps a broker-side session (clean_session False, QoS 1): messages published while
     it is disconnected are delivered when it reconnects (paho reconnects by itself).
     """
 
     def __init__(self, port: int, topic_filter: str, persistent: bool = False, client_id: str = "recorder") -> None:
-        self.messages: list[tuple[str, dict, bool]] = []
+        self.messages: list[tuple[str, Any, bool]] = []
         self._lock = threading.Condition()
         self._subscribed = threading.Event()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
@@ -137,8 +139,12 @@ class Recorder:
             self._subscribed.set()
 
         def on_message(client, userdata, message):
+            try:
+                payload = json.loads(message.payload)
+            except ValueError:
+                payload = bytes(message.payload)
             with self._lock:
-                self.messages.append((message.topic, json.loads(message.payload), bool(message.retain)))
+                self.messages.append((message.topic, payload, bool(message.retain)))
                 self._lock.notify_all()
 
         self._client.on_connect = on_connect
@@ -149,7 +155,7 @@ class Recorder:
         if not self._subscribed.wait(10):
             raise RuntimeError("the recording subscriber did not get its SUBACK")
 
-    def wait_for(self, predicate: Callable[[list[tuple[str, dict, bool]]], bool], timeout_s: float = 10.0) -> bool:
+    def wait_for(self, predicate: Callable[[list[tuple[str, Any, bool]]], bool], timeout_s: float = 10.0) -> bool:
         with self._lock:
             return self._lock.wait_for(lambda: predicate(self.messages), timeout_s)
 

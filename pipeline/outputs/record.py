@@ -10,9 +10,11 @@ else MPEG-4 part 2 (:func:`probe_codec`). A camera's series of files rotates aft
 times of its first frames.
 
 With ``record.event_clips``, the writer also keeps the last ``clip_max_s + clip_pre_s`` seconds of each camera's
-frames, and for every closed action event (``on_event``, :mod:`emim_stream.pipeline.inference.events`) writes
-``DIR/events/<camera>_<label>_<UTC start>.mp4``: from ``clip_pre_s`` before the event's first frame (at most
-``clip_max_s`` before its end) to ``clip_post_s`` after its last, once those frames have arrived (or at close).
+frames, and for every ended action event (``on_event``, :mod:`emim_stream.pipeline.inference.events`) writes
+``DIR/events/<camera>_<label>_<UTC start>_<id prefix>.mp4`` (:meth:`Recorder.event_paths`): from ``clip_pre_s``
+before the event's first frame (at most ``clip_max_s`` before its end) to ``clip_post_s`` after its last, once those
+frames have arrived (or at close). The event's snapshot (:mod:`emim_stream.pipeline.outputs.snapshot`) is kept
+beside it, same name with ``.jpg`` (:meth:`Recorder.save_snapshot`).
 """
 
 from __future__ import annotations
@@ -256,9 +258,26 @@ class Recorder:
         self._overlay[msg.camera_id] = Overlay.from_message(msg)
 
     def on_event(self, event: EventMessage) -> None:
-        """With ``record.event_clips``: write a clip around this closed event (see the module docstring)."""
-        if self.cfg.event_clips:
+        """With ``record.event_clips``: write a clip around this event once it has ended (module docstring)."""
+        if self.cfg.event_clips and event.phase == "end":
             self._events.append(event)
+
+    def event_paths(self, event: EventMessage) -> tuple[Path, Path]:
+        """Where the clip and the snapshot of ``event`` go: ``DIR/events/<camera>_<label>_<UTC start>_<id[:8]>``
+        with ``.mp4`` and ``.jpg``."""
+        stem = f"{event.camera_id}_{event.label}_{_utc_stamp(event.start_wall_ns / 1e9)}_{event.id[:8]}"
+        return self.directory / "events" / f"{stem}.mp4", self.directory / "events" / f"{stem}.jpg"
+
+    def save_snapshot(self, event: EventMessage, jpeg: bytes) -> None:
+        """Write (or replace) the event's snapshot beside its clip; a write error is logged, never raised."""
+        path = self.event_paths(event)[1]
+        try:
+            path.parent.mkdir(exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_bytes(jpeg)
+            partial.replace(path)
+        except OSError as err:
+            _log.error("event snapshot %s not written: %s", path, err)
 
     def _write_loop(self) -> None:
         open_files: dict[str, _CameraFile] = {}
@@ -319,7 +338,7 @@ class Recorder:
         self._pending_clips = waiting
 
     def _write_clip(self, event: EventMessage, frames: list[tuple[RingFrame, Overlay | None]]) -> None:
-        stem = self.directory / "events" / f"{event.camera_id}_{event.label}_{_utc_stamp(event.start_wall_ns / 1e9)}"
+        stem = self.event_paths(event)[0].with_suffix("")
         stem.parent.mkdir(exist_ok=True)
         clip = _CameraFile(stem, self.codec, _fps_of(frames), _layout_of(frames, self.cfg.height))
         for frame, overlay in frames:

@@ -201,7 +201,7 @@ def test_profile_command_writes_json_and_plot_for_every_camera(tmp_path, capsys)
             thread.join(5)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["duration_s"] == pytest.approx(1.5, abs=0.01)
-    assert report["topics"] == ["labels/", "status/"]
+    assert report["topics"] == ["labels/", "status/", "events/"]
     assert list(report["cameras"]) == cameras
     for camera_id in cameras:
         cam = report["cameras"][camera_id]

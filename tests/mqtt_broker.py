@@ -25,11 +25,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.loopback import accepts, die_with_parent, free_port, missing_tools
+from tests.loopback import accepts, die_with_parent, free_port, make_certificates, missing_tools
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
-OPENSSL = shutil.which("openssl")
 MISSING = missing_tools(
     "the MQTT tests need Linux and Debian's mosquitto", "mosquitto mosquitto-clients", MOSQUITTO, MOSQUITTO_PASSWD
 )
@@ -67,7 +66,7 @@ class Mosquitto:
                 subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwords), user, password], check=True)
             lines += ["allow_anonymous false", f"password_file {passwords}"]
         if tls:
-            _make_certificates(directory)
+            make_certificates(directory)
             lines += [f"cafile {self.ca_file}", f"certfile {directory}/server.pem", f"keyfile {directory}/server.key"]
         self.config = directory / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
@@ -98,22 +97,6 @@ class Mosquitto:
     def log(self) -> str:
         path = self.directory / "mosquitto.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
-
-
-def _make_certificates(directory: Path) -> None:
-    """``ca.pem`` (a throw-away CA) and ``server.pem`` / ``server.key`` for IP 127.0.0.1, signed by it."""
-    if OPENSSL is None:
-        pytest.skip("the MQTT TLS test needs the openssl command")
-
-    def run(*args: str) -> None:
-        subprocess.run([OPENSSL, *args], cwd=directory, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-        "-subj", "/CN=emim-test-ca")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-        "server.pem", "-days", "1", "-extfile", "san.cnf")  # fmt: skip
 
 
 class Recorder:

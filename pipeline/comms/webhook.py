@@ -223,6 +223,7 @@ class WebhookSink:
                 target.closing = True
                 target.dropped += len(target.queue) + target.busy
                 target.queue.clear()
+                target.busy = False
                 target.cond.notify_all()
         self.closed = True
         self.pool.clear()

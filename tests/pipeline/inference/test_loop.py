@@ -188,12 +188,16 @@ def test_a_gap_closes_the_open_event(make_rig):
     rig = make_rig(events=True)
     rig.write("cam1", range(5))
     rig.loop.step()  # one window of "left" (p = 0.84 >= enter): the event opens
-    assert rig.labels[0].topk[0][0] == "left" and rig.events == []
+    assert rig.labels[0].topk[0][0] == "left"
+    (start,) = rig.events
+    assert (start.phase, start.label, start.first_seq, start.last_seq, start.msg_seq) == ("start", "left", 1, 4, 0)
     rig.write("cam1", range(6, 8))  # frame 5 lost
     rig.loop.step()
-    (event,) = rig.events
-    assert (event.label, event.end_reason, event.first_seq, event.last_seq) == ("left", "gap", 1, 4)
-    assert event.msg_seq == 0 and rig.loop.streams["cam1"].events_sent == 1
+    start, end = rig.events
+    assert (end.phase, end.id, end.label, end.end_reason, end.first_seq, end.last_seq) == (
+        "end", start.id, "left", "gap", 1, 4
+    )
+    assert end.msg_seq == 1 and rig.loop.streams["cam1"].events_sent == 1
 
 
 def test_a_served_window_gets_its_latency_record(make_rig):

@@ -13,6 +13,7 @@ import pytest
 
 from emim_stream.cli.commands import profile as profile_cmd
 from emim_stream.pipeline.comms.messages import (
+    EventMessage,
     LabelMessage,
     ModelInfo,
     StatusMessage,
@@ -234,3 +235,31 @@ def test_nothing_received_is_exit_1_and_missing_matplotlib_fails_before_profilin
         with pytest.raises(PipelineError, match=r"pip install 'emim-stream\[plot\]'"):
             profile_cmd.main(args)
         assert time.monotonic() - start < 0.2  # refused before the profiling period
+
+
+def test_alert_delay_of_event_starts_against_numpy_and_stats_are_counted_not_profiled():
+    """start_delay = publish time of each ``start`` - capture of the event's first frame; percentiles as numpy's."""
+    delays_ms = [480.0, 530.5, 512.25, 610.0]
+    profiler = Profiler()
+    for i, delay in enumerate(delays_ms):
+        start_ns = 1_000_000_000 * (i + 1)
+        for phase in ("start", "update", "end"):
+            event = EventMessage("cam1", f"{i:032x}", phase, "left", 0, 15, start_ns, 0, start_ns + 9, 0, 0.9, 0.9, 15,
+                                 3, "exit" if phase == "end" else None,
+                                 publish_mono_ns=start_ns + round(delay * 1e6) + 7 * (phase != "start"))  # fmt: skip
+            profiler.add(Received("events/cam1/", event.to_payload(), 0, 0, 100))
+    stats = {"schema": 1, "kind": "stats", "msg_seq": 0, "clock_domain": "b", "box_id": "box1", "uptime_s": 1.0,
+             "interval_s": 1.0, "engine": {"name": "m", "backend": "torch", "precision": "fp32", "device": "cpu"},
+             "cameras": {}, "latency_ms": None, "publish_dropped": 0, "outputs": {}, "publish_mono_ns": 1,
+             "publish_wall_ns": 1}  # fmt: skip
+    profiler.add(Received("stats/box1/", stats, 0, 0, 100))
+    with Subscriber("tcp://127.0.0.1:9", ["events/"]) as sub:
+        report = profiler.report(sub)
+    events = report["cameras"]["cam1"]["events"]
+    assert {k: events[k] for k in ("start", "update", "end")} == {"start": 4, "update": 4, "end": 4}
+    delay = events["start_delay_ms"]
+    for p in (50, 90, 99):
+        assert delay[f"p{p}"] == pytest.approx(np.percentile(delays_ms, p), abs=1e-6)
+    assert (delay["count"], delay["max"]) == (4, 610.0)
+    assert (report["messages"]["events"], report["messages"]["stats"], report["messages"]["unreadable"]) == (12, 1, 0)
+    assert "alert delay (ms; event start published - capture of the event's first frame):" in format_report(report)

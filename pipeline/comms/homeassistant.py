@@ -18,6 +18,8 @@ https://www.home-assistant.io/integrations/image.mqtt/.
 - ``binary_sensor`` *action in progress*: on from an event's ``start`` to its ``end``;
 - ``image`` *snapshot*: the JPEG of the latest event's peak frame.
 
+With no event types (events off) a camera has only its *action* sensor.
+
 Every entity lists ``<prefix>/<box_id>/available`` as its availability topic (``online`` = available; ``offline`` and
 ``stopped`` = unavailable) and has a ``unique_id`` made of the box id, camera id and entity (stable across
 restarts). :func:`announcement` gives the configs as an :class:`~emim_stream.pipeline.comms.mqtt.Announcement`, so
@@ -115,6 +117,8 @@ def discovery_configs(
         action, event, snapshot = (mqtt_topic(cfg, box_id, camera, k) for k in ("action", "event", "snapshot"))
         add("sensor", f"{cid}_action", device, name="Action", state_topic=action, value_template=_TOP_LABEL,
             json_attributes_topic=action, json_attributes_template=_TOP_ATTRIBUTES, icon="mdi:run")  # fmt: skip
+        if not event_types:
+            continue
         add("event", f"{cid}_action_started", device, name="Action started", state_topic=event,
             event_types=list(event_types), value_template=_EVENT_FIRED)  # fmt: skip
         add("binary_sensor", f"{cid}_action_in_progress", device, name="Action in progress", state_topic=event,

@@ -68,6 +68,11 @@ def test_configs_are_the_same_on_every_start_and_cover_only_the_configured_camer
     assert {t: json.loads(b) for t, b in sent.messages.items()} == configs(("cam1",))
 
 
+def test_without_events_a_camera_has_only_its_action_sensor():
+    made = discovery_configs(CFG, "box7", ["cam1"], [], "emim_xs", "0.1.0")
+    assert sorted(t for t in made if "cam1" in t) == ["homeassistant/sensor/emim_box7/cam1_action/config"]
+
+
 def test_camera_ids_that_collide_as_discovery_ids_are_refused():
     with pytest.raises(ConfigError, match=r"mqtt.home_assistant: camera ids \['cam.1', 'cam_1'\] give the same"):
         configs(("cam.1", "cam_1"))

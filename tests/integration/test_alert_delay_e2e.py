@@ -1,5 +1,6 @@
 """The alert delay on the embedded default: from the first frame of an action (the synthetic camera's segment start,
-known from its schedule) to the arrival of that event's ``start`` message at a ZeroMQ subscriber.
+known from its schedule) to the arrival of that event's ``start`` message at a ZeroMQ subscriber; and, without real
+time (frame by frame, whatever the machine's load), the frames from that first frame to the window that starts it.
 
 Stated (docs/outputs/alerts.md): ``(T - 1 + (events.min_windows - 1) x stride) / fps`` for the windows the event needs
 (the first window entirely inside the action ends T - 1 frames after its first frame; ``min_windows`` - 1 more
@@ -12,11 +13,19 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
+from emim_stream.engines.backends import load_engine
+from emim_stream.engines.backends.base import EngineConfig
+from emim_stream.pipeline.capture.preprocess import Preprocessor
 from emim_stream.pipeline.capture.sources import SyntheticSource
 from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage
 from emim_stream.pipeline.comms.subscribe import Subscriber
 from emim_stream.pipeline.config import DEFAULT_CONFIG, load_config
+from emim_stream.pipeline.inference.events import EventTracker, WindowSpan
+from emim_stream.pipeline.inference.postprocess import Postprocessor
+from emim_stream.pipeline.inference.vmp_stage import VmpStage
+from emim_stream.pipeline.inference.window import ClipWindow
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -75,3 +84,40 @@ def test_first_action_start_arrives_within_the_stated_delay(pipeline_factory, re
     )
     assert event.windows == MIN_WINDOWS  # sent with the window that opened it
     assert delay_s <= STATED_S + CI_MARGIN_S, (delay_s, event)
+
+
+def test_the_window_that_starts_each_action_ends_within_the_stated_frames():
+    """Frame by frame through the default camera's first four segments: each action's ``start`` comes with a window
+    whose newest frame is T - 1 + (min_windows - 1) x stride frames after the action's first frame, within a stride
+    either way (where the stride grid falls against the cut; a window straddling the cut may already count)."""
+    cfg = load_config(DEFAULT_CONFIG)
+    engine = load_engine(EngineConfig(backend="torch", device="cpu", checkpoint="emim_xs.demo", threads=2))
+    spec, vmp = engine.input_spec, engine.vmp
+    assert spec.frames == T
+    stage = VmpStage(vmp, engine.device, (vmp.mean,) * 3, (vmp.std,) * 3, dtype=torch.float32)
+    window = ClipWindow(T, STRIDE, spec.height, spec.width, engine.device, torch.float32)
+    post = Postprocessor(engine.labels, 3)
+    tracker = EventTracker("cam1", engine.labels, cfg.events)
+    pre = Preprocessor(spec.height, spec.width, cfg.cameras[0].resize)
+    starts: list[EventMessage] = []
+    with SyntheticSource(cfg.cameras[0].source, pace=False) as source:
+        scene = source.scene
+        for seq in range(4 * scene.segment_frames):
+            prompt = stage.push(torch.as_tensor(pre(source.read().image)), seq)
+            if prompt is None or not window.push(prompt, seq):
+                continue
+            post(engine.infer(window.clip().unsqueeze(0))[0])
+            span = WindowSpan(window.first_seq, seq, 0, 0, 0, 0)
+            starts += [e for e in tracker.push(span, post.scores) if e.phase == "start"]
+    engine.close()
+    stated = T - 1 + (MIN_WINDOWS - 1) * STRIDE
+    frames = {}
+    for k in range(1, 4):
+        first = k * scene.segment_frames
+        action = scene.label_at(first)
+        if action in cfg.events.exclude:
+            continue
+        start = next(e for e in starts if e.label == action and e.last_seq >= first)
+        frames[action] = start.last_seq - first
+    print(f"\nframes from an action's first frame to the window that starts it: {frames} (stated {stated})")
+    assert frames and all(abs(n - stated) <= STRIDE for n in frames.values()), frames

@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
 
-.PHONY: install system-deps run test lint ci clean
+.PHONY: install system-deps run test lint docs docs-serve ci clean
 
 install: $(VENV)/.installed
 
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,quant,plot]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs,quant,plot]"
 	# natten's build imports torch, so it is installed after torch, without build isolation.
 	$(BIN)/python -m pip install --quiet --no-build-isolation "natten>=0.21"
 	touch $@
@@ -45,7 +45,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-ci: test lint
+# The documentation site from docs/ (reference pages generated from the code); strict: a broken link fails.
+# NO_MKDOCS_2_WARNING silences the theme's banner about a future MkDocs release.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+ci: test lint docs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site

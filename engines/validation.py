@@ -4,21 +4,25 @@ msgspec checks the types, the required fields, the literal choices and the ``Met
 its :class:`msgspec.ValidationError` into the field's path and a rule a user reads (``cameras[0].resize``,
 ``must be one of ['area', 'linear', 'pyramid'], got 'cubic'``), and finds the known key closest to a typo.
 A ``__post_init__`` that raises ``ValueError("<field>: <rule>")`` gets its field appended to the path.
+The numeric bounds of config fields are data (:class:`Range` in the field's metadata, :func:`ranged`), read by
+the validation (:func:`check_ranges`) and by the generated reference alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import msgspec.inspect as mi
 
-__all__ = ["closest_key", "explain", "path_text"]
+__all__ = ["RANGE", "Range", "check_ranges", "closest_key", "explain", "path_text", "ranged"]
 
 _AT = re.compile(r"(?P<text>.*) - at `\$(?P<path>[^`]*)`", re.S)
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
@@ -33,6 +37,9 @@ _WORDS = {
 }
 _RULES = {"Invalid base64 encoded string": "is not base64"}
 
+RANGE = "range"
+"""The key of a dataclass field's metadata that holds its :class:`Range`."""
+
 Path = list[str | int | None]
 """Keys and indices from the root; None: a value of a dict whose key msgspec does not report."""
 
@@ -40,6 +47,55 @@ Path = list[str | int | None]
 def path_text(path: Path) -> str:
     """``["cameras", 0, "uri"]`` -> ``cameras[0].uri`` (a dict value of unknown key: ``stages[...]``)."""
     return "".join(f".{s}" if isinstance(s, str) else f"[{'...' if s is None else s}]" for s in path).lstrip(".")
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """The interval a number must lie in: ``low`` (excluded when ``low_open``) to ``high`` (excluded when
+    ``high_open``; infinite = no upper bound). NaN lies in no range."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    unit: str = ""
+    """Appended to the rule (``s`` for seconds)."""
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def rule(self) -> str:
+        """The bound in words: ``in 1..1024``, ``> 0 and <= 3600 s``, ``>= 0 and < 1``, ``>= 5``."""
+        low = f"{'>' if self.low_open else '>='} {_plain(self.low)}"
+        if math.isinf(self.high):
+            text = low
+        elif not (self.low_open or self.high_open):
+            text = f"in {_plain(self.low)}..{_plain(self.high)}"
+        else:
+            text = f"{low} and {'<' if self.high_open else '<='} {_plain(self.high)}"
+        return f"{text} {self.unit}" if self.unit else text
+
+
+def ranged(default: Any, low: float, high: float = math.inf, **options: Any) -> Any:
+    """A dataclass field with ``default`` whose value (unless None) must lie in ``Range(low, high, **options)``."""
+    return dataclasses.field(default=default, metadata={RANGE: Range(low, high, **options)})
+
+
+def check_ranges(record: Any, error: Callable[[str, str], Exception]) -> None:
+    """Raise ``error(field name, "must be <rule>, got <value>")`` for the first field of the dataclass ``record``
+    whose value lies outside its :func:`ranged` range."""
+    for f in dataclasses.fields(record):
+        bound = f.metadata.get(RANGE)
+        value = getattr(record, f.name)
+        if bound is not None and value is not None and value not in bound:
+            raise error(f.name, f"must be {bound.rule()}, got {value}")
+
+
+def _plain(number: float) -> str:
+    """``1000000.0`` -> ``1000000``, ``0.5`` -> ``0.5``."""
+    return str(int(number)) if float(number).is_integer() else str(number)
 
 
 def closest_key(key: object, known: Iterable[str]) -> str | None:

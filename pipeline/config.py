@@ -25,7 +25,7 @@ import yaml
 from emim_stream.engines.backends.base import EngineConfig
 from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.transforms import ResizeMethod
-from emim_stream.engines.validation import closest_key, explain, path_text
+from emim_stream.engines.validation import check_ranges, closest_key, explain, path_text, ranged
 from emim_stream.pipeline.endpoints import port_problem
 
 __all__ = [
@@ -70,16 +70,9 @@ MAX_HWM = 1_000_000
 """Upper bound of ``publish.send_hwm`` (messages)."""
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    """``low <= value <= high`` (NaN and infinities fail), else a FieldError naming ``name``."""
-    if not low <= value <= high:
-        raise FieldError(name, f"must be in {low}..{high}, got {value}")
-
-
-def _check_seconds(name: str, value: float) -> None:
-    """A duration: finite, > 0 and at most :data:`MAX_SECONDS`."""
-    if not 0 < value <= MAX_SECONDS:
-        raise FieldError(name, f"must be > 0 and <= {MAX_SECONDS:.0f} s, got {value}")
+def _seconds(default: float) -> float:
+    """A duration field: finite, > 0 and at most :data:`MAX_SECONDS`."""
+    return ranged(default, 0, MAX_SECONDS, low_open=True, unit="s")
 
 
 @dataclass(frozen=True)
@@ -96,11 +89,11 @@ class CameraConfig:
     """Files and synthetic sources: deliver frames at the source's own fps."""
     resize: ResizeMethod = ResizeMethod.AREA
     """Resize method (train and evaluate with the same one): area, linear (fastest) or pyramid."""
-    open_timeout_s: float = 10.0
+    open_timeout_s: float = _seconds(10.0)
     """Network sources: give up opening after this long (then reconnect with backoff)."""
-    read_timeout_s: float = 5.0
+    read_timeout_s: float = _seconds(5.0)
     """Network sources: a read that takes longer counts as a dropped connection."""
-    stride: int | None = None
+    stride: int | None = ranged(None, 1, MAX_STRIDE)
     """Frames between windows for this camera (default: ``window.stride``)."""
     rtsp_transport: Literal["auto", "tcp", "udp"] = "auto"
     """RTSP sources: RTP over ``tcp`` or ``udp``; ``auto`` tries TCP, then UDP, and logs which one worked."""
@@ -112,33 +105,29 @@ class CameraConfig:
             raise FieldError("id", "'all' is reserved (latency summaries use it for all cameras)")
         if not str(self.source).strip():
             raise FieldError("source", "must not be empty")
-        for name in ("open_timeout_s", "read_timeout_s"):
-            _check_seconds(name, getattr(self, name))
-        if self.stride is not None:
-            _check_range("stride", self.stride, 1, MAX_STRIDE)
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
 class RingConfig:
     """The shared-memory frame ring of each camera."""
 
-    slots: int = 64
+    slots: int = ranged(64, 4, 4096)
     """Frames kept per camera (must exceed the clip length; more slots tolerate longer stalls)."""
 
     def __post_init__(self) -> None:
-        if not 4 <= self.slots <= 4096:
-            raise FieldError("slots", f"must be in 4..4096, got {self.slots}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
 class WindowConfig:
     """Sliding clip windows."""
 
-    stride: int = 4
+    stride: int = ranged(4, 1, MAX_STRIDE)
     """A window is classified every ``stride`` frames (per camera; ``cameras[i].stride`` overrides)."""
 
     def __post_init__(self) -> None:
-        _check_range("stride", self.stride, 1, MAX_STRIDE)
+        check_ranges(self, FieldError)
 
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
@@ -153,13 +142,13 @@ class PublishConfig:
     """Where the PUB socket binds. Only loopback unless ``allow_remote``."""
     allow_remote: bool = False
     """Allow a non-loopback bind (then consider CURVE keys)."""
-    send_hwm: int = 100
+    send_hwm: int = ranged(100, 1, MAX_HWM)
     """Messages queued per subscriber before sends are dropped (and counted)."""
-    linger_ms: int = 200
+    linger_ms: int = ranged(200, 0, 10_000)
     """How long closing waits to flush queued messages."""
-    heartbeat_s: float = 1.0
+    heartbeat_s: float = _seconds(1.0)
     """Period of ``status/<camera>/`` messages."""
-    stats_s: float = 10.0
+    stats_s: float = ranged(10.0, 0, MAX_SECONDS, unit="s")
     """Period of the box's ``stats/<box_id>/`` message (cameras, fps, latency percentiles, engine, drops); 0 = none."""
     curve_secret_key_file: str | None = None
     """The publisher's CURVE secret key file (server.key_secret from ``emim-stream keys --name server``, mode
@@ -175,11 +164,7 @@ class PublishConfig:
             raise FieldError("endpoint", f"must be a ZeroMQ endpoint like tcp://127.0.0.1:5556, got {self.endpoint!r}")
         if self.endpoint.startswith("tcp://") and (problem := port_problem(self.endpoint.rpartition(":")[2])):
             raise FieldError("endpoint", f"{problem}, got {self.endpoint!r}")
-        _check_range("send_hwm", self.send_hwm, 1, MAX_HWM)
-        _check_range("linger_ms", self.linger_ms, 0, 10_000)
-        _check_seconds("heartbeat_s", self.heartbeat_s)
-        if self.stats_s != 0:
-            _check_seconds("stats_s", self.stats_s)
+        check_ranges(self, FieldError)
         if (self.curve_secret_key_file is None) != (self.curve_clients_dir is None):
             raise FieldError("curve_clients_dir", "must be set together with curve_secret_key_file")
 
@@ -190,22 +175,20 @@ class PostprocessConfig:
 
     print_labels: bool = True
     """Print one line per published label message."""
-    topk: int = 3
+    topk: int = ranged(3, 1, 100)
     """Labels (with scores) per message."""
-    smoothing: float = 0.0
+    smoothing: float = ranged(0.0, 0, 1, high_open=True)
     """Exponential smoothing of scores over a camera's windows (0 = off, 0.9 = heavy)."""
 
     def __post_init__(self) -> None:
-        _check_range("topk", self.topk, 1, 100)
-        if not 0.0 <= self.smoothing < 1.0:
-            raise FieldError("smoothing", f"must be in [0, 1), got {self.smoothing}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus metrics over HTTP (``GET /metrics``)."""
 
-    port: int | None = None
+    port: int | None = ranged(None, 0, 65535)
     """HTTP port; None = off, 0 = any free port (logged)."""
     host: str = "127.0.0.1"
     """Interface to serve on (loopback by default; anything else needs ``allow_remote``)."""
@@ -213,8 +196,7 @@ class MetricsConfig:
     """Allow a non-loopback ``host`` (the endpoint has no authentication: a warning is logged)."""
 
     def __post_init__(self) -> None:
-        if self.port is not None and not 0 <= self.port <= 65535:
-            raise FieldError("port", f"must be in 0..65535 or null, got {self.port}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
@@ -224,27 +206,22 @@ class EventsConfig:
 
     enabled: bool = True
     """Publish ``events/<camera>/`` messages (and print them in ``run``)."""
-    enter: float = 0.6
+    enter: float = ranged(0.6, 0, 1, low_open=True)
     """An event opens when a label's score stays >= ``enter`` for ``min_windows`` consecutive windows."""
     exit: float = 0.4
     """An open event closes at the first window whose score of its label is below ``exit`` (<= ``enter``)."""
-    min_windows: int = 3
+    min_windows: int = ranged(3, 1)
     """Consecutive windows >= ``enter`` before an event opens (shorter flickers open none)."""
     exclude: tuple[str, ...] = ()
     """Labels that never make events (e.g. ``static``)."""
-    update_s: float = 0.0
+    update_s: float = ranged(0.0, 0, MAX_SECONDS, unit="s")
     """While an event is open, an ``update`` message (running peak and duration) at most every this many seconds
     of video; 0 = only ``start`` and ``end``."""
 
     def __post_init__(self) -> None:
-        if self.update_s != 0:
-            _check_seconds("update_s", self.update_s)
-        if not 0.0 < self.enter <= 1.0:
-            raise FieldError("enter", f"must be in (0, 1], got {self.enter}")
+        check_ranges(self, FieldError)
         if not 0.0 <= self.exit <= self.enter:
             raise FieldError("exit", f"must be in [0, events.enter = {self.enter}], got {self.exit}")
-        if self.min_windows < 1:
-            raise FieldError("min_windows", f"must be >= 1, got {self.min_windows}")
 
 
 MQTT_KINDS = ("event", "label", "status", "stats", "action", "snapshot")
@@ -259,7 +236,7 @@ class MqttConfig:
 
     host: str | None = None
     """Broker host name or address; None = no MQTT sink."""
-    port: int = 1883
+    port: int = ranged(1883, 1, 65535)
     """Broker port (8883 is the usual TLS port)."""
     protocol: str = "3.1.1"
     """MQTT version: ``3.1.1`` or ``5``."""
@@ -293,9 +270,9 @@ class MqttConfig:
     """Private key of ``cert_file`` (PEM)."""
     tls_insecure: bool = False
     """Do not check the broker's host name against its certificate (testing only)."""
-    keepalive_s: int = 30
+    keepalive_s: int = ranged(30, 5)
     """MQTT keep-alive: the broker drops the client after 1.5x this without traffic."""
-    queue_size: int = 1000
+    queue_size: int = ranged(1000, 1)
     """Messages waiting for the broker; when full (broker down) the oldest is dropped and counted."""
     reconnect_min_s: float = 1.0
     """First delay before reconnecting to a lost or unreachable broker (doubles each time)."""
@@ -309,8 +286,7 @@ class MqttConfig:
     def __post_init__(self) -> None:
         if self.host is not None and not self.host.strip():
             raise FieldError("host", "must be a host name or address, or null (no MQTT sink)")
-        if not 1 <= self.port <= 65535:
-            raise FieldError("port", f"must be in 1..65535, got {self.port}")
+        check_ranges(self, FieldError)
         if self.protocol not in ("3.1.1", "5"):
             raise FieldError("protocol", f"must be '3.1.1' or '5', got {self.protocol!r}")
         for name in ("prefix", "box_id", "discovery_prefix"):
@@ -333,10 +309,6 @@ class MqttConfig:
             raise FieldError("username", "a password needs a username")
         if (self.cert_file is None) != (self.key_file is None):
             raise FieldError("key_file", "must be set together with cert_file")
-        if self.keepalive_s < 5:
-            raise FieldError("keepalive_s", f"must be >= 5, got {self.keepalive_s}")
-        if self.queue_size < 1:
-            raise FieldError("queue_size", f"must be >= 1, got {self.queue_size}")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
             raise FieldError("reconnect_min_s", "must be > 0 and <= reconnect_max_s")
 
@@ -360,13 +332,13 @@ class WebhookConfig:
     """Name of an environment variable holding a bearer token (``Authorization: Bearer ...``); never logged."""
     ca_file: str | None = None
     """CA certificate(s) (PEM) for HTTPS servers the system store does not trust."""
-    timeout_s: float = 5.0
+    timeout_s: float = _seconds(5.0)
     """Connect and read timeout of one request."""
-    retries: int = 3
+    retries: int = ranged(3, 0, 10)
     """Retries of a request that failed (connection error, timeout, 429 or 5xx) before it is dropped."""
-    backoff_s: float = 0.5
+    backoff_s: float = _seconds(0.5)
     """Delay before the second retry, doubling with each further one (the first retry is at once)."""
-    queue_size: int = 100
+    queue_size: int = ranged(100, 1, 100_000)
     """Events waiting per URL; when full the oldest is dropped and counted."""
 
     def __post_init__(self) -> None:
@@ -377,26 +349,22 @@ class WebhookConfig:
         if unknown or not self.phases:
             phases = ", ".join(WEBHOOK_PHASES)
             raise FieldError("phases", f"must be a non-empty list of {phases}, got {list(self.phases)}")
-        _check_seconds("timeout_s", self.timeout_s)
-        _check_range("retries", self.retries, 0, 10)
-        _check_seconds("backoff_s", self.backoff_s)
-        _check_range("queue_size", self.queue_size, 1, 100_000)
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
 class SupervisorConfig:
     """Camera-process supervision."""
 
-    restart_backoff_s: float = 0.5
+    restart_backoff_s: float = _seconds(0.5)
     """First delay before restarting a dead camera process or reconnecting a lost source (doubles each time)."""
-    restart_backoff_max_s: float = 10.0
+    restart_backoff_max_s: float = _seconds(10.0)
     """Cap of the restart / reconnect delay."""
-    stall_timeout_s: float = 5.0
+    stall_timeout_s: float = _seconds(5.0)
     """A camera whose ring has no heartbeat for this long is reported stalled."""
 
     def __post_init__(self) -> None:
-        for name in ("restart_backoff_s", "restart_backoff_max_s", "stall_timeout_s"):
-            _check_seconds(name, getattr(self, name))
+        check_ranges(self, FieldError)
         if self.restart_backoff_s > self.restart_backoff_max_s:
             raise FieldError("restart_backoff_s", "must be <= restart_backoff_max_s")
 
@@ -405,11 +373,11 @@ class SupervisorConfig:
 class ViewConfig:
     """The live view: JPEG previews on ``preview/<camera>/`` and the browser page ``run`` can serve."""
 
-    preview_fps: float = 4.0
+    preview_fps: float = ranged(4.0, 0, 30)
     """JPEG previews per second and camera published on ``preview/<camera>/`` (0 = none)."""
-    preview_quality: int = 80
+    preview_quality: int = ranged(80, 1, 100)
     """JPEG quality of the previews, 1..100."""
-    port: int | None = None
+    port: int | None = ranged(None, 0, 65535)
     """``run`` serves the page on this port (None = no page; ``emim-stream view`` serves one separately)."""
     host: str = "127.0.0.1"
     """Interface the page is served on; anything but loopback needs ``allow_remote`` (and then a token)."""
@@ -419,12 +387,7 @@ class ViewConfig:
     """File holding the access token (default with ``allow_remote``: a random token, printed once at start)."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.preview_fps <= 30:
-            raise FieldError("preview_fps", f"must be in [0, 30], got {self.preview_fps}")
-        if not 1 <= self.preview_quality <= 100:
-            raise FieldError("preview_quality", f"must be in 1..100, got {self.preview_quality}")
-        if self.port is not None and not 0 <= self.port <= 65535:
-            raise FieldError("port", f"must be in 0..65535 or null, got {self.port}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
@@ -433,39 +396,27 @@ class RecordConfig:
 
     dir: str | None = None
     """Directory of the recordings (None = off); one file series per camera, ``<camera>_<UTC time>.mp4``."""
-    height: int = 360
+    height: int = ranged(360, 32, 2160)
     """Height in pixels of the recorded picture (frames are scaled up to it), a text band is added above."""
     codec: Literal["auto", "h264", "mpeg4"] = "auto"
     """``auto``: H.264 where the OpenCV build can encode it, else MPEG-4 part 2."""
-    max_s: float = 300.0
+    max_s: float = ranged(300.0, 0, low_open=True)
     """Start a new file after this many seconds of video."""
-    max_mb: float = 100.0
+    max_mb: float = ranged(100.0, 0, low_open=True)
     """Start a new file once the current one reaches this size."""
-    queue_frames: int = 256
+    queue_frames: int = ranged(256, 1)
     """Frames waiting for the encoder; when full, frames are dropped (counted), never the inference loop slowed."""
     event_clips: bool = False
     """Also write a short clip around every action event (``DIR/events/``); keeps the last seconds of frames."""
-    clip_pre_s: float = 2.0
+    clip_pre_s: float = ranged(2.0, 0, 60)
     """Seconds of video before an event's first frame in its clip."""
-    clip_post_s: float = 2.0
+    clip_post_s: float = ranged(2.0, 0, 60)
     """Seconds of video after an event's last frame in its clip."""
-    clip_max_s: float = 30.0
+    clip_max_s: float = ranged(30.0, 0, 600, low_open=True)
     """Longest clip (a longer event keeps its end)."""
 
     def __post_init__(self) -> None:
-        if not 32 <= self.height <= 2160:
-            raise FieldError("height", f"must be in 32..2160, got {self.height}")
-        if self.max_s <= 0:
-            raise FieldError("max_s", f"must be > 0, got {self.max_s}")
-        if self.max_mb <= 0:
-            raise FieldError("max_mb", f"must be > 0, got {self.max_mb}")
-        if self.queue_frames < 1:
-            raise FieldError("queue_frames", f"must be >= 1, got {self.queue_frames}")
-        for name in ("clip_pre_s", "clip_post_s"):
-            if not 0 <= getattr(self, name) <= 60:
-                raise FieldError(name, f"must be in [0, 60], got {getattr(self, name)}")
-        if not 0 < self.clip_max_s <= 600:
-            raise FieldError("clip_max_s", f"must be in (0, 600], got {self.clip_max_s}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Every test, and every pipeline process a test starts, caches compiled engines under one session folder
 (``XDG_CACHE_HOME``), never in the user's ``~/.cache``. The package is built the way a first ``emim-stream run``
-with ``engine.backend: aoti`` builds it (DESIGN "Warm-up"): a real pipeline process starts serving with the
+with ``engine.backend: aoti`` builds it (docs/architecture.md#warm-up): a real pipeline process starts serving with the
 eager engine at once while a background process exports and compiles the package, then swaps engines at a
 window boundary. The run's labels and log are kept for the end-to-end test (tests/integration/test_aoti_e2e.py).
 It builds into the session's default cache, so every later run of the embedded default (``backend: aoti``)

@@ -1,10 +1,11 @@
-"""``tools/gpu-check``: measure the whole GPU path on a lent GPU machine in one time-boxed run.
+"""``tools/gpu-check``: a GPU acceptance benchmark, the whole GPU path of a CUDA box measured in one time-boxed run.
 
 Steps, in order, each a subprocess with its own time box (on overrun: SIGINT to its process
 group, then SIGKILL), so a failing or hanging step never loses the others' results:
 
-1. ``wheels``: install the carried wheels (``tools/wheels/``, fetched here with ``--fetch-wheels``)
-   into a temporary folder put first on ``PYTHONPATH`` (the system torch is not touched).
+1. ``wheels``: on a box without network, install the wheels brought along in ``tools/wheels/`` (fetched on a
+   machine with network by ``--fetch-wheels``) into a temporary folder put first on ``PYTHONPATH`` (the box's
+   torch is not touched); nothing to do where the dependencies are installed.
 2. ``env``: the versions (torch, CUDA, Triton, GPU, driver) and the CLI's start-up imports.
    ``doctor``: ``emim-stream doctor``.
 3. ``pytest``: ``pytest -m gpu tests/gpu`` (outcome of every test from its JUnit XML).
@@ -47,12 +48,12 @@ WHEELS = ROOT / "tools" / "wheels"
 MEASURE = ROOT / "tools" / "gpu_measure.py"
 PEAK_TFLOPS = 790.0
 """H200 dense bf16 matrix throughput: the FLOP floor of the engine table is MACs x 2 / this."""
-LENT_MACHINE_HAS = {
+OFFLINE_BOX_HAS = {
     *("torch", "numpy", "pyyaml", "opencv-python-headless", "onnx", "onnxruntime", "onnxscript", "psutil"),
     *("prometheus-client", "matplotlib", "pytest", "triton"),
 }
-"""Distributions the lent GPU machine has (Python 3.12, torch 2.11 CUDA 13, no network); the rest of
-pyproject's dependencies travel as wheels."""
+"""Distributions an offline CUDA box is expected to have already (a CUDA build of torch, with Triton);
+``--fetch-wheels`` downloads the rest of pyproject's dependencies as wheels to bring along."""
 GRACE_S = 15
 """After SIGINT, how long a step may take to clean up (camera processes, shared memory) before SIGKILL."""
 
@@ -81,7 +82,7 @@ class Plan:
 
 
 def gpu_plan() -> Plan:
-    """The run on a lent H200: EMIM-S at 16x224x224, subsets chosen to fit 8 minutes (README, GPU section)."""
+    """The run on a CUDA box: EMIM-S at 16x224x224, subsets chosen to fit 8 minutes (docs/gpu-boxes.md)."""
     clip = "--model emim_s --frames 16 --size 224"
     shape = f"{clip} --batches 1 8 32"
     return Plan(
@@ -253,14 +254,14 @@ def fitting_wheels(wheels: Path) -> tuple[list[Path], list[Path]]:
 
 
 def fetch_wheels(wheels: Path, python_version: str = "3.12") -> int:
-    """Download (here, with network) the wheels of pyproject's dependencies the lent machine lacks."""
+    """Download (on a machine with network) the wheels of pyproject's dependencies an offline box lacks."""
     import tomllib
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    lent = {canonicalize_name(d) for d in LENT_MACHINE_HAS}
-    missing = [d for d in deps if canonicalize_name(Requirement(d).name) not in lent]
+    present = {canonicalize_name(d) for d in OFFLINE_BOX_HAS}
+    missing = [d for d in deps if canonicalize_name(Requirement(d).name) not in present]
     wheels.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -479,7 +480,7 @@ def targets(steps: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """The report's tables as Markdown (the README's GPU section takes this file as it is)."""
+    """The report's tables as Markdown, ready to paste into a report or docs/gpu-boxes.md."""
     v = report.get("versions", {})
     machine = "CPU rehearsal, tiny sizes" if report["rehearsal"] else v.get("gpu", "GPU unknown")
     lines = [
@@ -592,10 +593,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--budget", type=int, metavar="SECONDS", help="another budget for the whole run")
     parser.add_argument(
-        "--wheels", type=Path, default=WHEELS, help=f"carried wheels (default {WHEELS.relative_to(ROOT)})"
+        "--wheels", type=Path, default=WHEELS,
+        help=f"wheels to install first on an offline box (default {WHEELS.relative_to(ROOT)})",
     )
     parser.add_argument(
-        "--fetch-wheels", action="store_true", help="download the wheels the lent machine lacks, then exit"
+        "--fetch-wheels", action="store_true", help="download the wheels an offline box lacks, then exit"
     )
     args = parser.parse_args(argv)
     if args.fetch_wheels:

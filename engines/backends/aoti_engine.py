@@ -14,7 +14,7 @@ CUDA GPUs), with no TensorRT. The VMP stage stays in the pipeline, as for every 
   package for another torch or device, or a corrupt / truncated one, is rebuilt with a log line.
 - Run: ``torch._inductor.aoti_load_package`` (milliseconds for a cached package); ``infer`` calls
   it with the batch as it comes (any size up to max_batch).
-- Warm-up (DESIGN "Warm-up"): :class:`BackgroundBuild` builds a missing package in a spawned
+- Warm-up (docs/architecture.md#warm-up): :class:`BackgroundBuild` builds a missing package in a spawned
   process while another engine serves; :func:`emim_stream.engines.backends.select.start_engine` uses it.
 """
 

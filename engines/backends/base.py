@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 import msgspec
 
 from emim_stream.engines.errors import ConfigError
-from emim_stream.engines.validation import closest_key, explain
+from emim_stream.engines.validation import check_ranges, closest_key, explain, ranged
 
 if TYPE_CHECKING:
     import torch
@@ -92,23 +92,23 @@ class EngineConfig:
     """auto | cpu | cuda | cuda:N. auto = the first CUDA GPU if there is one, else the CPU."""
     precision: str = "fp32"
     """fp32 | fp16 | bf16 | int8 | fp8 (int8/fp8: TensorRT from a Q/DQ ONNX in ``onnx``)."""
-    max_batch: int = 8
+    max_batch: int = ranged(8, 1, 1024)
     """Largest batch one ``infer`` call takes (TensorRT's optimisation profile goes 1..max_batch)."""
     checkpoint: str | None = None
     """An emim-stream checkpoint file (model, labels, clip spec, VMP parameters)."""
     model: str | None = None
     """A registry name (e.g. emim_xs) with untrained, seeded weights: for benchmarks and tests only."""
-    frames: int | None = None
+    frames: int | None = ranged(None, 2, MAX_FRAMES)
     """Clip length T (default: the checkpoint's / model's)."""
-    height: int | None = None
+    height: int | None = ranged(None, 32, MAX_SIDE)
     """Clip height, a multiple of 32 (default: the checkpoint's / model's)."""
-    width: int | None = None
+    width: int | None = ranged(None, 32, MAX_SIDE)
     """Clip width, a multiple of 32 (default: the checkpoint's / model's)."""
     compile: bool = False
     """torch backend: wrap the model in torch.compile."""
     cuda_graphs: bool = False
     """torch / tensorrt on CUDA: capture one CUDA graph per batch size and replay it."""
-    threads: int = 0
+    threads: int = ranged(0, 0, MAX_THREADS)
     """CPU threads for torch / onnxruntime (0 = the library's default)."""
     plan_cache_dir: str | None = None
     """Where exported ONNX files, TensorRT plans and aoti packages are cached (default: ~/.cache/emim-stream)."""
@@ -120,7 +120,7 @@ class EngineConfig:
     """EMIM neighbourhood kernel for torch / aoti: reference | triton | auto (triton on CUDA when installed)."""
     fallback: bool = True
     """Fall back along tensorrt -> aoti -> torch (CUDA, then CPU) when the chosen backend cannot run."""
-    workspace_gib: float = 4.0
+    workspace_gib: float = ranged(4.0, 0, 1024, low_open=True)
     """TensorRT builder workspace limit."""
 
     @classmethod
@@ -152,29 +152,25 @@ class EngineConfig:
             raise ConfigError(f"engine.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.backend == Backend.TENSORRT and self.device == "cpu":
             raise ConfigError("engine.backend 'tensorrt' needs a GPU; set engine.device to cuda or auto")
-        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or not 1 <= self.max_batch <= 1024:
-            raise ConfigError(f"engine.max_batch must be an integer in 1..1024, got {self.max_batch!r}")
         if self.checkpoint is not None and self.model is not None:
             raise ConfigError(
                 f"set only one of engine.checkpoint ({self.checkpoint!r}) and engine.model ({self.model!r})"
             )
-        if self.frames is not None and (not isinstance(self.frames, int) or not 2 <= self.frames <= MAX_FRAMES):
-            raise ConfigError(f"engine.frames must be an integer in 2..{MAX_FRAMES}, got {self.frames!r}")
-        for name in ("height", "width"):
+        for name in ("max_batch", "frames", "height", "width", "threads"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or not 0 < value <= MAX_SIDE or value % 32):
-                raise ConfigError(f"engine.{name} must be a multiple of 32 in 32..{MAX_SIDE}, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"engine.{name} must be an integer, got {value!r}")
+        for name in ("height", "width"):
+            if getattr(self, name) is not None and getattr(self, name) % 32:
+                raise ConfigError(f"engine.{name} must be a multiple of 32, got {getattr(self, name)!r}")
+        if not isinstance(self.workspace_gib, (int, float)):
+            raise ConfigError(f"engine.workspace_gib must be a number, got {self.workspace_gib!r}")
+        check_ranges(self, lambda name, rule: ConfigError(f"engine.{name} {rule}"))
         for name in ("compile", "cuda_graphs", "fallback"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 0 <= self.threads <= MAX_THREADS:
-            raise ConfigError(
-                f"engine.threads must be an integer in 0..{MAX_THREADS} (0 = library default), got {self.threads!r}"
-            )
         if not isinstance(self.kernel, str) or not self.kernel:
             raise ConfigError(f"engine.kernel must be a kernel name or 'auto', got {self.kernel!r}")
-        if not isinstance(self.workspace_gib, (int, float)) or not 0 < self.workspace_gib <= 1024:
-            raise ConfigError(f"engine.workspace_gib must be in (0, 1024], got {self.workspace_gib!r}")
         if self.precision in QUANTIZED and self.onnx is None:
             raise ConfigError(
                 f"engine.precision {self.precision!r} needs engine.onnx: a Q/DQ ONNX made by calibration "

@@ -15,7 +15,7 @@ an op TensorRT's parser lacks, a failed build); any other error is a real one an
 Precision follows each step: torch and aoti have no int8/fp8 path (they run fp16 on CUDA, fp32 on
 the CPU), and a CPU fallback runs fp32 unless bf16 was asked for.
 
-:func:`start_engine` is :func:`load_engine` for a live pipeline (DESIGN "Warm-up"): an aoti
+:func:`start_engine` is :func:`load_engine` for a live pipeline (docs/architecture.md#warm-up): an aoti
 package that is not cached yet is built in a background process while the next candidate serves.
 """
 
@@ -127,7 +127,7 @@ def load_engine(
 
 
 def start_engine(cfg: EngineConfig, source: ModelSource | None = None) -> tuple[Engine, BackgroundBuild | None]:
-    """:func:`load_engine` that never waits for a compile (DESIGN "Warm-up").
+    """:func:`load_engine` that never waits for a compile (docs/architecture.md#warm-up).
 
     An aoti step whose package is not cached yet (and that is not the chain's last step) starts
     building it in a background process and moves the chain on, so the next candidate serves

@@ -7,7 +7,7 @@ Own checkpoints are a ``torch.save`` dict that ``torch.load(weights_only=True)``
     labels          class names, in logit order
     clip            input spec: frames, height, width, mean, std
     vmp             {"m", "n", "grey_weights", "mean", "std"} or None (no VMP: frames pass through)
-    state_dict      backbone weights, with MODEL_SPEC's key names
+    state_dict      backbone weights, with the public key names (docs/model.md#checkpoint-keys)
     weights_sha256  content hash of state_dict and vmp (checked on load: corruption is refused)
     extra           free-form metadata (training command, metrics, ...)
 
@@ -140,7 +140,7 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
 def inflate_2d_to_3d(
     state_dict: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Inflate 2-D conv weights to the 3-D shapes of ``target`` (MODEL_SPEC section 1).
+    """Inflate 2-D conv weights to the 3-D shapes of ``target`` (docs/model.md#loading-weights).
 
     A source tensor of ndim 4 whose target has ndim 5 and the same other dims becomes
     ``w.unsqueeze(2).repeat(1, 1, t, 1, 1) / t`` with ``t`` the target's temporal kernel size.

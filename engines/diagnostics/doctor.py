@@ -59,7 +59,7 @@ def _cpu_model() -> str:
 
 
 def natten_role(version: str) -> str:
-    """What an installed NATTEN version can do for the EMIM op (MODEL_SPEC section 4)."""
+    """What an installed NATTEN version can do for the EMIM op (docs/model.md#natten)."""
     major, minor = (int(x) for x in version.split(".")[:2])
     if (major, minor) >= (0, 20):
         return (

@@ -2,8 +2,8 @@
 
 UniFormer: "UniFormer: Unified Transformer for Efficient Spatiotemporal Representation
 Learning" (Li et al., ICLR 2022). EMIM replaces the global attention of some SABlocks by
-:class:`EmimAttention` (MODEL_SPEC.md sections 1 and 2). Module and parameter names match the
-public checkpoints (MODEL_SPEC "State-dict key names").
+:class:`EmimAttention` (docs/model.md#backbone, docs/model.md#emim). Module and parameter names match the
+public checkpoints (docs/model.md#checkpoint-keys).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class EmimAttention(nn.Module):
 
     ``out = proj(F + M)`` where ``F = softmax(A) V`` is the context branch and
     ``M = motion_conv(A)`` maps each head's 49 logits to the head width with one MLP shared by all
-    heads (MODEL_SPEC section 2). ``motion_conv``'s second Linear starts at zero, so M = 0 at init.
+    heads (docs/model.md#motion-branch). ``motion_conv``'s second Linear starts at zero, so M = 0 at init.
 
     Args:
         dim: channels C.

@@ -4,9 +4,9 @@ EMIM ("A Renaissance of Explicit Motion Information Mining from Transformers for
 Recognition") pairs each query frame t with the key/value frame t+1 and attends over a 7x7
 window centred on the query position, on key/value maps padded with the constant 1e-6 (the
 padded positions are not masked). The op returns both the raw logits ``A`` (the motion branch
-consumes them) and the context ``F = softmax(A) @ V``. MODEL_SPEC.md section 2 is the contract.
+consumes them) and the context ``F = softmax(A) @ V``. docs/model.md#emim is the contract.
 
-Deviation from the released code (MODEL_SPEC "Decision (full width)"): the released CUDA kernel
+Deviation from the released code (docs/model.md#decision-full-width): the released CUDA kernel
 computes the context for only 32 channels per head; we compute the full head width.
 
 Kernels (one function, interchangeable implementations, each tested against a float64
@@ -15,7 +15,7 @@ loop-over-positions reference):
 - ``reference``: portable PyTorch (:mod:`emim_stream.engines.layers.neighborhood_reference`). The window is
   walked as 49 shifted slices of the padded key/value maps, each a vectorised product over all positions at
   once (no Python loop over positions; 49 static slices export to ONNX as plain Slice/Mul/ReduceSum, which
-  TensorRT compiles with native layers). MODEL_SPEC measured this shape of kernel at ~34 ms per stage-3 layer
+  TensorRT compiles with native layers). This shape of kernel took ~34 ms per stage-3 layer
   on 2 CPU cores against ~570 ms for an ``unfold`` version, which materialises 49 copies of K and V.
 - ``triton``: one fused Triton kernel (logits + rpb + online softmax + context) registered as the
   op ``emim::neighborhood`` (:mod:`emim_stream.engines.layers.neighborhood_triton`), present when Triton is

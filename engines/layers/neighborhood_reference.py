@@ -15,7 +15,7 @@ WINDOW = 7
 """Side of EMIM's square neighbourhood window."""
 PAD = WINDOW // 2
 PAD_VALUE = 1e-6
-"""The constant the key/value maps are padded with (read, not masked: MODEL_SPEC section 2)."""
+"""The constant the key/value maps are padded with (read, not masked: docs/model.md#padding)."""
 
 
 def pad_window(x: torch.Tensor) -> torch.Tensor:

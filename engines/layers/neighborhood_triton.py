@@ -2,7 +2,7 @@
 
 One program computes, for one (batch, head, query frame) and a tile of ``BLOCK_P`` query
 positions, the 7x7 logits of query frame t against key frame t+1 on the 1e-6-padded maps
-(MODEL_SPEC section 2: the padded positions are read as the constant, not masked), adds the
+(docs/model.md#padding: the padded positions are read as the constant, not masked), adds the
 relative positional bias, stores the logits (the motion branch needs them) and accumulates the
 softmax-weighted context over the full head width with an online softmax: no intermediate
 tensor per window offset. The logits, the softmax and the context accumulate in float32 whatever

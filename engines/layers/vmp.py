@@ -3,9 +3,9 @@
 From "Motion meets Attention: Video Motion Prompts" (Chen et al., ACML 2024). T+1 normalised
 frames in, T prompts out: ``Z_t = sigmoid(a(m) * (D_t - b(n))) * X_{t+1}`` where ``D_t`` is the
 signed grey-level difference of frames t+1 and t on the de-normalised [0, 1] scale.
-MODEL_SPEC.md section 3 is the contract.
+docs/model.md#vmp is the contract.
 
-Deviation from the released code (MODEL_SPEC "Decision (grey weights)"): the grey weights are
+Deviation from the released code (docs/model.md#decision-grey-weights): the grey weights are
 the standard RGB ones (0.299, 0.587, 0.114) by default, and a setting.
 
 The maths lives once, in :func:`grey_level`, :func:`attention_from_grey` and :func:`motion_prompt`;

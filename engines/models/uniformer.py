@@ -6,8 +6,8 @@
   Recognition" (Zhuang et al.): temporal stride 1 in the stem and EMIM attention in the even
   blocks of stages 3 and 4.
 
-MODEL_SPEC.md is the contract (shapes, key names, init). Deviations from the released code are
-MODEL_SPEC's Decisions: full head width in the EMIM context branch (see
+docs/model.md is the contract (shapes, key names, init). Deviations from the released code are
+its Decisions (docs/model.md#decisions): full head width in the EMIM context branch (see
 engines/layers/neighborhood.py).
 """
 

@@ -1,7 +1,7 @@
 """Training and fine-tuning of a VMP layer + backbone on clip data sets.
 
 The trained unit is what the pipeline runs: the VMP layer turns T+1 normalised frames into T
-prompts (MODEL_SPEC section 3) and the backbone classifies them; without VMP the backbone sees
+prompts (docs/model.md#vmp) and the backbone classifies them; without VMP the backbone sees
 the last T frames, as the pipeline's pass-through stage gives them. The loss is
 ``cross_entropy + vmp_lambda * reg`` (``reg``: the VMP temporal-variation regulariser).
 

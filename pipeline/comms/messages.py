@@ -134,6 +134,7 @@ __all__ = [
     "StatusMessage",
     "WindowInfo",
     "event_topic",
+    "json_schema",
     "label_topic",
     "latency_breakdown_ms",
     "local_clock_domain",
@@ -522,6 +523,18 @@ _Wire = _LabelPayload | StatusMessage | EventMessage | PreviewMessage | StatsMes
 def parse_payload(payload: Mapping[str, Any]) -> Message:
     """Parse a payload of any kind (msgspec dispatches on ``kind``). Raises MessageError."""
     return _decode(payload)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a payload of any kind (``msgspec.json.schema`` of the wire form, a union discriminated
+    by ``kind``), each kind with the ``schema`` version field that ``to_payload`` puts first."""
+    schema = msgspec.json.schema(_Wire)
+    for tag, ref in schema["discriminator"]["mapping"].items():
+        version = {"type": "integer", "const": SCHEMA_VERSIONS[tag], "description": "version of this message's kind"}
+        kind = schema["$defs"][ref.rpartition("/")[2]]
+        kind["properties"] = {"schema": version, **kind["properties"]}
+        kind["required"] = ["schema", *kind["required"]]
+    return schema
 
 
 def _decode(payload: Any, expected: str | None = None) -> Any:

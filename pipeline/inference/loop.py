@@ -142,7 +142,7 @@ class InferenceLoop:
         settings: drain limit, heartbeat period, stall timeout, config hash.
         latency: gets every published label's stage latencies.
         observers: see every published message (metrics, callbacks).
-        build: a compiled engine building in the background, swapped in when done (DESIGN "Warm-up").
+        build: a compiled engine building in the background, swapped in when done (docs/architecture.md#warm-up).
     """
 
     def __init__(

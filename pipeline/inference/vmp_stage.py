@@ -1,6 +1,6 @@
 """The live VMP stage: one motion prompt per new frame, computed once, on the engine's device.
 
-Each prompt depends only on frames t and t+1 (VMP paper; MODEL_SPEC section 3), so the stage
+Each prompt depends only on frames t and t+1 (VMP paper; docs/model.md#vmp-streaming), so the stage
 keeps the previous frame's grey level and calls the same maths as the batch layer
 (:func:`emim_stream.engines.layers.vmp.grey_level`, :func:`attention_from_grey`, :func:`motion_prompt`). A window of
 T streamed

@@ -1,7 +1,7 @@
 """Shared parts of the GPU test set: the CUDA skip, engines opened without fallback, error measures.
 
 Every module here is marked ``gpu`` and skips with a reason without a CUDA GPU; ``tools/gpu-check``
-runs them on a lent GPU machine (README, GPU section).
+runs them as part of the GPU acceptance benchmark (docs/gpu-boxes.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """End to end with ``engine.backend: aoti`` on an empty cache: eager serves at once, the compiled engine swaps in.
 
 The run itself is the session's ``aoti_warmup`` fixture (tests/conftest.py), whose package the
-engine tests reuse; this checks what the pipeline published and logged (DESIGN "Warm-up").
+engine tests reuse; this checks what the pipeline published and logged (docs/architecture.md#warm-up).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from emim_stream.engines.layers.neighborhood import KERNELS, emim_neighborhood, 
 
 
 def loop_reference(q, k, v, rpb, scale):
-    """Plain loops over every output position and window offset (MODEL_SPEC section 2)."""
+    """Plain loops over every output position and window offset (docs/model.md#emim)."""
     B, heads, T, H, W, d = q.shape
     attn = torch.zeros(B, heads, T, H, W, 49, dtype=q.dtype)
     ctx = torch.zeros(B, heads, T, H, W, d, dtype=q.dtype)
@@ -111,7 +111,7 @@ def test_unknown_kernel_is_refused():
 
 @pytest.mark.natten
 def test_context_matches_natten_na2d_on_padded_maps():
-    """NATTEN's fused na2d computes the context branch when rpb = 0 (MODEL_SPEC section 2)."""
+    """NATTEN's fused na2d computes the context branch when rpb = 0 (docs/model.md#natten)."""
     natten = pytest.importorskip("natten", reason="natten is not installed")
     from natten.functional import na2d
 

@@ -1,4 +1,4 @@
-"""VMP layer against the formula written out directly (MODEL_SPEC section 3)."""
+"""VMP layer against the formula written out directly (docs/model.md#vmp)."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from emim_stream.pipeline.comms.messages import (
     StatsMessage,
     StatusMessage,
     WindowInfo,
+    json_schema,
     latency_breakdown_ms,
     parse_payload,
 )
@@ -195,3 +196,16 @@ def test_numpy_scores_are_written_as_python_floats():
     np = pytest.importorskip("numpy")
     msg, golden = GOLDEN["event"]
     assert _wire(msgspec.structs.replace(msg, peak_score=np.float64(0.97)).to_payload()) == golden
+
+
+@pytest.mark.parametrize("case", list(GOLDEN))
+def test_every_golden_payload_meets_the_published_json_schema(case):
+    """The schema the reference documents (``json_schema()``) accepts what the publisher sends, checked by an
+    independent validator, and refuses a payload of another schema version or with a field missing."""
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(json_schema())
+    payload = json.loads(GOLDEN[case][1])
+    validator.validate(payload)
+    assert not validator.is_valid({**payload, "schema": payload["schema"] + 1})
+    required = "box_id" if payload["kind"] == "stats" else "camera_id"
+    assert not validator.is_valid({key: value for key, value in payload.items() if key != required})

@@ -89,10 +89,11 @@ def test_one_jpeg_per_peak_frame_and_frames_not_wanted_are_forgotten():
 
 
 def test_a_full_queue_drops_the_oldest_snapshot_and_counts_it():
-    gate = threading.Event()
+    entered, gate = threading.Event(), threading.Event()
     delivered = Delivered()
 
     def slow(ev, jpeg):
+        entered.set()
         gate.wait(10)
         delivered(ev, jpeg)
 
@@ -101,6 +102,8 @@ def test_a_full_queue_drops_the_oldest_snapshot_and_counts_it():
         for n in range(5):
             snapshots.keep("cam1", n, frame(n), wanted={n})
             snapshots.take(event("start", n, event_id=f"{n:032d}"))
+            if n == 0:
+                assert entered.wait(10)  # the encoder holds the first at the gate
         gate.set()
         delivered.wait(3)
     finally:

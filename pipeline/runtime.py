@@ -68,6 +68,8 @@ class RunReport:
     """The MQTT sink's final :meth:`emim_stream.pipeline.comms.mqtt.MqttSink.stats` (None: no sink)."""
     webhook: dict | None = None
     """The webhook sink's final :meth:`emim_stream.pipeline.comms.webhook.WebhookSink.stats` (None: no sink)."""
+    snapshots: dict | None = None
+    """Event snapshots ``encoded`` and ``dropped`` (None: no snapshot encoder)."""
 
 
 def run(
@@ -181,6 +183,7 @@ def _report(reason: str, loop: InferenceLoop, cameras: CameraSupervisor, outputs
     )
     if outputs.snapshots is not None:
         outputs.snapshots.close()
+        report.snapshots = outputs.stats()["snapshots"]
     if outputs.webhook is not None:
         outputs.webhook.close()
         report.webhook = outputs.webhook.stats()

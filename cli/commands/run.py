@@ -148,6 +148,8 @@ def main(args: argparse.Namespace) -> int:
         w = report.webhook
         problem = f" (last problem: {w['detail']})" if w["detail"] else ""
         print(f"webhook: {w['sent']} sent, {w['dropped']} dropped{problem}")
+    if report.snapshots is not None:
+        print(f"snapshots: {report.snapshots['encoded']} encoded, {report.snapshots['dropped']} dropped")
     if report.latency:
         print("\nper-window latency (CLOCK_MONOTONIC, ms; total = publish - capture of the newest frame):")
         print(format_table(report.latency))

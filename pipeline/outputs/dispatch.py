@@ -151,7 +151,10 @@ class Outputs:
                 self.publisher.send(topic, payload)
 
     def stats(self) -> dict[str, Any]:
-        """The state of the outputs besides ZeroMQ, for status and stats messages: ``{"mqtt": ..., "webhook": ...}``
-        (the sinks configured; ``{}`` when none)."""
-        sinks = {"mqtt": self.mqtt, "webhook": self.webhook}
-        return {name: sink.stats() for name, sink in sinks.items() if sink is not None}
+        """The state of the outputs besides ZeroMQ, for status and stats messages: ``{"mqtt": ..., "webhook": ...,
+        "snapshots": {"encoded", "dropped"}}`` (those configured; ``{}`` when none)."""
+        sinks = (("mqtt", self.mqtt), ("webhook", self.webhook))
+        out = {name: sink.stats() for name, sink in sinks if sink is not None}
+        if self.snapshots is not None:
+            out["snapshots"] = {"encoded": self.snapshots.encoded, "dropped": self.snapshots.dropped}
+        return out

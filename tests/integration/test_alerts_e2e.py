@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import yaml
 
@@ -64,6 +66,15 @@ class MosquittoSub:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(5)
+
+
+def retained_bytes(port: int, topic_filter: str) -> dict[str, bytes]:
+    """The retained payloads under ``topic_filter`` as bytes (``mosquitto_sub`` prints them in hex)."""
+    out = subprocess.run(
+        [MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(port), "-t", topic_filter, "--retained-only", "-W", "2",
+         "-F", "%t %x"], capture_output=True, text=True, timeout=20,
+    ).stdout  # fmt: skip
+    return {topic: bytes.fromhex(payload) for topic, payload in (line.split(" ", 1) for line in out.splitlines())}
 
 
 def retained(port: int, topic_filter: str) -> dict[str, dict]:
@@ -174,6 +185,12 @@ def test_lifecycle_availability_and_discovery_over_three_starts(tmp_path, mosqui
             assert messages[-1]["end_reason"] in ("takeover", "stopped")
             assert all(m["label"] == messages[0]["label"] for m in messages)
         assert {m["camera_id"] for m in events} == {"cam1", "cam2"}
+        assert all(m["has_snapshot"] for m in events)
+        snapshots = retained_bytes(broker.port, "fleet/box1/+/snapshot")
+        assert set(snapshots) == {"fleet/box1/cam1/snapshot", "fleet/box1/cam2/snapshot"}
+        for jpeg in snapshots.values():
+            picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            assert picture is not None and picture.shape[0] > 360  # the picture at record.height and the band
         assert [p for _, p in availability(sub.lines)] == ["online", "stopped"]
         configs = retained(broker.port, "homeassistant/#")
         check_discovery(configs, ["cam1", "cam2"])

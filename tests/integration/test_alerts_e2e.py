@@ -6,7 +6,7 @@ availability with its last will, and Home Assistant discovery across three start
 2. The same config again: the same configs (stable ids); SIGKILL of the whole process group makes the broker deliver
    the last will, ``offline``, within 1.5 x the keep-alive.
 3. Camera ``cam2`` removed from the config: its configs are cleared, ``cam1``'s stay; SIGSTOP of the group (a box
-   that hangs, or loses its network) gives ``offline`` within 1.5 x the keep-alive (+ the broker's check interval),
+   that hangs, or loses its network) gives ``offline`` within 1.5 x the keep-alive (+ the broker's whole-second clock),
    SIGCONT gives ``online`` again, SIGTERM ``stopped``.
 """
 
@@ -35,8 +35,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=M
 
 MOSQUITTO_SUB = shutil.which("mosquitto_sub")
 KEEPALIVE_S = 5
-BROKER_CHECK_S = 1.0
-"""Mosquitto checks keep-alives about once a second: the last will may come up to this long after 1.5 x keep-alive."""
+BROKER_CHECK_S = 5.0
+"""How much later than 1.5 x keep-alive Mosquitto 2.0 may send the last will of a silent client: it counts in whole
+seconds (a client is dropped once more than floor(1.5 x keep-alive) whole seconds have passed: up to 2 s late) and
+checks about once a second, and a loaded 2-core box adds its scheduling delays (measured 6.8 to over 10 s for a
+keep-alive of 5 s)."""
 ENTITIES_PER_CAMERA = 4
 
 
@@ -220,7 +223,7 @@ def test_lifecycle_availability_and_discovery_over_three_starts(tmp_path, mosqui
         stopped = third.signal(signal.SIGSTOP)
         assert sub.wait_for(lambda lines: now_available(lines) == "offline", 1.5 * KEEPALIVE_S + 10)
         hung_after_s = availability(sub.lines)[-1][0] - stopped
-        assert hung_after_s <= 1.5 * KEEPALIVE_S + BROKER_CHECK_S, hung_after_s
+        assert KEEPALIVE_S <= hung_after_s <= 1.5 * KEEPALIVE_S + BROKER_CHECK_S, hung_after_s  # the keep-alive
         third.signal(signal.SIGCONT)
         assert sub.wait_for(lambda lines: now_available(lines) == "online", 30), third.output()[-3000:]
         third.signal(signal.SIGTERM)

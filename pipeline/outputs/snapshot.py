@@ -7,8 +7,8 @@ may become one (:meth:`Snapshots.keep`, told which frames by
 thread: it scales the frame up to ``height`` rows (nearest neighbour, like the recordings), writes the label and
 score on the left of a band above it and the camera and capture time (UTC) on the right, encodes a JPEG and hands
 it to ``deliver`` (the MQTT sink's retained ``snapshot`` topic, the recorder's file beside the event clip). So an
-event has a snapshot from its ``start`` on, replaced when a later window beats its peak. The queue is bounded: when
-full the oldest job is dropped and counted (``dropped``), the loop never waits.
+event has a snapshot from its ``start`` on, replaced when an ``update`` or its ``end`` carries a better peak. The
+queue is bounded: when full the oldest job is dropped and counted (``dropped``), the loop never waits.
 
 The picture is the frame the model sees (resized and cropped to its H x W), not the camera's native picture.
 """

@@ -32,9 +32,10 @@ pytestmark = pytest.mark.slow
 
 T, STRIDE, FPS, MIN_WINDOWS = 8, 4, 30, 3  # the embedded default's model, window and events settings
 STATED_S = (T - 1 + (MIN_WINDOWS - 1) * STRIDE) / FPS
-CI_MARGIN_S = 1.5
-"""For a shared 2-core CI box: a window or two more before the score settles (0.13 s each) and the inference
-latency of a loaded machine."""
+CI_MARGIN_S = 2.0
+"""For a shared 2-core CI box: the inference latency of a loaded machine, and the windows it skips (each skipped
+window between the event's windows adds stride / fps = 0.13 s); measured 1.0 and 1.9 s with a load of 13-16 on 2
+cores. The frame-by-frame test below checks the stated windows without real time."""
 
 
 def test_first_action_start_arrives_within_the_stated_delay(pipeline_factory, record_property):

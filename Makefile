@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
 
-.PHONY: install system-deps run test lint docs docs-serve ci clean
+.PHONY: install system-deps run test test-all lint docs docs-serve ci clean
 
 install: $(VENV)/.installed
 
@@ -38,12 +38,18 @@ system-deps:
 run: install
 	$(BIN)/emim-stream run --config $(CONFIG)
 
+# The fast set (minutes); test-all adds the slow one: end-to-end pipelines and the AOTInductor build (pyproject's
+# markers, tests/conftest.py).
 test: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: install
 	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # The documentation site from docs/ (reference pages generated from the code); strict: a broken link fails.
 # NO_MKDOCS_2_WARNING silences the theme's banner about a future MkDocs release.
@@ -53,7 +59,7 @@ docs: install
 docs-serve: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
-ci: test lint docs
+ci: test-all lint docs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info site

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
@@ -123,7 +124,8 @@ def quantizable_modules(
         model: the float model.
         keep: module-name patterns (fnmatch, e.g. ``'*.motion_conv.*'``, ``'head'``) not to quantise.
     """
-    quantized, kept = [], []
+    quantized: list[str] = []
+    kept: list[str] = []
     for name, module in model.named_modules():
         if isinstance(module, QUANTIZED_TYPES):
             (kept if any(fnmatch.fnmatchcase(name, p) for p in keep) else quantized).append(name)
@@ -306,11 +308,11 @@ def _module_of(scope: str) -> str:
     return ".".join(parts)
 
 
-def _producers(graph) -> dict[str, object]:
+def _producers(graph) -> dict[str, Any]:
     return {out: node for node in graph.node for out in node.output}
 
 
-def _zero_point_dtype(graph, name: str, producers: dict[str, object]) -> str:
+def _zero_point_dtype(graph, name: str, producers: dict[str, Any]) -> str:
     import onnx
 
     for init in graph.initializer:

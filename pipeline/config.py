@@ -70,8 +70,8 @@ MAX_HWM = 1_000_000
 """Upper bound of ``publish.send_hwm`` (messages)."""
 
 
-def _seconds(default: float) -> float:
-    """A duration field: finite, > 0 and at most :data:`MAX_SECONDS`."""
+def _seconds(default: float) -> Any:
+    """A duration field (a dataclass field, as :func:`ranged` gives): finite, > 0 and at most :data:`MAX_SECONDS`."""
     return ranged(default, 0, MAX_SECONDS, low_open=True, unit="s")
 
 

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 from emim_stream.engines.backends import start_engine
 from emim_stream.engines.errors import ConfigError
@@ -56,7 +57,7 @@ class RunReport:
     labels: dict[str, int] = field(default_factory=dict)
     dropped_frames: dict[str, int] = field(default_factory=dict)
     dropped_windows: dict[str, int] = field(default_factory=dict)
-    latency: dict = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
     engine: str = ""
     reason: str = ""
     publish_dropped: int = 0
@@ -64,11 +65,11 @@ class RunReport:
     """Cameras whose source cannot work (missing file, corrupt video, no such camera) -> why."""
     events: dict[str, int] = field(default_factory=dict)
     """Action events started per camera."""
-    mqtt: dict | None = None
+    mqtt: dict[str, Any] | None = None
     """The MQTT sink's final :meth:`emim_stream.pipeline.comms.mqtt.MqttSink.stats` (None: no sink)."""
-    webhook: dict | None = None
+    webhook: dict[str, Any] | None = None
     """The webhook sink's final :meth:`emim_stream.pipeline.comms.webhook.WebhookSink.stats` (None: no sink)."""
-    snapshots: dict | None = None
+    snapshots: dict[str, int] | None = None
     """Event snapshots ``encoded`` and ``dropped`` (None: no snapshot encoder)."""
 
 
@@ -195,7 +196,9 @@ def _report(reason: str, loop: InferenceLoop, cameras: CameraSupervisor, outputs
 
 def _publisher(cfg: PipelineConfig) -> Publisher:
     p = cfg.publish
-    curve = CurveServer(p.curve_secret_key_file, p.curve_clients_dir) if p.curve_secret_key_file else None
+    curve = None
+    if p.curve_secret_key_file and p.curve_clients_dir:  # set together (PublishConfig)
+        curve = CurveServer(p.curve_secret_key_file, p.curve_clients_dir)
     return Publisher(
         p.endpoint,
         p.send_hwm,

@@ -23,6 +23,8 @@ WARMUP_TIMEOUT_S = 1800
 """Upper bound for the background build plus the swap (about 3 minutes on 2 idle cores; far more on a busy box)."""
 AOTI_LABELS = 5
 """Labels from the compiled engine to collect after the swap."""
+SLOW_TIMEOUT_S = 1200
+"""Per-test timeout of the slow set (pyproject's ``timeout`` bounds the others); the build's tests add its bound."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,20 @@ def _run_until_swapped(root: Path) -> WarmupRun:
         proc.stop()
     found = re.search(r"building it in a background process \(pid (\d+)\)", output)
     return WarmupRun(cache, config, labels, output, code, int(found.group(1)) if found else None)
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow set (``make test`` runs ``-m "not slow"``): tests marked ``slow``, every end-to-end test
+    (tests/integration/, each starts real pipeline processes) and every test that needs the session's
+    AOTInductor build; slow tests get :data:`SLOW_TIMEOUT_S` unless they set their own ``timeout``."""
+    integration = Path(__file__).parent / "integration"
+    for item in items:
+        builds = "aoti_warmup" in getattr(item, "fixturenames", ())
+        if builds or item.path.is_relative_to(integration):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slow") and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S + (WARMUP_TIMEOUT_S if builds else 0)))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -46,6 +46,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / "tools" / "wheels"
 MEASURE = ROOT / "tools" / "gpu_measure.py"
+NAMESPACE = ROOT / ".namespace"
+"""Links that make the checkout importable as ``emim_stream.*`` without installing it (pyproject's package-dir)."""
 PEAK_TFLOPS = 790.0
 """H200 dense bf16 matrix throughput: the FLOP floor of the engine table is MACs x 2 / this."""
 OFFLINE_BOX_HAS = {
@@ -286,17 +288,6 @@ def fetch_wheels(wheels: Path, python_version: str = "3.12") -> int:
     return rc
 
 
-def link_namespace(site: Path) -> None:
-    """Make this checkout importable as ``emim_stream.*`` from ``site`` without installing it (no build step).
-
-    The namespace folder holds one link per mapped top-level folder, as pyproject's ``package-dir`` maps them.
-    """
-    namespace = site / "emim_stream"
-    namespace.mkdir(parents=True, exist_ok=True)
-    for folder in ("engines", "pipeline", "calibration", "cli"):
-        (namespace / folder).symlink_to(ROOT / folder, target_is_directory=True)
-
-
 class Check:
     """One gpu-check run: steps, their results and the report files."""
 
@@ -305,8 +296,8 @@ class Check:
         self.start = time.monotonic()
         self.tmp = Path(tempfile.mkdtemp(prefix="gpu-check-"))
         self.site = self.tmp / "site"
-        link_namespace(self.site)
-        self.env = {**os.environ, **plan.env, "PYTHONPATH": os.pathsep.join([str(self.site), str(ROOT)])}
+        path = os.pathsep.join([str(self.site), str(NAMESPACE), str(ROOT)])
+        self.env = {**os.environ, **plan.env, "PYTHONPATH": path}
         self.env["XDG_CACHE_HOME"] = str(self.tmp / "cache")  # a fresh plan cache: aoti builds are measured
         self.steps: list[Step] = []
         self.versions: dict[str, Any] = {}

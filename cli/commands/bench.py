@@ -105,6 +105,7 @@ def main(args: argparse.Namespace) -> int:
         if r.unavailable:
             print(f"{r.backend:<13} {r.precision:<9} {r.device:<7} unavailable: {r.unavailable}")
             continue
+        assert base is not None  # r itself is available
         ratio = base.clip_ms_p50 / r.clip_ms_p50
         print(
             f"{r.backend:<13} {r.precision:<9} {r.device:<7} {r.clip_ms_p50:>11.1f} {r.clip_ms_p90:>11.1f} "

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 from emim_stream.cli.commands.common import add_config_argument, add_overrides_argument, config_path
+
+if TYPE_CHECKING:
+    from emim_stream.pipeline.measure.capacity import CapacityStep
 
 HELP = "run the pipeline at 1, 2, ... cameras; report the largest count sustained without drops or latency drift"
 
@@ -50,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     header = ("cameras", "labels/s", "served", "p50 mid", "p50 last", "drift", "p99")
     print("{:>7} {:>9} {:>7} {:>8} {:>9} {:>6} {:>8}  verdict".format(*header))
 
-    def show(s) -> None:
+    def show(s: CapacityStep) -> None:
         verdict = "sustained" if s.sustained else "NOT sustained"
         print(
             f"{s.cameras:>7} {s.windows_per_s:>9.1f} {s.served:>7.1%} {s.p50_middle_ms:>8.1f} {s.p50_last_ms:>9.1f} "

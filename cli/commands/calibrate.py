@@ -1,19 +1,12 @@
 """``emim-stream calibrate``: INT8/FP8 post-training quantisation from calibration clips, with an accuracy gate.
 
-Writes into ``--out DIR``::
+The workflow and what it writes are :mod:`emim_stream.calibration.workflow`'s. Exit status: 0 deployable, 1
+calibrated but below the gate, others as any command's errors.
 
-    clips/                              calibration + held-out clips (shards, manifest.json)
-    model.qdq.onnx                      the Q/DQ graph: engine.onnx with engine.precision int8/fp8
-    model.qdq.onnx.calibration.json     the record build-engine checks (weights hash, ONNX hash, verdict)
-    calibration.json                    the same record
-    report.json                         the accuracy report
-
-Exit status: 0 deployable, 1 calibrated but below the gate, others as any command's errors.
-
-The command composes the packages: it opens the source with :func:`emim_stream.pipeline.capture.sources.open_source`,
-prepares every frame as the camera process does (:class:`emim_stream.pipeline.capture.preprocess.Preprocessor`) and
-hands
-the frames to :func:`emim_stream.calibration.clips.collect_from_frames`, which never imports ``pipeline``.
+This module composes the packages: :func:`collect_from_source` opens the source with
+:func:`emim_stream.pipeline.capture.sources.open_source`, prepares every frame as the camera process does
+(:class:`emim_stream.pipeline.capture.preprocess.Preprocessor`) and hands the frames to
+:func:`emim_stream.calibration.clips.collect_from_frames`, which never imports ``pipeline``.
 """
 
 from __future__ import annotations
@@ -41,9 +34,6 @@ HELP = (
     "quantise a model to INT8/FP8 with ModelOpt on calibration clips and gate it on agreement "
     "with the float model (exit 1 when below the gate)"
 )
-
-ONNX_NAME = "model.qdq.onnx"
-_PARITY_CLIPS = 2  # clips for the per-pair Q/DQ check (one ONNX Runtime run with every pair exposed)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,19 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="data sets: visiting order and clip starts")
     add_overrides_argument(parser, "engine.checkpoint=my.pt")
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    from emim_stream.calibration.errors import CalibrationError
-
-    if args.clips_from is None and (args.clips is None or args.clips < 1):
-        raise CalibrationError("--clips N (>= 1) is needed to collect clips (or reuse a folder with --clips-from)")
-    if args.held_out < 1:
-        raise CalibrationError(f"--held-out must be >= 1: the gate is measured on held-out clips, got {args.held_out}")
-    if args.batch < 1:
-        raise CalibrationError(f"--batch must be >= 1, got {args.batch}")
-    if not args.gate >= 0:
-        raise CalibrationError(f"--gate is a top-1 agreement in 0..1, got {args.gate}")
 
 
 def collect_from_source(
@@ -158,123 +135,30 @@ def _prepared_frames(src: FrameSource, pre: Preprocessor, source: str) -> Iterat
 
 
 def main(args: argparse.Namespace) -> int:
-    import json
+    import functools
     from pathlib import Path
 
-    import onnxruntime
-    import torch
-
-    from emim_stream.calibration.clips import Split, collect_from_dataset, load_clips
-    from emim_stream.calibration.errors import CalibrationError
-    from emim_stream.calibration.quantize import (
-        DEFAULT_KEEP,
-        export_qdq_onnx,
-        import_modelopt,
-        modelopt_version,
-        qdq_parity,
-        quantize_model,
-    )
-    from emim_stream.calibration.report import build_report, infer_logits, onnxruntime_logits, write_sidecar
-    from emim_stream.engines.backends.model_source import load_source
+    from emim_stream.calibration.quantize import DEFAULT_KEEP
+    from emim_stream.calibration.workflow import CalibrationJob, calibrate
     from emim_stream.pipeline.config import load_config
 
-    _check_args(args)
     cfg = load_config(args.config, args.overrides)
-    import_modelopt()  # before spending minutes on clips
-    if cfg.engine.threads:
-        torch.set_num_threads(cfg.engine.threads)
-    model = load_source(cfg.engine)
-    clip = model.clip
-    out = Path(args.out)
     camera = cfg.cameras[0]
-    print(
-        f"model    {model.model_name} ({model.weights}, sha256 {model.weights_sha256[:12]}), "
-        f"clip 3x{clip.frames}x{clip.height}x{clip.width}, {args.precision}"
-    )
-
-    if args.clips_from:
-        clips = load_clips(args.clips_from, model)
-    else:
-        wanted = dict(calibration=args.clips, held_out=args.held_out, resize=camera.resize, progress=Progress("clips"))
-        if args.data:
-            collect_from_dataset(args.data, model, out / "clips", seed=args.seed, **wanted)
-        else:
-            collect_from_source(
-                args.source or camera.source,
-                model,
-                out / "clips",
-                stride=args.stride,
-                read_timeout_s=camera.read_timeout_s,
-                **wanted,
-            )
-        clips = load_clips(out / "clips", model)
-    manifest = clips.manifest
-    n_cal, n_held = clips.count(Split.CALIBRATION), clips.count(Split.HELD_OUT)
-    if n_held == 0:
-        raise CalibrationError(f"'{clips.root}' holds no held-out clip: the gate needs some (--held-out)")
-    print(f"clips    {n_cal} calibration + {n_held} held out from {manifest.source} ({clips.root})")
-
-    keep = tuple(args.keep) if args.keep else DEFAULT_KEEP
-    quant = quantize_model(
-        model.model,
-        clips.batches(Split.CALIBRATION, args.batch),
-        args.precision,
-        keep,
-        total=n_cal,
-        progress=Progress("calibrating"),
-    )
-    print(
-        f"quantise {len(quant.quantized)} conv/linear layers {args.precision}, {len(quant.kept)} kept in "
-        f"high precision ({', '.join(keep)}), {quant.seconds:.1f} s on {quant.clips} clips"
-    )
-
-    onnx_path = out / ONNX_NAME
-    export = export_qdq_onnx(quant, (clip.frames, clip.height, clip.width), onnx_path)
-    print(
-        f"export   {onnx_path}: {2 * len(quant.quantized)} Q/DQ pairs, opset {export.opset}, "
-        f"op audit passed ({export.seconds:.1f} s)"
-    )
-
-    reference = infer_logits(model.model, clips.batches(Split.HELD_OUT, args.batch))
-    fakequant = infer_logits(quant.model, clips.batches(Split.HELD_OUT, args.batch))
-    threads = cfg.engine.threads
-    ort_logits, ort_error = onnxruntime_logits(onnx_path, clips.batches(Split.HELD_OUT, args.batch), threads)
-    parity = None
-    if ort_error is None:
-        parity = qdq_parity(onnx_path, quant.model, next(clips.batches(Split.HELD_OUT, _PARITY_CLIPS)), threads)
-    facts = {
-        "clips": {"calibration": n_cal, "held_out": n_held, "source": manifest.source, "folder": str(clips.root)},
-        "input": [3, clip.frames, clip.height, clip.width],
-        "quantized_layers": len(quant.quantized),
-        "kept_high_precision": list(quant.kept),
-        "keep_patterns": list(keep),
-        "calibration_seconds": round(quant.seconds, 3),
-        "collection_seconds": manifest.seconds,
-        "export_seconds": round(export.seconds, 3),
-        "versions": {
-            "torch": torch.__version__,
-            "modelopt": modelopt_version(),
-            "onnxruntime": onnxruntime.__version__,
-        },
-    }
-    report = build_report(
-        model.model_name,
-        model.weights_sha256,
-        args.precision,
-        reference,
-        fakequant,
-        model.labels,
-        onnxruntime=ort_logits,
-        onnxruntime_error=ort_error,
-        qdq_parity=parity,
+    job = CalibrationJob(
+        out=Path(args.out),
+        precision=args.precision,
+        clips=args.clips,
+        held_out=args.held_out,
         gate=args.gate,
-        details=facts,
+        batch=args.batch,
+        keep=tuple(args.keep) if args.keep else DEFAULT_KEEP,
+        seed=args.seed,
+        resize=camera.resize,
+        clips_from=args.clips_from,
+        data=args.data,
     )
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    record = write_sidecar(onnx_path, report, extra={"input": facts["input"], "clips": facts["clips"]})
-    (out / "calibration.json").write_text(json.dumps(record, indent=2))
-    print(report.summary())
-    print(f"wrote    {out}/: {ONNX_NAME}, {ONNX_NAME}.calibration.json, calibration.json, report.json")
-    if report.deployable:
-        print(f"deploy   engine.onnx: {onnx_path}  engine.precision: {args.precision}  (then emim-stream build-engine)")
+    from_source = functools.partial(
+        collect_from_source, args.source or camera.source, stride=args.stride, read_timeout_s=camera.read_timeout_s
+    )
+    report = calibrate(job, cfg.engine, from_source, progress=Progress, say=print)
     return 0 if report.deployable else 1

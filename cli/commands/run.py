@@ -10,8 +10,12 @@ import threading
 import time
 from collections import Counter
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 from emim_stream.cli.commands.common import add_config_argument, add_overrides_argument, config_path
+
+if TYPE_CHECKING:
+    from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage
 
 HELP = (
     "run the pipeline on a config: cameras -> VMP -> EMIM engine -> ZeroMQ labels "
@@ -43,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _format_label(msg, scored: bool) -> str:
+def _format_label(msg: LabelMessage, scored: bool) -> str:
     """One label line; ``scored``: the camera's source knows the truth (adds ``ok`` / ``WRONG (true: x)`` / ``-``)."""
     best, *rest = msg.topk
     others = " ".join(f"{label} {score:.2f}" for label, score in rest)
@@ -63,7 +67,7 @@ class Accuracy:
         self.right: Counter[str] = Counter()
         self.scored: Counter[str] = Counter()
 
-    def add(self, msg) -> None:
+    def add(self, msg: LabelMessage) -> None:
         if msg.truth is not None:
             self.scored[msg.camera_id] += 1
             self.right[msg.camera_id] += msg.topk[0][0] == msg.truth
@@ -77,7 +81,7 @@ class Accuracy:
         return f", top-1 vs truth {100 * right / n:.1f}% ({right}/{n} windows)"
 
 
-def _format_event(msg) -> str:
+def _format_event(msg: EventMessage) -> str:
     """One line per event message: ``start``, ``update`` or ``end`` (with its reason), and the event's short id."""
     start = time.strftime("%H:%M:%S", time.localtime(msg.start_wall_ns // 10**9))
     ms = msg.start_wall_ns // 10**6 % 1000
@@ -109,12 +113,12 @@ def main(args: argparse.Namespace) -> int:
 
     accuracy = Accuracy()
 
-    def on_label(msg) -> None:
+    def on_label(msg: LabelMessage) -> None:
         accuracy.add(msg)
         if show:
             print(_format_label(msg, msg.camera_id in accuracy.scored), flush=True)
 
-    def on_event(msg) -> None:
+    def on_event(msg: EventMessage) -> None:
         if not args.quiet:
             print(_format_event(msg), flush=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import signal
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from emim_stream.cli.commands.common import Progress
 from emim_stream.engines.errors import ConfigError
+from emim_stream.engines.training.config import TrainConfig
 from emim_stream.engines.transforms import RESIZE_METHODS
 
 HELP = "train or fine-tune a model on synthetic clips, a class-per-folder video set or a list file"
@@ -34,37 +36,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=None, help="clip length T (default: the model's)")
     parser.add_argument("--size", type=int, default=None,
                         help="square input size, a multiple of 32 (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
-    parser.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of the cosine decay")
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length in epochs")
-    parser.add_argument("--vmp", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="default %(default)s")
+    parser.add_argument(
+        "--lr", type=float, default=TrainConfig.lr, help="peak learning rate (AdamW), default %(default)s"
+    )
+    parser.add_argument(
+        "--min-lr", type=float, default=TrainConfig.min_lr,
+        help="learning rate at the end of the cosine decay, default %(default)s",
+    )
+    parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="default %(default)s")
+    parser.add_argument(
+        "--warmup-epochs", type=float, default=TrainConfig.warmup_epochs,
+        help="linear warm-up length in epochs, default %(default)s",
+    )
+    parser.add_argument("--vmp", action=argparse.BooleanOptionalAction, default=TrainConfig.vmp,
                         help="train a VMP layer in front of the backbone (default: on)")
-    parser.add_argument("--vmp-lambda", type=float, default=0.1, help="weight of the VMP regulariser")
+    parser.add_argument(
+        "--vmp-lambda", type=float, default=TrainConfig.vmp_lambda,
+        help="weight of the VMP regulariser, default %(default)s",
+    )
     parser.add_argument("--vmp-init", default=None, metavar="M,N",
                         help="initial VMP m,n, also over --init's (default: N(1e-5, 1) draws, or --init's); "
                         "0,0.168 = slope 50, shift 0.1 (motion-only); 0,0 = slope 50, shift 0 (signed)")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
+    parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
                         help="share of each class held out for validation (video data without --val-data)")
-    parser.add_argument("--val-n", type=int, default=180, help="synthetic validation clips (default 180)")
-    parser.add_argument("--resize", default="area", choices=RESIZE_METHODS,
-                        help="frame resize method; use the camera's (default: area)")
+    parser.add_argument(
+        "--val-n", type=int, default=TrainConfig.val_n, help="synthetic validation clips (default %(default)s)"
+    )
+    parser.add_argument("--resize", default=TrainConfig.method, choices=RESIZE_METHODS,
+                        help="frame resize method; use the camera's (default: %(default)s)")
     parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="architecture argument, e.g. emim=false or temporal_stride=2 (repeatable)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="default %(default)s")
     parser.add_argument("--augment", action="store_true",
                         help="show each training clip mirrored, transposed and/or reversed at random, with the label "
                         "of the motion it then shows (the nine synthetic motions only)")
     parser.add_argument("--cache-clips", nargs="?", const="", default=None, metavar="DIR",
                         help="render the training clips once (with --workers processes) into DIR "
                         "(default: the user cache's clips/) and read them from there every epoch; not with fresh=1")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    parser.add_argument(
+        "--workers", type=int, default=TrainConfig.workers, help="data-loading worker processes (default %(default)s)"
+    )
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is faster on a CPU shared with other jobs)")
     parser.add_argument("--resume", action="store_true", help="continue the run from <out>.resume")
-    parser.add_argument("--log-every", type=int, default=20, help="progress line every N steps")
-    parser.add_argument("--save-every", type=int, default=50, help="write the resume file every N steps")
+    parser.add_argument(
+        "--log-every", type=int, default=TrainConfig.log_every, help="progress line every N steps (default %(default)s)"
+    )
+    parser.add_argument(
+        "--save-every", type=int, default=TrainConfig.save_every,
+        help="write the resume file every N steps (default %(default)s)",
+    )
 
 
 def parse_model_args(items: list[str]) -> dict[str, object]:
@@ -119,41 +141,20 @@ def _value(text: str) -> object:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from emim_stream.engines.training.train import TrainConfig, TrainInterrupted, train
+    from emim_stream.engines.training.train import TrainInterrupted, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = TrainConfig(
-        model=args.model,
-        data=args.data,
-        out=args.out,
-        epochs=args.epochs,
-        val_data=args.val_data,
-        init=args.init,
-        frames=args.frames,
-        size=args.size,
-        overrides=parse_model_args(args.model_arg),
-        batch_size=args.batch_size,
-        lr=args.lr,
-        min_lr=args.min_lr,
-        weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs,
-        vmp=args.vmp,
-        vmp_lambda=args.vmp_lambda,
-        vmp_init=_pair(args.vmp_init, "--vmp-init"),
-        val_fraction=args.val_fraction,
-        val_n=args.val_n,
-        method=args.resize,
-        seed=args.seed,
-        augment=args.augment,
-        cache_clips=_cache_folder(args.cache_clips),
-        workers=args.workers,
-        resume=args.resume,
-        log_every=args.log_every,
-        save_every=args.save_every,
-        command=shlex.join(["emim-stream", *sys.argv[1:]]),
-    )
+    as_given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    cfg = TrainConfig(**{
+        **as_given,  # the options named as TrainConfig's fields
+        "overrides": parse_model_args(args.model_arg),
+        "vmp_init": _pair(args.vmp_init, "--vmp-init"),
+        "method": args.resize,
+        "cache_clips": _cache_folder(args.cache_clips),
+        "command": shlex.join(["emim-stream", *sys.argv[1:]]),
+    })  # fmt: skip
     progress = Progress("training steps")
     stop = threading.Event()
 

@@ -384,8 +384,11 @@ class BackgroundBuild:
         self._load_error = ""
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid
+    def pid(self) -> int:
+        """The build process (the leader of its process group)."""
+        pid = self._proc.pid
+        assert pid is not None  # started in __init__
+        return pid
 
     def done(self) -> bool:
         """Whether the build has finished and its package is loaded, or it failed; never blocks."""
@@ -429,12 +432,12 @@ class BackgroundBuild:
         """End the build if it still runs (its whole process group), and reap it; drop an engine not taken."""
         if self._proc.is_alive():
             try:
-                os.killpg(self._proc.pid, signal.SIGTERM)
+                os.killpg(self.pid, signal.SIGTERM)
             except ProcessLookupError:  # not yet its own group
                 self._proc.terminate()
             self._proc.join(5.0)
             if self._proc.is_alive():
-                os.killpg(self._proc.pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
                 self._proc.join()
         self._conn.close()
         if self._loader is not None:

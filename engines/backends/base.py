@@ -270,7 +270,7 @@ class EngineBase:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return self._source.labels
+        return tuple(self._source.labels)
 
     def close(self) -> None:
         raise NotImplementedError

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import platformdirs
 
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 PLAN_FORMAT = "emim-stream.plan/1"
 T = TypeVar("T")
+K = TypeVar("K", bound="CacheKey")
 
 
 class CacheStatus(str, Enum):
@@ -87,7 +88,7 @@ class CacheKey:
     """``major.minor``, e.g. '9.0' for an H100 ('' on the CPU)."""
 
     @classmethod
-    def for_input(cls, spec: InputSpec, precision: str, device: torch.device, **fields: Any) -> Self:
+    def for_input(cls: type[K], spec: InputSpec, precision: str, device: torch.device, **fields: Any) -> K:
         """The key of an artefact taking ``spec`` at ``precision`` on ``device``; ``fields``: the toolkit's own."""
         gpu_name = capability = ""
         if device.type == "cuda":

@@ -11,7 +11,9 @@ import logging
 import os
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import numpy as np
 import torch
 
 from emim_stream.engines.backends.base import EngineBase, EngineInfo, Precision, check_clips
@@ -40,7 +42,7 @@ def import_onnxruntime() -> ModuleType:
     return onnxruntime
 
 
-def providers_for(device: torch.device) -> list:
+def providers_for(device: torch.device) -> list[str | tuple[str, dict[str, int]]]:
     """ONNX Runtime's execution providers for ``device`` (a CUDA device: CUDA first, then the CPU).
 
     Raises:
@@ -160,7 +162,5 @@ class OrtEngine(EngineBase):
         self._session = None
 
 
-def _np(dtype: torch.dtype):
-    import numpy as np
-
+def _np(dtype: torch.dtype) -> type[np.floating[Any]]:
     return np.float16 if dtype == torch.float16 else np.float32

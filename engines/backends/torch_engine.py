@@ -9,6 +9,7 @@ a capture that fails is logged and the engine keeps running eagerly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -57,7 +58,7 @@ class _GraphRunner:
     Each graph keeps its own private memory pool: batch sizes may be replayed in any order.
     """
 
-    def __init__(self, fn, spec: InputSpec, device: torch.device) -> None:
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], spec: InputSpec, device: torch.device) -> None:
         self.fn, self.spec, self.device = fn, spec, device
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 

@@ -93,7 +93,7 @@ def build_plan(
     trt: Any,
     onnx_path: Path,
     spec: InputSpec,
-    workspace_gib: float = 4.0,
+    workspace_gib: float,
     timing_cache: Path | None = None,
     progress: bool = True,
 ) -> tuple[bytes, dict[str, Any]]:
@@ -189,8 +189,8 @@ class TrtEngine(EngineBase):
         precision: str,
         max_batch: int,
         cache: EngineCache,
-        cuda_graphs: bool = False,
-        workspace_gib: float = 4.0,
+        cuda_graphs: bool,
+        workspace_gib: float,
     ) -> None:
         from emim_stream.engines.backends.onnx_input import onnx_input_spec
         from emim_stream.engines.export.onnx import file_sha256

@@ -31,7 +31,7 @@ from torch import nn
 from emim_stream.engines.errors import CheckpointError, ConfigError
 from emim_stream.engines.files import atomic_write
 from emim_stream.engines.layers.vmp import VmpLayer
-from emim_stream.engines.models import build_model, get_model_cfg, list_models
+from emim_stream.engines.models import RegisteredModel, build_model, get_model_cfg, list_models
 
 FORMAT = "emim-stream.checkpoint/1"
 _WRAPPERS = ("model", "model_state", "state_dict")
@@ -94,7 +94,7 @@ class Checkpoint:
     """A loaded project checkpoint: the model (eval mode), its VMP layer and metadata."""
 
     path: Path
-    model: nn.Module
+    model: RegisteredModel
     vmp: VmpLayer | None
     labels: tuple[str, ...]
     clip: ClipSpec
@@ -238,7 +238,7 @@ def _vmp_record(vmp: VmpLayer | None) -> dict[str, Any] | None:
 
 def save_checkpoint(
     path: str | os.PathLike[str],
-    model: nn.Module,
+    model: RegisteredModel,
     labels: tuple[str, ...] | list[str],
     clip: ClipSpec,
     vmp: VmpLayer | None = None,

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from emim_stream.engines.data.synthetic import (
     CLASSES,
     REFERENCE_FPS,
+    SEGMENT_S,
     STYLES,
     SyntheticScene,
     clip_seed,
@@ -65,7 +66,6 @@ VIDEO_SUFFIXES: frozenset[str] = frozenset(
 )
 _SYNTHETIC_PARAMETERS = ("split", "n", "start", "size", "method", "window", "fresh", "style")
 _SYNTHETIC_STYLES = (*STYLES, "mix")
-_SCENE_SEGMENT_S = 4.0  # SyntheticScene's default segment length (the live source's default)
 _WINDOW_TAG = 0x5EC1A5  # seeds the start frame of ``window=any`` clips
 _CAMERA_TAG = 0x5EC1CA  # seeds a photo clip's frame rate and compression
 _PHOTO_FPS = (15.0, 20.0, 24.0, 25.0, 30.0)
@@ -81,7 +81,7 @@ class DatasetError(EmimError):
 # Data sets
 
 
-class ClipDataset(Dataset):
+class ClipDataset(Dataset[tuple[torch.Tensor, int]]):
     """Base of the clip data sets: ``labels``, ``frames`` (T+1), ``height``, ``width``, ``targets``.
 
     ``set_epoch(epoch)`` lets a data set vary with the epoch (synthetic ``fresh=1``; random clip
@@ -102,6 +102,9 @@ class ClipDataset(Dataset):
     def fixed_items(self) -> bool:
         """Whether item ``i`` is the same in every epoch (so it can be rendered once and cached)."""
         return True
+
+    def __len__(self) -> int:
+        raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -170,7 +173,7 @@ class SyntheticClips(ClipDataset):
         self.source_size, self.method, self.window, self.fresh = tuple(source_size), method, window, fresh
         self.labels = CLASSES
         self.epoch = 0
-        segment_frames = round(_SCENE_SEGMENT_S * (REFERENCE_FPS if style == "classic" else min(_PHOTO_FPS)))
+        segment_frames = round(SEGMENT_S * (REFERENCE_FPS if style == "classic" else min(_PHOTO_FPS)))
         if window == "any" and frames > segment_frames:
             raise ConfigError(f"window=any needs clips of at most {segment_frames} frames, got {frames}")
 
@@ -204,7 +207,7 @@ class SyntheticClips(ClipDataset):
         if self.window == "first":
             raw = render_clip(label, seed, self.frames, src_h, src_w, style=style, fps=fps)
         else:
-            scene = SyntheticScene(seed, src_h, src_w, fps=fps, label=label, segment_s=_SCENE_SEGMENT_S, style=style)
+            scene = SyntheticScene(seed, src_h, src_w, fps=fps, label=label, segment_s=SEGMENT_S, style=style)
             first = int(np.random.default_rng([_WINDOW_TAG, seed]).integers(scene.segment_frames - self.frames + 1))
             raw = np.stack([scene.frame(first + k) for k in range(self.frames)])
         if crf is not None:

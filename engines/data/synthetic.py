@@ -52,6 +52,7 @@ __all__ = [
     "CLASSES",
     "PHOTO_DIR",
     "REFERENCE_FPS",
+    "SEGMENT_S",
     "SPLITS",
     "STYLES",
     "SyntheticScene",
@@ -65,6 +66,8 @@ __all__ = [
 CLASSES = SYNTHETIC_CLASSES
 REFERENCE_FPS = 30.0
 """Frame rate at which the motion constants below are defined (and at which clips are rendered)."""
+SEGMENT_S = 4.0
+"""Default length of a scene segment in seconds (one class per segment): the live source's and the data sets'."""
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 """Data-set split -> block of clip seeds; blocks are disjoint (see :func:`clip_seed`)."""
 STYLES: tuple[str, ...] = ("classic", "photo")
@@ -210,7 +213,7 @@ def h264_roundtrip(frames: np.ndarray, fps: float, crf: int) -> np.ndarray:
             reason = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
             raise EmimError(f"ffmpeg could not encode an H.264 clip: {reason[0]}")
         capture = cv2.VideoCapture(str(path))
-        decoded = []
+        decoded: list[np.ndarray] = []
         while len(decoded) < count:
             ok, bgr = capture.read()
             if not ok:
@@ -251,7 +254,7 @@ class SyntheticScene:
         width: int,
         fps: float = REFERENCE_FPS,
         label: int | str | Sequence[int | str] | None = None,
-        segment_s: float = 4.0,
+        segment_s: float = SEGMENT_S,
         style: str = "classic",
     ) -> None:
         _check_seed(seed)
@@ -564,12 +567,24 @@ def _photo_crop(rng: np.random.Generator, pictures: tuple[np.ndarray, ...], heig
     return np.clip(image, 0.0, 255.0).astype(np.uint8)
 
 
+def _read_picture(path: Path) -> np.ndarray:
+    """A picture's BGR pixels.
+
+    Raises:
+        ConfigError: the file cannot be read as an image.
+    """
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ConfigError(f"synthetic style 'photo' cannot read the picture '{path}'")
+    return bgr
+
+
 @functools.cache
 def _pictures(pool: str) -> tuple[np.ndarray, ...]:
     """The RGB pictures of :data:`PHOTO_DIR` / ``pool`` (read once per process)."""
     folder = PHOTO_DIR / pool
     paths = sorted(folder.glob("*.jpg"))
-    pictures = tuple(cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths)
+    pictures = tuple(cv2.cvtColor(_read_picture(p), cv2.COLOR_BGR2RGB) for p in paths)
     if not pictures:
         raise ConfigError(f"synthetic style 'photo' needs the pictures in '{folder}', which has none")
     return pictures

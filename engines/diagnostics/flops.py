@@ -12,6 +12,7 @@ Norms, softmax and activations are not counted.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ def count_cost(model: nn.Module, clip_shape: tuple[int, int, int, int]) -> Model
     """Count parameters and MACs of ``model`` on one clip (batch 1, eval mode, no grad)."""
     window_macs = 0
 
-    def add_window(module: nn.Module, args: tuple, _out: torch.Tensor) -> None:
+    def add_window(module: nn.Module, args: tuple[Any, ...], _out: torch.Tensor) -> None:
         nonlocal window_macs
         x, (T, H, W) = args
         window_macs += 2 * WINDOW * WINDOW * x.shape[-1] * (T - 1) * H * W * x.shape[0]
@@ -61,4 +62,4 @@ def count_cost(model: nn.Module, clip_shape: tuple[int, int, int, int]) -> Model
             hook.remove()
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
-    return ModelCost(params, counter.get_total_flops() // 2 + window_macs, window_macs, tuple(clip_shape))
+    return ModelCost(params, counter.get_total_flops() // 2 + window_macs, window_macs, (*clip_shape,))

@@ -102,7 +102,7 @@ def read_sidecar(onnx_path: str | os.PathLike[str]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
+        record: dict[str, Any] = json.loads(path.read_text())
         if record.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"format is not {SIDECAR_FORMAT!r}")
         return record

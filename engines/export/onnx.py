@@ -151,12 +151,12 @@ def export_onnx(
         ConfigError: an unknown exporter, a batch < 1, or an opset the exporter cannot write.
         ExportError: the exporter failed, or the graph fails the op audit.
     """
-    exporter = Exporter(exporter) if exporter in {e.value for e in Exporter} else None
-    if exporter is None:
+    if exporter not in {e.value for e in Exporter}:
         raise ConfigError(f"exporter must be one of {[e.value for e in Exporter]}")
     if batch is not None and batch < 1:
         raise ConfigError(f"export batch must be >= 1 or dynamic, got {batch}")
-    if exporter == Exporter.DYNAMO and opset < 18:
+    kind = Exporter(exporter)
+    if kind is Exporter.DYNAMO and opset < 18:
         raise ConfigError(f"the dynamo exporter writes opset >= 18, got {opset}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +169,7 @@ def export_onnx(
         with atomic_write(path) as tmp:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer warnings about Python ints in shapes (T, H, W are static)
-                if exporter == Exporter.LEGACY:
+                if kind is Exporter.LEGACY:
                     torch.onnx.export(
                         net,
                         (example,),
@@ -201,12 +201,12 @@ def export_onnx(
     except ExportError:
         raise
     except Exception as err:  # exporters raise many types; the message names the cause
-        raise ExportError(f"ONNX export ({exporter.value}) failed: {type(err).__name__}: {err}") from err
+        raise ExportError(f"ONNX export ({kind.value}) failed: {type(err).__name__}: {err}") from err
     seconds = time.perf_counter() - start
-    log.info("exported %s (%s, opset %d) in %.1f s", path, exporter.value, opset, seconds)
+    log.info("exported %s (%s, opset %d) in %.1f s", path, kind.value, opset, seconds)
     return ExportReport(
         path=path,
-        exporter=exporter.value,
+        exporter=kind.value,
         opset=report.opset,
         batch=batch,
         dtype="float16" if half else "float32",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -86,7 +87,7 @@ class AuditReport:
         return f"ops ({sum(n for _, n in self.ops)} nodes): {counts}\n{verdict}"
 
 
-def _nodes(graph: onnx.GraphProto):
+def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """Every node of ``graph`` and of the subgraphs in its attributes (If / Loop / Scan bodies)."""
     for node in graph.node:
         yield node

@@ -176,10 +176,11 @@ class EmimAttention(nn.Module):
         Called again by the model after its generic Linear init so these win.
         """
         nn.init.trunc_normal_(self.rpb, std=0.02)
-        nn.init.xavier_uniform_(self.motion_conv[0].weight)
-        nn.init.zeros_(self.motion_conv[0].bias)
-        nn.init.zeros_(self.motion_conv[2].weight)
-        nn.init.zeros_(self.motion_conv[2].bias)
+        expand, project = (m for m in self.motion_conv if isinstance(m, nn.Linear))
+        nn.init.xavier_uniform_(expand.weight)
+        nn.init.zeros_(expand.bias)
+        nn.init.zeros_(project.weight)
+        nn.init.zeros_(project.bias)
 
     def forward(self, x: torch.Tensor, size: Size3d) -> torch.Tensor:
         """``x``: tokens ``[B, T*H*W, C]`` ordered (t, h, w); ``size`` = (T, H, W)."""

@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 
-def pair_frames(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def pair_frames(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EMIM's frame pairing for the T-1 distinct output slots.
 
     Slot t < T-1 uses query frame t with key/value frame t+1. (Slot T-1 repeats slot T-2, which
@@ -63,7 +63,7 @@ def pair_frames(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torc
     return q[:, :, :-1], k[:, :, 1:], v[:, :, 1:]
 
 
-KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, ...]]
+KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 
 # Kernel name -> implementation; ``triton`` is added at the end of this module when Triton is installed.
 KERNELS: dict[str, KernelFn] = {"reference": reference_kernel}

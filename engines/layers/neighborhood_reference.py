@@ -34,9 +34,12 @@ def reference_kernel(
     attn = torch.stack(logits, dim=-1) + rpb.reshape(1, -1, 1, 1, 1, WINDOW * WINDOW).to(q.dtype)
     softmax_dtype = torch.promote_types(attn.dtype, torch.float32)  # fp16/bf16 logits: softmax in fp32
     weights = torch.softmax(attn.to(softmax_dtype), dim=-1).to(v.dtype)
-    context = None
-    for p in range(WINDOW * WINDOW):
+
+    def term(p: int) -> torch.Tensor:
         dy, dx = divmod(p, WINDOW)
-        term = weights[..., p : p + 1] * v_pad[:, :, :, dy : dy + H, dx : dx + W, :]
-        context = term if context is None else context + term
+        return weights[..., p : p + 1] * v_pad[:, :, :, dy : dy + H, dx : dx + W, :]
+
+    context = term(0)
+    for p in range(1, WINDOW * WINDOW):
+        context = context + term(p)
     return attn, context

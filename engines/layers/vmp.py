@@ -97,6 +97,8 @@ class VmpLayer(nn.Module):
         mean, std: the normalisation of the incoming frames (all channels).
     """
 
+    grey: torch.Tensor
+
     def __init__(self, grey_weights: Sequence[float] = RGB_GREY, mean: float = MEAN, std: float = STD) -> None:
         super().__init__()
         if len(grey_weights) != 3:

@@ -11,12 +11,13 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from emim_stream.engines.errors import UnknownModelError
 
-__all__ = ["ModelCfg", "build_model", "get_model_cfg", "list_models", "register_model"]
+__all__ = ["ModelCfg", "RegisteredModel", "build_model", "get_model_cfg", "list_models", "register_model"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -38,18 +39,28 @@ class ModelCfg:
     license: str = "Apache-2.0"
     paper: str = ""
     notes: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def weights_path(self) -> Path | None:
         return WEIGHTS_DIR / self.file if self.file else None
 
 
-_MODEL_FNS: dict[str, Callable[..., nn.Module]] = {}
+class RegisteredModel(nn.Module):
+    """What a variant function builds: a clip classifier (logits ``[B, num_classes]``) that
+    :func:`build_model` labels with the name and settings it was built from (checkpoints record them)."""
+
+    num_classes: int
+    model_name: str
+    model_overrides: dict[str, object]
+    default_cfg: ModelCfg
+
+
+_MODEL_FNS: dict[str, Callable[..., RegisteredModel]] = {}
 _MODEL_CFGS: dict[str, ModelCfg] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+def register_model(fn: Callable[..., RegisteredModel]) -> Callable[..., RegisteredModel]:
     """Register a variant function under its own name."""
     _MODEL_FNS[fn.__name__] = fn
     return fn
@@ -84,7 +95,7 @@ def get_model_cfg(name: str) -> ModelCfg:
     return _MODEL_CFGS[name if tag else arch]
 
 
-def build_model(name: str, num_classes: int | None = None, **overrides: object) -> nn.Module:
+def build_model(name: str, num_classes: int | None = None, **overrides: object) -> RegisteredModel:
     """Build a registered model with freshly initialised weights.
 
     Args:

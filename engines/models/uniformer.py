@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,12 +24,12 @@ from torch import nn
 from emim_stream.engines.data.classes import SYNTHETIC_CLASSES
 from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.layers.blocks import CBlock, EmimAttention, PatchEmbed3d, SABlock
-from emim_stream.engines.models._registry import ModelCfg, register_cfgs, register_model
+from emim_stream.engines.models._registry import ModelCfg, RegisteredModel, register_cfgs, register_model
 
 __all__ = ["Uniformer"]
 
 
-class Uniformer(nn.Module):
+class Uniformer(RegisteredModel):
     """UniFormer video backbone, optionally with EMIM attention.
 
     Input: clips ``[B, 3, T, H, W]`` already normalised (mean 0.45, std 0.225); H and W multiples
@@ -166,7 +167,7 @@ register_cfgs(
 )
 
 
-def _create_uniformer(**kwargs: object) -> Uniformer:
+def _create_uniformer(**kwargs: Any) -> Uniformer:
     allowed = set(inspect.signature(Uniformer).parameters)
     unknown = sorted(set(kwargs) - allowed)
     if unknown:

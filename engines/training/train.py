@@ -50,6 +50,7 @@ from emim_stream.engines.errors import CheckpointError, ConfigError
 from emim_stream.engines.files import atomic_write
 from emim_stream.engines.layers.vmp import VmpLayer, slope_shift
 from emim_stream.engines.models import build_model, get_model_cfg
+from emim_stream.engines.training.config import TrainConfig
 from emim_stream.engines.training.evaluate import EvalResult, evaluate, forward_clips
 from emim_stream.engines.uris import SYNTHETIC_SIZE, is_synthetic
 
@@ -71,82 +72,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 RESUME_FORMAT = "emim-stream.resume/1"
-# Settings a resumed run must share with the run it continues (others, e.g. workers, may change).
-_RESUME_KEYS = (
-    "model", "data", "val_data", "epochs", "frames", "size", "overrides", "batch_size", "lr", "min_lr",
-    "weight_decay", "warmup_epochs", "vmp", "vmp_lambda", "vmp_init", "val_fraction", "val_n", "method", "seed", "init",
-    "augment",
-)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. ``frames`` / ``size`` default to the model's input size (``size`` is square)."""
-
-    model: str
-    data: str
-    out: Path
-    epochs: int
-    val_data: str | None = None
-    """Validation set spec; default: the synthetic ``val`` split for synthetic data, else a held-out part."""
-    init: str | None = None
-    """Initial weights: public UniFormer / EMIM (2-D inflated or 3-D) or an emim-stream checkpoint."""
-    frames: int | None = None
-    size: int | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    """Architecture arguments for :func:`emim_stream.engines.models.build_model` (e.g. ``emim=False``)."""
-    batch_size: int = 16
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    vmp: bool = True
-    vmp_lambda: float = 0.1
-    vmp_init: tuple[float, float] | None = None
-    """Initial VMP ``(m, n)`` instead of N(1e-5, 1) draws; ``(0.0, 0.168)`` is slope 50 and shift 0.1, which
-    suppresses static pixels (prompts start motion-only: learning from scratch on the synthetic scenes
-    starts far sooner than from a random draw)."""
-    val_fraction: float = 0.1
-    """Share of each class held out for validation when ``val_data`` is not given (video data)."""
-    val_n: int = 180
-    """Synthetic validation clips when ``val_data`` is not given (synthetic data)."""
-    method: str = "area"
-    """Resize method (as the camera's ``resize`` setting)."""
-    seed: int = 0
-    augment: bool = False
-    """Show each training clip through a random motion symmetry (:mod:`emim_stream.engines.data.augment`; the nine
-    motions only)."""
-    cache_clips: Path | None = None
-    """Render the (fixed) training clips once into this folder and read them from there every epoch."""
-    workers: int = 0
-    resume: bool = False
-    log_every: int = 20
-    save_every: int = 50
-    command: str = ""
-    """The command line that started the run (recorded in the checkpoint)."""
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("epochs", self.epochs >= 1, ">= 1"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"),
-            ("min_lr", 0 <= self.min_lr <= self.lr, "in [0, lr]"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
-            ("vmp_lambda", self.vmp_lambda >= 0, ">= 0"),
-            ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)"),
-            ("val_n", self.val_n >= 0, ">= 0"),
-            ("workers", self.workers >= 0, ">= 0"),
-            ("log_every", self.log_every >= 1, ">= 1"),
-            ("save_every", self.save_every >= 1, ">= 1"),
-            ("frames", self.frames is None or self.frames >= 2, ">= 2"),
-            ("size", self.size is None or (self.size > 0 and self.size % 32 == 0), "a positive multiple of 32"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise ConfigError(f"training setting {name}={getattr(self, name)!r} must be {rule}")
-
-
 @dataclass(frozen=True, slots=True)
 class StepInfo:
     """Where training stands after an optimizer step (passed to the ``on_step`` callback)."""
@@ -260,7 +185,7 @@ class ResumeState:
     """Where a run stands: what its resume file holds besides the weights and the optimizer state."""
 
     settings: dict[str, Any]
-    """The run's :data:`_RESUME_KEYS` settings; a resumed run must have the same."""
+    """The run's :meth:`TrainConfig.resume_settings`; a resumed run must have the same."""
     labels: tuple[str, ...]
     epoch: int = 0
     """The epoch (0-based) under way, or the next one when ``step_in_epoch`` is 0."""
@@ -410,7 +335,7 @@ def train(
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
-    settings = _settings(cfg)
+    settings = cfg.resume_settings()
     resume_file = resume_path(cfg.out)
     state = ResumeState(settings, labels)
     if cfg.resume:
@@ -454,7 +379,7 @@ def train(
         _log.info(
             "epoch %d/%d done in %s: train loss %.4f, train acc %.1f%%, VMP reg %.4f%s",
             epoch + 1, cfg.epochs, _duration(record.seconds), record.train_loss, 100 * record.train_top1, stats.reg,
-            f", val top-1 {100 * record.val_top1:.2f}% ({val_result.n} clips)" if val_result is not None else "",
+            f", val top-1 {100 * val_result.top1:.2f}% ({val_result.n} clips)" if val_result is not None else "",
         )
         extra = {
             "training": {
@@ -514,7 +439,7 @@ def _train_epoch(
     window_start = time.monotonic()
     lr = cfg.lr
     for clips, target in loader:
-        lr = run.schedule.get_last_lr()[0]
+        lr = float(run.schedule.get_last_lr()[0])
         logits, reg = forward_clips(run.model, run.vmp, clips, run.clip.mean, run.clip.std)
         loss = F.cross_entropy(logits, target) + cfg.vmp_lambda * reg
         run.optimizer.zero_grad(set_to_none=True)
@@ -570,7 +495,8 @@ def _validation_split(
 
 def _param_groups(model: nn.Module, vmp: VmpLayer | None, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on weight matrices and conv kernels only."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (no_decay if p.dim() <= 1 or name.endswith(".rpb") else decay).append(p)
     if vmp is not None:
@@ -601,12 +527,6 @@ def _load_init(model: nn.Module, vmp: VmpLayer | None, path: str, labels: tuple[
         report = load_pretrained(model, record)
     _log.info("init %s:\n%s", path, report.summary())
     return report
-
-
-def _settings(cfg: TrainConfig) -> dict[str, Any]:
-    values = {key: getattr(cfg, key) for key in _RESUME_KEYS}
-    values["overrides"] = dict(cfg.overrides)
-    return values
 
 
 def _duration(seconds: float) -> str:

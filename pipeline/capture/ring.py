@@ -38,6 +38,7 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Sized
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
@@ -90,21 +91,21 @@ def _layout(slots: int, height: int, width: int) -> tuple[int, int, int, int]:
     return meta_offset, images_offset, image_stride, images_offset + slots * image_stride
 
 
-def _attach_untracked(name: str) -> SharedMemory:
+def _attach_untracked(segment: str) -> SharedMemory:
     """Open an existing segment without registering it with this process's resource tracker."""
     if sys.version_info >= (3, 13):
-        return SharedMemory(name=name, track=False)
+        return SharedMemory(name=segment, track=False)
     # 3.10-3.12 register every attach, and the tracker would unlink the owner's segment when this process exits.
     with _TRACKER_LOCK:
         register = resource_tracker.register
 
-        def _skip_shared_memory(rname: str, rtype: str) -> None:
+        def _skip_shared_memory(name: Sized, rtype: str) -> None:  # register's signature
             if rtype != "shared_memory":
-                register(rname, rtype)
+                register(name, rtype)
 
         resource_tracker.register = _skip_shared_memory
         try:
-            return SharedMemory(name=name)
+            return SharedMemory(name=segment)
         finally:
             resource_tracker.register = register
 
@@ -407,7 +408,7 @@ class SharedRing:
         try:
             self._shm.unlink()
         except FileNotFoundError:  # removed behind our back; still drop the resource tracker's entry
-            resource_tracker.unregister(self._shm._name, "shared_memory")
+            resource_tracker.unregister(f"/{self.name}", "shared_memory")  # POSIX names, as registered
             _LOG.warning("ring %s was already removed from /dev/shm", self.name)
             return
         _LOG.debug("unlinked ring %s", self.name)

@@ -24,7 +24,7 @@ import os
 import stat
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
@@ -33,7 +33,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from emim_stream.engines.data.synthetic import SyntheticScene, label_index
+from emim_stream.engines.data.synthetic import SEGMENT_S, SyntheticScene, label_index
 from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.uris import SYNTHETIC_SIZE, SyntheticQuery, is_synthetic, redact_uri
 from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, SourceError
@@ -253,8 +253,6 @@ class OpenCvSource:
         """
         if self._exhausted:
             raise EndOfStream(f"{self.uri_redacted}: no more frames")
-        if self._cap is None:
-            raise RuntimeError(f"{self.uri_redacted}: read() on a source that is not open")
         image = self._decode()
         if image is None and not self._is_live:
             if not self.loop:
@@ -264,7 +262,8 @@ class OpenCvSource:
             self._rewind()
             image = self._decode()
         if image is None:
-            return self._stall()
+            self._stall()
+            return None
         if self._pacer is not None:
             self._pacer.wait(self._released)
         self._released += 1
@@ -296,7 +295,7 @@ class OpenCvSource:
     def _connect(self) -> tuple[cv2.VideoCapture, np.ndarray]:
         """A capture that has delivered its first frame, or the error that says why not."""
         if self._kind == "file" and not os.path.isfile(self._target):
-            raise SourceError(_missing_file_message(self._target, self.uri_redacted))
+            raise SourceError(_missing_file_message(str(self._target), self.uri_redacted))
         for attempt, transport in enumerate(self._transports):
             cap = self._capture(transport)
             ok, first = cap.read() if cap.isOpened() else (False, None)
@@ -308,7 +307,8 @@ class OpenCvSource:
             cap.release()
         if self._kind == "network":
             what = "sent no frame" if opened else "cannot be reached"
-            over = "" if self._transports == [None] else f" over {' or '.join(t.upper() for t in self._transports)}"
+            tried = " or ".join(str(t).upper() for t in self._transports)
+            over = "" if self._transports == [None] else f" over {tried}"
             raise SourceConnectionError(
                 f"stream {self.uri_redacted} {what}{over} (open_timeout_s={self.open_timeout_s}, "
                 f"read_timeout_s={self.read_timeout_s})"
@@ -339,22 +339,28 @@ class OpenCvSource:
         self._transports.remove(transport)
         self._transports.insert(0, transport)
 
+    def _open_capture(self) -> cv2.VideoCapture:
+        if self._cap is None:
+            raise RuntimeError(f"{self.uri_redacted}: read() on a source that is not open")
+        return self._cap
+
     def _decode(self) -> np.ndarray | None:
         """The next decoded image (the probe frame first), updating ``_last_pts_ns``; None on failure."""
+        cap = self._open_capture()
         if self._pending is not None:
             image, self._pending = self._pending, None
         else:
-            ok, image = self._cap.read()
+            ok, image = cap.read()
             if not ok or image is None:
                 return None
-        pos_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+        pos_ms = cap.get(cv2.CAP_PROP_POS_MSEC)
         known = self._kind != "camera" and math.isfinite(pos_ms) and pos_ms >= 0
         self._last_pts_ns = self._pts_offset_ns + round(pos_ms * 1e6) if known else -1
         return image
 
     def _rewind(self) -> None:
         """Loop a file: open it again at the start; the pacing schedule and the timestamps carry on."""
-        self._cap.release()
+        self._open_capture().release()
         self._cap = None
         try:
             self._cap, self._pending = self._connect()
@@ -378,7 +384,8 @@ class SyntheticSource:
     """A live camera that films :class:`emim_stream.engines.data.synthetic.SyntheticScene` (BGR frames, like OpenCV).
 
     URI: ``synthetic://?seed=1&fps=30&size=320x240&label=left&segment_s=4&style=photo``, every parameter
-    optional (defaults: seed 0, fps 30, size 320x240, no label = cycle through the classes, segment_s 4,
+    optional (defaults: seed 0, fps 30, size 320x240, no label = cycle through the classes, segment_s
+    :data:`~emim_stream.engines.data.synthetic.SEGMENT_S`,
     style classic; ``photo``: photographs seen by a realistic camera). ``label=left,right`` scripts the
     segments: one class per segment, in turn.
     Frame ``n`` is scene frame ``n`` with presentation time ``n / fps``; with ``pace`` it is released at
@@ -397,7 +404,7 @@ class SyntheticSource:
         self.seed = int(query.number("seed", int, 0, lambda v: v >= 0, ">= 0"))
         self.fps = query.number("fps", float, 30.0, lambda v: math.isfinite(v) and 0 < v <= 1000, "in (0, 1000]")
         self.width, self.height = query.size("size", SYNTHETIC_SIZE)
-        self.segment_s = query.number("segment_s", float, 4.0, lambda v: math.isfinite(v) and v > 0, "> 0")
+        self.segment_s = query.number("segment_s", float, SEGMENT_S, lambda v: math.isfinite(v) and v > 0, "> 0")
         labels = query.text("label", "")
         label = labels.split(",") if labels else None
         if label is not None:
@@ -499,7 +506,7 @@ def _usable_fps(cap: cv2.VideoCapture) -> float:
     return fps if math.isfinite(fps) and 0 < fps <= 1000 else 0.0
 
 
-SOURCES: dict[str, type] = {"opencv": OpenCvSource, "synthetic": SyntheticSource}
+SOURCES: dict[str, Callable[..., FrameSource]] = {"opencv": OpenCvSource, "synthetic": SyntheticSource}
 """Source kind -> class; :func:`open_source` picks by URI scheme ('synthetic://' or anything OpenCV reads)."""
 
 

@@ -266,7 +266,7 @@ class _AllowedKeys:
         return False
 
 
-def start_authenticator(context: zmq.Context, client_keys: frozenset[bytes]) -> ThreadAuthenticator:
+def start_authenticator(context: zmq.Context[zmq.Socket[bytes]], client_keys: frozenset[bytes]) -> ThreadAuthenticator:
     """Start a ZAP handler on ``context`` that admits only CURVE clients with one of ``client_keys``.
 
     Start it before binding the CURVE server socket and stop it (``stop()``) before terminating the context.

@@ -109,7 +109,7 @@ import sys
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Final, Literal, cast, get_args
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType, field
@@ -146,8 +146,8 @@ __all__ = [
 
 SCHEMA_VERSIONS = {"label": 1, "status": 1, "event": 2, "preview": 1, "stats": 1}
 """The schema version of each message kind."""
-LATENCY_UNIT = "ms"
-LATENCY_CLOCK = "CLOCK_MONOTONIC"
+LATENCY_UNIT: Final = "ms"
+LATENCY_CLOCK: Final = "CLOCK_MONOTONIC"
 MAX_CAMERA_ID_CHARS = 64
 
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
@@ -366,7 +366,7 @@ class LabelMessage(Struct, frozen=True):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> LabelMessage:
         """Parse a label payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
-        return _decode(payload, "label")
+        return cast(LabelMessage, _decode(payload, "label"))  # _decode checked the kind
 
     @classmethod
     def from_json(cls, data: bytes | str) -> LabelMessage:
@@ -397,7 +397,7 @@ class StatusMessage(_Message, frozen=True, tag="status"):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> StatusMessage:
         """Parse a status payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
-        return _decode(payload, "status")
+        return cast(StatusMessage, _decode(payload, "status"))
 
     @classmethod
     def from_json(cls, data: bytes | str) -> StatusMessage:
@@ -438,7 +438,7 @@ class EventMessage(_Message, frozen=True, tag="event"):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> EventMessage:
         """Parse an event payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
-        return _decode(payload, "event")
+        return cast(EventMessage, _decode(payload, "event"))
 
     @classmethod
     def from_json(cls, data: bytes | str) -> EventMessage:
@@ -471,7 +471,7 @@ class PreviewMessage(_Message, frozen=True, tag="preview"):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> PreviewMessage:
         """Parse a preview payload. Raises MessageError (also for ``data`` that is not base64)."""
-        return _decode(payload, "preview")
+        return cast(PreviewMessage, _decode(payload, "preview"))
 
 
 class Percentiles(Struct, frozen=True):
@@ -513,7 +513,7 @@ class StatsMessage(_Message, frozen=True, tag="stats"):
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> StatsMessage:
         """Parse a stats payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
-        return _decode(payload, "stats")
+        return cast(StatsMessage, _decode(payload, "stats"))
 
 
 Message = LabelMessage | StatusMessage | EventMessage | PreviewMessage | StatsMessage
@@ -537,7 +537,7 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-def _decode(payload: Any, expected: str | None = None) -> Any:
+def _decode(payload: Any, expected: str | None = None) -> Message:
     """One msgspec conversion of a payload of kind ``expected`` (or any kind) at that kind's schema version."""
     if not isinstance(payload, Mapping):
         raise MessageError(f"a message payload must be a JSON object, got {type(payload).__name__}")
@@ -546,13 +546,14 @@ def _decode(payload: Any, expected: str | None = None) -> Any:
         raise MessageError(f"message kind {kind!r} is unknown; expected one of {sorted(SCHEMA_VERSIONS)}")
     if expected is not None and kind != expected:
         raise MessageError(f"expected a {expected!r} message, got kind {kind!r}")
-    if payload.get("schema") != SCHEMA_VERSIONS[kind]:
+    version = SCHEMA_VERSIONS[str(kind)]
+    if payload.get("schema") != version:
         raise MessageError(
-            f"{kind} message has schema {payload.get('schema')!r}; this emim-stream reads schema "
-            f"{SCHEMA_VERSIONS[kind]} (run matching versions of the publisher and the subscriber)"
+            f"{kind} message has schema {payload.get('schema')!r}; this emim-stream reads schema {version} (run "
+            "matching versions of the publisher and the subscriber)"
         )
     try:
-        msg = msgspec.convert(payload, _Wire)
+        msg: _Wire = msgspec.convert(payload, _Wire)
     except msgspec.ValidationError as err:
         path, rule = explain(err, payload, _Wire)
         raise MessageError(f"{kind} message: field '{path}' {rule}") from None

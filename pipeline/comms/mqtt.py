@@ -47,7 +47,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import ConnectFlags, DisconnectFlags
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.config import MqttConfig
@@ -89,6 +92,16 @@ class Announcement:
     messages: Mapping[str, bytes]
 
 
+@dataclass
+class _Sync:
+    """An announcement in progress: the retained topics read back so far, until ``nonce`` comes back."""
+
+    announcement: Announcement
+    nonce: bytes
+    timer: threading.Timer
+    seen: set[str]
+
+
 class MqttSink:
     """Publishes pipeline messages to an MQTT broker from its own threads (see the module docstring).
 
@@ -112,6 +125,7 @@ class MqttSink:
         if cfg.host is None:
             raise ValueError("MqttSink needs mqtt.host")
         self.cfg = cfg
+        self.host: str = cfg.host
         self.flush_timeout_s = flush_timeout_s
         self.announcement = announcement
         self.box_id = cfg.box_id or default_box_id()
@@ -128,7 +142,7 @@ class MqttSink:
         self.cleared = 0
         """Retained announcement topics cleared (announced before, not any more)."""
         self._sync_topic = mqtt_topic(cfg, self.box_id, None, "sync")
-        self._sync: tuple[str, set[str], threading.Timer] | None = None  # nonce, topics seen, time-out: collecting
+        self._sync: _Sync | None = None  # an announcement reading back the retained topics
         self._queue: deque[tuple[str, bytes, bool]] = deque()
         self._inflight = 0
         self._mids: dict[int, bool] = {}  # paho message id -> counted (a pipeline message) or not (availability, ...)
@@ -150,7 +164,8 @@ class MqttSink:
             except (OSError, ssl.SSLError, ValueError) as err:
                 raise ConfigError(f"mqtt: TLS set-up failed: {err}") from None
             client.tls_insecure_set(cfg.tls_insecure)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        # paho waits float seconds between attempts; its type hints say int
+        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
         client.will_set(self.availability_topic, OFFLINE, qos=cfg.qos, retain=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -175,7 +190,7 @@ class MqttSink:
             "mqtt: publishing %s to %s%s as client '%s', topics %s",
             ", ".join(self.cfg.kinds), self.address, tls, self.client_id, self.topic("<camera>", "<kind>"),
         )
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self._client.connect_async(self.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self._client.loop_start()
         self._worker.start()
         return self
@@ -237,7 +252,7 @@ class MqttSink:
             self._closing = True
             self._cond.notify_all()
             if self._sync is not None:
-                self._sync[2].cancel()
+                self._sync.timer.cancel()
                 self._sync = None
         if self._worker.is_alive():
             self._worker.join()
@@ -312,7 +327,14 @@ class MqttSink:
             _log.log(level, "mqtt: %s", detail)
         self.state, self.detail = state, detail
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         with self._cond:
             if reason_code.is_failure:
                 self._set_state(
@@ -327,21 +349,28 @@ class MqttSink:
             self._cond.notify_all()
         self._publish(self.availability_topic, ONLINE, retain=True, counted=False)
         if self.announcement is not None:
-            self._start_announcing()
+            self._start_announcing(self.announcement)
 
     # -- announcements: read back what the broker retains, clear the stale topics, publish the current ones -------
 
-    def _start_announcing(self) -> None:
+    def _start_announcing(self, announcement: Announcement) -> None:
+        timer = threading.Timer(_SYNC_TIMEOUT_S, self._finish_announcing, kwargs={"complete": False})
+        timer.daemon = True
         with self._cond:
             if self._sync is not None:
-                self._sync[2].cancel()
-            timer = threading.Timer(_SYNC_TIMEOUT_S, self._finish_announcing, kwargs={"complete": False})
-            timer.daemon = True
-            self._sync = (uuid.uuid4().hex, set(), timer)
+                self._sync.timer.cancel()
+            self._sync = _Sync(announcement, uuid.uuid4().hex.encode(), timer, set())
         timer.start()
-        self._client.subscribe([(self.announcement.topic_filter, 1), (self._sync_topic, 1)])
+        self._client.subscribe([(announcement.topic_filter, 1), (self._sync_topic, 1)])
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
         with self._cond:
             sync = self._sync
         if sync is None:
@@ -349,50 +378,50 @@ class MqttSink:
         if any(code.is_failure for code in reason_codes):
             self._finish_announcing(complete=False)
         else:
-            self._publish(self._sync_topic, sync[0].encode(), retain=False, counted=False)
+            self._publish(self._sync_topic, sync.nonce, retain=False, counted=False)
 
-    def _on_message(self, client, userdata, message) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._cond:
             sync = self._sync
             if sync is None:
                 return
             if message.topic != self._sync_topic:
                 if message.retain and message.payload:
-                    sync[1].add(message.topic)
+                    sync.seen.add(message.topic)
                 return
-        if message.payload == sync[0].encode():
+        if message.payload == sync.nonce:
             self._finish_announcing(complete=True)
 
     def _finish_announcing(self, complete: bool) -> None:
         """Publish the announcement; with ``complete`` (every retained topic under the filter was read back) clear
         those it no longer contains first."""
         with self._cond:
-            if self._sync is None or self._closing:
+            sync, self._sync = self._sync, None
+            if sync is None or self._closing:
                 return
-            _, seen, timer = self._sync
-            self._sync = None
-        timer.cancel()
-        self._client.unsubscribe([self.announcement.topic_filter, self._sync_topic])
-        stale = sorted(seen - set(self.announcement.messages)) if complete else []
+        sync.timer.cancel()
+        announcement = sync.announcement
+        self._client.unsubscribe([announcement.topic_filter, self._sync_topic])
+        stale = sorted(sync.seen - set(announcement.messages)) if complete else []
         for topic in stale:
             self._publish(topic, b"", retain=True, counted=False)
-        for topic, body in self.announcement.messages.items():
+        for topic, body in announcement.messages.items():
             self._publish(topic, body, retain=True, counted=False)
         with self._cond:
             self.cleared += len(stale)
-            self.announced = len(self.announcement.messages)
+            self.announced = len(announcement.messages)
         if not complete:
             _log.warning(
                 "mqtt: could not read back the retained topics under %s (no subscribe permission?); published %d, "
-                "cleared none", self.announcement.topic_filter, len(self.announcement.messages),
-            )
+                "cleared none", announcement.topic_filter, len(announcement.messages),
+            )  # fmt: skip
         else:
             _log.info(
                 "mqtt: announced %d retained topic(s) under %s, cleared %d stale",
-                len(self.announcement.messages), self.announcement.topic_filter, len(stale),
-            )
+                len(announcement.messages), announcement.topic_filter, len(stale),
+            )  # fmt: skip
 
-    def _on_connect_fail(self, client, userdata) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         with self._cond:
             if self.state in ("connecting", "unreachable"):
                 tls = " (or its TLS certificate is not trusted: check ca_file)" if self.cfg.tls else ""
@@ -403,7 +432,14 @@ class MqttSink:
                     logging.WARNING,
                 )
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         with self._cond:
             if self._closing or self.state != "connected":
                 return
@@ -414,7 +450,9 @@ class MqttSink:
                 logging.WARNING,
             )
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
+    ) -> None:
         with self._cond:
             counted = self._mids.pop(mid, None)
             if counted is None:

@@ -113,7 +113,7 @@ class Publisher:
         curve_secret_key: bytes | None = None,
         curve_public_key: bytes | None = None,
         curve: CurveServer | None = None,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         check_bind_endpoint(endpoint, allow_remote)
         if (curve_secret_key is None) != (curve_public_key is None):
@@ -150,7 +150,7 @@ class Publisher:
         except zmq.ZMQError as err:
             self.close()
             raise PublishError(f"cannot bind publisher to {endpoint!r}: {err}") from err
-        self._endpoint = self._socket.last_endpoint.decode()
+        self._endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         if curve is not None:
             security = f"CURVE, {len(client_keys)} authorised client key(s)"
         else:

@@ -78,7 +78,7 @@ class Relay:
         allow_remote: bool = False,
         send_hwm: int = 1000,
         rcv_hwm: int = 1000,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         if not upstream:
             raise PublishError("a relay needs at least one upstream endpoint to connect to")
@@ -94,7 +94,7 @@ class Relay:
         self.upstream = tuple(upstream)
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
-        self._sockets: list[zmq.Socket] = []
+        self._sockets: list[zmq.Socket[bytes]] = []
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         """Why the proxy thread ended on its own (None while it runs or after a clean close)."""
@@ -117,14 +117,14 @@ class Relay:
         except BaseException:
             self._close_sockets()
             raise
-        self._endpoint = self._backend.last_endpoint.decode()
+        self._endpoint = self._backend.getsockopt_string(zmq.LAST_ENDPOINT)
         self._thread = threading.Thread(target=self._run, name="emim-relay", daemon=True)
         self._thread.start()
         _LOG.info("relaying %s -> %s", ", ".join(self.upstream), self._endpoint)
         if is_remote_tcp(listen):
             _LOG.warning("relaying on %s without CURVE: anyone who reaches it can read the streams", self._endpoint)
 
-    def _socket(self, kind: int) -> zmq.Socket:
+    def _socket(self, kind: int) -> zmq.Socket[bytes]:
         sock = self._context.socket(kind)
         sock.linger = 0
         self._sockets.append(sock)

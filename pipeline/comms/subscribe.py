@@ -76,7 +76,7 @@ class Received:
 
     @property
     def msg_seq(self) -> int:
-        return self.payload["msg_seq"]
+        return int(self.payload["msg_seq"])
 
 
 class Subscriber:
@@ -115,7 +115,7 @@ class Subscriber:
         *,
         rcv_hwm: int = 1000,
         curve: CurveClient | None = None,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         parse: bool = False,
     ) -> None:
         for name, value, high in (("max_msg_bytes", max_msg_bytes, _MAX_MSG_BYTES), ("rcv_hwm", rcv_hwm, _MAX_HWM)):
@@ -139,7 +139,7 @@ class Subscriber:
         self.disconnects = 0
         self.handshake_failures = 0
         self.endpoint = endpoint
-        self._monitor: zmq.Socket | None = None
+        self._monitor: zmq.Socket[bytes] | None = None
         self._connected = False  # a handshake succeeded and that connection has not been lost since
         self._stranded_at: float | None = None  # lost and libzmq has not (yet) said it reconnects
         self._queued: deque[Received] = deque()  # read off the socket before connecting again
@@ -198,8 +198,9 @@ class Subscriber:
         libzmq (it retries a protocol mismatch with its backoff and gives up after an authentication refusal):
         reconnecting at once would only repeat the refusal.
         """
-        while self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)["event"]
+        monitor = self._monitor
+        while monitor is not None and monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connected = True
                 self._stranded_at = None
@@ -246,14 +247,16 @@ class Subscriber:
             payload = None
         msg_seq = payload.get("msg_seq") if isinstance(payload, dict) else None
         if type(msg_seq) is not int or not 0 <= msg_seq <= _MAX_MSG_SEQ:
-            return self._skip(f"{len(frames)} frame(s) without a JSON object with a valid msg_seq")
+            self._skip(f"{len(frames)} frame(s) without a JSON object with a valid msg_seq")
+            return None
         self._track(topic, msg_seq)
         message = None
         if self.parse:
             try:
                 message = parse_payload(payload)
             except MessageError as err:
-                return self._skip(f"{topic} #{msg_seq}: {err}")
+                self._skip(f"{topic} #{msg_seq}: {err}")
+                return None
         self.received += 1
         return Received(topic, payload, recv_mono_ns, recv_wall_ns, len(body), message)
 

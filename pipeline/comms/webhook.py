@@ -62,6 +62,10 @@ class _Target:
         self.frigate_ids: OrderedDict[str, str] = OrderedDict()
         self.thread = threading.Thread(target=self.work, name="emim-webhook", daemon=True)
 
+    def idle(self) -> bool:
+        """Nothing queued or being sent."""
+        return not (self.queue or self.busy)
+
     def offer(self, payload: dict[str, Any]) -> None:
         with self.cond:
             if len(self.queue) >= self.sink.cfg.queue_size:
@@ -110,14 +114,15 @@ class _Target:
             body = {"source_type": "api", "sub_label": "emim-stream", "score": payload["peak_score"],
                     "duration": None, "include_recording": True, "draw": {}}  # fmt: skip
             ok, detail, answer = self.request("POST", self.url + path, body)
+            if not ok:
+                return ok, detail
             frigate_id = answer.get("event_id") if isinstance(answer, dict) else None
-            if ok and not isinstance(frigate_id, str):
+            if not isinstance(frigate_id, str):
                 return False, f"Frigate's answer to {path} has no event_id"
-            if ok:
-                self.frigate_ids[event_id] = frigate_id
-                while len(self.frigate_ids) > _FRIGATE_IDS:
-                    self.frigate_ids.popitem(last=False)
-            return ok, detail
+            self.frigate_ids[event_id] = frigate_id
+            while len(self.frigate_ids) > _FRIGATE_IDS:
+                self.frigate_ids.popitem(last=False)
+            return True, ""
         frigate_id = self.frigate_ids.pop(event_id, None)
         if frigate_id is None:
             return False, f"event {event_id} ended but its start never reached Frigate"
@@ -219,7 +224,7 @@ class WebhookSink:
             return
         for target in self.targets:
             with target.cond:
-                target.cond.wait_for(lambda t=target: not (t.queue or t.busy), flush_timeout_s)
+                target.cond.wait_for(target.idle, flush_timeout_s)
                 target.closing = True
                 target.dropped += len(target.queue) + target.busy
                 target.queue.clear()

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from emim_stream.pipeline.comms.messages import EventMessage
+from emim_stream.pipeline.comms.messages import EventMessage, EventPhase
 from emim_stream.pipeline.config import EventsConfig
 
 __all__ = ["EventTracker", "WindowSpan"]
@@ -135,7 +135,7 @@ class EventTracker:
             score = scores[self._open.label]
             if score < self.exit:
                 self._release_held()
-                out.append(self._close("exit"))
+                out.append(self._close(self._open, "exit"))
             elif self._candidate is None:
                 self._open.add(window, score)
             elif self._held is None:
@@ -145,28 +145,24 @@ class EventTracker:
         if self._candidate is not None and self._candidate.windows >= self.min_windows:
             if self._open is not None:
                 self._held = None  # the windows of the candidate's run belong to the new event only
-                out.append(self._close("takeover"))
+                out.append(self._close(self._open, "takeover"))
             self._open, self._candidate = self._candidate, None
             self._open_id = uuid.uuid4().hex
-            out.append(self._message("start"))
-        elif self._update_due(window):
-            out.append(self._message("update"))
+            out.append(self._message(self._open, "start"))
+        elif self._open is not None and self._update_due(self._open, window):
+            out.append(self._message(self._open, "update"))
         return out
 
     def interrupt(self, reason: str = "gap") -> list[EventMessage]:
         """Close the open event (frames were lost, or the pipeline stops) and forget any run in progress."""
         self._candidate = None
         self._release_held()
-        return [self._close(reason)] if self._open is not None else []
+        return [self._close(self._open, reason)] if self._open is not None else []
 
-    def _update_due(self, window: WindowSpan) -> bool:
-        """An update is on: the open event took this window and ``update_s`` of video passed since the last."""
-        return (
-            self.update_ns > 0
-            and self._open is not None
-            and self._open.end is window
-            and window.end_mono_ns - self._sent_mono_ns >= self.update_ns
-        )
+    def _update_due(self, run: _Run, window: WindowSpan) -> bool:
+        """An update of ``run``, the open event, is on: it took this window and ``update_s`` of video passed since
+        the last."""
+        return self.update_ns > 0 and run.end is window and window.end_mono_ns - self._sent_mono_ns >= self.update_ns
 
     def _release_held(self) -> None:
         """A candidate run ended without taking over: the windows held back stay in the open event."""
@@ -174,14 +170,14 @@ class EventTracker:
             self._open.extend(self._held)
         self._held = None
 
-    def _close(self, reason: str) -> EventMessage:
-        message = self._message("end", reason)
+    def _close(self, run: _Run, reason: str) -> EventMessage:
+        """The end message of ``run``, the open event, which closes."""
+        message = self._message(run, "end", reason)
         self._open = self._held = None
         return message
 
-    def _message(self, phase: str, end_reason: str | None = None) -> EventMessage:
-        """The open event as a ``phase`` message (its running figures, or the final ones at ``end``)."""
-        run = self._open
+    def _message(self, run: _Run, phase: EventPhase, end_reason: str | None = None) -> EventMessage:
+        """``run``, the open event, as a ``phase`` message (its running figures, or the final ones at ``end``)."""
         self._sent_mono_ns = run.end.end_mono_ns
         return EventMessage(
             camera_id=self.camera_id,

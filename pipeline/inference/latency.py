@@ -103,7 +103,7 @@ class LatencyRecorder:
 def format_table(summary: Mapping[str, Mapping[str, Mapping[str, float | int]]]) -> str:
     """A fixed-width text table of :meth:`LatencyRecorder.summary` (one row per camera and stage, ms)."""
     header = ("camera", "stage", "count", "p50 ms", "p90 ms", "p99 ms", "max ms")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for camera, stages in summary.items():
         for stage, s in stages.items():
             rows.append(

@@ -127,7 +127,7 @@ def _percentiles(stages: dict[str, dict[str, float | int]] | None) -> Percentile
     if not stages:
         return None
     total = stages["total"]
-    return Percentiles(total["count"], *(round(total[k], 3) for k in ("p50", "p90", "p99", "max")))
+    return Percentiles(int(total["count"]), *(round(total[k], 3) for k in ("p50", "p90", "p99", "max")))
 
 
 class InferenceLoop:
@@ -164,7 +164,7 @@ class InferenceLoop:
         self.started_mono = self.last_stats_mono = time.monotonic()
         self.interval_latency = LatencyRecorder(capacity=4096)
         """Total latency of the windows since the last stats message."""
-        self.source_states = dict.fromkeys(self.streams, (SourceState.CONNECTING.value, 0.0))
+        self.source_states = dict.fromkeys(self.streams, (SourceState.CONNECTING, 0.0))
         """Camera -> (state, fps) of its last heartbeat."""
 
     def run(
@@ -189,7 +189,7 @@ class InferenceLoop:
             if deadline is not None and time.monotonic() >= deadline:
                 return "duration reached"
             if self.build is not None and self.build.done():
-                self.swap_engine()  # between engine calls: a window boundary
+                self.swap_engine(self.build)  # between engine calls: a window boundary
             for cam_id, text in cameras.poll():
                 if on_note is not None:
                     on_note(cam_id, text)
@@ -219,7 +219,7 @@ class InferenceLoop:
 
     def serve(self, batch: list[CameraStream]) -> None:
         """One engine call for the pending windows of ``batch``, then one label message per camera."""
-        jobs = [stream.pending for stream in batch]
+        jobs = [stream.pending for stream in batch if stream.pending is not None]  # all: the scheduler's pick
         clips = jobs[0].clip.unsqueeze(0) if len(jobs) == 1 else torch.stack([j.clip for j in jobs])
         infer_start = time.monotonic_ns()
         logits = self.engine.infer(clips)
@@ -324,7 +324,7 @@ class InferenceLoop:
             state = state_from_code(st.state)
             if state is SourceState.LIVE and now_ns - st.heartbeat_mono_ns > self.settings.stall_timeout_s * 1e9:
                 state = SourceState.STALLED
-            self.source_states[cam_id] = (state.value, st.fps)
+            self.source_states[cam_id] = (state, st.fps)
             msg = StatusMessage(
                 camera_id=cam_id,
                 state=state.value,
@@ -359,7 +359,7 @@ class InferenceLoop:
         self.interval_latency.reset()
         cameras = {
             cam_id: CameraStats(
-                state=self.source_states[cam_id][0],
+                state=self.source_states[cam_id][0].value,
                 fps=self.source_states[cam_id][1],
                 labels=stream.labels_sent,
                 events=stream.events_sent,
@@ -385,9 +385,9 @@ class InferenceLoop:
             )
         )
 
-    def swap_engine(self) -> None:
-        """Serve from the engine the background build made, from the next window on; logged."""
-        build, self.build = self.build, None
+    def swap_engine(self, build: BackgroundBuild) -> None:
+        """Serve from the engine ``build`` made (the finished background build), from the next window on; logged."""
+        self.build = None
         try:
             new = build.engine()
         except BackendUnavailableError as err:

@@ -12,6 +12,7 @@ import multiprocessing as mp
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ def frame_overhead(
             t1 = time.perf_counter_ns()
             frame = reader.read_next(out)
             t2 = time.perf_counter_ns()
+            assert frame is not None  # written just above
             prompt = stage.push(frame.image, frame.seq)
             t3 = time.perf_counter_ns()
             if prompt is not None:
@@ -99,7 +101,9 @@ def _recv_from(process: BaseProcess, conn: Connection, timeout_s: float) -> obje
     return conn.recv()
 
 
-def ring_throughput(frames: int, height: int, width: int, slots: int, timeout_s: float = 60.0) -> dict:
+def ring_throughput(
+    frames: int, height: int, width: int, slots: int, timeout_s: float = 60.0
+) -> dict[str, Any]:
     """Sustained frames/s through a ring between two processes: a spawned writer, the reader in the caller.
 
     The reader follows with ``read_next`` into a reused array and checks each frame's payload. For the

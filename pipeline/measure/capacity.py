@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 
+from emim_stream.pipeline.comms.messages import LabelMessage
 from emim_stream.pipeline.config import PipelineConfig
 from emim_stream.pipeline.runtime import run
 
@@ -84,12 +85,10 @@ def _measure(
 ) -> CapacityStep:
     labelled: list[tuple[float, float]] = []
 
-    def on_label(msg) -> None:
+    def on_label(msg: LabelMessage) -> None:
         labelled.append((time.monotonic(), msg.latency_ms["total"]))
 
-    report = run(
-        dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, print_labels=False)), seconds, stop, on_label
-    )
+    report = run(cfg, seconds, stop, on_label)
     first = labelled[0][0] if labelled else time.monotonic()
     span = max(time.monotonic() - first, 1e-9)
     stamps = [(t - first, ms) for t, ms in labelled]

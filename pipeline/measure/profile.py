@@ -167,7 +167,7 @@ class Profiler:
             self._add_label(camera, msg, received.recv_mono_ns)
         elif isinstance(msg, EventMessage):
             self._add_event(camera, msg)
-        elif isinstance(msg, StatusMessage):
+        elif isinstance(msg, StatusMessage):  # previews carry no latency
             self._add_status(camera, msg)
 
     def _camera(self, camera_id: str) -> _CameraProfile:

@@ -38,6 +38,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -131,7 +132,7 @@ class Metrics:
         self._lock = threading.Lock()
         for camera_id in cameras:
             self._set_state(camera_id, SourceState.CONNECTING.value)
-        self._server = self._thread = None
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
         if port is not None:
             self._serve(host, port, allow_remote)
 
@@ -144,7 +145,7 @@ class Metrics:
                 )
             _log.warning("metrics are served on %s:%d without authentication (metrics.allow_remote)", host, port)
         try:
-            self._server, self._thread = prometheus_client.start_http_server(port, host, self.registry)
+            self._http = prometheus_client.start_http_server(port, host, self.registry)
         except OSError as err:
             raise PublishError(
                 f"cannot serve metrics on {host}:{port}: {err.strerror or err}; choose a free port (0 = any free one)"
@@ -154,7 +155,7 @@ class Metrics:
     @property
     def port(self) -> int | None:
         """The bound HTTP port, or None when not serving."""
-        return None if self._server is None else self._server.server_address[1]
+        return None if self._http is None else self._http[0].server_address[1]
 
     def observe_label(self, msg: LabelMessage) -> None:
         """Count a published label, mirror its drop counters and record its stage latencies."""
@@ -189,7 +190,7 @@ class Metrics:
 
         ``model`` is read from the key ``model``, ``model_name`` or ``name``; missing labels are empty.
         """
-        fields = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
+        fields = dict(info) if isinstance(info, Mapping) else dataclasses.asdict(info)
         model = fields.get("model", fields.get("model_name", fields.get("name", "")))
         self.engine.info({"model": str(model), **{key: str(fields.get(key, "")) for key in ENGINE_LABELS[1:]}})
 
@@ -216,11 +217,12 @@ class Metrics:
 
     def close(self) -> None:
         """Stop the HTTP server. Idempotent."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
+        if self._http is not None:
+            server, thread = self._http
+            server.shutdown()
+            server.server_close()
+            thread.join()
+            self._http = None
 
     def __enter__(self) -> Metrics:
         return self

@@ -156,7 +156,7 @@ def probe_codec(choice: str) -> str:
     candidates = ["h264", "mpeg4"] if choice == "auto" else [choice]
     with tempfile.TemporaryDirectory() as tmp, _quiet_ffmpeg():
         for codec in candidates:
-            writer = cv2.VideoWriter(str(Path(tmp) / "probe.mp4"), cv2.VideoWriter_fourcc(*CODECS[codec]), 30, (64, 64))
+            writer = cv2.VideoWriter(str(Path(tmp) / "probe.mp4"), cv2.VideoWriter.fourcc(*CODECS[codec]), 30, (64, 64))
             opened = writer.isOpened()
             writer.release()
             if opened:
@@ -184,7 +184,7 @@ class _CameraFile:
         self.layout = layout
         self.frames = 0
         self.writer = cv2.VideoWriter(
-            str(self.path), cv2.VideoWriter_fourcc(*CODECS[codec]), fps, (layout.width, layout.height)
+            str(self.path), cv2.VideoWriter.fourcc(*CODECS[codec]), fps, (layout.width, layout.height)
         )
         if not self.writer.isOpened():
             raise OSError(f"cannot open {self.path} for writing")

@@ -34,6 +34,7 @@ from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -124,7 +125,7 @@ class _Http(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
-    def process_request(self, request, client_address) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.refused += 1
             self.shutdown_request(request)
@@ -137,7 +138,7 @@ class _Http(ThreadingHTTPServer):
             self._release()
             raise
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
@@ -156,8 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
-        self.timeout = self.server.view.idle_timeout_s  # idle reads and stalled writes both time out
         super().setup()
+        self.connection.settimeout(self.server.view.idle_timeout_s)  # idle reads and stalled writes both time out
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s %s", self.address_string(), format % args)
@@ -186,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
                 cookie = f"{_COOKIE}={view.token}; HttpOnly; SameSite=Strict; Path=/"
                 self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", extra={"Location": url.path, "Set-Cookie": cookie})
                 return
-            if not self._authorised():
+            if not self._authorised(view.token):
                 self._send(HTTPStatus.UNAUTHORIZED, b"token required: open /?token=...\n", "text/plain")
                 return
         path = url.path
@@ -219,8 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         return is_loopback(name)
 
-    def _authorised(self) -> bool:
-        token = self.server.view.token.encode()
+    def _authorised(self, expected: str) -> bool:
+        token = expected.encode()
         candidates = [self.headers.get("X-Emim-Token", "")]
         auth = self.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
@@ -327,7 +328,7 @@ class ViewServer:
     @property
     def url(self) -> str:
         """The page's address, e.g. ``http://127.0.0.1:8080/`` (without the token)."""
-        host, port = self._http.server_address[:2]
+        host, port = self._http.socket.getsockname()[:2]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
     @property
@@ -455,7 +456,9 @@ class ViewProcess:
         self.close()
 
 
-def _view_process_main(endpoint: str, host: str, port: int, token: str | None, parent_pid: int, report) -> None:
+def _view_process_main(
+    endpoint: str, host: str, port: int, token: str | None, parent_pid: int, report: Connection
+) -> None:
     """Child of :class:`ViewProcess`: serve until SIGTERM or until the parent is gone."""
     os.nice(_VIEW_NICENESS)  # the page yields the CPU to the inference loop on a busy box
     stop = threading.Event()

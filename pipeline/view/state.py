@@ -77,11 +77,11 @@ class ViewState:
     def apply(self, payload: dict[str, Any], now_mono: float | None = None) -> None:
         """Take one message payload (any ``kind``; unknown kinds and malformed payloads are ignored)."""
         now_mono = time.monotonic() if now_mono is None else now_mono
-        kind, camera_id = payload.get("kind"), payload.get("camera_id")
+        camera_id = payload.get("camera_id")
         if not isinstance(camera_id, str):
             return
         try:
-            part, value = _PARTS[kind](payload)
+            part, value = _PARTS[payload["kind"]](payload)
         except (KeyError, TypeError, ValueError, IndexError):
             return
         with self._cond:

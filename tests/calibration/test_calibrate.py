@@ -157,6 +157,7 @@ def test_a_broken_quantiser_fails_the_gate(int8_run, model):
     assert report.comparisons[0].top1 <= 0.5 and not report.deployable
 
 
+@pytest.mark.slow  # a second quantisation and export
 def test_fp8_reuses_the_clips_and_a_failed_gate_is_refused(int8_run, config, model, tmp_path):
     argv = ["--config", str(config), "--clips-from", str(int8_run[0] / "clips"), "--precision", "fp8"]
     code, stdout, stderr = calibrate([*argv, "--out", str(tmp_path), "--gate", "1.01"])

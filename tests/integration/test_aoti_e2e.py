@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import itertools
 
-import pytest
-
 from tests.conftest import AOTI_LABELS
 from tests.integration.conftest import alive
-
-pytestmark = pytest.mark.slow
 
 
 def test_first_labels_come_from_eager_then_the_package_swaps_in(aoti_warmup):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from emim_stream.engines.backends import load_engine
@@ -23,8 +22,6 @@ from emim_stream.pipeline.inference.postprocess import Postprocessor
 from emim_stream.pipeline.inference.vmp_stage import VmpStage
 from emim_stream.pipeline.inference.window import ClipWindow
 from tests.integration.conftest import ROOT, free_port
-
-pytestmark = pytest.mark.slow
 
 FPS, SEGMENT_S, STRIDE = 30, 4, 4
 CHANGE = FPS * SEGMENT_S  # first frame of the right segment

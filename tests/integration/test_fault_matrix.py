@@ -31,10 +31,7 @@ import yaml
 from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, engine_section, free_port
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(sys.platform != "linux", reason="the fault matrix reads /proc and /dev/shm (Linux)"),
-]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the fault matrix reads /proc and /dev/shm (Linux)")
 
 CLEAN_EXIT_S = 10.0
 """A clean stop (SIGTERM/SIGINT) must end the whole group within this (measured on an idle 2-core box: 0.6-2 s;

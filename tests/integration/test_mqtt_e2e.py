@@ -16,7 +16,7 @@ from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import engine_section, free_port
 from tests.mqtt_broker import MISSING, Recorder
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 OUTAGE_S = 5.0
 

@@ -20,10 +20,7 @@ from emim_stream.pipeline.comms.messages import LabelMessage
 from tests.integration.conftest import free_port
 from tests.integration.test_pipeline_e2e import collect
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the ffmpeg command is not installed"),
-]
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the ffmpeg command is not installed")
 
 FPS = 25
 SECONDS = 3

@@ -20,8 +20,6 @@ from emim_stream.pipeline.comms.messages import LabelMessage, StatusMessage
 from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, alive, engine_section, free_port, shm_segments
 
-pytestmark = pytest.mark.slow
-
 
 def collect(endpoint: str, count: int, timeout_s: float, topics=(b"labels/",), proc=None) -> list:
     """Up to ``count`` messages within ``timeout_s``, or until the pipeline ``proc`` has exited and nothing more

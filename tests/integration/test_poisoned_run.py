@@ -18,8 +18,6 @@ from emim_stream.engines.models import build_model
 from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, engine_section, free_port
 
-pytestmark = pytest.mark.slow
-
 
 def config(port: int | str, **engine) -> dict:
     return {

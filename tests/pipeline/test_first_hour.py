@@ -15,7 +15,6 @@ import zmq
 
 from emim_stream.cli.commands import profile as profile_cmd
 from emim_stream.cli.commands.common import Progress
-from emim_stream.cli.commands.soak import verdict
 from emim_stream.cli.main import main as cli_main
 from emim_stream.engines.data.synthetic import CLASSES
 from emim_stream.engines.errors import ConfigError
@@ -25,6 +24,7 @@ from emim_stream.pipeline.comms.messages import LabelMessage, MessageError, Mode
 from emim_stream.pipeline.comms.publish import Publisher
 from emim_stream.pipeline.config import DEFAULT_CONFIG, CameraConfig, load_config
 from emim_stream.pipeline.inference.truth import FileTruth, Segment, SyntheticTruth, read_sidecar, truth_for
+from emim_stream.pipeline.measure.soak import verdict
 from tests.integration.conftest import ROOT
 
 # --- the embedded default ------------------------------------------------------------------------------------
@@ -108,7 +108,10 @@ def test_truth_for_files_needs_a_sidecar_with_the_models_labels(tmp_path):
     (tmp_path / "clip.mp4.truth").write_text("0 1 left\n1 2 jumping\n")
     with pytest.raises(ConfigError, match="'jumping' are not the model's"):
         truth_for(CameraConfig(id="c", source=str(video)), CLASSES)
-    assert isinstance(truth_for(CameraConfig(id="c", source=f"file://{video}"), ("left", "jumping")), FileTruth)
+    truth = truth_for(CameraConfig(id="c", source=f"file://{video}"), ("left", "jumping"))  # the URI form: same file
+    assert truth.window(int(0.1e9), int(0.9e9)) == "left" and truth.window(int(1.1e9), int(1.9e9)) == "jumping"
+    assert truth.window(int(0.9e9), int(1.1e9)) is None  # spans the change
+    assert truth.segment_at(int(2.5e9)) is None  # not looping: past the end
 
 
 def _label(truth: str | None) -> LabelMessage:

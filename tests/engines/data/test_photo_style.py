@@ -117,6 +117,7 @@ def _moving_objects_in_view(name: str, seed: int, times: np.ndarray, height: int
     return np.array(shares)
 
 
+@pytest.mark.slow  # 30 s of six scenes per class
 @pytest.mark.parametrize("name", CLASSES)
 def test_photo_moving_objects_stay_in_the_square_view(name):
     """Objects start in the view and translations wrap around it: however long a scene runs, its moving objects

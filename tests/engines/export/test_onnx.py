@@ -41,6 +41,7 @@ def input_dims(path) -> list:
     return [d.dim_param or d.dim_value for d in tensor.shape.dim]
 
 
+@pytest.mark.slow  # EMIM-S (21.5 M parameters) exported and run: half a minute
 def test_emim_s_onnxruntime_matches_torch(tmp_path):
     """EMIM-S at a reduced clip (4x64x64: stage-3 grid 4x4x4, stage 4 4x2x2, every window clipped)."""
     model = randomised("emim_s")

@@ -27,6 +27,7 @@ from emim_stream.pipeline.capture.sources import (
     open_source,
 )
 from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, SourceError
+from tests.loopback import free_port
 
 FRAMES, WIDTH, HEIGHT, FPS = 12, 64, 48, 25.0
 
@@ -293,7 +294,16 @@ def test_open_source_picks_by_scheme_and_passes_options(video):
     source = open_source(str(video), loop=True, pace=False, read_timeout_s=1.5)
     assert isinstance(source, OpenCvSource) and isinstance(source, FrameSource)
     assert (source.loop, source.pace, source.read_timeout_s) == (True, False, 1.5)
-    assert isinstance(open_source("rtsp://127.0.0.1/x"), OpenCvSource)
-    assert isinstance(open_source(0), OpenCvSource)
+    with source:
+        assert source.read().image.shape == (HEIGHT, WIDTH, 3)  # the file's frames, at the file's size
+    url = f"rtsp://127.0.0.1:{free_port()}/x"  # nothing listens: a network stream, refused over both transports
+    with pytest.raises(SourceConnectionError, match=f"^stream {url} cannot be reached over TCP or UDP "):
+        open_source(url, open_timeout_s=2.0).open()
     with pytest.raises(ConfigError, match="timeouts"):
         open_source("rtsp://127.0.0.1/x", open_timeout_s=0)
+
+
+@pytest.mark.skipif(Path("/dev/video0").exists(), reason="a camera is attached to this machine")
+def test_open_source_takes_an_index_for_a_usb_camera():
+    with pytest.raises(SourceError, match="^camera 0 does not open; check the index"):
+        open_source(0).open()

@@ -166,6 +166,18 @@ def test_report_has_every_stage_and_percentile_per_camera_with_drops_and_loss():
     assert "cam1" in text and "cam2" in text and "p99 ms" in text and "receive" in text
 
 
+def test_events_are_left_out_of_the_profile():
+    """Events carry no window latency: they are counted (and their alert delay kept), never profiled as labels."""
+    profiler = Profiler()
+    event = EventMessage("cam1", "e" * 32, "end", "wave", 100, 139, 1_000, 2_000, 3_000, 4_000, 0.97, 0.84, 139, 7,
+                         "exit", publish_mono_ns=3_100, publish_wall_ns=4_100)  # fmt: skip
+    profiler.add(Received("events/cam1/", event.to_payload(), recv_mono_ns=3_200, recv_wall_ns=4_200, size=300))
+    label = _label("cam1", 0, 5.0)
+    profiler.add(Received("labels/cam1/", label.to_payload(), recv_mono_ns=3_200, recv_wall_ns=4_200, size=900))
+    assert (profiler.labels, profiler.statuses, profiler.events, profiler.unreadable) == (1, 0, 1, 0)
+    assert profiler.recorder.summary()["cam1"]["total"]["count"] == 1
+
+
 def test_profile_command_writes_json_and_plot_for_every_camera(tmp_path, capsys):
     """The command against a live stream: 3 cameras at 50 windows/s, heartbeats, then the JSON and the PNG."""
     pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")

@@ -42,6 +42,7 @@ __all__ = [
     "RingConfig",
     "SupervisorConfig",
     "ViewConfig",
+    "WebhookConfig",
     "WindowConfig",
     "config_hash",
     "load_config",
@@ -73,7 +74,7 @@ MAX_RECORD_QUEUE = 100_000
 """Upper bound of ``record.queue_frames`` (frames: each holds a copy of a camera frame in memory)."""
 MAX_WINDOWS = 10_000
 """Upper bound of ``events.min_windows``."""
-MQTT_TEXT_BYTES = {"prefix": 1024, "box_id": 256, "client_id": 256, "username": 1024}
+MQTT_TEXT_BYTES = {"prefix": 1024, "box_id": 256, "discovery_prefix": 1024, "client_id": 256, "username": 1024}
 """Upper bound (UTF-8 bytes) of each MQTT text setting: a whole topic stays far below the protocol's 65,535."""
 
 
@@ -167,6 +168,8 @@ class PublishConfig:
     """How long closing waits to flush queued messages."""
     heartbeat_s: float = _seconds(1.0)
     """Period of ``status/<camera>/`` messages."""
+    stats_s: float = ranged(10.0, 0, MAX_SECONDS, unit="s")
+    """Period of the box's ``stats/<box_id>/`` message (cameras, fps, latency percentiles, engine, drops); 0 = none."""
     curve_secret_key_file: str | None = None
     """The publisher's CURVE secret key file (server.key_secret from ``emim-stream keys --name server``, mode
     0600). Set together with ``curve_clients_dir`` to encrypt the stream and admit only authorised subscribers."""
@@ -231,6 +234,9 @@ class EventsConfig:
     """Consecutive windows >= ``enter`` before an event opens (shorter flickers open none)."""
     exclude: tuple[str, ...] = ()
     """Labels that never make events (e.g. ``static``)."""
+    update_s: float = ranged(0.0, 0, MAX_SECONDS, unit="s")
+    """While an event is open, an ``update`` message (running peak and duration) at most every this many seconds
+    of video; 0 = only ``start`` and ``end``."""
 
     def __post_init__(self) -> None:
         check_ranges(self, FieldError)
@@ -238,8 +244,10 @@ class EventsConfig:
             raise FieldError("exit", f"must be in [0, events.enter = {self.enter}], got {self.exit}")
 
 
-MQTT_KINDS = ("event", "label", "status")
-"""Message kinds the MQTT sink can publish (the last level of its topics)."""
+MQTT_KINDS = ("event", "label", "status", "stats", "action", "snapshot")
+"""What the MQTT sink can publish (the last level of its topics, pipeline/comms/mqtt.py)."""
+HOME_ASSISTANT_KINDS = ("event", "action", "snapshot", "stats")
+"""The kinds the Home Assistant entities read (pipeline/comms/homeassistant.py)."""
 
 
 @dataclass(frozen=True)
@@ -258,8 +266,10 @@ class MqttConfig:
     """MQTT client id (default ``emim-<box_id>``: stable per box, so a broker sees one client per box)."""
     prefix: str = "emim"
     """First topic level(s), e.g. ``factory/line1``."""
-    kinds: tuple[str, ...] = ("event",)
-    """What to publish: any of ``event``, ``label``, ``status``."""
+    kinds: tuple[str, ...] = HOME_ASSISTANT_KINDS
+    """What to publish: any of ``event`` (start/update/end), ``label`` (every window), ``status`` (heartbeats),
+    ``stats`` (the box's periodic stats), ``action`` (the current top label, retained: when it changes and with each
+    heartbeat) and ``snapshot`` (a JPEG at each event's peak, retained)."""
     qos: int = 1
     """MQTT QoS of every message: 0 (at most once), 1 (at least once), 2 (exactly once)."""
     retain_status: bool = True
@@ -289,6 +299,10 @@ class MqttConfig:
     """First delay before reconnecting to a lost or unreachable broker (doubles each time)."""
     reconnect_max_s: float = _seconds(30.0)
     """Cap of the reconnect delay."""
+    home_assistant: bool = False
+    """Announce every camera to Home Assistant by MQTT discovery (retained configs under ``discovery_prefix``)."""
+    discovery_prefix: str = "homeassistant"
+    """Home Assistant's discovery prefix (its MQTT integration's setting)."""
 
     def __post_init__(self) -> None:
         if self.host is not None and not self.host.strip():
@@ -298,7 +312,7 @@ class MqttConfig:
             raise FieldError("protocol", f"must be '3.1.1' or '5', got {self.protocol!r}")
         for name in MQTT_TEXT_BYTES:
             _check_mqtt_text(name, getattr(self, name))
-        for name in ("prefix", "box_id"):
+        for name in ("prefix", "box_id", "discovery_prefix"):
             value = getattr(self, name)
             if value is not None and (not value or any(c in value for c in "+#") or "//" in f"/{value}/"):
                 raise FieldError(name, f"must be topic levels without '+', '#' or empty levels, got {value!r}")
@@ -307,6 +321,9 @@ class MqttConfig:
         unknown = [k for k in self.kinds if k not in MQTT_KINDS]
         if unknown or not self.kinds:
             raise FieldError("kinds", f"must be a non-empty list of {', '.join(MQTT_KINDS)}, got {list(self.kinds)}")
+        missing = [k for k in HOME_ASSISTANT_KINDS if k not in self.kinds]
+        if self.home_assistant and missing:
+            raise FieldError("kinds", f"home_assistant needs {', '.join(missing)} among the kinds")
         if self.qos not in (0, 1, 2):
             raise FieldError("qos", f"must be 0, 1 or 2, got {self.qos}")
         if self.password is not None and self.password_env is not None:
@@ -317,6 +334,45 @@ class MqttConfig:
             raise FieldError("key_file", "must be set together with cert_file")
         if self.reconnect_min_s > self.reconnect_max_s:
             raise FieldError("reconnect_min_s", "must be <= reconnect_max_s")
+
+
+WEBHOOK_PHASES = ("start", "update", "end")
+"""Event phases a webhook can be sent."""
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """The webhook sink (pipeline/comms/webhook.py): event messages POSTed to HTTP(S) URLs."""
+
+    urls: tuple[str, ...] = ()
+    """Where to send events (``http://`` or ``https://``); empty = no webhook. Each URL has its own queue."""
+    format: Literal["emim", "frigate"] = "emim"
+    """``emim``: POST each event message as published. ``frigate``: each URL is a Frigate base URL
+    (``http://frigate:5000``); an event's start creates a manual event in Frigate, its end ends it."""
+    phases: tuple[str, ...] = ("start", "end")
+    """Event phases sent (``emim`` format): any of ``start``, ``update``, ``end``."""
+    token_env: str | None = None
+    """Name of an environment variable holding a bearer token (``Authorization: Bearer ...``); never logged."""
+    ca_file: str | None = None
+    """CA certificate(s) (PEM) for HTTPS servers the system store does not trust."""
+    timeout_s: float = _seconds(5.0)
+    """Connect and read timeout of one request."""
+    retries: int = ranged(3, 0, 10)
+    """Retries of a request that failed (connection error, timeout, 429 or 5xx) before it is dropped."""
+    backoff_s: float = _seconds(0.5)
+    """Delay before the second retry, doubling with each further one (the first retry is at once)."""
+    queue_size: int = ranged(100, 1, 100_000)
+    """Events waiting per URL; when full the oldest is dropped and counted."""
+
+    def __post_init__(self) -> None:
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")) or not url.split("://", 1)[1]:
+                raise FieldError("urls", f"must be http:// or https:// URLs, got {url!r}")
+        unknown = [p for p in self.phases if p not in WEBHOOK_PHASES]
+        if unknown or not self.phases:
+            phases = ", ".join(WEBHOOK_PHASES)
+            raise FieldError("phases", f"must be a non-empty list of {phases}, got {list(self.phases)}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
@@ -409,6 +465,7 @@ class PipelineConfig:
     record: RecordConfig = field(default_factory=RecordConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
     def __post_init__(self) -> None:
         if not self.cameras:

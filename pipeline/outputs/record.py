@@ -11,10 +11,12 @@ MPEG-4 part 2. A write error (full disk, removed or read-only directory) is one 
 logged, counted and retried there, and the other cameras go on recording.
 
 With ``record.event_clips``, the writer also keeps the last ``clip_max_s + clip_pre_s`` seconds of each camera's
-frames, and for every closed action event (``on_event``, :mod:`emim_stream.pipeline.inference.events`) writes
-``DIR/events/<camera>_<label>_<UTC start>.mp4`` (camera and label through
-:func:`~emim_stream.pipeline.outputs.filenames.safe_name`): from ``clip_pre_s`` before the event's first frame (at
-most ``clip_max_s`` before its end) to ``clip_post_s`` after its last, once those frames have arrived (or at close).
+frames, and for every ended action event (``on_event``, :mod:`emim_stream.pipeline.inference.events`) writes
+``DIR/events/<camera>_<label>_<UTC start>_<id prefix>.mp4`` (:meth:`Recorder.event_paths`; camera and label
+through :func:`~emim_stream.pipeline.outputs.filenames.safe_name`): from ``clip_pre_s`` before the event's first
+frame (at most ``clip_max_s`` before its end) to ``clip_post_s`` after its last, once those frames have arrived (or
+at close). The event's snapshot (:mod:`emim_stream.pipeline.outputs.snapshot`) is kept beside it, same name with
+``.jpg`` (:meth:`Recorder.save_snapshot`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.capture.ring import RingFrame
 from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage
 from emim_stream.pipeline.config import RecordConfig
-from emim_stream.pipeline.outputs.filenames import safe_name, unique_path
+from emim_stream.pipeline.outputs.filenames import safe_name
 from emim_stream.pipeline.outputs.segments import WRITE_ERRORS, SegmentWriter, VideoFile, probe_codec, utc_stamp
 
 __all__ = ["Overlay", "OverlayLayout", "Recorder", "draw_overlay", "overlay_layout"]
@@ -211,8 +213,8 @@ class Recorder:
         self._overlay[msg.camera_id] = Overlay.from_message(msg)
 
     def on_event(self, event: EventMessage) -> None:
-        """With ``record.event_clips``: write a clip around this closed event (see the module docstring)."""
-        if self.cfg.event_clips:
+        """With ``record.event_clips``: write a clip around this event once it has ended (module docstring)."""
+        if self.cfg.event_clips and event.phase == "end":
             self._events.append(event)
 
     def _layout(self, image: np.ndarray) -> OverlayLayout:
@@ -220,6 +222,24 @@ class Recorder:
         if shape not in self._layouts:
             self._layouts[shape] = overlay_layout(shape[0], shape[1], self.cfg.height)
         return self._layouts[shape]
+
+    def event_paths(self, event: EventMessage) -> tuple[Path, Path]:
+        """Where the clip and the snapshot of ``event`` go: ``DIR/events/<camera>_<label>_<UTC start>_<id[:8]>``
+        with ``.mp4`` and ``.jpg``."""
+        stamp = utc_stamp(event.start_wall_ns / 1e9)
+        stem = f"{safe_name(event.camera_id)}_{safe_name(event.label)}_{stamp}_{safe_name(event.id[:8])}"
+        return self.directory / "events" / f"{stem}.mp4", self.directory / "events" / f"{stem}.jpg"
+
+    def save_snapshot(self, event: EventMessage, jpeg: bytes) -> None:
+        """Write (or replace) the event's snapshot beside its clip; a write error is logged, never raised."""
+        path = self.event_paths(event)[1]
+        try:
+            path.parent.mkdir(exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_bytes(jpeg)
+            partial.replace(path)
+        except OSError as err:
+            _log.error("event snapshot %s not written: %s", path, err)
 
     def _write_loop(self) -> None:
         """Each camera's frames to its own writer: a write error of one camera never stops another's."""
@@ -264,12 +284,11 @@ class Recorder:
 
     def _write_clip(self, event: EventMessage, frames: list[tuple[RingFrame, Overlay | None]]) -> None:
         """One event clip; a write error loses this clip only (logged), never the recording."""
-        name = f"{safe_name(event.camera_id)}_{safe_name(event.label)}_{utc_stamp(event.start_wall_ns / 1e9)}"
+        path = self.event_paths(event)[0]
         layout = self._layout(frames[0][0].image)
         clip = None
         try:
-            (self.directory / "events").mkdir(exist_ok=True)
-            path = unique_path(self.directory / "events" / name, ".mp4")
+            path.parent.mkdir(exist_ok=True)
             clip = VideoFile(path, self.codec, _clip_fps(frames), layout.width, layout.height)
             for frame, overlay in frames:
                 clip.write(draw_overlay(frame.image, overlay, layout))

@@ -16,7 +16,7 @@ import zmq
 from emim_stream.cli.commands import subscribe as subscribe_cmd
 from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.comms.messages import (
-    SCHEMA_VERSION,
+    SCHEMA_VERSIONS,
     LabelMessage,
     MessageError,
     ModelInfo,
@@ -104,7 +104,7 @@ def _recv_until(sub: Subscriber, done: Callable[[list[Received]], bool], timeout
 def test_label_and_status_round_trip_through_json():
     msg = _label()
     payload = json.loads(msg.to_json())
-    assert payload["schema"] == SCHEMA_VERSION and payload["kind"] == "label"
+    assert payload["schema"] == SCHEMA_VERSIONS["label"] and payload["kind"] == "label"
     assert payload["latency"]["unit"] == "ms" and payload["latency"]["clock"] == "CLOCK_MONOTONIC"
     assert payload["latency"]["stages"]["total"] == pytest.approx(10.0)
     assert payload["topk"][0] == {"label": "wave", "score": 0.9}

@@ -130,9 +130,11 @@ def test_record_config_is_checked(tmp_path):
         load_config(None, ["cameras=[{id: c, source: 'synthetic://'}]", "view.preview_fps=-1"])
 
 
-def event_message(first_seq: int, last_seq: int, label: str = "left") -> EventMessage:
+def event_message(first_seq: int, last_seq: int, label: str = "left", phase: str = "end") -> EventMessage:
     return EventMessage(
         camera_id="cam1",
+        id=f"{label}{first_seq:04d}".ljust(32, "0"),
+        phase=phase,
         label=label,
         first_seq=first_seq,
         last_seq=last_seq,
@@ -142,8 +144,9 @@ def event_message(first_seq: int, last_seq: int, label: str = "left") -> EventMe
         end_wall_ns=1_700_000_001_000_000_000,
         peak_score=0.9,
         mean_score=0.8,
+        peak_seq=last_seq,
         windows=5,
-        end_reason="exit",
+        end_reason="exit" if phase == "end" else None,
     )
 
 
@@ -153,12 +156,16 @@ def test_event_clips_span_the_event_with_pre_and_post_roll(tmp_path):
     stream = frames(300)
     for f in stream:
         recorder.on_frame("cam1", f)
-        if f.seq == 120:  # events are published when they close: a few windows after their last frame
+        if f.seq == 70:
+            recorder.on_event(event_message(60, 70, phase="start"))  # no clip for an event still open
+        if f.seq == 120:  # events end a few windows after their last frame
             recorder.on_event(event_message(60, 110))
             recorder.on_event(event_message(0, 119, label="right"))  # 4 s long: the clip keeps its last 4 s
     recorder.close()
     left, right = recorder.clips["cam1"]
+    assert left == recorder.event_paths(event_message(60, 110))[0]  # the path the event message names
     assert left.parent == tmp_path / "events" and left.name.startswith("cam1_left_20231114T")
+    assert left.name.endswith("_left0060.mp4")  # the event id's first 8 characters
     images, fps, _ = decode(left)
     assert fps == pytest.approx(FPS, rel=0.01)
     assert len(images) == (110 + 15) - (60 - 30) + 1, "frames 30..125: 1 s before, 0.5 s after"

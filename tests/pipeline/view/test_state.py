@@ -122,3 +122,19 @@ def test_preview_frames_decode_to_their_jpeg_bytes():
     state.apply(payload | {"seq": 3, "width": 2, "height": 2, "capture_wall_ns": 0})
     assert state.frame_jpeg("cam1") == jpeg
     assert state.frame_jpeg("cam2") is None
+
+
+def test_an_events_phases_make_one_entry_replaced_as_they_arrive():
+    state = ViewState(max_events=3)
+
+    def event(event_id: str, phase: str, end_ns: int) -> dict:
+        reason = "exit" if phase == "end" else None
+        return {"kind": "event", "camera_id": "cam1", "id": event_id, "phase": phase, "label": "left",
+                "start_wall_ns": 0, "end_wall_ns": end_ns, "end_reason": reason}  # fmt: skip
+
+    state.apply(event("a", "start", 1))
+    state.apply(event("b", "start", 2))
+    state.apply(event("a", "update", 3))
+    state.apply(event("a", "end", 4))
+    shown = state.changes(0)[1][0]["events"]
+    assert [(e["id"], e["phase"], e["end_wall_ns"]) for e in shown] == [("b", "start", 2), ("a", "end", 4)]

@@ -264,7 +264,7 @@ def test_the_label_goes_out_on_its_zeromq_topic(make_rig, tmp_path):
 def test_stats_carry_the_cameras_counts_and_latency_percentiles_of_the_interval(make_rig):
     rig = make_rig(("a", "b"), events=True)
     rig.loop.settings = LoopSettings(SLOTS, 1.0, 5.0, "test", box_id="box1", stats_s=3600.0)
-    with Subscriber(rig.loop.outputs.publisher.endpoint, ["stats/"], timeout_s=0.05, parse=True) as sub:
+    with Subscriber(rig.loop.outputs.publisher.endpoint, ["stats/"], timeout_s=0.05) as sub:
         for frames in (range(5), range(5, 9), range(9, 13)):  # a window each time, for each camera
             for cam in ("a", "b"):
                 rig.write(cam, frames)

@@ -294,12 +294,13 @@ def test_sigkill_while_recording_loses_at_most_the_last_fragment(tmp_path, recor
     files = sorted(directory.glob("a_*.mp4"))
     frames = {f.name: ffprobe_frames(f) for f in files}
     assert all(frames[f.name] for f in files[:-1]), f"every file but the one being written plays: {frames}"
-    if not frames[files[-1].name]:  # killed before its first fragment: the next start removes it
-        nxt = Run(tmp_path, recording_config(free_port(), directory), "next", "--duration", "0.5")
-        try:
-            assert nxt.proc.wait(60) == 0, nxt.output()[-3000:]
-        finally:
-            nxt.kill_all()
+    # the next start reclaims the rings and removes a segment killed before its first fragment
+    nxt = Run(tmp_path, recording_config(free_port(), directory), "next", "--duration", "0.5")
+    try:
+        assert nxt.proc.wait(60) == 0, nxt.output()[-3000:]
+    finally:
+        nxt.kill_all()
+    if not frames[files[-1].name]:
         assert not files[-1].exists() and "left unplayable by an earlier run" in nxt.output()
         files = files[:-1]
     playable_s = sum(frames[f.name] for f in files) / 15.0

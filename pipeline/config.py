@@ -42,6 +42,7 @@ __all__ = [
     "RingConfig",
     "SupervisorConfig",
     "ViewConfig",
+    "WebhookConfig",
     "WindowConfig",
     "config_hash",
     "load_config",
@@ -69,6 +70,26 @@ MAX_FRAME_INTERVAL = 1000
 """Upper bound of ``window.frame_interval`` and ``cameras[].frame_interval``."""
 MAX_HWM = 1_000_000
 """Upper bound of ``publish.send_hwm`` (messages)."""
+MAX_QUEUE = 1_000_000
+"""Upper bound of ``mqtt.queue_size`` (messages)."""
+MAX_RECORD_QUEUE = 100_000
+"""Upper bound of ``record.queue_frames`` (frames: each holds a copy of a camera frame in memory)."""
+MAX_WINDOWS = 10_000
+"""Upper bound of ``events.min_windows``."""
+MQTT_TEXT_BYTES = {"prefix": 1024, "box_id": 256, "discovery_prefix": 1024, "client_id": 256, "username": 1024}
+"""Upper bound (UTF-8 bytes) of each MQTT text setting: a whole topic stays far below the protocol's 65,535."""
+
+
+def _check_mqtt_text(name: str, value: str | None) -> None:
+    """An MQTT string (MQTT 3.1.1 section 1.5.3): no NUL or control characters, at most
+    :data:`MQTT_TEXT_BYTES` bytes."""
+    if value is None:
+        return
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        raise FieldError(name, f"must not contain NUL or control characters, got {value[:40]!r}")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MQTT_TEXT_BYTES[name]:
+        raise FieldError(name, f"must be at most {MQTT_TEXT_BYTES[name]} bytes, got {size}")
 
 
 def _seconds(default: float) -> Any:
@@ -157,6 +178,8 @@ class PublishConfig:
     """How long closing waits to flush queued messages."""
     heartbeat_s: float = _seconds(1.0)
     """Period of ``status/<camera>/`` messages."""
+    stats_s: float = ranged(10.0, 0, MAX_SECONDS, unit="s")
+    """Period of the box's ``stats/<box_id>/`` message (cameras, fps, latency percentiles, engine, drops); 0 = none."""
     curve_secret_key_file: str | None = None
     """The publisher's CURVE secret key file (server.key_secret from ``emim-stream keys --name server``, mode
     0600). Set together with ``curve_clients_dir`` to encrypt the stream and admit only authorised subscribers."""
@@ -217,10 +240,13 @@ class EventsConfig:
     """An event opens when a label's score stays >= ``enter`` for ``min_windows`` consecutive windows."""
     exit: float = 0.4
     """An open event closes at the first window whose score of its label is below ``exit`` (<= ``enter``)."""
-    min_windows: int = ranged(3, 1)
+    min_windows: int = ranged(3, 1, MAX_WINDOWS)
     """Consecutive windows >= ``enter`` before an event opens (shorter flickers open none)."""
     exclude: tuple[str, ...] = ()
     """Labels that never make events (e.g. ``static``)."""
+    update_s: float = ranged(0.0, 0, MAX_SECONDS, unit="s")
+    """While an event is open, an ``update`` message (running peak and duration) at most every this many seconds
+    of video; 0 = only ``start`` and ``end``."""
 
     def __post_init__(self) -> None:
         check_ranges(self, FieldError)
@@ -228,8 +254,10 @@ class EventsConfig:
             raise FieldError("exit", f"must be in [0, events.enter = {self.enter}], got {self.exit}")
 
 
-MQTT_KINDS = ("event", "label", "status")
-"""Message kinds the MQTT sink can publish (the last level of its topics)."""
+MQTT_KINDS = ("event", "label", "status", "stats", "action", "snapshot")
+"""What the MQTT sink can publish (the last level of its topics, pipeline/comms/mqtt.py)."""
+HOME_ASSISTANT_KINDS = ("event", "action", "snapshot", "stats")
+"""The kinds the Home Assistant entities read (pipeline/comms/homeassistant.py)."""
 
 
 @dataclass(frozen=True)
@@ -248,8 +276,10 @@ class MqttConfig:
     """MQTT client id (default ``emim-<box_id>``: stable per box, so a broker sees one client per box)."""
     prefix: str = "emim"
     """First topic level(s), e.g. ``factory/line1``."""
-    kinds: tuple[str, ...] = ("event",)
-    """What to publish: any of ``event``, ``label``, ``status``."""
+    kinds: tuple[str, ...] = HOME_ASSISTANT_KINDS
+    """What to publish: any of ``event`` (start/update/end), ``label`` (every window), ``status`` (heartbeats),
+    ``stats`` (the box's periodic stats), ``action`` (the current top label, retained: when it changes and with each
+    heartbeat) and ``snapshot`` (a JPEG at each event's peak, retained)."""
     qos: int = 1
     """MQTT QoS of every message: 0 (at most once), 1 (at least once), 2 (exactly once)."""
     retain_status: bool = True
@@ -270,14 +300,19 @@ class MqttConfig:
     """Private key of ``cert_file`` (PEM)."""
     tls_insecure: bool = False
     """Do not check the broker's host name against its certificate (testing only)."""
-    keepalive_s: int = ranged(30, 5)
-    """MQTT keep-alive: the broker drops the client after 1.5x this without traffic."""
-    queue_size: int = ranged(1000, 1)
+    keepalive_s: int = ranged(30, 1, 65535)
+    """MQTT keep-alive (the protocol's limit is 65535): the broker drops the client after 1.5x this without
+    traffic."""
+    queue_size: int = ranged(1000, 1, MAX_QUEUE)
     """Messages waiting for the broker; when full (broker down) the oldest is dropped and counted."""
-    reconnect_min_s: float = 1.0
+    reconnect_min_s: float = _seconds(1.0)
     """First delay before reconnecting to a lost or unreachable broker (doubles each time)."""
-    reconnect_max_s: float = 30.0
+    reconnect_max_s: float = _seconds(30.0)
     """Cap of the reconnect delay."""
+    home_assistant: bool = False
+    """Announce every camera to Home Assistant by MQTT discovery (retained configs under ``discovery_prefix``)."""
+    discovery_prefix: str = "homeassistant"
+    """Home Assistant's discovery prefix (its MQTT integration's setting)."""
 
     def __post_init__(self) -> None:
         if self.host is not None and not self.host.strip():
@@ -285,7 +320,9 @@ class MqttConfig:
         check_ranges(self, FieldError)
         if self.protocol not in ("3.1.1", "5"):
             raise FieldError("protocol", f"must be '3.1.1' or '5', got {self.protocol!r}")
-        for name in ("prefix", "box_id"):
+        for name in MQTT_TEXT_BYTES:
+            _check_mqtt_text(name, getattr(self, name))
+        for name in ("prefix", "box_id", "discovery_prefix"):
             value = getattr(self, name)
             if value is not None and (not value or any(c in value for c in "+#") or "//" in f"/{value}/"):
                 raise FieldError(name, f"must be topic levels without '+', '#' or empty levels, got {value!r}")
@@ -294,6 +331,9 @@ class MqttConfig:
         unknown = [k for k in self.kinds if k not in MQTT_KINDS]
         if unknown or not self.kinds:
             raise FieldError("kinds", f"must be a non-empty list of {', '.join(MQTT_KINDS)}, got {list(self.kinds)}")
+        missing = [k for k in HOME_ASSISTANT_KINDS if k not in self.kinds]
+        if self.home_assistant and missing:
+            raise FieldError("kinds", f"home_assistant needs {', '.join(missing)} among the kinds")
         if self.qos not in (0, 1, 2):
             raise FieldError("qos", f"must be 0, 1 or 2, got {self.qos}")
         if self.password is not None and self.password_env is not None:
@@ -302,8 +342,47 @@ class MqttConfig:
             raise FieldError("username", "a password needs a username")
         if (self.cert_file is None) != (self.key_file is None):
             raise FieldError("key_file", "must be set together with cert_file")
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
-            raise FieldError("reconnect_min_s", "must be > 0 and <= reconnect_max_s")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise FieldError("reconnect_min_s", "must be <= reconnect_max_s")
+
+
+WEBHOOK_PHASES = ("start", "update", "end")
+"""Event phases a webhook can be sent."""
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """The webhook sink (pipeline/comms/webhook.py): event messages POSTed to HTTP(S) URLs."""
+
+    urls: tuple[str, ...] = ()
+    """Where to send events (``http://`` or ``https://``); empty = no webhook. Each URL has its own queue."""
+    format: Literal["emim", "frigate"] = "emim"
+    """``emim``: POST each event message as published. ``frigate``: each URL is a Frigate base URL
+    (``http://frigate:5000``); an event's start creates a manual event in Frigate, its end ends it."""
+    phases: tuple[str, ...] = ("start", "end")
+    """Event phases sent (``emim`` format): any of ``start``, ``update``, ``end``."""
+    token_env: str | None = None
+    """Name of an environment variable holding a bearer token (``Authorization: Bearer ...``); never logged."""
+    ca_file: str | None = None
+    """CA certificate(s) (PEM) for HTTPS servers the system store does not trust."""
+    timeout_s: float = _seconds(5.0)
+    """Connect and read timeout of one request."""
+    retries: int = ranged(3, 0, 10)
+    """Retries of a request that failed (connection error, timeout, 429 or 5xx) before it is dropped."""
+    backoff_s: float = _seconds(0.5)
+    """Delay before the second retry, doubling with each further one (the first retry is at once)."""
+    queue_size: int = ranged(100, 1, 100_000)
+    """Events waiting per URL; when full the oldest is dropped and counted."""
+
+    def __post_init__(self) -> None:
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")) or not url.split("://", 1)[1]:
+                raise FieldError("urls", f"must be http:// or https:// URLs, got {url!r}")
+        unknown = [p for p in self.phases if p not in WEBHOOK_PHASES]
+        if unknown or not self.phases:
+            phases = ", ".join(WEBHOOK_PHASES)
+            raise FieldError("phases", f"must be a non-empty list of {phases}, got {list(self.phases)}")
+        check_ranges(self, FieldError)
 
 
 @dataclass(frozen=True)
@@ -346,20 +425,27 @@ class ViewConfig:
 
 @dataclass(frozen=True)
 class RecordConfig:
-    """Annotated MP4 recordings of every camera (label, score and latency drawn on the frames)."""
+    """Annotated MP4 recordings of every camera (label, score and latency drawn on the frames), written as
+    fragmented MP4 segments that survive a crash (pipeline/outputs/segments.py)."""
 
     dir: str | None = None
-    """Directory of the recordings (None = off); one file series per camera, ``<camera>_<UTC time>.mp4``."""
+    """Directory of the recordings (None = off); one segment series per camera, ``<camera>_<UTC time>.mp4``."""
     height: int = ranged(360, 32, 2160)
     """Height in pixels of the recorded picture (frames are scaled up to it), a text band is added above."""
     codec: Literal["auto", "h264", "mpeg4"] = "auto"
-    """``auto``: H.264 where the OpenCV build can encode it, else MPEG-4 part 2."""
-    max_s: float = ranged(300.0, 0, low_open=True)
-    """Start a new file after this many seconds of video."""
-    max_mb: float = ranged(100.0, 0, low_open=True)
-    """Start a new file once the current one reaches this size."""
-    queue_frames: int = ranged(256, 1)
+    """``auto``: H.264 where it can be encoded, else MPEG-4 part 2."""
+    segment_s: float = _seconds(60.0)
+    """Start a new segment file after this many seconds of video (a crash loses at most the last half second)."""
+    max_mb: float = ranged(100.0, 1, 100_000)
+    """Start a new segment once the current one reaches this size (MB)."""
+    retain_gb: float | None = ranged(None, 0.001, 1_000_000)
+    """Delete a camera's oldest segments while its segments take more than this (None = keep all)."""
+    retain_days: float | None = ranged(None, 0.001, 36_500)
+    """Delete segments older than this many days (None = keep all)."""
+    queue_frames: int = ranged(256, 1, MAX_RECORD_QUEUE)
     """Frames waiting for the encoder; when full, frames are dropped (counted), never the inference loop slowed."""
+    retry_s: float = _seconds(5.0)
+    """After a write error (full disk, removed or read-only directory) try a new segment this often."""
     event_clips: bool = False
     """Also write a short clip around every action event (``DIR/events/``); keeps the last seconds of frames."""
     clip_pre_s: float = ranged(2.0, 0, 60)
@@ -389,6 +475,7 @@ class PipelineConfig:
     record: RecordConfig = field(default_factory=RecordConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
     def __post_init__(self) -> None:
         if not self.cameras:

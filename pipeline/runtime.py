@@ -6,7 +6,8 @@
       -> CameraStream per camera: ring reader, VMP stage, clip window     emim_stream.pipeline.inference.stream
       -> Scheduler: ready windows, round-robin, up to the max batch       emim_stream.pipeline.inference.scheduler
       -> Engine.infer -> Postprocessor -> EventTracker                    emim_stream.pipeline.inference.loop
-      -> Outputs: ZeroMQ PUB, MQTT sink, recorder, live-view previews     emim_stream.pipeline.outputs.dispatch
+      -> Outputs: ZeroMQ PUB, MQTT sink (+ Home Assistant discovery),     emim_stream.pipeline.outputs.dispatch
+         webhook sink, event snapshots, recorder, live-view previews
       -> LatencyRecorder, observers (Prometheus metrics, the callbacks)   emim_stream.pipeline.inference.loop
 
 then runs :class:`emim_stream.pipeline.inference.loop.InferenceLoop` until the duration passes, ``stop`` is set or
@@ -16,9 +17,10 @@ ended, and reports what it did. Every part is closed on every exit path.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +30,11 @@ from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.sampling import SamplingRequest
 from emim_stream.pipeline.capture.camera import CameraExit
 from emim_stream.pipeline.capture.supervisor import CameraSupervisor
+from emim_stream.pipeline.comms.homeassistant import announcement
 from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage
-from emim_stream.pipeline.comms.mqtt import MqttSink
+from emim_stream.pipeline.comms.mqtt import MqttSink, default_box_id
 from emim_stream.pipeline.comms.publish import CurveServer, Publisher, SlowSubscriberPolicy
+from emim_stream.pipeline.comms.webhook import WebhookSink
 from emim_stream.pipeline.config import PipelineConfig, config_hash
 from emim_stream.pipeline.inference.latency import LatencyRecorder
 from emim_stream.pipeline.inference.loop import CallbackObserver, InferenceLoop, LoopSettings, Observer
@@ -40,6 +44,7 @@ from emim_stream.pipeline.outputs.dispatch import Outputs
 from emim_stream.pipeline.outputs.metrics import Metrics
 from emim_stream.pipeline.outputs.preview import PreviewTap
 from emim_stream.pipeline.outputs.record import Recorder
+from emim_stream.pipeline.outputs.snapshot import Snapshots
 
 __all__ = ["RunReport", "run"]
 
@@ -62,8 +67,16 @@ class RunReport:
     misconfigured: dict[str, str] = field(default_factory=dict)
     """Cameras whose settings cannot work with their source (too slow for the model's sampling) -> why."""
     events: dict[str, int] = field(default_factory=dict)
+    """Action events started per camera."""
     mqtt: dict[str, Any] | None = None
     """The MQTT sink's final :meth:`emim_stream.pipeline.comms.mqtt.MqttSink.stats` (None: no sink)."""
+    webhook: dict[str, Any] | None = None
+    """The webhook sink's final :meth:`emim_stream.pipeline.comms.webhook.WebhookSink.stats` (None: no sink)."""
+    snapshots: dict[str, int] | None = None
+    """Event snapshots ``encoded`` and ``dropped`` (None: no snapshot encoder)."""
+    record: dict[str, dict[str, Any]] | None = None
+    """Per camera, the recorder's final :meth:`emim_stream.pipeline.outputs.record.Recorder.stats` (None: not
+    recording)."""
 
 
 def run(
@@ -83,7 +96,7 @@ def run(
         stop: set it (e.g. from a signal handler) to end the run cleanly.
         on_label: called with every published label message.
         on_note: called with ``(camera_id, text)`` for every camera problem report.
-        on_event: called with every published (closed) action event.
+        on_event: called with every published action event message (start, update, end).
         on_publishing: called with the bound endpoint (wildcard port resolved) once the publisher is bound.
 
     Raises:
@@ -122,9 +135,20 @@ def run(
                 all_frames=cfg.record.dir is not None,  # the recorder shows every frame, not only the model's
             )
         )
-        outputs = Outputs(publisher, _mqtt(cfg, resources), _preview_tap(cfg, resources), _recorder(cfg, resources))
+        outputs = Outputs(
+            publisher,
+            _mqtt(cfg, resources, engine.labels, info.model_name),
+            _preview_tap(cfg, resources),
+            _recorder(cfg, resources),
+            _webhook(cfg, resources),
+        )
+        outputs.snapshots = _snapshots(cfg, resources, outputs)
         if metrics is not None and outputs.mqtt is not None:
             metrics.watch_mqtt(outputs.mqtt)
+        if metrics is not None and outputs.webhook is not None:
+            metrics.watch_webhook(outputs.webhook)
+        if metrics is not None and outputs.recorder is not None:
+            metrics.watch_recorder(outputs.recorder, [c.id for c in cfg.cameras])
         streams = [
             build_stream(
                 cam, cameras.cameras[cam.id].ring, engine, cfg.stride_of(cam), cfg.postprocess, cfg.events, outputs.taps
@@ -134,7 +158,12 @@ def run(
         observers: list[Observer] = [] if metrics is None else [metrics]
         observers.append(CallbackObserver(on_label, on_event))
         settings = LoopSettings(
-            cfg.ring.slots, cfg.publish.heartbeat_s, cfg.supervisor.stall_timeout_s, config_hash(cfg)
+            cfg.ring.slots,
+            cfg.publish.heartbeat_s,
+            cfg.supervisor.stall_timeout_s,
+            config_hash(cfg),
+            box_id=cfg.mqtt.box_id or default_box_id(),
+            stats_s=cfg.publish.stats_s,
         )
         loop = InferenceLoop(
             engine,
@@ -154,7 +183,8 @@ def run(
 
 
 def _report(reason: str, loop: InferenceLoop, cameras: CameraSupervisor, outputs: Outputs) -> RunReport:
-    """What the run did; closes the MQTT sink first, so its counts are final."""
+    """What the run did; closes the snapshot encoder, the sinks (the MQTT sink after the webhook: it takes the
+    snapshots) and the recorder first, so their counts are final."""
     streams = loop.streams
     report = RunReport(
         labels={cam_id: s.labels_sent for cam_id, s in streams.items()},
@@ -170,9 +200,18 @@ def _report(reason: str, loop: InferenceLoop, cameras: CameraSupervisor, outputs
         },
         events={cam_id: s.events_sent for cam_id, s in streams.items()},
     )
+    if outputs.snapshots is not None:
+        outputs.snapshots.close()
+        report.snapshots = outputs.stats()["snapshots"]
+    if outputs.webhook is not None:
+        outputs.webhook.close()
+        report.webhook = outputs.webhook.stats()
     if outputs.mqtt is not None:
         outputs.mqtt.close()
         report.mqtt = outputs.mqtt.stats()
+    if outputs.recorder is not None:
+        outputs.recorder.close()
+        report.record = {cam_id: outputs.recorder.stats(cam_id) for cam_id in streams}
     return report
 
 
@@ -200,10 +239,40 @@ def _metrics(cfg: PipelineConfig, resources: ExitStack) -> Metrics | None:
     return metrics
 
 
-def _mqtt(cfg: PipelineConfig, resources: ExitStack) -> MqttSink | None:
+def _mqtt(cfg: PipelineConfig, resources: ExitStack, labels: Sequence[str], model: str) -> MqttSink | None:
     if cfg.mqtt.host is None:
         return None
-    return resources.enter_context(MqttSink(cfg.mqtt))
+    discovery = None
+    if cfg.mqtt.home_assistant:
+        box_id = cfg.mqtt.box_id or default_box_id()
+        event_types = [label for label in labels if label not in cfg.events.exclude] if cfg.events.enabled else []
+        cameras = [c.id for c in cfg.cameras]
+        discovery = announcement(cfg.mqtt, box_id, cameras, event_types, model, _version())
+    return resources.enter_context(MqttSink(cfg.mqtt, announcement=discovery))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("emim-stream")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
+
+
+def _webhook(cfg: PipelineConfig, resources: ExitStack) -> WebhookSink | None:
+    if not cfg.webhook.urls:
+        return None
+    return resources.enter_context(WebhookSink(cfg.webhook))
+
+
+def _snapshots(cfg: PipelineConfig, resources: ExitStack, outputs: Outputs) -> Snapshots | None:
+    """The snapshot encoder when a snapshot has somewhere to go: the MQTT ``snapshot`` topic or event clips."""
+    to_mqtt = outputs.mqtt is not None and "snapshot" in cfg.mqtt.kinds
+    to_files = outputs.recorder is not None and cfg.record.event_clips
+    if not (cfg.events.enabled and (to_mqtt or to_files)):
+        return None
+    snapshots = Snapshots([c.id for c in cfg.cameras], outputs.deliver_snapshot, height=cfg.record.height)
+    resources.callback(snapshots.close)
+    return snapshots
 
 
 def _preview_tap(cfg: PipelineConfig, resources: ExitStack) -> PreviewTap | None:

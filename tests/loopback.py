@@ -1,18 +1,26 @@
-"""What the test rigs that start real servers on 127.0.0.1 share (tests/mqtt_broker.py, tests/rtsp_rig.py).
+"""What the test rigs that start real servers on 127.0.0.1 share (tests/mqtt_broker.py, tests/rtsp_rig.py,
+tests/http_hook.py).
 
-The skip reason when a server's tools are missing, a free TCP port, a probe for a listening port, and a
+The skip reason when a server's tools are missing, a free TCP port, a probe for a listening port, a
 ``preexec_fn`` that ties a server's life to the test process (``PR_SET_PDEATHSIG``: SIGTERM when the test
-process dies, so no server outlives a killed run).
+process dies, so no server outlives a killed run), and a throw-away CA with a server certificate for 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import ctypes
+import shutil
 import signal
 import socket
+import subprocess
 import sys
+from pathlib import Path
 
-__all__ = ["accepts", "die_with_parent", "free_port", "missing_tools"]
+import pytest
+
+__all__ = ["accepts", "die_with_parent", "free_port", "make_certificates", "missing_tools"]
+
+OPENSSL = shutil.which("openssl")
 
 _PR_SET_PDEATHSIG = 1
 # resolved here, not in the forked child, where only async-signal-safe work is allowed before exec
@@ -50,3 +58,21 @@ def accepts(port: int) -> bool:
 def die_with_parent() -> None:
     """``preexec_fn`` (Linux): the child gets SIGTERM when the test process dies."""
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def make_certificates(directory: Path) -> Path:
+    """``ca.pem`` (a throw-away CA) and ``server.pem`` / ``server.key`` for IP 127.0.0.1, signed by it, made with the
+    ``openssl`` command in ``directory`` (the test is skipped without it); returns the CA's path."""
+    if OPENSSL is None:
+        pytest.skip("the TLS tests need the openssl command")
+
+    def run(*args: str) -> None:
+        subprocess.run([OPENSSL, *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=emim-test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.pem", "-days", "1", "-extfile", "san.cnf")  # fmt: skip
+    return directory / "ca.pem"

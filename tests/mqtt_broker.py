@@ -19,16 +19,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.loopback import accepts, die_with_parent, free_port, missing_tools
+from tests.loopback import accepts, die_with_parent, free_port, make_certificates, missing_tools
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
-OPENSSL = shutil.which("openssl")
 MISSING = missing_tools(
     "the MQTT tests need Linux and Debian's mosquitto", "mosquitto mosquitto-clients", MOSQUITTO, MOSQUITTO_PASSWD
 )
@@ -42,9 +42,12 @@ class Mosquitto:
         directory: config, password file, persistence, certificates and ``mosquitto.log``.
         users: user name -> password; None = anonymous clients allowed.
         tls: serve TLS only, with a certificate for 127.0.0.1 signed by the CA in :attr:`ca_file`.
+        acl: lines of a mosquitto ACL file (e.g. ``["topic read #"]``: clients may subscribe but not publish).
     """
 
-    def __init__(self, directory: Path, users: dict[str, str] | None = None, tls: bool = False) -> None:
+    def __init__(
+        self, directory: Path, users: dict[str, str] | None = None, tls: bool = False, acl: list[str] | None = None
+    ) -> None:
         if MISSING:
             raise RuntimeError(MISSING)
         self.directory = directory
@@ -65,8 +68,11 @@ class Mosquitto:
             for user, password in users.items():
                 subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwords), user, password], check=True)
             lines += ["allow_anonymous false", f"password_file {passwords}"]
+        if acl is not None:
+            (directory / "acl").write_text("\n".join(acl) + "\n")
+            lines.append(f"acl_file {directory}/acl")
         if tls:
-            _make_certificates(directory)
+            make_certificates(directory)
             lines += [f"cafile {self.ca_file}", f"certfile {directory}/server.pem", f"keyfile {directory}/server.key"]
         self.config = directory / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
@@ -99,31 +105,16 @@ class Mosquitto:
         return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
 
 
-def _make_certificates(directory: Path) -> None:
-    """``ca.pem`` (a throw-away CA) and ``server.pem`` / ``server.key`` for IP 127.0.0.1, signed by it."""
-    if OPENSSL is None:
-        pytest.skip("the MQTT TLS test needs the openssl command")
-
-    def run(*args: str) -> None:
-        subprocess.run([OPENSSL, *args], cwd=directory, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-        "-subj", "/CN=emim-test-ca")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-        "server.pem", "-days", "1", "-extfile", "san.cnf")  # fmt: skip
-
-
 class Recorder:
-    """A paho subscriber that records every message ``(topic, payload dict, retain)`` under ``topic_filter``.
+    """A paho subscriber that records every message ``(topic, payload, retain)`` under ``topic_filter``; the payload
+    is the decoded JSON, or the bytes of one that is not JSON (availability, snapshots, empty retained messages).
 
     With ``persistent`` it keeps a broker-side session (clean_session False, QoS 1): messages published while
     it is disconnected are delivered when it reconnects (paho reconnects by itself).
     """
 
     def __init__(self, port: int, topic_filter: str, persistent: bool = False, client_id: str = "recorder") -> None:
-        self.messages: list[tuple[str, dict, bool]] = []
+        self.messages: list[tuple[str, Any, bool]] = []
         self._lock = threading.Condition()
         self._subscribed = threading.Event()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
@@ -137,8 +128,12 @@ class Recorder:
             self._subscribed.set()
 
         def on_message(client, userdata, message):
+            try:
+                payload = json.loads(message.payload)
+            except ValueError:
+                payload = bytes(message.payload)
             with self._lock:
-                self.messages.append((message.topic, json.loads(message.payload), bool(message.retain)))
+                self.messages.append((message.topic, payload, bool(message.retain)))
                 self._lock.notify_all()
 
         self._client.on_connect = on_connect
@@ -149,7 +144,7 @@ class Recorder:
         if not self._subscribed.wait(10):
             raise RuntimeError("the recording subscriber did not get its SUBACK")
 
-    def wait_for(self, predicate: Callable[[list[tuple[str, dict, bool]]], bool], timeout_s: float = 10.0) -> bool:
+    def wait_for(self, predicate: Callable[[list[tuple[str, Any, bool]]], bool], timeout_s: float = 10.0) -> bool:
         with self._lock:
             return self._lock.wait_for(lambda: predicate(self.messages), timeout_s)
 
@@ -160,15 +155,18 @@ class Recorder:
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    """A factory of started :class:`Mosquitto` brokers (``users=``, ``tls=``); all are stopped at teardown."""
+    """A factory of started :class:`Mosquitto` brokers (``users=``, ``tls=``, ``acl=``); all are stopped at
+    teardown."""
     if MISSING:
         pytest.skip(MISSING)
     made: list[Mosquitto] = []
 
-    def make(users: dict[str, str] | None = None, start: bool = True, tls: bool = False) -> Mosquitto:
+    def make(
+        users: dict[str, str] | None = None, start: bool = True, tls: bool = False, acl: list[str] | None = None
+    ) -> Mosquitto:
         directory = tmp_path / f"mosquitto{len(made)}"
         directory.mkdir()
-        broker = Mosquitto(directory, users, tls)
+        broker = Mosquitto(directory, users, tls, acl)
         made.append(broker)
         if start:
             broker.start()

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         dest="topics",
         metavar="PREFIX",
-        help="topic prefix, repeatable, e.g. labels/cam1/ (default: labels/ and status/)",
+        help="topic prefix, repeatable, e.g. labels/cam1/ (default: labels/, status/ and events/)",
     )
     parser.add_argument(
         "--samples", type=int, default=10_000, metavar="N", help="latency samples kept per camera and stage"

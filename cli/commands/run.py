@@ -82,12 +82,15 @@ class Accuracy:
 
 
 def _format_event(msg: EventMessage) -> str:
+    """One line per event message: ``start``, ``update`` or ``end`` (with its reason), and the event's short id."""
     start = time.strftime("%H:%M:%S", time.localtime(msg.start_wall_ns // 10**9))
-    return (
-        f"{msg.camera_id:>8} event  {msg.label:<11} from {start}.{msg.start_wall_ns // 10**6 % 1000:03d} "
+    ms = msg.start_wall_ns // 10**6 % 1000
+    line = (
+        f"{msg.camera_id:>8} event  {msg.label:<11} {msg.phase:<6} from {start}.{ms:03d} "
         f"for {msg.duration_s:.2f} s  frames {msg.first_seq}-{msg.last_seq}  peak {msg.peak_score:.2f} "
-        f"mean {msg.mean_score:.2f}  {msg.windows} windows  ({msg.end_reason})"
+        f"mean {msg.mean_score:.2f}  {msg.windows} windows"
     )
+    return f"{line}  ({msg.end_reason})  id {msg.id[:8]}" if msg.phase == "end" else f"{line}  id {msg.id[:8]}"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -124,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"{camera_id:>8} ! {text}", file=sys.stderr, flush=True)
 
     def on_publishing(endpoint: str) -> None:  # after a successful bind, with the port it got
-        topics = "labels/<camera>/, status/<camera>/, events/<camera>/"
+        topics = "labels/<camera>/, status/<camera>/, events/<camera>/, stats/<box>/"
         print(f"emim-stream: publishing on {endpoint} (topics {topics})", flush=True)
 
     with ViewProcess.for_pipeline(cfg) or nullcontext() as view:
@@ -146,6 +149,20 @@ def main(args: argparse.Namespace) -> int:
             f"mqtt: {m['sent']} sent, {m['dropped']} dropped, {m['reconnects']} reconnects"
             + (f" (last problem: {m['detail']})" if m["detail"] else "")
         )
+        if m["refused"] and not m["sent"]:
+            print(f"mqtt: the broker refused every message ({m['refused']}): none reached a subscriber")
+    for cam_id, rec in (report.record or {}).items():
+        print(
+            f"recording {cam_id}: {rec['written']} frames in {rec['files']} file(s), {rec['dropped']} dropped "
+            f"(encoder behind), {rec['lost']} frames lost to write errors"
+            + (f" (last: {rec['detail']})" if rec["detail"] else "")
+        )
+    if report.webhook is not None:
+        w = report.webhook
+        problem = f" (last problem: {w['detail']})" if w["detail"] else ""
+        print(f"webhook: {w['sent']} sent, {w['dropped']} dropped{problem}")
+    if report.snapshots is not None:
+        print(f"snapshots: {report.snapshots['encoded']} encoded, {report.snapshots['dropped']} dropped")
     if report.latency:
         print("\nper-window latency (CLOCK_MONOTONIC, ms; total = publish - capture of the newest frame):")
         print(format_table(report.latency))

@@ -1,6 +1,7 @@
-"""``emim-stream subscribe``: print the label (and status) messages of a running pipeline.
+"""``emim-stream subscribe``: print the messages of a running pipeline (labels by default).
 
-One line per message: camera, window frames, top-1 label and score, latency in ms; ``--jsonl`` appends each
+One line per message (a label: camera, window frames, top-1 label and score, latency in ms; an event: its phase,
+label, frames and short id; the box's stats: cameras, fps and latency); ``--jsonl`` appends each
 payload as one JSON line. At the end (``--count`` reached, ``--timeout`` passed, or Ctrl-C) a summary line
 gives the messages received, lost (``msg_seq`` gaps) and malformed, and refused handshakes if any. A publisher
 with CURVE needs ``--curve-server-key`` (its ``server.key``) and ``--curve-client-key`` (this subscriber's
@@ -19,16 +20,15 @@ from emim_stream.cli.commands.common import add_curve_arguments, curve_client, c
 from emim_stream.pipeline.comms.messages import (
     EventMessage,
     LabelMessage,
-    MessageError,
     PreviewMessage,
+    StatsMessage,
     StatusMessage,
-    parse_payload,
 )
 from emim_stream.pipeline.comms.subscribe import Received, Subscriber
 from emim_stream.pipeline.config import DEFAULT_ENDPOINT
 from emim_stream.pipeline.errors import PipelineError
 
-HELP = "print label/status messages of a running pipeline (ZeroMQ SUB)"
+HELP = "print label/status/event/stats messages of a running pipeline (ZeroMQ SUB)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         dest="topics",
         metavar="PREFIX",
-        help="topic prefix, repeatable: labels/, labels/cam1/, status/, events/ (default labels/)",
+        help="topic prefix, repeatable: labels/, labels/cam1/, status/, events/, stats/ (default labels/)",
     )
     parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N messages")
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds in total")
@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     curve = curve_client(args)
     with (
         _open_jsonl(args.jsonl) as sink,
-        Subscriber(args.endpoint, topics, max_msg_bytes=args.max_msg_bytes, curve=curve, parse=True) as sub,
+        Subscriber(args.endpoint, topics, max_msg_bytes=args.max_msg_bytes, curve=curve) as sub,
     ):
         n = 0
         try:
@@ -67,7 +67,13 @@ def main(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         _print_summary(sub, sys.stderr)
-        if n == 0:
+        if n == 0 and sub.malformed:
+            print(
+                f"emim-stream subscribe: {sub.malformed} message(s) arrived but none could be read: is the "
+                "publisher an emim-stream pipeline of this version?",
+                file=sys.stderr,
+            )
+        elif n == 0:
             hint = curve_hint(args, sub.handshake_failures)
             if hint is not None:
                 print(f"emim-stream subscribe: {hint}", file=sys.stderr)
@@ -84,17 +90,16 @@ def _open_jsonl(path: str | None) -> AbstractContextManager[TextIO | None]:
 
 
 def describe(received: Received) -> str:
-    """One line for a message: label, status, or the topic and why it could not be read."""
-    try:
-        msg = parse_payload(received.payload)
-    except MessageError as err:
-        return f"{received.topic} #{received.msg_seq} unreadable: {err}"
+    """One line for a message of any kind."""
+    msg = received.message
     if isinstance(msg, LabelMessage):
         return _describe_label(msg)
     if isinstance(msg, EventMessage):
         return _describe_event(msg)
     if isinstance(msg, PreviewMessage):
         return f"{msg.camera_id} #{msg.msg_seq} preview frame {msg.seq} {msg.width}x{msg.height} JPEG {len(msg.jpeg)} B"
+    if isinstance(msg, StatsMessage):
+        return _describe_stats(msg)
     return _describe_status(msg)
 
 
@@ -112,10 +117,17 @@ def _describe_label(msg: LabelMessage) -> str:
 
 
 def _describe_event(msg: EventMessage) -> str:
+    reason = f" ({msg.end_reason})" if msg.phase == "end" else ""
     return (
-        f"{msg.camera_id} #{msg.msg_seq} event {msg.label} {msg.duration_s:.2f} s frames {msg.first_seq}-"
-        f"{msg.last_seq} peak {msg.peak_score:.2f} mean {msg.mean_score:.2f} ({msg.end_reason})"
+        f"{msg.camera_id} #{msg.msg_seq} event {msg.phase} {msg.label} {msg.duration_s:.2f} s frames {msg.first_seq}-"
+        f"{msg.last_seq} peak {msg.peak_score:.2f} mean {msg.mean_score:.2f}{reason} id {msg.id[:8]}"
     )
+
+
+def _describe_stats(msg: StatsMessage) -> str:
+    cameras = ", ".join(f"{cam_id} {c.state} {c.fps:.1f} fps" for cam_id, c in msg.cameras.items())
+    latency = "-" if msg.latency_ms is None else f"p50 {msg.latency_ms.p50:.1f} p99 {msg.latency_ms.p99:.1f} ms"
+    return f"{msg.box_id} #{msg.msg_seq} stats up {msg.uptime_s:.0f} s {cameras}; latency {latency}"
 
 
 def _describe_status(msg: StatusMessage) -> str:

@@ -11,6 +11,11 @@ the key fields and the artefact's own hash. One whose sidecar is missing, unread
 another key, or whose bytes do not match the recorded hash is never loaded: it is rebuilt, with
 one log line saying why. Files are written atomically (temporary file, then rename).
 
+A package is native code, and the sidecar's hash is only worth what its folder is: the cache folder and its
+``plans`` folder are created 0700 and files 0600, and before anything is read the folders, the artefact and its
+sidecar must belong to this user and be writable by no one else; otherwise :class:`UnsafeCacheError` (a
+:class:`BackendUnavailableError`, so the engine falls back) names the path and the fix.
+
 This module imports neither TensorRT nor torch (only :meth:`CacheKey.for_input` asks torch for a GPU's
 name); the backends supply the build and load functions.
 """
@@ -21,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -38,7 +44,17 @@ if TYPE_CHECKING:
 
     from emim_stream.engines.backends.base import InputSpec
 
-__all__ = ["PLAN_FORMAT", "CacheKey", "CacheStatus", "EngineCache", "PlanKey", "default_cache_dir", "load_or_build"]
+__all__ = [
+    "PLAN_FORMAT",
+    "CacheKey",
+    "CacheStatus",
+    "EngineCache",
+    "PlanKey",
+    "UnsafeCacheError",
+    "check_private",
+    "default_cache_dir",
+    "load_or_build",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +72,34 @@ class CacheStatus(str, Enum):
     UNREADABLE = "unreadable"
     MISMATCHED = "mismatched"
     CORRUPT = "corrupt"
+
+
+class UnsafeCacheError(BackendUnavailableError):
+    """A cache folder or file that another user could have written: nothing in it is loaded."""
+
+
+def check_private(path: Path, toolkit: str) -> None:
+    """Refuse ``path`` unless it belongs to this user and no one else can write it.
+
+    Raises:
+        UnsafeCacheError: naming ``path`` and the fix (for ``toolkit``'s fallback log line).
+    """
+    st = path.stat()
+    folder = stat.S_ISDIR(st.st_mode)
+    what = "cache folder" if folder else "cached file"
+    if st.st_uid != os.geteuid():
+        raise UnsafeCacheError(
+            toolkit,
+            f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}): its native code is not "
+            f"loaded; set engine.plan_cache_dir to a folder of your own",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & bit)
+        raise UnsafeCacheError(
+            toolkit,
+            f"{what} {path} is writable by {who} (mode {stat.S_IMODE(st.st_mode):o}): its native code is not "
+            f"loaded; run 'chmod {700 if folder else 600} {path}'",
+        )
 
 
 def default_cache_dir() -> Path:
@@ -147,7 +191,14 @@ class EngineCache:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root) / "plans"
+        self.base = Path(root)
+        self.root = self.base / "plans"
+
+    def _check_folders(self, toolkit: str) -> None:
+        """The cache folder and its ``plans`` folder, where they exist, are this user's alone."""
+        for folder in (self.base, self.root):
+            if folder.exists():
+                check_private(folder, toolkit)
 
     def paths(self, key: CacheKey) -> tuple[Path, Path]:
         """(artefact file, sidecar file) of ``key``."""
@@ -163,11 +214,18 @@ class EngineCache:
 
         Returns:
             ``(artefact bytes or None, status, a sentence for the log)``.
+
+        Raises:
+            UnsafeCacheError: a folder, the artefact or its sidecar could have been written by another user.
         """
         plan_path, sidecar_path = self.paths(key)
         kind = key.kind
+        self._check_folders(key.toolkit)
         if not plan_path.is_file():
             return None, CacheStatus.MISSING, f"no cached {kind} {plan_path.name}"
+        for path in (plan_path, sidecar_path):
+            if path.exists():
+                check_private(path, key.toolkit)
         try:
             record = json.loads(sidecar_path.read_text())
             if not isinstance(record, dict):
@@ -204,9 +262,14 @@ class EngineCache:
 
         Args:
             info: extra sidecar entries (build settings, timings, the ONNX path).
+
+        Raises:
+            UnsafeCacheError: the cache folders are not this user's alone.
         """
         plan_path, sidecar_path = self.paths(key)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        self._check_folders(key.toolkit)
         record = {
             "format": PLAN_FORMAT,
             **asdict(key),
@@ -227,8 +290,9 @@ class EngineCache:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(data)
+    """Write ``data`` to ``path`` atomically, readable and writable by this user only (0600)."""
+    with atomic_write(path) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(data)
 
 
 def load_or_build(

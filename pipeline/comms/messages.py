@@ -1,8 +1,10 @@
-"""The message contract between the pipeline and its subscribers (schema 2 of labels, 1 of the other kinds).
+"""The message contract between the pipeline and its subscribers: ``label``, ``status``, ``event``, ``preview`` and
+``stats`` messages, each kind with its own schema version.
 
 Every message is a ZeroMQ multipart ``[topic, payload]``. The topic is ``labels/<camera_id>/``,
-``status/<camera_id>/`` or ``events/<camera_id>/``: the trailing ``/`` keeps ``cam1`` from matching ``cam10``
-under ZeroMQ's prefix filtering. The payload is one UTF-8 JSON object (no NaN/Infinity). Clocks: ``*_mono_ns``
+``status/<camera_id>/``, ``events/<camera_id>/``, ``preview/<camera_id>/`` or ``stats/<box_id>/``: the trailing ``/``
+keeps ``cam1`` from matching ``cam10`` under ZeroMQ's prefix filtering. The payload is one UTF-8 JSON object (no
+NaN/Infinity). Clocks: ``*_mono_ns``
 are CLOCK_MONOTONIC nanoseconds (``time.monotonic_ns()``), comparable only between processes whose
 ``clock_domain`` (the kernel boot id) is equal; ``*_wall_ns`` are CLOCK_REALTIME nanoseconds since the Unix epoch
 (``time.time_ns()``), for subscribers on other hosts. Counters are cumulative since the pipeline started.
@@ -13,13 +15,13 @@ nested on the wire (``timestamps``, ``latency``, ``topk`` objects); :class:`Labe
 
 Fields common to every kind:
 
-- ``schema`` int: the version of this message's kind (:data:`SCHEMA_VERSIONS`): 2 for ``label``, 1 for
-  ``status``, ``event`` and ``preview``. A kind's version changes only when its fields change incompatibly (label 2:
-  windows count sampled frames and carry their span); a new kind (``event`` was added after the first release
-  of schema 1) leaves the others alone. A reader must refuse versions it does not know and may skip unknown
-  kinds.
-- ``kind`` str: ``"label"``, ``"status"``, ``"event"`` or ``"preview"``.
-- ``camera_id`` str: the camera (1-64 printable characters, no ``/``, no whitespace).
+- ``schema`` int: the version of this message's kind (:data:`SCHEMA_VERSIONS`): 2 for ``label`` (schema 1 windows
+  counted camera frames and had no ``span_ms``), 2 for ``event`` (schema 1 events were published only when they
+  ended, without ``id`` and ``phase``), 1 for the others. A kind's version changes
+  only when its fields change incompatibly; a new kind leaves the others alone. A reader must refuse versions it
+  does not know and may skip unknown kinds.
+- ``kind`` str: ``"label"``, ``"status"``, ``"event"``, ``"preview"`` or ``"stats"``.
+- ``camera_id`` str (every kind but ``stats``): the camera (1-64 printable characters, no ``/``, no whitespace).
 - ``msg_seq`` int: per-topic message number set by the publisher, 0, 1, 2, ...; a gap means messages were lost,
   a decrease means the publisher restarted.
 - ``clock_domain`` str: the publisher host's boot id (or host name where there is none).
@@ -66,16 +68,40 @@ Fields common to every kind:
   "dropped": 0, "reconnects": 1, "detail": ""}}`` (:class:`emim_stream.pipeline.comms.mqtt.MqttSink`); empty when
   there are none.
 
-``event`` (topic ``events/<camera_id>/``), one per action event when it closes
-(:mod:`emim_stream.pipeline.inference.events`):
+``event`` (topic ``events/<camera_id>/``, schema 2), the lifecycle of one action event
+(:mod:`emim_stream.pipeline.inference.events`): ``start`` when it opens, ``update`` every ``events.update_s`` while
+it stays open (when set), ``end`` when it closes. Every message of one event carries the same ``id``:
 
+- ``id`` str: the event's id, unique across restarts and boxes (a random UUID, 32 hex digits).
+- ``phase`` str: ``start``, ``update`` or ``end``.
 - ``label`` str: the action.
-- ``first_seq``, ``last_seq`` int: the oldest frame of the event's first window and the newest frame of its last.
+- ``first_seq``, ``last_seq`` int: the oldest frame of the event's first window and the newest frame of its last
+  window so far (at ``end``: its last).
 - ``start_mono_ns``, ``start_wall_ns``, ``end_mono_ns``, ``end_wall_ns`` int: capture times of those two frames.
-- ``peak_score``, ``mean_score`` float: highest and mean (smoothed) score of the label over the event's windows.
-- ``windows`` int: windows counted in the event.
-- ``end_reason`` str: ``exit`` (the score fell below ``events.exit``), ``takeover`` (another label opened an
-  event), ``gap`` (frames were lost: the stream was interrupted) or ``stopped`` (the pipeline stopped).
+- ``peak_score``, ``mean_score`` float: highest and mean (smoothed) score of the label over the event's windows so far.
+- ``peak_seq`` int: the newest frame of the window with the peak score (the frame of the snapshot).
+- ``windows`` int: windows counted in the event so far.
+- ``end_reason`` str or null: null until ``end``; then ``exit`` (the score fell below ``events.exit``), ``takeover``
+  (another label opened an event), ``gap`` (frames were lost: the stream was interrupted) or ``stopped`` (the
+  pipeline stopped).
+- ``has_snapshot`` bool: a JPEG of the peak frame with the label drawn is published (MQTT
+  ``<prefix>/<box_id>/<camera_id>/snapshot``, retained) and, with ``record.event_clips``, kept at ``snapshot_path``.
+- ``snapshot_path``, ``clip_path`` str or null: where the recorder keeps the event's snapshot and clip (null: not
+  recording event clips); the clip is written ``record.clip_post_s`` after the event's end.
+- ``publish_mono_ns``, ``publish_wall_ns`` int.
+
+``stats`` (topic ``stats/<box_id>/``), the box every ``publish.stats_s`` seconds:
+
+- ``box_id`` str: the box (``mqtt.box_id``, default the host name).
+- ``uptime_s`` float: seconds since the pipeline started; ``interval_s`` float: seconds the latency figures cover
+  (since the previous stats message).
+- ``engine`` object: the model and backend serving now (as a label's ``model``).
+- ``cameras`` object: camera id -> ``state`` (source state), ``fps`` (frames per second the camera delivers),
+  ``labels``, ``events`` (events started), ``dropped_frames``, ``dropped_windows`` (cumulative int) and ``latency_ms``
+  (``count``, ``p50``, ``p90``, ``p99``, ``max`` of the total per-frame latency over the interval, ms; null when no
+  window was classified in it).
+- ``latency_ms`` object or null: the same over every camera.
+- ``publish_dropped`` int: messages the ZeroMQ publisher dropped; ``outputs`` object: as in ``status``.
 - ``publish_mono_ns``, ``publish_wall_ns`` int.
 """
 
@@ -100,12 +126,15 @@ __all__ = [
     "LATENCY_CLOCK",
     "LATENCY_UNIT",
     "SCHEMA_VERSIONS",
+    "CameraStats",
     "EventMessage",
     "LabelMessage",
     "Message",
     "MessageError",
     "ModelInfo",
+    "Percentiles",
     "PreviewMessage",
+    "StatsMessage",
     "StatusMessage",
     "WindowInfo",
     "event_topic",
@@ -114,11 +143,12 @@ __all__ = [
     "latency_breakdown_ms",
     "local_clock_domain",
     "parse_payload",
+    "stats_topic",
     "status_topic",
     "validate_camera_id",
 ]
 
-SCHEMA_VERSIONS: Final[dict[str, int]] = {"label": 2, "status": 1, "event": 1, "preview": 1}
+SCHEMA_VERSIONS: Final[dict[str, int]] = {"label": 2, "status": 1, "event": 2, "preview": 1, "stats": 1}
 """The schema version of each message kind."""
 LATENCY_UNIT: Final = "ms"
 LATENCY_CLOCK: Final = "CLOCK_MONOTONIC"
@@ -129,6 +159,7 @@ MsgSeq = Annotated[int, Meta(ge=-1, le=2**63 - 1)]
 """-1: built here, not (yet) numbered by a publisher."""
 Finite = Annotated[float, Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
 SourceStateName = Literal["connecting", "live", "stalled", "reconnecting", "ended"]
+EventPhase = Literal["start", "update", "end"]
 SOURCE_STATES: tuple[str, ...] = get_args(SourceStateName)
 """The values of a status message's ``state`` (those of :class:`emim_stream.pipeline.capture.sources.SourceState`)."""
 
@@ -165,6 +196,11 @@ def status_topic(camera_id: str) -> bytes:
 def event_topic(camera_id: str) -> bytes:
     """ZeroMQ topic of a camera's action events: ``b"events/<camera_id>/"``."""
     return f"events/{validate_camera_id(camera_id)}/".encode()
+
+
+def stats_topic(box_id: str) -> bytes:
+    """ZeroMQ topic of the box's stats: ``b"stats/<box_id>/"``."""
+    return f"stats/{validate_camera_id(box_id)}/".encode()
 
 
 @cache
@@ -227,10 +263,10 @@ class _Message(Struct, frozen=True, kw_only=True, tag_field="kind"):
     clock_domain: str = field(default_factory=local_clock_domain)
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON-ready dict: ``schema``, ``kind``, ``camera_id``, ``msg_seq``, ``clock_domain``, then the kind's
-        fields in their declared order."""
+        """The JSON-ready dict: ``schema``, ``kind``, ``camera_id`` (where the kind has one), ``msg_seq``,
+        ``clock_domain``, then the kind's fields in their declared order."""
         body = msgspec.to_builtins(self, enc_hook=_number)
-        head = {key: body.pop(key) for key in ("kind", "camera_id", "msg_seq", "clock_domain")}
+        head = {key: body.pop(key) for key in ("kind", "camera_id", "msg_seq", "clock_domain") if key in body}
         return {"schema": SCHEMA_VERSIONS[head["kind"]], **head, **body}
 
     def to_json(self) -> bytes:
@@ -260,7 +296,7 @@ class _Latency(Struct, frozen=True):
 
 
 class _LabelPayload(_Message, frozen=True, tag="label"):
-    """A label message as its schema nests it on the wire (:class:`LabelMessage` is the flat form code uses)."""
+    """A label message as it is nested on the wire (:class:`LabelMessage` is the flat form code uses)."""
 
     camera_id: str
     window: WindowInfo
@@ -376,9 +412,12 @@ class StatusMessage(_Message, frozen=True, tag="status"):
 
 
 class EventMessage(_Message, frozen=True, tag="event"):
-    """A closed action event of one camera (``kind: "event"``); fields as in the module docstring."""
+    """One phase (start, update, end) of an action event of one camera (``kind: "event"``, schema 2); fields as in
+    the module docstring."""
 
     camera_id: str
+    id: str
+    phase: EventPhase
     label: str
     first_seq: Int64
     last_seq: Int64
@@ -388,14 +427,18 @@ class EventMessage(_Message, frozen=True, tag="event"):
     end_wall_ns: Int64
     peak_score: Finite
     mean_score: Finite
+    peak_seq: Int64
     windows: Int64
-    end_reason: str
+    end_reason: str | None = None
+    has_snapshot: bool = False
+    snapshot_path: str | None = None
+    clip_path: str | None = None
     publish_mono_ns: Int64 = 0
     publish_wall_ns: Int64 = 0
 
     @property
     def duration_s(self) -> float:
-        """End minus start capture time in seconds (CLOCK_MONOTONIC)."""
+        """End minus start capture time in seconds (CLOCK_MONOTONIC): so far, until ``end``."""
         return (self.end_mono_ns - self.start_mono_ns) / 1e9
 
     @classmethod
@@ -437,9 +480,50 @@ class PreviewMessage(_Message, frozen=True, tag="preview"):
         return cast(PreviewMessage, _decode(payload, "preview"))
 
 
-Message = LabelMessage | StatusMessage | EventMessage | PreviewMessage
-_Wire = _LabelPayload | StatusMessage | EventMessage | PreviewMessage
-_KINDS = ("event", "label", "preview", "status")
+class Percentiles(Struct, frozen=True):
+    """Percentiles of a latency series in ms (numpy's linear method) and the samples they cover."""
+
+    count: Int64
+    p50: Finite
+    p90: Finite
+    p99: Finite
+    max: Finite
+
+
+class CameraStats(Struct, frozen=True):
+    """One camera in a stats message."""
+
+    state: SourceStateName
+    fps: Finite
+    labels: Int64
+    events: Int64
+    dropped_frames: Int64
+    dropped_windows: Int64
+    latency_ms: Percentiles | None
+
+
+class StatsMessage(_Message, frozen=True, tag="stats"):
+    """The box's periodic stats (``kind: "stats"``); fields as in the module docstring."""
+
+    box_id: str
+    uptime_s: Finite
+    interval_s: Finite
+    engine: ModelInfo
+    cameras: dict[str, CameraStats]
+    latency_ms: Percentiles | None
+    publish_dropped: Int64
+    outputs: dict[str, Any]
+    publish_mono_ns: Int64
+    publish_wall_ns: Int64
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> StatsMessage:
+        """Parse a stats payload. Raises MessageError (wrong schema or kind, a missing or mistyped field)."""
+        return cast(StatsMessage, _decode(payload, "stats"))
+
+
+Message = LabelMessage | StatusMessage | EventMessage | PreviewMessage | StatsMessage
+_Wire = _LabelPayload | StatusMessage | EventMessage | PreviewMessage | StatsMessage
 
 
 def parse_payload(payload: Mapping[str, Any]) -> Message:
@@ -460,19 +544,19 @@ def json_schema() -> dict[str, Any]:
 
 
 def _decode(payload: Any, expected: str | None = None) -> Message:
-    """One msgspec conversion of a payload of kind ``expected`` (or any kind) in its kind's schema."""
+    """One msgspec conversion of a payload of kind ``expected`` (or any kind) at that kind's schema version."""
     if not isinstance(payload, Mapping):
         raise MessageError(f"a message payload must be a JSON object, got {type(payload).__name__}")
     kind = payload.get("kind")
-    if expected is None and kind not in _KINDS:
-        raise MessageError(f"message kind {kind!r} is unknown; expected one of {list(_KINDS)}")
+    if expected is None and kind not in SCHEMA_VERSIONS:
+        raise MessageError(f"message kind {kind!r} is unknown; expected one of {sorted(SCHEMA_VERSIONS)}")
     if expected is not None and kind != expected:
         raise MessageError(f"expected a {expected!r} message, got kind {kind!r}")
-    version = SCHEMA_VERSIONS[str(kind)]  # a known kind by now
+    version = SCHEMA_VERSIONS[str(kind)]
     if payload.get("schema") != version:
         raise MessageError(
-            f"{kind} message has schema {payload.get('schema')!r}; this emim-stream reads schema {version} "
-            "(run matching versions of the publisher and the subscriber)"
+            f"{kind} message has schema {payload.get('schema')!r}; this emim-stream reads schema {version} (run "
+            "matching versions of the publisher and the subscriber)"
         )
     try:
         msg: _Wire = msgspec.convert(payload, _Wire)

@@ -14,10 +14,11 @@ messages: libzmq aborts the process when a multipart message is read from a pipe
 refuses (a key it
 does not authorise, a missing or wrong server key, CURVE on one side only) is counted in ``handshake_failures``
 and logged with the likely cause; no message ever arrives over such a connection. Payloads that are not a JSON
-object with an integer ``msg_seq`` in 0..2^63-1 (also JSON nested too deeply to parse) are counted in
-``malformed`` and skipped; with ``parse=True`` so are payloads that fail the schema of
-:mod:`emim_stream.pipeline.comms.messages`
-(``parse_payload``), and the parsed message comes with each :class:`Received`.
+object with an integer ``msg_seq`` in 0..2^63-1 (also JSON nested too deeply to parse, or with NaN or infinities)
+are counted in ``malformed`` and skipped, and so are payloads that fail the schema of
+:mod:`emim_stream.pipeline.comms.messages` (``parse_payload``); the parsed message comes with each
+:class:`Received`. A message is parsed before its ``msg_seq`` is tracked: one that fails never counts as lost
+messages or a publisher restart.
 """
 
 from __future__ import annotations
@@ -61,18 +62,23 @@ _MONITORED_EVENTS = (
 )
 
 
+def _refuse_constant(name: str) -> float:
+    """``json.loads`` hook: NaN and infinities are not JSON (RFC 8259); the publisher never writes them."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     """One message as received: ``topic`` (e.g. ``labels/cam1/``), the decoded JSON ``payload``, the receipt
     time ``recv_mono_ns`` (CLOCK_MONOTONIC) and ``recv_wall_ns`` (CLOCK_REALTIME), ``size`` in bytes, and the
-    parsed ``message`` when the subscriber parses (``parse=True``)."""
+    parsed ``message``."""
 
     topic: str
     payload: dict[str, Any]
     recv_mono_ns: int
     recv_wall_ns: int
     size: int
-    message: Message | None = None
+    message: Message
 
     @property
     def msg_seq(self) -> int:
@@ -84,7 +90,7 @@ class Subscriber:
 
     Counters: ``received`` (valid messages), ``lost[topic]`` (messages missing from ``msg_seq`` gaps),
     ``restarts[topic]`` (``msg_seq`` went back: the publisher restarted), ``malformed`` (not a JSON object with
-    an integer ``msg_seq`` in 0..2^63-1, not two frames, or with ``parse`` not a valid message), ``disconnects``
+    an integer ``msg_seq`` in 0..2^63-1, not two frames, or not a valid message of the schema), ``disconnects``
     (an established connection to the publisher lost: publisher gone or an oversize message),
     ``handshake_failures`` (connections the publisher or this side refused: keys, or CURVE on one side only).
     A context manager; closing never waits (LINGER 0).
@@ -98,7 +104,6 @@ class Subscriber:
         rcv_hwm: messages queued on the subscriber's side before ZeroMQ drops.
         curve: this subscriber's key pair and the publisher's public key, for a CURVE publisher.
         context: ZeroMQ context; default a private one, terminated by ``close()``.
-        parse: check every payload against the message schema; invalid ones count as ``malformed``.
 
     Raises:
         PublishError: the endpoint cannot be connected (malformed), or libzmq lacks CURVE.
@@ -116,7 +121,6 @@ class Subscriber:
         rcv_hwm: int = 1000,
         curve: CurveClient | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        parse: bool = False,
     ) -> None:
         for name, value, high in (("max_msg_bytes", max_msg_bytes, _MAX_MSG_BYTES), ("rcv_hwm", rcv_hwm, _MAX_HWM)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
@@ -127,7 +131,6 @@ class Subscriber:
                 raise PublishError(f"CURVE was asked for but this libzmq {zmq.zmq_version()} is built without it")
             keys = curve.load()
         self.timeout_s = timeout_s
-        self.parse = parse
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
         self._socket = self._context.socket(zmq.SUB)
@@ -242,21 +245,19 @@ class Subscriber:
         try:
             topic_bytes, body = frames
             topic = topic_bytes.decode()
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # frame count, bad UTF-8, bad or too deep JSON
+            payload = json.loads(body, parse_constant=_refuse_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # frame count, bad UTF-8, NaN, bad or deep JSON
             payload = None
         msg_seq = payload.get("msg_seq") if isinstance(payload, dict) else None
         if type(msg_seq) is not int or not 0 <= msg_seq <= _MAX_MSG_SEQ:
-            self._skip(f"{len(frames)} frame(s) without a JSON object with a valid msg_seq")
+            self._skip(f"{len(frames)} frame(s) without a finite JSON object with a valid msg_seq")
             return None
-        self._track(topic, msg_seq)
-        message = None
-        if self.parse:
-            try:
-                message = parse_payload(payload)
-            except MessageError as err:
-                self._skip(f"{topic} #{msg_seq}: {err}")
-                return None
+        try:
+            message = parse_payload(payload)
+        except MessageError as err:
+            self._skip(f"{topic} #{msg_seq}: {err}")
+            return None
+        self._track(topic, msg_seq)  # only messages that parsed enter loss accounting
         self.received += 1
         return Received(topic, payload, recv_mono_ns, recv_wall_ns, len(body), message)
 

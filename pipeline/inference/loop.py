@@ -6,12 +6,12 @@ One pass (:meth:`InferenceLoop.step`)::
         RingReader.read_next -> VmpStage.push -> ClipWindow.push; older ready windows skipped when behind
     Scheduler.pick: ready windows, round-robin over cameras, up to the engine's max batch
     Engine.infer(batch) -> Postprocessor -> Outputs.label -> LatencyRecorder.add -> observers
-    EventTracker per camera: closed action events -> Outputs.event -> observers
+    EventTracker per camera: event start/update/end -> Outputs.keep_frame (peak frames), Outputs.event -> observers
 
 :meth:`InferenceLoop.run` repeats it until stopped, with the camera processes' notes, ``status/<camera>/``
-heartbeats and live-view previews in between, and swaps in an engine built in the background at a window
-boundary. The camera processes never wait for this loop: when it falls behind, rings overwrite their oldest
-frames and the readers count them as dropped.
+heartbeats, the box's ``stats/<box_id>/`` message and live-view previews in between, and swaps in an engine built
+in the background at a window boundary. The camera processes never wait for this loop: when it falls behind, rings
+overwrite their oldest frames and the readers count them as dropped.
 """
 
 from __future__ import annotations
@@ -32,18 +32,22 @@ from emim_stream.pipeline.capture.camera import state_from_code
 from emim_stream.pipeline.capture.sources import SourceState
 from emim_stream.pipeline.capture.supervisor import CameraSupervisor
 from emim_stream.pipeline.comms.messages import (
+    CameraStats,
     EventMessage,
     LabelMessage,
     ModelInfo,
+    Percentiles,
+    StatsMessage,
     StatusMessage,
     WindowInfo,
     event_topic,
     label_topic,
     latency_breakdown_ms,
+    stats_topic,
     status_topic,
 )
 from emim_stream.pipeline.inference.events import WindowSpan
-from emim_stream.pipeline.inference.latency import LatencyRecorder
+from emim_stream.pipeline.inference.latency import ALL_CAMERAS, LatencyRecorder
 from emim_stream.pipeline.inference.scheduler import Scheduler
 from emim_stream.pipeline.inference.stream import CameraStream, WindowJob
 from emim_stream.pipeline.outputs.dispatch import Outputs
@@ -108,10 +112,22 @@ class LoopSettings:
     """A live camera whose ring heartbeat is older than this is reported stalled (``supervisor.stall_timeout_s``)."""
     config_hash: str
     """The resolved config's hash, carried by status messages."""
+    box_id: str = "box"
+    """This box's id in ``stats/<box_id>/`` messages."""
+    stats_s: float = 0.0
+    """Seconds between the box's stats messages (``publish.stats_s``; 0 = none)."""
 
 
 def _model_info(info: EngineInfo) -> ModelInfo:
     return ModelInfo(info.model_name, info.backend, info.precision, info.device, info.checkpoint_sha256)
+
+
+def _percentiles(stages: dict[str, dict[str, float | int]] | None) -> Percentiles | None:
+    """The ``total`` row of a :meth:`LatencyRecorder.summary` camera, rounded to µs (None: no window)."""
+    if not stages:
+        return None
+    total = stages["total"]
+    return Percentiles(int(total["count"]), *(round(total[k], 3) for k in ("p50", "p90", "p99", "max")))
 
 
 class InferenceLoop:
@@ -145,6 +161,11 @@ class InferenceLoop:
         self.streams = {s.camera_id: s for s in streams}
         self.latency, self.observers, self.build = latency, tuple(observers), build
         self.model_info = _model_info(engine.describe())
+        self.started_mono = self.last_stats_mono = time.monotonic()
+        self.interval_latency = LatencyRecorder(capacity=4096)
+        """Total latency of the windows since the last stats message."""
+        self.source_states = dict.fromkeys(self.streams, (SourceState.CONNECTING, 0.0))
+        """Camera -> (state, fps) of its last heartbeat."""
 
     def run(
         self,
@@ -174,6 +195,7 @@ class InferenceLoop:
                     on_note(cam_id, text)
             busy = self.step()
             self.heartbeats(cameras)
+            self.box_stats()
             self.outputs.previews()
             if not busy:
                 if cameras.all_finished() and all(s.caught_up() for s in self.streams.values()):
@@ -245,6 +267,7 @@ class InferenceLoop:
             self.outputs.label(msg)
             stream.labels_sent += 1
             self.latency.add(stream.camera_id, stages)
+            self.interval_latency.add(stream.camera_id, {"total": stages["total"]})
             for observer in self.observers:
                 observer.observe_label(msg)
             if stream.events is not None:
@@ -256,7 +279,11 @@ class InferenceLoop:
                     job.capture_mono_ns,
                     job.capture_wall_ns,
                 )
-                self.publish_events(stream, stream.events.push(span, stream.post.scores))
+                events = stream.events.push(span, stream.post.scores)
+                # the stream's buffer still holds the window's newest frame: no frame is read while a window waits
+                wanted = stream.events.peak_seqs() | {e.peak_seq for e in events}
+                self.outputs.keep_frame(stream.camera_id, job.last_seq, stream.buf, wanted)
+                self.publish_events(stream, events)
 
     def skip_nonfinite(self, stream: CameraStream, job: WindowJob) -> None:
         """A window whose scores are NaN/Inf (e.g. fp16 overflow) is counted as skipped, never published."""
@@ -272,7 +299,7 @@ class InferenceLoop:
             )
 
     def publish_events(self, stream: CameraStream, events: list[EventMessage]) -> None:
-        """Publish closed action events of ``stream`` on ``events/<camera>/`` (and to the other outputs)."""
+        """Publish event messages of ``stream`` on ``events/<camera>/`` (and to the other outputs)."""
         for event in events:
             msg = replace(
                 event,
@@ -280,8 +307,8 @@ class InferenceLoop:
                 publish_wall_ns=time.time_ns(),
                 msg_seq=self.outputs.next_msg_seq(event_topic(stream.camera_id)),
             )
-            self.outputs.event(msg)
-            stream.events_sent += 1
+            msg = self.outputs.event(msg)
+            stream.events_sent += msg.phase == "start"
             for observer in self.observers:
                 observer.observe_event(msg)
 
@@ -303,6 +330,7 @@ class InferenceLoop:
             state = state_from_code(st.state)
             if state is SourceState.LIVE and now_ns - st.heartbeat_mono_ns > self.settings.stall_timeout_s * 1e9:
                 state = SourceState.STALLED
+            self.source_states[cam_id] = (state, st.fps)
             msg = StatusMessage(
                 camera_id=cam_id,
                 state=state.value,
@@ -319,12 +347,49 @@ class InferenceLoop:
                 publish_wall_ns=time.time_ns(),
                 config_hash=self.settings.config_hash,
                 detail=cameras.cameras[cam_id].detail,
-                outputs=self.outputs.stats(),
+                outputs=self.outputs.stats(cam_id),
                 msg_seq=self.outputs.next_msg_seq(status_topic(cam_id)),
             )
             self.outputs.status(msg)
             for observer in self.observers:
                 observer.observe_status(msg)
+
+    def box_stats(self) -> None:
+        """The box's ``stats/<box_id>/`` message every ``stats_s``: cameras, fps, latency over the interval, engine,
+        drops and the outputs' state."""
+        now = time.monotonic()
+        if not self.settings.stats_s or now - self.last_stats_mono < self.settings.stats_s:
+            return
+        interval_s, self.last_stats_mono = now - self.last_stats_mono, now
+        summary = self.interval_latency.summary()
+        self.interval_latency.reset()
+        cameras = {
+            cam_id: CameraStats(
+                state=self.source_states[cam_id][0].value,
+                fps=self.source_states[cam_id][1],
+                labels=stream.labels_sent,
+                events=stream.events_sent,
+                dropped_frames=stream.reader.dropped,
+                dropped_windows=stream.dropped_windows,
+                latency_ms=_percentiles(summary.get(cam_id)),
+            )
+            for cam_id, stream in self.streams.items()
+        }
+        self.outputs.box_stats(
+            StatsMessage(
+                box_id=self.settings.box_id,
+                uptime_s=round(now - self.started_mono, 3),
+                interval_s=round(interval_s, 3),
+                engine=self.model_info,
+                cameras=cameras,
+                latency_ms=_percentiles(summary.get(ALL_CAMERAS)),
+                publish_dropped=self.outputs.publisher.dropped,
+                outputs=self.outputs.stats(),
+                publish_mono_ns=time.monotonic_ns(),
+                publish_wall_ns=time.time_ns(),
+                msg_seq=self.outputs.next_msg_seq(stats_topic(self.settings.box_id)),
+            )
+        )
 
     def swap_engine(self, build: BackgroundBuild) -> None:
         """Serve from the engine ``build`` made (the finished background build), from the next window on; logged."""

@@ -1,4 +1,4 @@
-"""Per-frame latency profile of a running pipeline, from its label and status messages.
+"""Per-frame latency profile of a running pipeline, from its label, status and event messages.
 
 :func:`profile` subscribes to a publisher (or a relay) for a while and feeds every message to a
 :class:`Profiler`, which reports per camera and per stage the latency percentiles, the windows per second, the
@@ -6,7 +6,9 @@ increase of the drop counters over the profiling period and the messages lost (`
 stages each label message carries (``latency.stages``, see :mod:`emim_stream.pipeline.comms.messages`), whatever they
 are, plus
 ``receive``: subscriber receipt minus capture of the window's newest frame (CLOCK_MONOTONIC), measured only for
-messages whose ``clock_domain`` is this host's (other messages are counted in ``receive_skipped``).
+messages whose ``clock_domain`` is this host's (other messages are counted in ``receive_skipped``). From the event
+messages it reports the alert delay: publish time of each event's ``start`` minus the capture time of the event's
+first frame (the oldest frame of its first window), both the pipeline's own CLOCK_MONOTONIC stamps.
 
 The report (:meth:`Profiler.report`, written by ``emim-stream profile --json``) is one JSON object:
 
@@ -16,7 +18,8 @@ The report (:meth:`Profiler.report`, written by ``emim-stream profile --json``) 
 - ``clock_domain`` str: this host's boot id; ``unit`` = ``"ms"``, ``clock`` = ``"CLOCK_MONOTONIC"``.
 - ``percentiles`` list of int: ``[50, 90, 99]``; ``samples_per_series`` int: the most recent samples kept per
   camera and stage (older ones fall out of the percentiles; ``count`` < ``total`` says so).
-- ``messages`` object (int): ``received`` (valid messages), ``labels``, ``statuses``, ``lost`` (``msg_seq`` gaps,
+- ``messages`` object (int): ``received`` (valid messages), ``labels``, ``statuses``, ``events``, ``stats``,
+  ``lost`` (``msg_seq`` gaps,
   all topics), ``restarts`` (``msg_seq`` went back: a publisher restarted), ``malformed`` (not a message, or one
   this version cannot parse, e.g. another schema or a NaN score), ``unreadable`` (of a camera named ``all``),
   ``receive_skipped``, ``handshake_failures`` (connections refused in the handshake: CURVE keys, see
@@ -32,6 +35,8 @@ The report (:meth:`Profiler.report`, written by ``emim-stream profile --json``) 
     last one, ``reconnects`` and ``frames_lost`` int (increase over the period, as above).
   - ``stages`` object: stage -> ``{"count", "total", "p50", "p90", "p99", "max"}`` (ms; ``count`` = samples the
     figures cover, ``total`` = samples seen), stages in the order the messages carry them, ``receive`` last.
+  - ``events`` object: ``start``, ``update``, ``end`` int (event messages received) and ``start_delay_ms``: the
+    alert delay of the events that started, as a stage above, or null when none started.
 
 - ``all`` object: ``labels`` int, ``windows_per_s`` float, ``stages`` as above, over every camera together.
 
@@ -53,8 +58,10 @@ from emim_stream.pipeline.comms.curve import CurveClient
 from emim_stream.pipeline.comms.messages import (
     LATENCY_CLOCK,
     LATENCY_UNIT,
+    EventMessage,
     LabelMessage,
     MessageError,
+    StatsMessage,
     StatusMessage,
     local_clock_domain,
     parse_payload,
@@ -77,8 +84,9 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
-DEFAULT_TOPICS = ("labels/", "status/")
+DEFAULT_TOPICS = ("labels/", "status/", "events/")
 RECEIVE_STAGE = "receive"
+START_DELAY = "start_delay"
 _POLL_S = 0.2  # longest wait between checks of the stop event and the deadline
 
 
@@ -108,6 +116,7 @@ class _CameraProfile:
         self.heartbeats = 0
         self.state = ""
         self.fps = 0.0
+        self.events = dict.fromkeys(("start", "update", "end"), 0)
         self.reconnects = _Increase()
         self.frames_lost = _Increase()
         self.trace: deque[tuple[int, Mapping[str, float]]] = deque(maxlen=trace_len)
@@ -129,9 +138,12 @@ class Profiler:
         self.started_mono_ns = time.monotonic_ns()
         self.started_wall_ns = time.time_ns()
         self.recorder = LatencyRecorder(capacity)
+        self.start_delays = LatencyRecorder(capacity)
         self.cameras: dict[str, _CameraProfile] = {}
         self.labels = 0
         self.statuses = 0
+        self.events = 0
+        self.stats = 0
         self.unreadable = 0
         self.receive_skipped = 0
 
@@ -143,6 +155,9 @@ class Profiler:
             self.unreadable += 1
             _LOG.debug("%s #%d unreadable: %s", received.topic, received.msg_seq, err)
             return
+        if isinstance(msg, StatsMessage):  # the box's own summary: counted, not profiled
+            self.stats += 1
+            return
         if msg.camera_id == ALL_CAMERAS:  # the name of the all-camera summary
             self.unreadable += 1
             _LOG.warning("skipped a message of camera %r: that id is reserved for the summary", ALL_CAMERAS)
@@ -150,7 +165,9 @@ class Profiler:
         camera = self._camera(msg.camera_id)
         if isinstance(msg, LabelMessage):
             self._add_label(camera, msg, received.recv_mono_ns)
-        elif isinstance(msg, StatusMessage):  # events and previews carry no latency
+        elif isinstance(msg, EventMessage):
+            self._add_event(camera, msg)
+        elif isinstance(msg, StatusMessage):  # previews carry no latency
             self._add_status(camera, msg)
 
     def _camera(self, camera_id: str) -> _CameraProfile:
@@ -178,6 +195,12 @@ class Profiler:
         self.recorder.add(msg.camera_id, stages)
         camera.trace.append((recv_mono_ns, stages))
 
+    def _add_event(self, camera: _CameraProfile, msg: EventMessage) -> None:
+        self.events += 1
+        camera.events[msg.phase] += 1
+        if msg.phase == "start":
+            self.start_delays.add(msg.camera_id, {START_DELAY: (msg.publish_mono_ns - msg.start_mono_ns) / 1e6})
+
     def _add_status(self, camera: _CameraProfile, msg: StatusMessage) -> None:
         self.statuses += 1
         camera.heartbeats += 1
@@ -203,6 +226,7 @@ class Profiler:
         ended_mono_ns = time.monotonic_ns() if ended_mono_ns is None else ended_mono_ns
         duration_s = max((ended_mono_ns - self.started_mono_ns) / 1e9, 1e-9)
         summary = self.recorder.summary()
+        delays = self.start_delays.summary()
         lost = _lost_per_camera(subscriber.lost)
         cameras = {}
         for camera_id, cam in self.cameras.items():
@@ -223,6 +247,7 @@ class Profiler:
                     "frames_lost": cam.frames_lost.total,
                 },
                 "stages": summary.get(camera_id, {}),
+                "events": {**cam.events, "start_delay_ms": delays.get(camera_id, {}).get(START_DELAY)},
             }
         return {
             "report": "emim-stream profile",
@@ -240,6 +265,8 @@ class Profiler:
                 "received": subscriber.received,
                 "labels": self.labels,
                 "statuses": self.statuses,
+                "events": self.events,
+                "stats": self.stats,
                 "lost": subscriber.total_lost,
                 "restarts": sum(subscriber.restarts.values()),
                 "malformed": subscriber.malformed,
@@ -298,7 +325,7 @@ def profile(
     stop = threading.Event() if stop is None else stop
     profiler = Profiler(capacity)
     deadline_ns = None if duration_s is None else profiler.started_mono_ns + round(duration_s * 1e9)
-    with Subscriber(endpoint, topics, timeout_s=_POLL_S, max_msg_bytes=max_msg_bytes, curve=curve, parse=True) as sub:
+    with Subscriber(endpoint, topics, timeout_s=_POLL_S, max_msg_bytes=max_msg_bytes, curve=curve) as sub:
         while not stop.is_set():
             now_ns = time.monotonic_ns()
             if deadline_ns is not None and now_ns >= deadline_ns:
@@ -318,7 +345,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     msgs = report["messages"]
     lines = [
         f"profiled {report['endpoint']} for {report['duration_s']:.1f} s: {msgs['received']} messages "
-        f"({msgs['labels']} labels, {msgs['statuses']} status), {msgs['lost']} lost, "
+        f"({msgs['labels']} labels, {msgs['statuses']} status, {msgs['events']} events), {msgs['lost']} lost, "
         f"{msgs['malformed']} malformed, {msgs['unreadable']} unreadable"
     ]
     if not report["cameras"]:
@@ -351,6 +378,10 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"frame, {RECEIVE_STAGE} = receipt here - capture):",
         ]
         lines.append(format_table(table))
+    delays = {camera_id: cam["events"] for camera_id, cam in report["cameras"].items() if cam["events"]["start"]}
+    if delays:
+        lines += ["", "alert delay (ms; event start published - capture of the event's first frame):"]
+        lines.append(format_table({c: {START_DELAY: e["start_delay_ms"]} for c, e in delays.items()}))
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 :class:`Metrics` owns a private :class:`prometheus_client.CollectorRegistry` (so several pipelines or tests in one
 process never share series) and serves it with ``prometheus_client.start_http_server`` from a daemon thread, on
 127.0.0.1 unless configured otherwise. The runtime feeds it the messages it publishes; the MQTT sink's counters are
-read at scrape time (:meth:`Metrics.watch_mqtt`).
+read at scrape time (:meth:`Metrics.watch_mqtt`), so are the webhook sink's (:meth:`Metrics.watch_webhook`).
 
 Series (label ``camera`` = camera id):
 
@@ -13,7 +13,7 @@ Series (label ``camera`` = camera id):
 - ``emim_dropped_windows_total`` counter: ready windows skipped because inference was behind.
 - ``emim_frames_lost_total`` counter: frames lost upstream of the ring (source side).
 - ``emim_reconnects_total`` counter: source reconnections.
-- ``emim_events_total`` counter, labels ``camera``, ``label``: action events published (closed).
+- ``emim_events_total`` counter, labels ``camera``, ``label``: action events started.
 - ``emim_camera_fps`` gauge: frames per second the camera delivers.
 - ``emim_camera_staleness_seconds`` gauge: heartbeat time minus capture time of the newest processed frame.
 - ``emim_camera_state`` gauge, labels ``camera``, ``state``: one series per source state from the start, 1 for the
@@ -24,6 +24,11 @@ Series (label ``camera`` = camera id):
 - ``emim_engine_info`` gauge = 1, labels ``model``, ``backend``, ``precision``, ``device``, ``checkpoint_sha256``.
 - With an MQTT sink: ``emim_mqtt_sent_total``, ``emim_mqtt_dropped_total``, ``emim_mqtt_reconnects_total``
   (counters), ``emim_mqtt_queued`` (gauge) and ``emim_mqtt_state{state}`` (gauge, 1 for the current state).
+- With a webhook sink: ``emim_webhook_sent_total``, ``emim_webhook_dropped_total`` (counters), ``emim_webhook_queued``
+  (gauge) and ``emim_webhook_state{state}`` (gauge).
+- While recording, per camera: ``emim_record_frames_written_total``, ``emim_record_frames_lost_total`` (to write
+  errors), ``emim_record_write_errors_total``, ``emim_record_frames_dropped_total`` (encoder behind) counters and
+  ``emim_record_write_error`` (gauge, 1 while the camera's recording is failing).
 
 Counters mirror the cumulative counts the messages carry; they never go down (a pipeline restart starts a new
 process and new series, as Prometheus expects).
@@ -44,6 +49,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from emim_stream.pipeline.capture.sources import SourceState
 from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage, StatusMessage
+from emim_stream.pipeline.comms.webhook import WEBHOOK_STATES
 from emim_stream.pipeline.endpoints import is_loopback
 from emim_stream.pipeline.errors import PublishError
 
@@ -54,7 +60,7 @@ _log = logging.getLogger(__name__)
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """Upper bounds of the stage latency histogram buckets in ms (a ``+Inf`` bucket follows)."""
 ENGINE_LABELS = ("model", "backend", "precision", "device", "checkpoint_sha256")
-MQTT_STATES = ("connecting", "connected", "unreachable", "reconnecting", "refused", "closed")
+MQTT_STATES = ("connecting", "connected", "unreachable", "reconnecting", "refused", "rejecting", "closed")
 """States of :class:`emim_stream.pipeline.comms.mqtt.MqttSink`, each a series of ``emim_mqtt_state``."""
 
 prometheus_client.disable_created_metrics()  # no ``*_created`` series: counters here start with the process
@@ -64,6 +70,13 @@ class StatsSource(Protocol):
     """Anything with a ``stats()`` dict like :meth:`emim_stream.pipeline.comms.mqtt.MqttSink.stats`."""
 
     def stats(self) -> dict[str, Any]: ...
+
+
+class CameraStatsSource(Protocol):
+    """Anything with a per-camera ``stats(camera_id)``, like
+    :meth:`emim_stream.pipeline.outputs.record.Recorder.stats`."""
+
+    def stats(self, camera_id: str) -> dict[str, Any]: ...
 
 
 class Metrics:
@@ -105,7 +118,7 @@ class Metrics:
             "emim_frames_lost", "Frames lost upstream of the ring (source)", ["camera"], registry=r
         )
         self.reconnects = Counter("emim_reconnects", "Source reconnections", ["camera"], registry=r)
-        self.events = Counter("emim_events", "Action events published (closed)", ["camera", "label"], registry=r)
+        self.events = Counter("emim_events", "Action events started", ["camera", "label"], registry=r)
         self.fps = Gauge("emim_camera_fps", "Frames per second the camera delivers", ["camera"], registry=r)
         self.staleness = Gauge(
             "emim_camera_staleness_seconds",
@@ -178,8 +191,9 @@ class Metrics:
         self._set_state(cam, msg.state)
 
     def observe_event(self, msg: EventMessage) -> None:
-        """Count a published action event."""
-        self.events.labels(msg.camera_id, msg.label).inc()
+        """Count an action event that started."""
+        if msg.phase == "start":
+            self.events.labels(msg.camera_id, msg.label).inc()
 
     def set_engine(self, info: Mapping[str, Any] | Any) -> None:
         """Set the engine identity from a mapping or dataclass (e.g. ``EngineInfo``).
@@ -192,7 +206,24 @@ class Metrics:
 
     def watch_mqtt(self, sink: StatsSource) -> None:
         """Export the MQTT sink's counters and state, read at every scrape."""
-        self.registry.register(_MqttCollector(sink))
+        counters = (
+            ("sent", "Messages the broker confirmed (QoS 0: written to the connection)"),
+            ("dropped", "Messages dropped (queue full while the broker was away, or refused)"),
+            ("reconnects", "Reconnections to the broker"),
+        )
+        self.registry.register(_SinkCollector(sink, "emim_mqtt", "the broker", counters, MQTT_STATES))
+
+    def watch_webhook(self, sink: StatsSource) -> None:
+        """Export the webhook sink's counters and state, read at every scrape."""
+        counters = (
+            ("sent", "Events the webhook servers accepted (2xx)"),
+            ("dropped", "Events dropped (queue full, or failed after the retries)"),
+        )
+        self.registry.register(_SinkCollector(sink, "emim_webhook", "the webhook servers", counters, WEBHOOK_STATES))
+
+    def watch_recorder(self, recorder: CameraStatsSource, cameras: list[str]) -> None:
+        """Export each camera's recording counters and write-error state, read at every scrape."""
+        self.registry.register(_RecordCollector(recorder, cameras))
 
     def render(self) -> str:
         """All metrics in the Prometheus text format (what a scrape gets)."""
@@ -228,22 +259,44 @@ class Metrics:
             self.state.labels(camera_id, state).set(1 if state == current else 0)
 
 
-class _MqttCollector:
-    """The MQTT sink's stats as metric families, read at scrape time."""
+class _SinkCollector:
+    """A sink's stats as metric families, read at scrape time: counters, ``queued`` and the state."""
 
-    def __init__(self, sink: StatsSource) -> None:
-        self.sink = sink
+    def __init__(
+        self, sink: StatsSource, prefix: str, peer: str, counters: tuple[tuple[str, str], ...], states: Iterable[str]
+    ) -> None:
+        self.sink, self.prefix, self.peer, self.counters, self.states = sink, prefix, peer, counters, tuple(states)
 
     def collect(self) -> Iterator[Metric]:
         stats = self.sink.stats()
-        for name, key, text in (
-            ("emim_mqtt_sent", "sent", "Messages the broker confirmed (QoS 0: written to the connection)"),
-            ("emim_mqtt_dropped", "dropped", "Messages dropped (queue full while the broker was away, or refused)"),
-            ("emim_mqtt_reconnects", "reconnects", "Reconnections to the broker"),
-        ):
-            yield CounterMetricFamily(name, text, value=stats[key])
-        yield GaugeMetricFamily("emim_mqtt_queued", "Messages waiting for the broker", value=stats["queued"])
-        state = GaugeMetricFamily("emim_mqtt_state", "1 for the MQTT sink's current state", labels=["state"])
-        for name in MQTT_STATES:
+        for key, text in self.counters:
+            yield CounterMetricFamily(f"{self.prefix}_{key}", text, value=stats[key])
+        yield GaugeMetricFamily(f"{self.prefix}_queued", f"Messages waiting for {self.peer}", value=stats["queued"])
+        state = GaugeMetricFamily(f"{self.prefix}_state", "1 for the sink's current state", labels=["state"])
+        for name in self.states:
             state.add_metric([name], 1 if stats["state"] == name else 0)
         yield state
+
+
+class _RecordCollector:
+    """The recorder's per-camera stats as metric families, read at scrape time."""
+
+    def __init__(self, recorder: CameraStatsSource, cameras: list[str]) -> None:
+        self.recorder, self.cameras = recorder, cameras
+
+    def collect(self) -> Iterator[Metric]:
+        stats = {camera: self.recorder.stats(camera) for camera in self.cameras}
+        for name, key, text in (
+            ("emim_record_frames_written", "written", "Frames written into recording segments"),
+            ("emim_record_frames_lost", "lost", "Frames lost to write errors (full disk, removed or read-only dir)"),
+            ("emim_record_write_errors", "write_errors", "Write errors of the recording"),
+            ("emim_record_frames_dropped", "dropped", "Frames not recorded because the encoder was behind"),
+        ):
+            family = CounterMetricFamily(name, text, labels=["camera"])
+            for camera, values in stats.items():
+                family.add_metric([camera], values[key])
+            yield family
+        failing = GaugeMetricFamily("emim_record_write_error", "1 while the recording is failing", labels=["camera"])
+        for camera, values in stats.items():
+            failing.add_metric([camera], 1 if values["state"] == "write_error" else 0)
+        yield failing

@@ -1,4 +1,5 @@
-"""Annotated recordings: per camera an MP4 of its frames as the model sees them, with its current label drawn on.
+"""Annotated recordings: per camera MP4 segments of its frames as the model sees them, with its current label drawn
+on them.
 
 While recording, the camera processes write every frame to the ring, not only the model's samples, so a
 recording has the camera's full frame rate (at the model's input size).
@@ -7,31 +8,31 @@ recording has the camera's full frame rate (at the model's input size).
 (full: the frame is dropped and counted in ``dropped``, the loop never waits) and ``on_label`` notes each camera's
 newest label. One writer thread scales every frame up to ``record.height`` (nearest neighbour: the model's pixels
 stay visible), adds a text band above it (top-1 label on the left; score and total latency on the right, see
-:func:`overlay_layout`) and encodes it with OpenCV's FFmpeg writer: H.264 where the OpenCV build can encode it,
-else MPEG-4 part 2 (:func:`probe_codec`). A camera's series of files rotates after ``max_s`` seconds of video or
-``max_mb`` megabytes: ``DIR/<camera>_<UTC start>.mp4``. The frame rate of a file is measured from the capture
-times of its first frames.
+:func:`overlay_layout`) and hands it to the camera's
+:class:`~emim_stream.pipeline.outputs.segments.SegmentWriter`: crash-safe fragmented MP4 segments of
+``segment_s`` seconds (or ``max_mb``), ``DIR/<camera>_<UTC start>.mp4``, H.264 where FFmpeg can encode it, else
+MPEG-4 part 2. A write error (full disk, removed or read-only directory) is one camera writer's problem: it is
+logged, counted and retried there, and the other cameras go on recording.
 
 With ``record.event_clips``, the writer also keeps the last ``clip_max_s + clip_pre_s`` seconds of each camera's
-frames, and for every closed action event (``on_event``, :mod:`emim_stream.pipeline.inference.events`) writes
-``DIR/events/<camera>_<label>_<UTC start>.mp4``: from ``clip_pre_s`` before the event's first frame (at most
-``clip_max_s`` before its end) to ``clip_post_s`` after its last, once those frames have arrived (or at close).
+frames, and for every ended action event (``on_event``, :mod:`emim_stream.pipeline.inference.events`) writes
+``DIR/events/<camera>_<label>_<UTC start>_<id prefix>.mp4`` (:meth:`Recorder.event_paths`; camera and label
+through :func:`~emim_stream.pipeline.outputs.filenames.safe_name`): from ``clip_pre_s`` before the event's first
+frame (at most ``clip_max_s`` before its end) to ``clip_post_s`` after its last, once those frames have arrived (or
+at close). The event's snapshot (:mod:`emim_stream.pipeline.outputs.snapshot`) is kept beside it, same name with
+``.jpg`` (:meth:`Recorder.save_snapshot`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import os
 import queue
-import tempfile
 import threading
-import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,16 +41,14 @@ from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.capture.ring import RingFrame
 from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage
 from emim_stream.pipeline.config import RecordConfig
+from emim_stream.pipeline.outputs.filenames import safe_name
+from emim_stream.pipeline.outputs.segments import WRITE_ERRORS, SegmentWriter, VideoFile, probe_codec, utc_stamp
 
-__all__ = ["CODECS", "Overlay", "OverlayLayout", "Recorder", "draw_overlay", "overlay_layout", "probe_codec"]
+__all__ = ["Overlay", "OverlayLayout", "Recorder", "draw_overlay", "overlay_layout"]
 
 _log = logging.getLogger(__name__)
 
-CODECS = {"h264": "avc1", "mpeg4": "mp4v"}
-"""Codec name -> the FourCC OpenCV's FFmpeg writer takes for it in an MP4 container."""
-_FPS_FRAMES = 8  # frames whose capture times set a new file's frame rate
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
-_SIZE_CHECK_FRAMES = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,94 +128,22 @@ def draw_overlay(image_rgb: np.ndarray, overlay: Overlay | None, layout: Overlay
     return out
 
 
-@contextlib.contextmanager
-def _quiet_ffmpeg() -> Iterator[None]:
-    """Silence OpenCV's and FFmpeg's logging while probing encoders (a failed probe is expected, not news)."""
-    previous_env = os.environ.get("OPENCV_FFMPEG_LOGLEVEL")
-    previous_level = cv2.utils.logging.getLogLevel()
-    os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"  # AV_LOG_QUIET
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        cv2.utils.logging.setLogLevel(previous_level)
-        if previous_env is None:
-            del os.environ["OPENCV_FFMPEG_LOGLEVEL"]
-        else:
-            os.environ["OPENCV_FFMPEG_LOGLEVEL"] = previous_env
-
-
-def probe_codec(choice: str) -> str:
-    """The codec to record with: ``h264`` or ``mpeg4``, checked by opening a writer of each.
-
-    Args:
-        choice: ``auto`` (H.264 when it can be encoded, else MPEG-4 part 2), ``h264`` or ``mpeg4``.
-
-    Raises:
-        ConfigError: the asked codec (or, for ``auto``, neither) can be encoded by this OpenCV build.
-    """
-    candidates = ["h264", "mpeg4"] if choice == "auto" else [choice]
-    with tempfile.TemporaryDirectory() as tmp, _quiet_ffmpeg():
-        for codec in candidates:
-            writer = cv2.VideoWriter(str(Path(tmp) / "probe.mp4"), cv2.VideoWriter.fourcc(*CODECS[codec]), 30, (64, 64))
-            opened = writer.isOpened()
-            writer.release()
-            if opened:
-                return codec
-    raise ConfigError(
-        f"record.codec: {choice!r} cannot be encoded by this OpenCV {cv2.__version__} build"
-        + ("; use auto or mpeg4" if choice == "h264" else "")
-    )
-
-
-def _utc_stamp(wall_s: float | None = None) -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall_s))
-
-
-class _CameraFile:
-    """An open MP4 (a camera's series file or an event clip), with what decides its rotation."""
-
-    def __init__(self, stem: Path, codec: str, fps: float, layout: OverlayLayout) -> None:
-        self.path = stem.with_name(stem.name + ".mp4")
-        n = 1
-        while self.path.exists():
-            self.path = stem.with_name(f"{stem.name}_{n}.mp4")
-            n += 1
-        self.fps = fps
-        self.layout = layout
-        self.frames = 0
-        self.writer = cv2.VideoWriter(
-            str(self.path), cv2.VideoWriter.fourcc(*CODECS[codec]), fps, (layout.width, layout.height)
-        )
-        if not self.writer.isOpened():
-            raise OSError(f"cannot open {self.path} for writing")
-
-    def full(self, max_s: float, max_bytes: float) -> bool:
-        if self.frames / self.fps >= max_s:
-            return True
-        return self.frames % _SIZE_CHECK_FRAMES == 0 and self.path.stat().st_size >= max_bytes
-
-
-def _fps_of(frames: list[tuple[RingFrame, Overlay | None]]) -> float:
-    """Frame rate from the capture times of ``frames`` (30 when they cannot tell), in 1..240."""
+def _clip_fps(frames: list[tuple[RingFrame, Overlay | None]]) -> float:
+    """Frame rate of a clip from the capture times of its frames (30 when they cannot tell), in 1..240."""
     span_ns = frames[-1][0].capture_mono_ns - frames[0][0].capture_mono_ns
     fps = (len(frames) - 1) * 1e9 / span_ns if span_ns > 0 else 30.0
     return round(min(max(fps, 1.0), 240.0), 2)
 
 
-def _layout_of(frames: list[tuple[RingFrame, Overlay | None]], height: int) -> OverlayLayout:
-    image = frames[0][0].image
-    return overlay_layout(image.shape[0], image.shape[1], height)
-
-
 class Recorder:
-    """Writes an annotated MP4 series per camera, off the inference loop.
+    """Writes an annotated, crash-safe MP4 segment series per camera, off the inference loop.
 
     Args:
         cfg: the ``record:`` section (``dir`` must be set).
         camera_ids: the cameras to record.
 
-    Counters: ``written`` and ``dropped`` frames per camera, ``files`` and ``clips`` (paths, in order) per camera.
+    Counters: ``dropped`` frames per camera (queue full), ``clips`` (paths, in order) per camera; each camera's
+    :class:`~emim_stream.pipeline.outputs.segments.SegmentWriter` in ``writers`` counts what it wrote and lost.
 
     Raises:
         ConfigError: the directory cannot be created or no codec can be encoded.
@@ -234,11 +161,13 @@ class Recorder:
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise ConfigError(f"record.dir: {str(self.directory)!r} is not writable")
         self.codec = probe_codec(cfg.codec)
-        self.written = dict.fromkeys(camera_ids, 0)
+        self.writers = {c: self._writer(c) for c in camera_ids}
+        for writer in self.writers.values():
+            writer.remove_unplayable_leftover()
         self.dropped = dict.fromkeys(camera_ids, 0)
-        self.files: dict[str, list[Path]] = {c: [] for c in camera_ids}
         self.clips: dict[str, list[Path]] = {c: [] for c in camera_ids}
         self._overlay: dict[str, Overlay] = {}
+        self._layouts: dict[tuple[int, int], OverlayLayout] = {}
         self._history: dict[str, deque[tuple[RingFrame, Overlay | None]]] = {c: deque() for c in camera_ids}
         self._events: deque[EventMessage] = deque(maxlen=64)  # appended by the loop, taken by the writer
         self._pending_clips: list[EventMessage] = []
@@ -247,9 +176,37 @@ class Recorder:
         self._thread.start()
         _log.info("recording to %s (%s)", self.directory, self.codec)
 
+    def _writer(self, camera_id: str) -> SegmentWriter:
+        cfg = self.cfg
+        return SegmentWriter(
+            camera_id,
+            self.directory,
+            self.codec,
+            cfg.segment_s,
+            cfg.max_mb * 1e6,
+            cfg.retry_s,
+            retain_bytes=None if cfg.retain_gb is None else cfg.retain_gb * 1e9,
+            retain_s=None if cfg.retain_days is None else cfg.retain_days * 86400,
+        )
+
+    @property
+    def written(self) -> dict[str, int]:
+        """Frames written into segments, per camera."""
+        return {c: w.written for c, w in self.writers.items()}
+
+    @property
+    def files(self) -> dict[str, list[Path]]:
+        """Segment files, per camera, in order."""
+        return {c: w.files for c, w in self.writers.items()}
+
+    def stats(self, camera_id: str) -> dict[str, Any]:
+        """The camera's recording state for status messages and metrics: the writer's
+        :meth:`~emim_stream.pipeline.outputs.segments.SegmentWriter.stats` and ``dropped``."""
+        return {**self.writers[camera_id].stats(), "dropped": self.dropped[camera_id]}
+
     def on_frame(self, camera_id: str, frame: RingFrame) -> None:
         """Queue a copy of a frame just read with the camera's newest label; drop it when the queue is full."""
-        copy = dataclasses.replace(frame, image=frame.image.copy())
+        copy = replace(frame, image=frame.image.copy())
         try:
             self._queue.put_nowait((camera_id, copy, self._overlay.get(camera_id)))
         except queue.Full:
@@ -260,38 +217,45 @@ class Recorder:
         self._overlay[msg.camera_id] = Overlay.from_message(msg)
 
     def on_event(self, event: EventMessage) -> None:
-        """With ``record.event_clips``: write a clip around this closed event (see the module docstring)."""
-        if self.cfg.event_clips:
+        """With ``record.event_clips``: write a clip around this event once it has ended (module docstring)."""
+        if self.cfg.event_clips and event.phase == "end":
             self._events.append(event)
 
-    def _write_loop(self) -> None:
-        open_files: dict[str, _CameraFile] = {}
-        starting: dict[str, list[tuple[RingFrame, Overlay | None]]] = {}
+    def _layout(self, image: np.ndarray) -> OverlayLayout:
+        shape = image.shape[:2]
+        if shape not in self._layouts:
+            self._layouts[shape] = overlay_layout(shape[0], shape[1], self.cfg.height)
+        return self._layouts[shape]
+
+    def event_paths(self, event: EventMessage) -> tuple[Path, Path]:
+        """Where the clip and the snapshot of ``event`` go: ``DIR/events/<camera>_<label>_<UTC start>_<id[:8]>``
+        with ``.mp4`` and ``.jpg``."""
+        stamp = utc_stamp(event.start_wall_ns / 1e9)
+        stem = f"{safe_name(event.camera_id)}_{safe_name(event.label)}_{stamp}_{safe_name(event.id[:8])}"
+        return self.directory / "events" / f"{stem}.mp4", self.directory / "events" / f"{stem}.jpg"
+
+    def save_snapshot(self, event: EventMessage, jpeg: bytes) -> None:
+        """Write (or replace) the event's snapshot beside its clip; a write error is logged, never raised."""
+        path = self.event_paths(event)[1]
         try:
-            while (item := self._queue.get()) is not None:
-                camera_id, frame, overlay = item
-                if self.cfg.event_clips:
-                    self._clip_frame(camera_id, frame, overlay)
-                current = open_files.get(camera_id)
-                if current is None:
-                    waiting = starting.setdefault(camera_id, [])
-                    waiting.append((frame, overlay))
-                    if len(waiting) < _FPS_FRAMES:
-                        continue
-                    open_files[camera_id] = self._start(camera_id, starting.pop(camera_id))
-                    continue
-                self._write(current, camera_id, frame, overlay)
-                if current.full(self.cfg.max_s, self.cfg.max_mb * 1e6):
-                    current.writer.release()
-                    del open_files[camera_id]
-            for camera_id, waiting in starting.items():  # cameras that ended within their first frames
-                open_files[camera_id] = self._start(camera_id, waiting)
-            self._write_clips(final=True)
-        except OSError as err:  # a full disk or a removed directory: stop recording, keep the pipeline running
-            _log.error("recording stopped: %s", err)
-        finally:
-            for current in open_files.values():
-                current.writer.release()
+            path.parent.mkdir(exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_bytes(jpeg)
+            partial.replace(path)
+        except OSError as err:
+            _log.error("event snapshot %s not written: %s", path, err)
+
+    def _write_loop(self) -> None:
+        """Each camera's frames to its own writer: a write error of one camera never stops another's."""
+        while (item := self._queue.get()) is not None:
+            camera_id, frame, overlay = item
+            if self.cfg.event_clips:
+                self._clip_frame(camera_id, frame, overlay)
+            image = draw_overlay(frame.image, overlay, self._layout(frame.image))
+            self.writers[camera_id].write(image, frame.capture_mono_ns)
+        for writer in self.writers.values():
+            writer.close()
+        self._write_clips(final=True)
 
     def _clip_frame(self, camera_id: str, frame: RingFrame, overlay: Overlay | None) -> None:
         """Keep the frame for event clips, forget frames too old for any clip, write the clips now complete."""
@@ -323,41 +287,32 @@ class Recorder:
         self._pending_clips = waiting
 
     def _write_clip(self, event: EventMessage, frames: list[tuple[RingFrame, Overlay | None]]) -> None:
-        stem = self.directory / "events" / f"{event.camera_id}_{event.label}_{_utc_stamp(event.start_wall_ns / 1e9)}"
-        stem.parent.mkdir(exist_ok=True)
-        clip = _CameraFile(stem, self.codec, _fps_of(frames), _layout_of(frames, self.cfg.height))
-        for frame, overlay in frames:
-            clip.writer.write(draw_overlay(frame.image, overlay, clip.layout))
-        clip.writer.release()
+        """One event clip; a write error loses this clip only (logged), never the recording."""
+        path = self.event_paths(event)[0]
+        layout = self._layout(frames[0][0].image)
+        clip = None
+        try:
+            path.parent.mkdir(exist_ok=True)
+            clip = VideoFile(path, self.codec, _clip_fps(frames), layout.width, layout.height)
+            for frame, overlay in frames:
+                clip.write(draw_overlay(frame.image, overlay, layout))
+            clip.close()
+        except WRITE_ERRORS as err:
+            _log.error("event clip of %s (%s) not written: %s", event.camera_id, event.label, err)
+            if clip is not None:
+                clip.abandon()
+                clip.path.unlink(missing_ok=True)
+            return
         self.clips[event.camera_id].append(clip.path)
         _log.info("event clip %s: %d frames", clip.path, len(frames))
-
-    def _start(self, camera_id: str, first: list[tuple[RingFrame, Overlay | None]]) -> _CameraFile:
-        """Open a camera's next file at the frame rate of ``first`` and write those frames."""
-        current = self._open(camera_id, first)
-        for frame, overlay in first:
-            self._write(current, camera_id, frame, overlay)
-        return current
-
-    def _open(self, camera_id: str, first: list[tuple[RingFrame, Overlay | None]]) -> _CameraFile:
-        stem = self.directory / f"{camera_id}_{_utc_stamp()}"
-        current = _CameraFile(stem, self.codec, _fps_of(first), _layout_of(first, self.cfg.height))
-        self.files[camera_id].append(current.path)
-        _log.info("recording %s to %s at %.2f fps", camera_id, current.path, current.fps)
-        return current
-
-    def _write(self, current: _CameraFile, camera_id: str, frame: RingFrame, overlay: Overlay | None) -> None:
-        current.writer.write(draw_overlay(frame.image, overlay, current.layout))
-        current.frames += 1
-        self.written[camera_id] += 1
 
     def close(self) -> None:
         """Write what is queued, close the files and stop the thread. Idempotent."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout=30)
-            for camera_id, files in self.files.items():
+            for camera_id, writer in self.writers.items():
                 _log.info(
-                    "recorded %s: %d frames in %d file(s), %d dropped (encoder behind)",
-                    camera_id, self.written[camera_id], len(files), self.dropped[camera_id],
+                    "recorded %s: %d frames in %d file(s), %d dropped (encoder behind), %d lost to write errors",
+                    camera_id, writer.written, len(writer.files), self.dropped[camera_id], writer.lost,
                 )

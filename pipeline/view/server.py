@@ -12,15 +12,23 @@ messages, keeps a :class:`~emim_stream.pipeline.view.state.ViewState`, and serve
 Safety: loopback by default (a page bound elsewhere needs ``allow_remote`` and then a token, given as ``?token=``,
 an ``Authorization: Bearer`` or ``X-Emim-Token`` header; ``/?token=`` answers with an HttpOnly cookie and a
 redirect, so the token never appears in the page). Requests naming another host than the bound loopback address
-are refused (DNS rebinding). Unknown paths get 404, other methods 405, oversized request lines or headers the
-standard library's 414/431; a connection idle for ``idle_timeout_s`` (or a client not reading for that long) is
-closed, and beyond ``max_connections`` new connections are closed at once. None of this reaches the pipeline: the
-view only subscribes to it.
+are refused (DNS rebinding). Unknown paths get 404, other methods 405. Bounds that hold before any token is
+checked: a request's line and headers together are at most :data:`MAX_HEAD_BYTES` (more gets 431 and the
+connection closed) and must arrive within ``idle_timeout_s``; at most :data:`MAX_UNAUTHENTICATED` connections may
+be open without having sent a valid token (or, without a token, a whole request): a new one then closes the oldest
+of them (a browser sends its request at once; a connection that dawdles is the one to go); a
+connection idle for ``idle_timeout_s`` (or a client not reading for that long) is closed, and beyond
+``max_connections`` new connections are closed at once. So a flood of headers costs the view a few MB at most, and
+none of this reaches the pipeline: the view only subscribes to it. (The standard library's server is kept with
+these bounds rather than replaced: they are a few lines where its own limits, 64 KB per line and 100 lines, fall
+short, and every route and the event stream stay as tested.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import http.client
 import json
 import logging
 import multiprocessing
@@ -47,11 +55,23 @@ from emim_stream.pipeline.endpoints import is_loopback
 from emim_stream.pipeline.errors import PublishError
 from emim_stream.pipeline.view.state import ViewState
 
-__all__ = ["TOPICS", "ViewProcess", "ViewServer", "parse_listen", "resolve_token"]
+__all__ = [
+    "MAX_HEAD_BYTES",
+    "MAX_UNAUTHENTICATED",
+    "TOPICS",
+    "ViewProcess",
+    "ViewServer",
+    "parse_listen",
+    "resolve_token",
+]
 
 _log = logging.getLogger(__name__)
 
 TOPICS = ("labels/", "status/", "events/", "preview/")
+MAX_HEAD_BYTES = 32 * 1024
+"""Most bytes of one request's line and headers together (a browser sends well under 8 KB)."""
+MAX_UNAUTHENTICATED = 32
+"""Most connections open at once that have not yet sent a valid token (or, without a token, a whole request)."""
 _COOKIE = "emim_view"
 _STATIC = {
     "view.js": "text/javascript; charset=utf-8",
@@ -109,8 +129,43 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class _HeadTooLarge(http.client.LineTooLong):
+    """The request's line and headers exceed :data:`MAX_HEAD_BYTES` (the handler answers 431)."""
+
+
+class _HeadReader:
+    """The connection's reader, bounding each request head in bytes and in time; bodies pass through."""
+
+    def __init__(self, raw: Any, connection: socket.socket) -> None:
+        self._raw, self._connection = raw, connection
+        self._left, self._deadline = MAX_HEAD_BYTES, float("inf")
+
+    def start(self, deadline: float) -> None:
+        """A new request head begins: it must be complete by ``deadline`` (CLOCK_MONOTONIC)."""
+        self._left, self._deadline = MAX_HEAD_BYTES, deadline
+
+    def readline(self, size: int = -1) -> bytes:
+        if self._left < 0:
+            raise _HeadTooLarge("request head")
+        remaining_s = self._deadline - time.monotonic()
+        if remaining_s <= 0:
+            raise TimeoutError("request head too slow")
+        self._connection.settimeout(min(remaining_s, self._connection.gettimeout() or remaining_s))
+        limit = self._left + 1 if size < 0 else min(size, self._left + 1)
+        line: bytes = self._raw.readline(limit)
+        if line and not line.endswith(b"\n") and len(line) < limit:
+            raise ConnectionAbortedError("the request head was cut short")
+        self._left -= len(line)
+        if self._left < 0:
+            raise _HeadTooLarge("request head")
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
 class _Http(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a cap on concurrent connections."""
+    """ThreadingHTTPServer with caps on concurrent connections, in all and not yet authenticated."""
 
     daemon_threads = True
     block_on_close = False
@@ -118,7 +173,9 @@ class _Http(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], view: ViewServer, max_connections: int) -> None:
         self.view = view
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._unauthenticated: dict[socket.socket, None] = {}  # in arrival order
         self.refused = 0
+        self.evicted = 0
         self.open = 0
         self._count_lock = threading.Lock()
         if ":" in address[0]:
@@ -132,21 +189,35 @@ class _Http(ThreadingHTTPServer):
             return
         with self._count_lock:
             self.open += 1
+            if len(self._unauthenticated) >= MAX_UNAUTHENTICATED:
+                oldest = next(iter(self._unauthenticated))
+                del self._unauthenticated[oldest]
+                self.evicted += 1
+                with contextlib.suppress(OSError):  # its handler's next read ends, and the thread with it
+                    oldest.shutdown(socket.SHUT_RDWR)
+            self._unauthenticated[request] = None
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._release()
+            self._release(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._release()
+            self._release(request)
 
-    def _release(self) -> None:
+    def authenticated(self, request: socket.socket) -> None:
+        """The connection sent a valid token (or a whole request, without a token): it no longer counts as
+        unauthenticated."""
+        with self._count_lock:
+            self._unauthenticated.pop(request, None)
+
+    def _release(self, request: socket.socket) -> None:
         with self._count_lock:
             self.open -= 1
+            self._unauthenticated.pop(request, None)
         self._slots.release()
 
 
@@ -159,6 +230,26 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.view.idle_timeout_s)  # idle reads and stalled writes both time out
+        self._head = _HeadReader(self.rfile, self.connection)
+        self.rfile = self._head  # type: ignore[assignment]  # the handler only calls readline on it
+
+    def handle_one_request(self) -> None:
+        self._head.start(time.monotonic() + self.server.view.idle_timeout_s)
+        try:
+            super().handle_one_request()
+        except _HeadTooLarge:  # in the request line (the headers' case is answered by parse_request)
+            self.request_version, self.close_connection = "HTTP/1.1", True
+            with contextlib.suppress(OSError):
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large")
+        except ConnectionError:  # the client went away, or the connection was closed to make room
+            self.close_connection = True
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.connection.settimeout(self.server.view.idle_timeout_s)  # the head is read: back to the idle timeout
+        if not parsed:
+            self.close_connection = True
+        return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s %s", self.address_string(), format % args)
@@ -190,6 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorised(view.token):
                 self._send(HTTPStatus.UNAUTHORIZED, b"token required: open /?token=...\n", "text/plain")
                 return
+        self.server.authenticated(self.request)
         path = url.path
         if path == "/":
             self._send(HTTPStatus.OK, view.files["index.html"], "text/html; charset=utf-8", send_body)
@@ -223,9 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorised(self, expected: str) -> bool:
         token = expected.encode()
         candidates = [self.headers.get("X-Emim-Token", "")]
-        auth = self.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            candidates.append(auth[len("Bearer ") :])
+        scheme, _, credentials = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 7235)
+            candidates.append(credentials)
         try:
             morsel = SimpleCookie(self.headers.get("Cookie", "")).get(_COOKIE)
         except CookieError:
@@ -415,6 +507,11 @@ class ViewProcess:
             raise (ConfigError if outcome[1] == "ConfigError" else PublishError)(outcome[2])
         self.url: str = outcome[1]
         self.token = token
+
+    @property
+    def pid(self) -> int | None:
+        """The view process's id."""
+        return self._process.pid
 
     @classmethod
     def for_pipeline(cls, cfg: PipelineConfig) -> ViewProcess | None:

@@ -6,7 +6,8 @@ p50 and p99 of ``total`` and the p50 of every stage over the labels received in 
 (numpy's default linear interpolation). Every change bumps one version counter; an HTTP client remembers the version
 it has seen and gets only the parts that changed since (:meth:`ViewState.changes`), so a slow client skips
 intermediate frames instead of queueing them. Memory is bounded: the newest frame, label and status, the last
-``max_events`` events and ``window_s`` seconds of latency samples per camera.
+``max_events`` events and ``window_s`` seconds of latency samples per camera. An event's ``start``, ``update`` and
+``end`` messages (one ``id``) make one entry, newest event first, replaced as the later phases arrive.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class ViewState:
                 cam.samples.append((now_mono, stages))
                 self._stages.extend(s for s in stages if s not in self._stages and s != "total")
             if part == "events":
-                cam.events.appendleft(value)
+                _upsert(cam.events, value)
             else:
                 setattr(cam, part, value)
             if part == "status":
@@ -201,8 +202,17 @@ def _status(p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _event(p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    keys = ("label", "start_wall_ns", "end_wall_ns", "peak_score", "mean_score", "windows", "end_reason")
+    keys = ("id", "phase", "start_wall_ns", "end_wall_ns", "peak_score", "mean_score", "windows", "end_reason")
     return "events", {k: p.get(k) for k in keys} | {"label": str(p["label"])}
+
+
+def _upsert(events: deque[dict[str, Any]], event: dict[str, Any]) -> None:
+    """Replace the entry of the same event (``id``) in place, or put a new one first."""
+    for i, known in enumerate(events):
+        if event["id"] is not None and known["id"] == event["id"]:
+            events[i] = event
+            return
+    events.appendleft(event)
 
 
 _PARTS = {"preview": _frame, "label": _label, "status": _status, "event": _event}

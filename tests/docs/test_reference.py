@@ -134,7 +134,7 @@ def test_every_message_field_is_in_the_reference():
     sections = dict(re.findall(r"^## (?:object )?`([^`]+)`\n(.*?)(?=^## |\Z)", page, re.M | re.S))
     structs = wire_fields(mi.type_info(messages._Wire))  # the union parse_payload decodes
     kinds = {info.cls.__name__: info.tag for info in mi.type_info(messages._Wire).types}
-    assert set(kinds.values()) == {"label", "status", "event", "preview"}
+    assert set(kinds.values()) == {"label", "status", "event", "preview", "stats"}
     for name, fields in structs.items():
         section = sections[kinds.get(name, name.lstrip("_"))]
         assert missing(sorted(fields | {"kind"} if name in kinds else fields), rows(section)) == [], name

@@ -1,5 +1,6 @@
-"""End to end: the demo model on a synthetic camera scripted through ``left`` then ``right`` gives one event each,
-read over ZeroMQ by the Python Subscriber and by ``emim-stream subscribe --topic events/``."""
+"""End to end: the demo model on a synthetic camera scripted through ``left`` then ``right`` gives one event each
+(a ``start`` and an ``end`` with one id), read over ZeroMQ by the Python Subscriber and by
+``emim-stream subscribe --topic events/``."""
 
 from __future__ import annotations
 
@@ -45,12 +46,12 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
         "events": {"exclude": ["static"]},
     }
     labels: list[LabelMessage] = []
-    events: list[EventMessage] = []
+    messages: list[EventMessage] = []
     # a second reader, the subscribe command on events/ only, started first: its imports do not compete with the
     # pipeline near the first change (ZeroMQ connects once the pipeline binds)
     cli = subprocess.Popen(
         [sys.executable, "-m", "emim_stream.cli", "subscribe", "--endpoint", endpoint, "--topic", "events/",
-         "--count", "2", "--timeout", "180"],
+         "--count", "4", "--timeout", "180"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -60,14 +61,14 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
             deadline = time.monotonic() + 120
             done_seq = 2 * CHANGE + 4 * STRIDE  # windows past the second change have been classified
             while time.monotonic() < deadline and p.proc.poll() is None:
-                if len(events) >= 2 and labels and labels[-1].window.last_seq >= done_seq:
+                if len(messages) >= 4 and labels and labels[-1].window.last_seq >= done_seq:
                     break
                 p.watch_children()
                 got = sub.recv(0.5)
                 if got is None:
                     continue
                 if got.payload["kind"] == "event":
-                    events.append(EventMessage.from_payload(got.payload))
+                    messages.append(EventMessage.from_payload(got.payload))
                 else:
                     labels.append(LabelMessage.from_payload(got.payload))
             assert sub.total_lost == 0
@@ -81,7 +82,9 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
     for change in (CHANGE, 2 * CHANGE):
         near = sorted(s for s in by_last_seq if change - 2 * STRIDE <= s <= change + 3 * STRIDE)
         assert len(near) >= 4, f"windows near frame {change} were skipped (machine overloaded?): {near}"
-    assert len(events) == 2, f"{events}\n{p.output()[-3000:]}"
+    events = [m for m in messages if m.phase == "end"]
+    assert len(events) == 2, f"{messages}\n{p.output()[-3000:]}"
+    assert [(m.phase, m.id) for m in messages[:4]] == [(ph, e.id) for e in events for ph in ("start", "end")]
     assert cli.returncode == 0, cli_err
 
     left, right = events
@@ -108,9 +111,10 @@ def test_left_then_right_segments_give_one_event_each_at_the_changes(pipeline_fa
         assert event.windows >= 3 and event.start_mono_ns < event.end_mono_ns
 
     out = p.output()
-    assert out.count(" event  left ") >= 1 and out.count(" event  right ") == 1, out[-3000:]
+    assert out.count(" event  left ") >= 2 and out.count(" event  right ") == 2, out[-3000:]  # start and end
     lines = [line for line in cli_out.splitlines() if " event " in line]
-    assert [line.split(" event ")[1].split()[0] for line in lines] == ["left", "right"], cli_out
+    phases_labels = [tuple(line.split(" event ")[1].split()[:2]) for line in lines]
+    assert phases_labels == [("start", "left"), ("end", "left"), ("start", "right"), ("end", "right")], cli_out
 
 
 def test_event_boundaries_of_the_demo_model_frame_by_frame():
@@ -133,7 +137,7 @@ def test_event_boundaries_of_the_demo_model_frame_by_frame():
                 continue
             post(engine.infer(window.clip().unsqueeze(0))[0])
             span = WindowSpan(window.first_seq, seq, window.first_seq, 0, seq, 0)  # "times" = frame numbers
-            events += tracker.push(span, post.scores)
+            events += [e for e in tracker.push(span, post.scores) if e.phase == "end"]
     events += tracker.interrupt("stopped")
     engine.close()
     assert [e.label for e in events] == ["left", "right", "left"]

@@ -11,12 +11,15 @@ nothing listens) and ``ended`` (a short video file that has ended; a second, liv
 going). Faults: SIGTERM / SIGINT to the group, SIGKILL of main, SIGKILL of the group, SIGKILL of the
 camera process (it must be restarted, then SIGTERM ends the run), SIGSTOP of the camera (then SIGTERM
 ends the run: the supervisor kills what does not stop). An ended camera has no process, so the two
-camera faults do not apply to it: 16 cases.
+camera faults do not apply to it: 16 cases. Three recording cases follow: SIGKILL of the group while recording
+(every file plays), a full disk (an ERROR line within a second, the camera's status, the summary) and a read-only
+record directory (one line, exit 2).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +33,7 @@ import yaml
 
 from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, engine_section, free_port
+from tests.tmpfs import remount, small_tmpfs
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the fault matrix reads /proc and /dev/shm (Linux)")
 
@@ -246,3 +250,107 @@ def test_fault(tmp_path, ended_video, state, fault, record_property):
     finally:
         run.kill_all()
 
+
+
+# --- recording faults: SIGKILL while recording, a full disk, a read-only directory --------------------------------
+
+SEGMENT_S = 5.0
+"""Segment length of the recording cases (short, so a 20 s recording spans several segments)."""
+
+
+def ffprobe_frames(path: Path) -> int | None:
+    """Video frames ffprobe reads from ``path``; None when it cannot read the file."""
+    done = subprocess.run(
+        ["ffprobe", "-v", "quiet", "-select_streams", "v:0", "-count_packets", "-show_entries",
+         "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    count = done.stdout.strip().rstrip(",")
+    return int(count) if done.returncode == 0 and count.isdigit() else None
+
+
+def recording_config(port: int, directory: Path) -> dict:
+    config = config_for("live", port, Path("unused"))
+    config["cameras"][0]["source"] = "synthetic://?seed=1&fps=15&size=96x96"
+    config["record"] = {"dir": str(directory), "segment_s": SEGMENT_S, "height": 192, "retry_s": 1.0}
+    return config
+
+
+@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs ffprobe (apt-get install ffmpeg)")
+def test_sigkill_while_recording_loses_at_most_the_last_fragment(tmp_path, record_property):
+    """SIGKILL of the group 20 s into a recording: every file plays, the playable total within one segment."""
+    port, directory = free_port(), tmp_path / "rec"
+    run = Run(tmp_path, recording_config(port, directory), "run")
+    try:
+        wait_for_state(f"tcp://127.0.0.1:{port}", "live", run)
+        wait_until(lambda: list(directory.glob("a_*.mp4")), 60, "the first segment", run.log)
+        started = time.monotonic()
+        time.sleep(20)
+        os.killpg(run.pgid, signal.SIGKILL)
+        recorded_s = time.monotonic() - started
+        assert run.proc.wait(5) == -signal.SIGKILL
+    finally:
+        run.kill_all()
+    files = sorted(directory.glob("a_*.mp4"))
+    frames = {f.name: ffprobe_frames(f) for f in files}
+    assert all(frames[f.name] for f in files[:-1]), f"every file but the one being written plays: {frames}"
+    # the next start reclaims the rings and removes a segment killed before its first fragment
+    nxt = Run(tmp_path, recording_config(free_port(), directory), "next", "--duration", "0.5")
+    try:
+        assert nxt.proc.wait(60) == 0, nxt.output()[-3000:]
+    finally:
+        nxt.kill_all()
+    if not frames[files[-1].name]:
+        assert not files[-1].exists() and "left unplayable by an earlier run" in nxt.output()
+        files = files[:-1]
+    playable_s = sum(frames[f.name] for f in files) / 15.0
+    record_property("recorded_s", round(recorded_s, 2))
+    record_property("playable_s", round(playable_s, 2))
+    print(f"recorded {recorded_s:.1f} s in {len(files)} segments, playable after SIGKILL {playable_s:.1f} s")
+    assert len(files) >= 20 / SEGMENT_S
+    assert recorded_s - SEGMENT_S <= playable_s <= recorded_s + SEGMENT_S
+
+
+def test_a_full_disk_while_recording_is_an_error_line_a_status_and_a_summary(tmp_path):
+    port = free_port()
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        ballast = disk / "ballast"
+        ballast.write_bytes(b"\1" * 1_700_000)
+        run = Run(tmp_path, recording_config(port, disk / "rec"), "run")
+        try:
+            wait_for_state(f"tcp://127.0.0.1:{port}", "live", run)
+
+            # full: the write that does not fit takes the last free block, then fails with ENOSPC
+            wait_until(lambda: os.statvfs(disk).f_bavail == 0, 60, "a full disk", run.log)
+            took = wait_until(lambda: "No space left on device" in run.output(), 5, "the ERROR line", run.log)
+            print(f"ERROR line {took:.2f} s after the disk filled")
+            assert took < 1.0
+            with Subscriber(f"tcp://127.0.0.1:{port}", topics=(b"status/a/",), timeout_s=1.0) as sub:
+                status = next(
+                    got.payload["outputs"]["record"] for got in sub.iter_messages(total_timeout_s=10)
+                )
+            assert status["state"] == "write_error" and status["lost"] > 0 and "No space" in status["detail"]
+            os.killpg(run.pgid, signal.SIGTERM)
+            assert run.proc.wait(30) == 0, run.output()[-3000:]
+        finally:
+            run.kill_all()
+        out = run.output()
+        assert "Traceback" not in out
+        (line,) = [x for x in out.splitlines() if x.startswith("recording a:")]
+        lost = int(line.split(", ")[-1].split(" frames lost to write errors")[0])
+        assert lost > 0, line
+        unreadable = [f for f in (disk / "rec").glob("*.mp4") if not ffprobe_frames(f)]
+        assert not unreadable, f"no unreadable file is left: {unreadable}"
+
+
+def test_a_read_only_record_directory_is_one_line_and_exit_2(tmp_path):
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        remount(disk, "ro")
+        run = Run(tmp_path, recording_config(free_port(), disk), "run", "--duration", "5")
+        try:
+            assert run.proc.wait(60) == 2
+        finally:
+            run.kill_all()
+    out = run.output()
+    assert "Traceback" not in out
+    assert f"record.dir: '{disk}' is not writable" in out

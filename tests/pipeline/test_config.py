@@ -74,6 +74,21 @@ def test_frame_interval_overrides_the_checkpoints_sampling_per_camera(tmp_path):
         ("cameras: [{id: a, source: x}]\nengine: {backend: tpu}\n", [], "engine.backend must be one of"),
         ("cameras: [{id: a, source: x}]\n", ["postprocess.topk"], "--set expects key.path=value"),
         ("cameras: [{id: a, source: x}\n", [], "is not valid YAML"),
+        ("cameras: [{id: a, source: x}]\n", ["publish.stats_s=-1"], r"publish.stats_s: must be in 0..3600 s, got -1.0"),
+        ("cameras: [{id: a, source: x}]\n", ["events.update_s=.nan"], "events.update_s: must be in 0..3600 s, got nan"),
+        ("cameras: [{id: a, source: x}]\n", ["mqtt.kinds=[events]"], r"mqtt.kinds: must be a non-empty list of"),
+        (
+            "cameras: [{id: a, source: x}]\n",
+            ["mqtt.home_assistant=true", "mqtt.kinds=[event]"],
+            "mqtt.kinds: home_assistant needs action, snapshot, stats among the kinds",
+        ),
+        ("cameras: [{id: a, source: x}]\n", ["mqtt.discovery_prefix=ha/#"], "mqtt.discovery_prefix: must be topic"),
+        ("cameras: [{id: a, source: x}]\n", ["webhook.urls=[ftp://h/x]"], "webhook.urls: must be http:// or https://"),
+        ("cameras: [{id: a, source: x}]\n", ["webhook.phases=[begin]"], "webhook.phases: must be a non-empty list"),
+        ("cameras: [{id: a, source: x}]\n", ["webhook.format=zapier"], "webhook.format: must be one of"),
+        ("cameras: [{id: a, source: x}]\n", ["webhook.retries=11"], r"webhook.retries: must be in 0..10"),
+        ("cameras: [{id: a, source: x}]\n", ["webhook.timeout_s=0"], "webhook.timeout_s: must be > 0"),
+        ("cameras: [{id: a, source: x}]\n", ["webhook.queue_size=0"], r"webhook.queue_size: must be in 1..100000"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path, text, overrides, message):

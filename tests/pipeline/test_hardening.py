@@ -54,6 +54,24 @@ def load(tmp_path, text: str = CAMERA, overrides: tuple[str, ...] = ()):
         ("engine.height=-32", "engine.height must be in 32..1024, got -32"),
         ("publish.endpoint=tcp://127.0.0.1:99999", "publish.endpoint: port '99999' must be 1-65535"),
         ("publish.endpoint=tcp://127.0.0.1:-1", "publish.endpoint: port '-1' must be 1-65535"),
+        # issue 29 (6): MQTT settings that broke the sink while the run exited 0
+        ("mqtt.keepalive_s=100000", "mqtt.keepalive_s: must be in 1..65535"),
+        ("mqtt.keepalive_s=0", "mqtt.keepalive_s: must be in 1..65535"),
+        (f"mqtt.prefix={'x' * 70000}", "mqtt.prefix: must be at most 1024 bytes"),
+        ('mqtt.prefix="emim\\0x"', "mqtt.prefix: must not contain NUL or control characters"),
+        ('mqtt.box_id="box\\x01"', "mqtt.box_id: must not contain NUL or control characters"),
+        ('mqtt.client_id="c\\0"', "mqtt.client_id: must not contain NUL or control characters"),
+        ('mqtt.username="u\\0"', "mqtt.username: must not contain NUL or control characters"),
+        # issue 29 (7): bounds the documentation promises
+        ("record.segment_s=.nan", "record.segment_s: must be > 0 and <= 3600 s, got nan"),
+        ("record.segment_s=.inf", "record.segment_s: must be > 0 and <= 3600 s, got inf"),
+        ("record.max_mb=.nan", "record.max_mb: must be in 1..100000"),
+        ("record.max_mb=.inf", "record.max_mb: must be in 1..100000"),
+        ("record.queue_frames=1000000000000", "record.queue_frames: must be in 1..100000"),
+        ("mqtt.reconnect_max_s=.inf", "mqtt.reconnect_max_s: must be > 0 and <= 3600 s, got inf"),
+        ("mqtt.reconnect_min_s=.nan", "mqtt.reconnect_min_s: must be > 0 and <= 3600 s, got nan"),
+        ("mqtt.queue_size=1000000000000", "mqtt.queue_size: must be in 1..1000000"),
+        ("events.min_windows=1000000000000", "events.min_windows: must be in 1..10000"),
     ],
 )
 def test_numeric_settings_are_range_checked_naming_the_field(tmp_path, override, field):
@@ -190,7 +208,7 @@ def test_subscriber_counts_poison_as_malformed_and_survives():
     with zmq.Context() as ctx, ctx.socket(zmq.PUB) as pub:
         pub.linger = 0
         port = pub.bind_to_random_port("tcp://127.0.0.1")
-        with Subscriber(f"tcp://127.0.0.1:{port}", topics=[b""], context=ctx, parse=True) as sub:
+        with Subscriber(f"tcp://127.0.0.1:{port}", topics=[b""], context=ctx) as sub:
             deadline = time.monotonic() + 10
             while sub.received == 0 and time.monotonic() < deadline:  # wait until the subscription is through
                 pub.send_multipart([b"labels/cam1/", json.dumps(_label(msg_seq=0)).encode()])
@@ -202,3 +220,61 @@ def test_subscriber_counts_poison_as_malformed_and_survives():
             got = sub.recv(5)
             assert got is not None and got.msg_seq == 1 and isinstance(got.message, LabelMessage)
             assert sub.received == 2 and sub.malformed == len(bodies)
+
+
+def _subscribed(ctx, pub, sub) -> None:
+    """Send valid labels (msg_seq 0) until ``sub`` receives one: the subscription is through."""
+    deadline = time.monotonic() + 10
+    while sub.received == 0:
+        assert time.monotonic() < deadline, "the subscription never went through"
+        pub.send_multipart([b"labels/cam1/", json.dumps(_label(msg_seq=0)).encode()])
+        sub.recv(0.1)
+
+
+def test_a_malformed_message_never_enters_loss_accounting():
+    """Issue 29 (8): a NaN-score label with msg_seq 2^62 made 'lost 4611686018427387894'; a status with an
+    unknown state and a reused msg_seq made 'publisher restarted' lines."""
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as pub:
+        pub.linger = 0
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        with Subscriber(f"tcp://127.0.0.1:{port}", topics=[b""], context=ctx) as sub:
+            _subscribed(ctx, pub, sub)
+            poisoned = _label(msg_seq=2**62, topk=[{"label": "wave", "score": float("nan")}])
+            pub.send_multipart([b"labels/cam1/", json.dumps(poisoned).encode()])
+            bodies = [json.dumps({**_status("live"), "state": "exploded", "msg_seq": 0}).encode()] * 3
+            bodies.append(json.dumps(_label(msg_seq=2**61, schema=99)).encode())
+            for body in bodies:
+                pub.send_multipart([b"status/cam1/" if b"exploded" in body else b"labels/cam1/", body])
+            pub.send_multipart([b"labels/cam1/", json.dumps(_label(msg_seq=1)).encode()])
+            got = sub.recv(5)
+            assert got is not None and got.msg_seq == 1
+            assert sub.total_lost == 0 and sub.restarts == {}
+            assert sub.malformed == 1 + len(bodies)
+
+
+def test_subscribe_says_messages_arrived_malformed_rather_than_nothing_arrived(capsys):
+    """Issue 29 (9): when everything that arrived was malformed, the hint was 'nothing arrived'."""
+    from emim_stream.cli.main import main
+
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as pub:
+        pub.linger = 0
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        stop = time.monotonic() + 3
+
+        def flood() -> None:
+            while time.monotonic() < stop:
+                pub.send_multipart([b"labels/cam1/", b'{"msg_seq": 1, "kind": "label"}'])
+                time.sleep(0.05)
+
+        import threading
+
+        thread = threading.Thread(target=flood)
+        thread.start()
+        try:
+            code = main(["subscribe", "--endpoint", f"tcp://127.0.0.1:{port}", "--timeout", "2"])
+        finally:
+            thread.join()
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "nothing arrived" not in err
+    assert "malformed" in err and "message(s) arrived but none could be read" in err

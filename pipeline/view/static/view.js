@@ -70,7 +70,10 @@ function showEvents(tile, events) {
   list.replaceChildren(...events.map((e) => {
     const li = document.createElement("li");
     const span = (e.end_wall_ns - e.start_wall_ns) / 1e9;
-    li.textContent = `${e.label}  ${clock(e.start_wall_ns)}, ${span.toFixed(1)} s, peak ${Number(e.peak_score).toFixed(2)}`;
+    const open = e.phase !== "end";
+    li.textContent = `${e.label}  ${clock(e.start_wall_ns)}, ${span.toFixed(1)} s${open ? " so far" : ""}, peak ${Number(e.peak_score).toFixed(2)}`;
+    li.classList.toggle("open", open);
+    if (open) li.title = "in progress";
     return li;
   }));
 }

@@ -1,9 +1,10 @@
 """Golden payloads: the JSON of every message kind, byte for byte as its schema puts it on the wire.
 
-The strings were written by the field-by-field encoder of the first schema-1 release (labels: schema 2, whose
-window gained ``span_ms`` and counts sampled frames); any change to them is a change of the wire format (and so
-of ``schema``). Each message must encode to its string exactly (key order, float formatting, an absent
-``truth``, a ``null`` staleness) and the string must decode back to an equal object.
+The status and preview strings were written by the field-by-field encoder of the first schema-1 release, the label
+(schema 2: its window counts sampled frames and carries ``span_ms``), event (schema 2) and stats (schema 1) strings
+by the first release of those; any change to them is a change of the wire format (and so of ``schema``). Each
+message must encode to its string exactly (key order, float formatting, an absent ``truth``, a ``null`` staleness)
+and the string must decode back to an equal object.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import msgspec
 import pytest
 
 from emim_stream.pipeline.comms.messages import (
+    CameraStats,
     EventMessage,
     LabelMessage,
     MessageError,
     ModelInfo,
+    Percentiles,
     PreviewMessage,
+    StatsMessage,
     StatusMessage,
     WindowInfo,
     json_schema,
@@ -107,12 +111,45 @@ GOLDEN = {
         '"outputs":{}}',
     ),
     "event": (
-        EventMessage("cam1", "wave", 100, 139, 1_000_000_000, _WALL, 2_300_000_000, _WALL + 1_300_000_000, 0.97,
-                     0.843333, 7, "exit", 2_310_000_000, _WALL + 1_310_000_000, msg_seq=3, clock_domain="boot-1"),
-        '{"schema":1,"kind":"event","camera_id":"cam1","msg_seq":3,"clock_domain":"boot-1","label":"wave",'
-        '"first_seq":100,"last_seq":139,"start_mono_ns":1000000000,"start_wall_ns":1767225600000000000,'
-        '"end_mono_ns":2300000000,"end_wall_ns":1767225601300000000,"peak_score":0.97,"mean_score":0.843333,'
-        '"windows":7,"end_reason":"exit","publish_mono_ns":2310000000,"publish_wall_ns":1767225601310000000}',
+        EventMessage("cam1", "5f0c6b1e9a7d4c2f8e3b1a0d9c8b7a6f", "end", "wave", 100, 139, 1_000_000_000, _WALL,
+                     2_300_000_000, _WALL + 1_300_000_000, 0.97, 0.843333, 127, 7, "exit", True,
+                     "rec/events/cam1_wave_20260101T000000Z_5f0c6b1e.jpg",
+                     "rec/events/cam1_wave_20260101T000000Z_5f0c6b1e.mp4", 2_310_000_000, _WALL + 1_310_000_000,
+                     msg_seq=3, clock_domain="boot-1"),
+        '{"schema":2,"kind":"event","camera_id":"cam1","msg_seq":3,"clock_domain":"boot-1",'
+        '"id":"5f0c6b1e9a7d4c2f8e3b1a0d9c8b7a6f","phase":"end","label":"wave","first_seq":100,"last_seq":139,'
+        '"start_mono_ns":1000000000,"start_wall_ns":1767225600000000000,"end_mono_ns":2300000000,'
+        '"end_wall_ns":1767225601300000000,"peak_score":0.97,"mean_score":0.843333,"peak_seq":127,"windows":7,'
+        '"end_reason":"exit","has_snapshot":true,"snapshot_path":"rec/events/cam1_wave_20260101T000000Z_5f0c6b1e.jpg",'
+        '"clip_path":"rec/events/cam1_wave_20260101T000000Z_5f0c6b1e.mp4","publish_mono_ns":2310000000,'
+        '"publish_wall_ns":1767225601310000000}',
+    ),
+    "event start": (
+        EventMessage("cam1", "5f0c6b1e9a7d4c2f8e3b1a0d9c8b7a6f", "start", "wave", 100, 115, 1_000_000_000, _WALL,
+                     1_500_000_000, _WALL + 500_000_000, 0.9, 0.8, 115, 3, msg_seq=2, clock_domain="boot-1"),
+        '{"schema":2,"kind":"event","camera_id":"cam1","msg_seq":2,"clock_domain":"boot-1",'
+        '"id":"5f0c6b1e9a7d4c2f8e3b1a0d9c8b7a6f","phase":"start","label":"wave","first_seq":100,"last_seq":115,'
+        '"start_mono_ns":1000000000,"start_wall_ns":1767225600000000000,"end_mono_ns":1500000000,'
+        '"end_wall_ns":1767225600500000000,"peak_score":0.9,"mean_score":0.8,"peak_seq":115,"windows":3,'
+        '"end_reason":null,"has_snapshot":false,"snapshot_path":null,"clip_path":null,"publish_mono_ns":0,'
+        '"publish_wall_ns":0}',
+    ),
+    "stats": (
+        StatsMessage(
+            box_id="box7", uptime_s=60.5, interval_s=10.0, engine=ModelInfo("emim_xs", "torch", "fp32", "cpu"),
+            cameras={"cam1": CameraStats("live", 30.0, 450, 2, 0, 1, Percentiles(75, 40.5, 52.25, 61.0, 63.5)),
+                     "cam2": CameraStats("connecting", 0.0, 0, 0, 0, 0, None)},
+            latency_ms=Percentiles(75, 40.5, 52.25, 61.0, 63.5), publish_dropped=0, outputs={},
+            publish_mono_ns=61_000_000_000, publish_wall_ns=_WALL + 60_500_000_000, msg_seq=5, clock_domain="boot-1",
+        ),
+        '{"schema":1,"kind":"stats","msg_seq":5,"clock_domain":"boot-1","box_id":"box7","uptime_s":60.5,'
+        '"interval_s":10.0,"engine":{"name":"emim_xs","backend":"torch","precision":"fp32","device":"cpu",'
+        '"checkpoint_sha256":""},"cameras":{"cam1":{"state":"live","fps":30.0,"labels":450,"events":2,'
+        '"dropped_frames":0,"dropped_windows":1,"latency_ms":{"count":75,"p50":40.5,"p90":52.25,"p99":61.0,'
+        '"max":63.5}},"cam2":{"state":"connecting","fps":0.0,"labels":0,"events":0,"dropped_frames":0,'
+        '"dropped_windows":0,"latency_ms":null}},"latency_ms":{"count":75,"p50":40.5,"p90":52.25,"p99":61.0,'
+        '"max":63.5},"publish_dropped":0,"outputs":{},"publish_mono_ns":61000000000,'
+        '"publish_wall_ns":1767225660500000000}',
     ),
     "preview": (
         PreviewMessage("cam1", 115, 1_000_000_000, _WALL, 64, 48, b"\xff\xd8\xff\xe0JFIF\x00\xff\xd9", msg_seq=9,
@@ -134,7 +171,7 @@ def _wire(payload) -> str:
 def test_every_kind_encodes_to_its_golden_payload(case):
     msg, golden = GOLDEN[case]
     assert _wire(msg.to_payload()) == golden
-    if not isinstance(msg, PreviewMessage):
+    if not isinstance(msg, (PreviewMessage, StatsMessage)):
         assert msg.to_json() == golden.encode()
 
 
@@ -143,7 +180,7 @@ def test_every_golden_payload_decodes_to_its_message(case):
     msg, golden = GOLDEN[case]
     assert parse_payload(json.loads(golden)) == msg
     assert type(msg).from_payload(json.loads(golden)) == msg
-    if not isinstance(msg, PreviewMessage):
+    if not isinstance(msg, (PreviewMessage, StatsMessage)):
         assert type(msg).from_json(golden.encode()) == msg
 
 
@@ -154,6 +191,13 @@ def test_a_schema_1_label_is_refused_naming_both_versions():
     del old["window"]["span_ms"]
     with pytest.raises(MessageError, match="label message has schema 1; this emim-stream reads schema 2"):
         parse_payload(old)
+
+def test_a_schema_1_event_is_refused_naming_the_versions():
+    """Schema 1 events (published only at their end, without id and phase) are not read as schema 2."""
+    old = json.loads(GOLDEN["event"][1]) | {"schema": 1}
+    with pytest.raises(MessageError, match="event message has schema 1; this emim-stream reads schema 2"):
+        parse_payload(old)
+
 
 
 def test_numpy_scores_are_written_as_python_floats():
@@ -172,4 +216,5 @@ def test_every_golden_payload_meets_the_published_json_schema(case):
     payload = json.loads(GOLDEN[case][1])
     validator.validate(payload)
     assert not validator.is_valid({**payload, "schema": payload["schema"] + 1})
-    assert not validator.is_valid({key: value for key, value in payload.items() if key != "camera_id"})
+    required = "box_id" if payload["kind"] == "stats" else "camera_id"
+    assert not validator.is_valid({key: value for key, value in payload.items() if key != required})

@@ -75,10 +75,11 @@ def _status(camera_id: str = "cam1") -> StatusMessage:
 
 
 def _join(pub: Publisher, sub: Subscriber, topic: bytes, timeout_s: float = 5.0) -> Received:
-    """Probe on ``topic`` until the subscription has reached the publisher (ZeroMQ's slow joiner)."""
+    """Probe on ``topic`` (a valid status message: the subscriber drops others) until the subscription has
+    reached the publisher (ZeroMQ's slow joiner)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        pub.send(topic, {"probe": True})
+        pub.send(topic, _status().to_payload())
         received = sub.recv(0.02)
         if received is not None:
             return received
@@ -258,12 +259,12 @@ def test_subscriber_counts_gaps_restarts_and_malformed(tmp_path):
         deadline = time.monotonic() + 5
         while sub.recv(0.02) is None:  # join
             assert time.monotonic() < deadline
-            raw.send_multipart([b"join/", b'{"msg_seq": 0}'])
+            raw.send_multipart([b"join/", json.dumps(_label().to_payload() | {"msg_seq": 0}).encode()])
         for body in (b"not json", b"[1, 2]", b'{"msg_seq": "3"}'):
             raw.send_multipart([b"labels/cam1/", body])
         raw.send_multipart([b"labels/cam1/", b"{}", b"third frame"])
         for msg_seq in (0, 1, 2, 5, 6, 0, 1):
-            raw.send_multipart([b"labels/cam1/", json.dumps({"msg_seq": msg_seq}).encode()])
+            raw.send_multipart([b"labels/cam1/", json.dumps(_label().to_payload() | {"msg_seq": msg_seq}).encode()])
         got = list(sub.iter_messages(count=7, total_timeout_s=5))
     assert [r.msg_seq for r in got] == [0, 1, 2, 5, 6, 0, 1]
     assert sub.lost["labels/cam1/"] == 2
@@ -324,14 +325,20 @@ def test_subscribe_command_prints_lines_and_writes_jsonl(tmp_path, capsys):
 
 _STOPPED_PUBLISHER = """
 import json, sys, time, zmq
+from emim_stream.pipeline.comms.messages import StatusMessage
 from emim_stream.pipeline.comms.subscribe import Subscriber
+base = StatusMessage(
+    camera_id="cam1", state="live", fps=30.0, staleness_ms=None, latest_seq=1, reconnects=0, frames_lost=0,
+    dropped_frames=0, source_width=8, source_height=8, heartbeat_mono_ns=1, publish_mono_ns=1, publish_wall_ns=1,
+    config_hash="x", detail="x" * 200,
+).to_payload()
 pub = zmq.Context.instance().socket(zmq.PUB)
 pub.linger = 0
 endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
 with Subscriber(endpoint, topics=[b"labels/"], rcv_hwm=100_000) as sub:
     time.sleep(0.5)
     for i in range(20_000):
-        pub.send_multipart([b"labels/cam1/", json.dumps({"msg_seq": i, "pad": "x" * 200}).encode()])
+        pub.send_multipart([b"labels/cam1/", json.dumps({**base, "msg_seq": i}).encode()])
     time.sleep(0.3)
     pub.close()  # the publisher goes away while thousands of two-frame messages wait in the subscriber's queue
     received = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emim_stream.pipeline.comms.messages import label_topic
+from emim_stream.pipeline.comms.messages import StatusMessage, label_topic
 from emim_stream.pipeline.comms.publish import Publisher
 from emim_stream.pipeline.comms.relay import Relay
 from emim_stream.pipeline.comms.subscribe import Received, Subscriber
@@ -20,13 +20,22 @@ from emim_stream.pipeline.errors import PublishError
 REPO = Path(__file__).resolve().parents[3]
 
 
+def _msg(i: int) -> dict:
+    """A valid status payload numbered ``i`` (its ``latest_seq``): the subscriber drops payloads of no schema."""
+    return StatusMessage(
+        camera_id="cam", state="live", fps=30.0, staleness_ms=None, latest_seq=i, reconnects=0, frames_lost=0,
+        dropped_frames=0, source_width=8, source_height=8, heartbeat_mono_ns=0, publish_mono_ns=0,
+        publish_wall_ns=0, config_hash="x",
+    ).to_payload()
+
+
 def _join(pubs: dict[str, Publisher], sub: Subscriber, timeout_s: float = 5.0) -> None:
     """Probe every publisher until its probe has come through the relay (subscriptions travel upstream)."""
     pending = dict(pubs)
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
         for name, pub in pending.items():
-            pub.send(f"labels/probe-{name}/".encode(), {"probe": True})
+            pub.send(f"labels/probe-{name}/".encode(), _msg(0))
         received = sub.recv(0.02)
         while received is not None:
             pending.pop(received.topic.split("/")[1].removeprefix("probe-"), None)
@@ -54,15 +63,15 @@ def test_one_subscriber_sees_both_pipelines_through_the_relay(tmp_path):
         assert relay.running
         _join({"a": pub_a, "b": pub_b}, sub)
         for i in range(10):
-            assert pub_a.send(label_topic("cam-a"), {"i": i})
-            assert pub_b.send(label_topic("cam-b"), {"i": i})
+            assert pub_a.send(label_topic("cam-a"), _msg(i))
+            assert pub_b.send(label_topic("cam-b"), _msg(i))
         got = _collect(sub, 20)
         stats = relay.stats()
         final = relay.close()
         assert not relay.running
     by_topic: dict[str, list[int]] = {}
     for received in got:
-        by_topic.setdefault(received.topic, []).append(received.payload["i"])
+        by_topic.setdefault(received.topic, []).append(received.payload["latest_seq"])
     assert by_topic == {"labels/cam-a/": list(range(10)), "labels/cam-b/": list(range(10))}
     assert sub.lost["labels/cam-a/"] == 0 and sub.lost["labels/cam-b/"] == 0
     assert stats.frames >= 40 and stats.subscriptions >= 1  # 20 label messages of 2 frames, plus probes
@@ -79,8 +88,8 @@ def test_subscriptions_travel_upstream_through_the_relay(tmp_path):
     ):
         _join({"a": pub}, sub)
         for i in range(5):
-            pub.send(label_topic("cam10"), {"i": i})
-            pub.send(label_topic("cam1"), {"i": i})
+            pub.send(label_topic("cam10"), _msg(i))
+            pub.send(label_topic("cam1"), _msg(i))
         got = _collect(sub, 5)
         assert sub.recv(0.2) is None
     assert [r.topic for r in got] == ["labels/cam1/"] * 5
@@ -126,7 +135,7 @@ def test_relay_command_relays_and_stops_cleanly_on_signal(tmp_path, sig):
             assert "emim-stream relay:" in banner and listen in banner, banner
             with Subscriber(listen, ["labels/"]) as sub:
                 _join({"a": pub}, sub)
-                pub.send(label_topic("cam1"), {"i": 1})
+                pub.send(label_topic("cam1"), _msg(1))
                 assert [r.topic for r in _collect(sub, 1)] == ["labels/cam1/"]
             proc.send_signal(sig)
             out, _ = proc.communicate(timeout=10)

@@ -141,16 +141,16 @@ def test_only_authorised_subscribers_receive_labels(keyring, caplog):
             assert time.monotonic() < deadline, (
                 f"alice got {len(got)}; refusals {anonymous.handshake_failures}, {mallory.handshake_failures}"
             )
-            pub.send(label_topic("cam1"), {"label": "wave", "n": pub.sent})
+            pub.send(label_topic("cam1"), _LABEL)
             if (received := alice.recv(0.01)) is not None:
                 got.append(received)
             assert anonymous.recv(0) is None and mallory.recv(0) is None
             refused_seen = anonymous.handshake_failures > 0 and mallory.handshake_failures > 0
         for _ in range(20):  # after the refusals, messages keep flowing to alice alone
-            pub.send(label_topic("cam1"), {"label": "wave", "n": pub.sent})
+            pub.send(label_topic("cam1"), _LABEL)
         tail = list(alice.iter_messages(count=20, total_timeout_s=5))
         assert anonymous.recv(0.2) is None and mallory.recv(0) is None
-    assert [r.topic for r in got] == ["labels/cam1/"] * 20 and got[0].payload["label"] == "wave"
+    assert [r.topic for r in got] == ["labels/cam1/"] * 20 and got[0].message.topk[0][0] == "wave"
     seqs = [r.msg_seq for r in got + tail]
     assert len(seqs) == 40 and seqs == list(range(seqs[0], seqs[0] + 40)) and alice.total_lost == 0
     assert anonymous.received == mallory.received == 0 and alice.handshake_failures == 0
@@ -184,7 +184,7 @@ def test_oversize_cap_holds_over_curve(keyring):
 def _join(pub: Publisher, sub: Subscriber, timeout_s: float = 5.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        pub.send(b"labels/cam1/", {"probe": True})
+        pub.send(b"labels/cam1/", _LABEL)  # a valid message: the subscriber drops others
         if (received := sub.recv(0.02)) is not None:
             return received
     raise AssertionError("subscriber never joined")

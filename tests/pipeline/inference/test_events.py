@@ -1,6 +1,9 @@
-"""EventTracker: scripted score sequences give exactly the expected events; config bounds are enforced."""
+"""EventTracker: scripted score sequences give exactly the expected events and their start/update/end messages;
+config bounds are enforced."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 from msgspec.structs import replace
@@ -30,8 +33,8 @@ def scores(label: str, p: float) -> list[float]:
     return [p if name == label else rest for name in LABELS]
 
 
-def run(sequence: list[tuple[str, float] | None], cfg: EventsConfig) -> list[tuple[int, EventMessage]]:
-    """Feed the sequence (None = frames lost before the next window); (window index, event) per closed event."""
+def lifecycle(sequence: list[tuple[str, float] | None], cfg: EventsConfig) -> list[tuple[int, EventMessage]]:
+    """Feed the sequence (None = frames lost before the next window); (window index, message) per event message."""
     tracker = EventTracker("cam1", LABELS, cfg)
     out: list[tuple[int, EventMessage]] = []
     for k, item in enumerate(sequence):
@@ -41,6 +44,11 @@ def run(sequence: list[tuple[str, float] | None], cfg: EventsConfig) -> list[tup
             out += [(k, e) for e in tracker.push(window(k), scores(*item))]
     out += [(len(sequence), e) for e in tracker.interrupt("stopped")]
     return out
+
+
+def run(sequence: list[tuple[str, float] | None], cfg: EventsConfig) -> list[tuple[int, EventMessage]]:
+    """(window index, event) per closed event: its ``end`` message."""
+    return [(k, e) for k, e in lifecycle(sequence, cfg) if e.phase == "end"]
 
 
 CFG = EventsConfig(enter=0.6, exit=0.4, min_windows=3, exclude=("static",))
@@ -103,9 +111,58 @@ def test_excluded_labels_make_no_events_and_unknown_exclusions_warn(caplog):
 
 
 def test_event_message_round_trip():
-    [(_, ev)] = run([("left", 0.9)] * 3, CFG)
-    parsed = parse_payload(ev.to_payload())
-    assert parsed == ev and isinstance(parsed, EventMessage)
+    for _, ev in lifecycle([("left", 0.9)] * 3, CFG):
+        parsed = parse_payload(ev.to_payload())
+        assert parsed == ev and isinstance(parsed, EventMessage)
+
+
+def test_start_at_the_opening_window_and_end_share_one_id_with_running_figures():
+    seq = [("static", 0.9), ("left", 0.7), ("left", 0.9), ("left", 0.8), ("left", 0.5), ("left", 0.39), ("static", 1)]
+    (k0, start), (k1, end) = lifecycle(seq, CFG)
+    assert (k0, start.phase, k1, end.phase) == (3, "start", 5, "end")  # start with the min_windows-th window
+    assert start.id == end.id and len(start.id) == 32 and int(start.id, 16) >= 0
+    assert (start.first_seq, start.last_seq, start.windows, start.end_reason) == (4, window(3).last_seq, 3, None)
+    assert (start.peak_score, start.peak_seq) == (pytest.approx(0.9, abs=1e-6), window(2).last_seq)
+    assert start.mean_score == pytest.approx((0.7 + 0.9 + 0.8) / 3, abs=1e-6)
+    assert (end.windows, end.end_reason, end.peak_seq) == (4, "exit", window(2).last_seq)
+
+
+def test_updates_every_update_s_of_video_while_open():
+    update_s = 0.5  # windows are 4 frames of 33 ms apart: an update every 4th window (0.528 s)
+    seq = [("left", 0.9)] * 20 + [("static", 0.9)]
+    messages = [e for _, e in lifecycle(seq, EventsConfig(enter=0.6, exit=0.4, min_windows=3, update_s=update_s))]
+    phases = [e.phase for e in messages]
+    assert phases == ["start", "update", "update", "update", "update", "end"], phases
+    assert len({e.id for e in messages}) == 1
+    sent = [e.end_mono_ns for e in messages[:-1]]
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert all(update_s * 1e9 <= g < update_s * 1e9 + STRIDE * FRAME_NS for g in gaps), gaps
+    assert [e.windows for e in messages] == [3, 7, 11, 15, 19, 20]
+    assert [e.phase for _, e in lifecycle(seq, CFG)] == ["start", "end"]  # update_s = 0: no updates
+
+
+def test_takeover_ends_the_old_event_before_starting_the_new_one():
+    seq = [("left", 0.9)] * 4 + [("right", 0.62)] * 3
+    messages = [(e.phase, e.label, e.end_reason) for _, e in lifecycle(seq, EventsConfig(exit=0.15))]
+    assert messages == [("start", "left", None), ("end", "left", "takeover"), ("start", "right", None),
+                        ("end", "right", "stopped")]  # fmt: skip
+
+
+def test_event_ids_differ_between_events_and_trackers():
+    seq = [("left", 0.9)] * 3 + [None] + [("left", 0.9)] * 3
+    ids = [e.id for _ in range(2) for _, e in lifecycle(seq, CFG) if e.phase == "start"]
+    assert len(ids) == 4 and len(set(ids)) == 4
+
+
+def test_peak_seqs_name_the_peak_frames_of_the_open_event_and_a_challenger():
+    tracker = EventTracker("cam1", LABELS, EventsConfig(exit=0.15))
+    for k, p in enumerate((0.7, 0.95, 0.8)):
+        tracker.push(window(k), scores("left", p))
+    assert tracker.peak_seqs() == {window(1).last_seq}
+    tracker.push(window(3), scores("right", 0.7))  # a challenger's run: its first window is its peak so far
+    assert tracker.peak_seqs() == {window(1).last_seq, window(3).last_seq}
+    tracker.push(window(4), scores("left", 0.9))  # the challenge fails: its windows join the open event
+    assert tracker.peak_seqs() == {window(1).last_seq}
 
 
 @pytest.mark.parametrize(
@@ -126,8 +183,11 @@ def test_embedded_default_has_events_on_without_static():
     assert cfg.events.enabled and cfg.events.exclude == ("static",)
 
 
-def test_subscribe_prints_one_line_per_event():
-    [(_, ev)] = run([("left", 0.9)] * 3, CFG)
-    payload = replace(ev, msg_seq=4).to_payload()
-    line = describe(Received("events/cam1/", payload, 0, 0, 100))
-    assert line == f"cam1 #4 event left {ev.duration_s:.2f} s frames 0-15 peak 0.90 mean 0.90 (stopped)"
+def test_subscribe_prints_one_line_per_event_message():
+    (_, start), (_, end) = lifecycle([("left", 0.9)] * 3, CFG)
+    lines = [describe(Received("events/cam1/", replace(e, msg_seq=n).to_payload(), 0, 0, 100, replace(e, msg_seq=n)))
+             for n, e in enumerate((start, end))]  # fmt: skip
+    assert lines == [
+        f"cam1 #0 event start left {start.duration_s:.2f} s frames 0-15 peak 0.90 mean 0.90 id {start.id[:8]}",
+        f"cam1 #1 event end left {end.duration_s:.2f} s frames 0-15 peak 0.90 mean 0.90 (stopped) id {end.id[:8]}",
+    ]

@@ -25,6 +25,7 @@ from emim_stream.engines.transforms import normalise
 from emim_stream.pipeline.capture.ring import SharedRing
 from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage
 from emim_stream.pipeline.comms.publish import Publisher
+from emim_stream.pipeline.comms.subscribe import Subscriber
 from emim_stream.pipeline.config import EventsConfig
 from emim_stream.pipeline.inference.events import EventTracker
 from emim_stream.pipeline.inference.latency import LatencyRecorder
@@ -188,12 +189,16 @@ def test_a_gap_closes_the_open_event(make_rig):
     rig = make_rig(events=True)
     rig.write("cam1", range(5))
     rig.loop.step()  # one window of "left" (p = 0.84 >= enter): the event opens
-    assert rig.labels[0].topk[0][0] == "left" and rig.events == []
+    assert rig.labels[0].topk[0][0] == "left"
+    (start,) = rig.events
+    assert (start.phase, start.label, start.first_seq, start.last_seq, start.msg_seq) == ("start", "left", 1, 4, 0)
     rig.write("cam1", range(6, 8))  # frame 5 lost
     rig.loop.step()
-    (event,) = rig.events
-    assert (event.label, event.end_reason, event.first_seq, event.last_seq) == ("left", "gap", 1, 4)
-    assert event.msg_seq == 0 and rig.loop.streams["cam1"].events_sent == 1
+    start, end = rig.events
+    assert (end.phase, end.id, end.label, end.end_reason, end.first_seq, end.last_seq) == (
+        "end", start.id, "left", "gap", 1, 4
+    )
+    assert end.msg_seq == 1 and rig.loop.streams["cam1"].events_sent == 1
 
 
 def test_a_served_window_gets_its_latency_record(make_rig):
@@ -254,3 +259,37 @@ def test_the_label_goes_out_on_its_zeromq_topic(make_rig, tmp_path):
     assert topic == b"labels/cam1/"
     assert (payload["kind"], payload["camera_id"], payload["msg_seq"]) == ("label", "cam1", 0)
     assert payload == json.loads(json.dumps(rig.labels[0].to_payload()))
+
+
+def test_stats_carry_the_cameras_counts_and_latency_percentiles_of_the_interval(make_rig):
+    rig = make_rig(("a", "b"), events=True)
+    rig.loop.settings = LoopSettings(SLOTS, 1.0, 5.0, "test", box_id="box1", stats_s=3600.0)
+    with Subscriber(rig.loop.outputs.publisher.endpoint, ["stats/"], timeout_s=0.05) as sub:
+        for frames in (range(5), range(5, 9), range(9, 13)):  # a window each time, for each camera
+            for cam in ("a", "b"):
+                rig.write(cam, frames)
+            while rig.loop.step():
+                pass
+        received = None
+        for _ in range(100):  # the subscriber joins within a few rounds (ZeroMQ's slow joiner)
+            rig.loop.last_stats_mono = 0.0
+            if received is None or received.message.latency_ms is not None:
+                rig.loop.interval_latency.reset()
+                for label in rig.labels:  # the same samples each round
+                    rig.loop.interval_latency.add(label.camera_id, {"total": label.latency_ms["total"]})
+            rig.loop.box_stats()
+            received = sub.recv()
+            if received is not None:
+                break
+    stats = received.message
+    assert received.topic == "stats/box1/" and stats.box_id == "box1"
+    assert stats.engine.backend == "fake" and set(stats.cameras) == {"a", "b"}
+    for cam in ("a", "b"):
+        totals = [m.latency_ms["total"] for m in rig.labels if m.camera_id == cam]
+        camera = stats.cameras[cam]
+        assert (camera.labels, camera.events, camera.dropped_frames) == (3, 1, 0)  # one event each, started
+        assert camera.latency_ms.count == 3
+        assert camera.latency_ms.p50 == pytest.approx(np.percentile(totals, 50), abs=1e-3)  # rounded to µs
+        assert camera.latency_ms.max == pytest.approx(max(totals), abs=1e-3)
+    every = [m.latency_ms["total"] for m in rig.labels]
+    assert stats.latency_ms.p99 == pytest.approx(np.percentile(every, 99), abs=1e-3)

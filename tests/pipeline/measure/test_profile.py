@@ -20,12 +20,14 @@ from emim_stream.pipeline.comms.messages import (
     WindowInfo,
     label_topic,
     latency_breakdown_ms,
+    parse_payload,
     status_topic,
 )
 from emim_stream.pipeline.comms.publish import Publisher
 from emim_stream.pipeline.comms.subscribe import Received, Subscriber
 from emim_stream.pipeline.errors import PipelineError
 from emim_stream.pipeline.measure.profile import RECEIVE_STAGE, Profiler, format_report, profile
+from tests.pipeline.view.test_state import label
 
 STAGES = ["capture_to_ring", "queue", "vmp", "wait", "infer", "publish", "total"]
 
@@ -74,7 +76,7 @@ def _join(pub: Publisher, sub: Subscriber, timeout_s: float = 5.0) -> None:
     """Probe until the subscription has reached the publisher; drain the probes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        pub.send(b"labels/probe/", {"probe": True})
+        pub.send(b"labels/probe/", label("probe", 1.0, 1.0))
         if sub.recv(0.02) is not None:
             while sub.recv(0.05) is not None:
                 pass
@@ -167,13 +169,15 @@ def test_report_has_every_stage_and_percentile_per_camera_with_drops_and_loss():
 
 
 def test_events_are_left_out_of_the_profile():
-    """A subscription to more than labels and status (e.g. ``--topic ""``) also gets events: no latency in them."""
+    """Events carry no window latency: they are counted (and their alert delay kept), never profiled as labels."""
     profiler = Profiler()
-    event = EventMessage("cam1", "wave", 100, 139, 1_000, 2_000, 3_000, 4_000, 0.97, 0.84, 7, "exit", 3_100, 4_100)
-    profiler.add(Received("events/cam1/", event.to_payload(), recv_mono_ns=3_200, recv_wall_ns=4_200, size=300))
+    event = EventMessage("cam1", "e" * 32, "end", "wave", 100, 139, 1_000, 2_000, 3_000, 4_000, 0.97, 0.84, 139, 7,
+                         "exit", publish_mono_ns=3_100, publish_wall_ns=4_100)  # fmt: skip
+    profiler.add(Received("events/cam1/", event.to_payload(), 3_200, 4_200, size=300, message=event))
     label = _label("cam1", 0, 5.0)
-    profiler.add(Received("labels/cam1/", label.to_payload(), recv_mono_ns=3_200, recv_wall_ns=4_200, size=900))
-    assert (profiler.labels, profiler.statuses, profiler.unreadable) == (1, 0, 0)
+    profiler.add(Received("labels/cam1/", label.to_payload(), 3_200, 4_200, size=900, message=label))
+    assert (profiler.labels, profiler.statuses, profiler.events, profiler.unreadable) == (1, 0, 1, 0)
+    assert profiler.recorder.summary()["cam1"]["total"]["count"] == 1
 
 
 def test_profile_command_writes_json_and_plot_for_every_camera(tmp_path, capsys):
@@ -212,7 +216,7 @@ def test_profile_command_writes_json_and_plot_for_every_camera(tmp_path, capsys)
             thread.join(5)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["duration_s"] == pytest.approx(1.5, abs=0.01)
-    assert report["topics"] == ["labels/", "status/"]
+    assert report["topics"] == ["labels/", "status/", "events/"]
     assert list(report["cameras"]) == cameras
     for camera_id in cameras:
         cam = report["cameras"][camera_id]
@@ -245,3 +249,31 @@ def test_nothing_received_is_exit_1_and_missing_matplotlib_fails_before_profilin
         with pytest.raises(PipelineError, match=r"pip install 'emim-stream\[plot\]'"):
             profile_cmd.main(args)
         assert time.monotonic() - start < 0.2  # refused before the profiling period
+
+
+def test_alert_delay_of_event_starts_against_numpy_and_stats_are_counted_not_profiled():
+    """start_delay = publish time of each ``start`` - capture of the event's first frame; percentiles as numpy's."""
+    delays_ms = [480.0, 530.5, 512.25, 610.0]
+    profiler = Profiler()
+    for i, delay in enumerate(delays_ms):
+        start_ns = 1_000_000_000 * (i + 1)
+        for phase in ("start", "update", "end"):
+            event = EventMessage("cam1", f"{i:032x}", phase, "left", 0, 15, start_ns, 0, start_ns + 9, 0, 0.9, 0.9, 15,
+                                 3, "exit" if phase == "end" else None,
+                                 publish_mono_ns=start_ns + round(delay * 1e6) + 7 * (phase != "start"))  # fmt: skip
+            profiler.add(Received("events/cam1/", event.to_payload(), 0, 0, 100, event))
+    stats = {"schema": 1, "kind": "stats", "msg_seq": 0, "clock_domain": "b", "box_id": "box1", "uptime_s": 1.0,
+             "interval_s": 1.0, "engine": {"name": "m", "backend": "torch", "precision": "fp32", "device": "cpu"},
+             "cameras": {}, "latency_ms": None, "publish_dropped": 0, "outputs": {}, "publish_mono_ns": 1,
+             "publish_wall_ns": 1}  # fmt: skip
+    profiler.add(Received("stats/box1/", stats, 0, 0, 100, parse_payload(stats)))
+    with Subscriber("tcp://127.0.0.1:9", ["events/"]) as sub:
+        report = profiler.report(sub)
+    events = report["cameras"]["cam1"]["events"]
+    assert {k: events[k] for k in ("start", "update", "end")} == {"start": 4, "update": 4, "end": 4}
+    delay = events["start_delay_ms"]
+    for p in (50, 90, 99):
+        assert delay[f"p{p}"] == pytest.approx(np.percentile(delays_ms, p), abs=1e-6)
+    assert (delay["count"], delay["max"]) == (4, 610.0)
+    assert (report["messages"]["events"], report["messages"]["stats"], report["messages"]["unreadable"]) == (12, 1, 0)
+    assert "alert delay (ms; event start published - capture of the event's first frame):" in format_report(report)

@@ -57,8 +57,8 @@ def _status(camera_id: str, state: str, latest_seq: int, reconnects: int, stalen
     )
 
 
-def _event(camera_id: str, label: str) -> EventMessage:
-    return EventMessage(camera_id, label, 0, 20, 0, 0, 1, 1, 0.9, 0.8, 3, "exit")
+def _event(camera_id: str, label: str, phase: str = "start") -> EventMessage:
+    return EventMessage(camera_id, "e1", phase, label, 0, 20, 0, 0, 1, 1, 0.9, 0.8, 20, 3)
 
 
 def _scrape(port: int) -> tuple[str, dict[str, str], dict[tuple[str, frozenset], float]]:
@@ -87,6 +87,7 @@ def test_scrape_parses_with_the_documented_series_and_values():
         metrics.observe_status(_status("cam1", "live", latest_seq=149, reconnects=2, staleness_ms=250.0))
         metrics.observe_status(_status("cam1", "live", latest_seq=120, reconnects=1, staleness_ms=250.0))  # older
         metrics.observe_event(_event("cam1", "left"))
+        metrics.observe_event(_event("cam1", "left", "end"))  # counted when it starts, not again at its end
         metrics.observe_event(_event("cam1", "left"))
         content_type, types, samples = _scrape(metrics.port)
     assert content_type.startswith("text/plain; version=0.0.4")

@@ -10,7 +10,8 @@ from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.capture.ring import RingFrame
 from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage, ModelInfo, WindowInfo
 from emim_stream.pipeline.config import RecordConfig
-from emim_stream.pipeline.outputs.record import CODECS, Overlay, Recorder, draw_overlay, overlay_layout, probe_codec
+from emim_stream.pipeline.outputs.record import Overlay, Recorder, draw_overlay, overlay_layout
+from emim_stream.pipeline.outputs.segments import ENCODERS, probe_codec
 
 FPS = 30.0
 
@@ -61,9 +62,9 @@ def region(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return image[y0:y1, x0:x1].astype(np.float64)
 
 
-def test_codec_probe_picks_what_this_opencv_can_encode():
+def test_codec_probe_picks_what_ffmpeg_can_encode():
     codec = probe_codec("auto")
-    assert codec in CODECS
+    assert codec in ENCODERS
     assert probe_codec("mpeg4") == "mpeg4"
     if codec == "mpeg4":  # this build has no H.264 encoder: asking for it is a clear config error
         with pytest.raises(ConfigError, match="record.codec: 'h264' cannot be encoded"):
@@ -71,7 +72,7 @@ def test_codec_probe_picks_what_this_opencv_can_encode():
 
 
 def test_recordings_rotate_by_duration_and_decode_with_the_overlay(tmp_path):
-    cfg = RecordConfig(dir=str(tmp_path), height=128, max_s=1.0, queue_frames=1000)
+    cfg = RecordConfig(dir=str(tmp_path), height=128, segment_s=1.0, queue_frames=1000)
     recorder = Recorder(cfg, ["cam1"])
     all_frames = list(frames(75))
     recorder.on_label(label_message("left", 0.97, 23.0))
@@ -129,9 +130,11 @@ def test_record_config_is_checked(tmp_path):
         load_config(None, ["cameras=[{id: c, source: 'synthetic://'}]", "view.preview_fps=-1"])
 
 
-def event_message(first_seq: int, last_seq: int, label: str = "left") -> EventMessage:
+def event_message(first_seq: int, last_seq: int, label: str = "left", phase: str = "end") -> EventMessage:
     return EventMessage(
         camera_id="cam1",
+        id=f"{label}{first_seq:04d}".ljust(32, "0"),
+        phase=phase,
         label=label,
         first_seq=first_seq,
         last_seq=last_seq,
@@ -141,8 +144,9 @@ def event_message(first_seq: int, last_seq: int, label: str = "left") -> EventMe
         end_wall_ns=1_700_000_001_000_000_000,
         peak_score=0.9,
         mean_score=0.8,
+        peak_seq=last_seq,
         windows=5,
-        end_reason="exit",
+        end_reason="exit" if phase == "end" else None,
     )
 
 
@@ -152,12 +156,16 @@ def test_event_clips_span_the_event_with_pre_and_post_roll(tmp_path):
     stream = frames(300)
     for f in stream:
         recorder.on_frame("cam1", f)
-        if f.seq == 120:  # events are published when they close: a few windows after their last frame
+        if f.seq == 70:
+            recorder.on_event(event_message(60, 70, phase="start"))  # no clip for an event still open
+        if f.seq == 120:  # events end a few windows after their last frame
             recorder.on_event(event_message(60, 110))
             recorder.on_event(event_message(0, 119, label="right"))  # 4 s long: the clip keeps its last 4 s
     recorder.close()
     left, right = recorder.clips["cam1"]
+    assert left == recorder.event_paths(event_message(60, 110))[0]  # the path the event message names
     assert left.parent == tmp_path / "events" and left.name.startswith("cam1_left_20231114T")
+    assert left.name.endswith("_left0060.mp4")  # the event id's first 8 characters
     images, fps, _ = decode(left)
     assert fps == pytest.approx(FPS, rel=0.01)
     assert len(images) == (110 + 15) - (60 - 30) + 1, "frames 30..125: 1 s before, 0.5 s after"

@@ -168,7 +168,10 @@ def test_a_stalled_event_stream_client_does_not_hold_up_others(publisher):
         stalled.connect((host, int(port)))
         stalled.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # and never reads
         try:
-            preview = {"kind": "preview", "camera_id": "cam1", "format": "jpeg", "seq": 0, "width": 1, "height": 1}
+            preview = {
+                "schema": 1, "kind": "preview", "camera_id": "cam1", "format": "jpeg", "seq": 0, "width": 1,
+                "height": 1, "capture_mono_ns": 0,
+            }
             for seq in range(40):
                 publish_until(publisher, server, preview | {"seq": seq, "data": big, "capture_wall_ns": seq})
             publish_until(publisher, server, label("cam1", 5.0, 1.0, top="waving"))
@@ -179,3 +182,82 @@ def test_a_stalled_event_stream_client_does_not_hold_up_others(publisher):
             assert server.state.frame_jpeg("cam1") == base64.b64decode(big)
         finally:
             stalled.close()
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_bearer_scheme_is_case_insensitive(publisher, scheme):
+    """Issue 29 (9): RFC 7235 auth schemes are case-insensitive; a lowercase ``bearer`` was refused."""
+    with ViewServer(publisher.endpoint, port=0, token="s3cret-token") as server:
+        assert get(server.url + "api/state", {"Authorization": f"{scheme} s3cret-token"})[0] == 200
+        assert get(server.url + "api/state", {"Authorization": f"{scheme} wrong"})[0] == 401
+
+
+HEADER_FLOOD_RSS_MB = 64
+"""Bound on the view process's memory growth (RSS) while 120 connections flood it with headers, and after."""
+
+
+def test_a_header_flood_without_a_token_leaves_the_views_memory_bounded(publisher):
+    """Issue 29 (4): 120 unfinished requests of 95 x 60 KB headers took the view from 85 MB to 744 MB while open
+    and 2,030 MB after they closed; the token is checked after the headers, so no authentication was needed."""
+    import psutil
+
+    from emim_stream.pipeline.view.server import MAX_HEAD_BYTES, MAX_UNAUTHENTICATED, ViewProcess
+
+    with ViewProcess(publisher.endpoint, "127.0.0.1", 0, token="s3cret-token") as view:
+        process = psutil.Process(view.pid)
+        host, port = view.url[len("http://") : -1].rsplit(":", 1)
+        baseline = process.memory_info().rss
+        line = b"X-Flood: " + b"a" * 60_000 + b"\r\n"
+        sockets, peak, answered = [], baseline, {}
+        for i in range(120):
+            s = socket.create_connection((host, int(port)), timeout=5)
+            sockets.append(s)
+            try:
+                s.sendall(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                for _ in range(95):
+                    s.sendall(line)
+            except OSError:  # closed by the view: too much head, or too many unauthenticated connections
+                pass
+            if i % 10 == 0:
+                peak = max(peak, process.memory_info().rss)
+        for s in sockets:
+            try:
+                first = s.recv(64).split(b"\r\n")[0] or b"closed"
+            except OSError:
+                first = b"reset"
+            answered[first] = answered.get(first, 0) + 1
+        peak = max(peak, process.memory_info().rss)
+        for s in sockets:
+            s.close()
+        code, _, _ = get(view.url + "api/state", {"Authorization": "Bearer s3cret-token"})
+        after = process.memory_info().rss
+        grown_mb, kept_mb = (peak - baseline) / 2**20, (after - baseline) / 2**20
+        print(f"view RSS {baseline / 2**20:.0f} MB, +{grown_mb:.0f} MB under the flood, +{kept_mb:.0f} MB after")
+        assert code == 200, "the page still serves an authorised client"
+        assert grown_mb < HEADER_FLOOD_RSS_MB and kept_mb < HEADER_FLOOD_RSS_MB
+        assert MAX_HEAD_BYTES <= 64 * 1024 and MAX_UNAUTHENTICATED <= 64
+        assert set(answered) <= {b"HTTP/1.1 431 Line too long", b"reset", b"closed"}, answered
+
+
+def test_dawdling_unauthenticated_connections_cannot_lock_out_a_client(publisher):
+    """Twice :data:`MAX_UNAUTHENTICATED` connections that never finish their request: the oldest are closed as new
+    ones arrive, and a client with the token is served at once."""
+    from emim_stream.pipeline.view.server import MAX_UNAUTHENTICATED
+
+    with ViewServer(publisher.endpoint, port=0, token="s3cret-token", idle_timeout_s=60) as server:
+        host, port = server.url[len("http://") : -1].rsplit(":", 1)
+        dawdlers = []
+        for _ in range(2 * MAX_UNAUTHENTICATED):
+            s = socket.create_connection((host, int(port)), timeout=5)
+            s.sendall(b"GET / HTTP/1.1\r\nX-Slow: a")
+            dawdlers.append(s)
+        deadline = time.monotonic() + 10
+        while server._http.evicted < MAX_UNAUTHENTICATED:
+            assert time.monotonic() < deadline, f"evicted {server._http.evicted}"
+            time.sleep(0.02)
+        start = time.monotonic()
+        code, _, _ = get(server.url + "api/state", {"Authorization": "Bearer s3cret-token"})
+        assert code == 200 and time.monotonic() - start < 2.0
+        assert all(s.recv(16) == b"" for s in dawdlers[:MAX_UNAUTHENTICATED]), "the oldest were closed"
+        for s in dawdlers:
+            s.close()

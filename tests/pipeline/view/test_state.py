@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from emim_stream.pipeline.comms.messages import LabelMessage, ModelInfo, StatusMessage, WindowInfo
 from emim_stream.pipeline.view.state import SILENT_AFTER_S, ViewState
 
 
@@ -19,21 +20,26 @@ def type7_percentile(values: list[float], q: float) -> float:
 
 
 def label(camera_id: str, total: float, infer: float, top: str = "left") -> dict:
-    return {
-        "schema": 2,
-        "kind": "label",
-        "camera_id": camera_id,
-        "msg_seq": 0,
-        "window": {"first_seq": 0, "last_seq": 7, "frames": 8, "stride": 4, "span_ms": 233.3},
-        "topk": [{"label": top, "score": 0.9}, {"label": "right", "score": 0.1}],
-        "model": {"name": "emim_xs"},
-        "timestamps": {"publish_wall_ns": 1},
-        "latency": {"unit": "ms", "clock": "CLOCK_MONOTONIC", "stages": {"infer": infer, "total": total}},
-    }
+    """A valid label payload (the view's subscriber drops invalid ones)."""
+    return LabelMessage(
+        camera_id=camera_id,
+        window=WindowInfo(0, 7, 8, 4, 233.3),
+        topk=((top, 0.9), ("right", 0.1)),
+        model=ModelInfo("emim_xs", "torch", "fp32", "cpu"),
+        capture_mono_ns=0, capture_wall_ns=0, vmp_done_mono_ns=0, infer_start_mono_ns=0, infer_end_mono_ns=0,
+        publish_mono_ns=0, publish_wall_ns=1,
+        latency_ms={"infer": infer, "total": total},
+        msg_seq=0,
+    ).to_payload()
 
 
 def status(camera_id: str, state: str = "live") -> dict:
-    return {"schema": 1, "kind": "status", "camera_id": camera_id, "state": state, "fps": 30.0, "detail": ""}
+    """A valid status payload."""
+    return StatusMessage(
+        camera_id=camera_id, state=state, fps=30.0, staleness_ms=None, latest_seq=0, reconnects=0, frames_lost=0,
+        dropped_frames=0, source_width=8, source_height=8, heartbeat_mono_ns=0, publish_mono_ns=0,
+        publish_wall_ns=1, config_hash="x", msg_seq=0,
+    ).to_payload()
 
 
 def test_latency_points_are_percentiles_of_the_recent_labels():
@@ -116,3 +122,19 @@ def test_preview_frames_decode_to_their_jpeg_bytes():
     state.apply(payload | {"seq": 3, "width": 2, "height": 2, "capture_wall_ns": 0})
     assert state.frame_jpeg("cam1") == jpeg
     assert state.frame_jpeg("cam2") is None
+
+
+def test_an_events_phases_make_one_entry_replaced_as_they_arrive():
+    state = ViewState(max_events=3)
+
+    def event(event_id: str, phase: str, end_ns: int) -> dict:
+        reason = "exit" if phase == "end" else None
+        return {"kind": "event", "camera_id": "cam1", "id": event_id, "phase": phase, "label": "left",
+                "start_wall_ns": 0, "end_wall_ns": end_ns, "end_reason": reason}  # fmt: skip
+
+    state.apply(event("a", "start", 1))
+    state.apply(event("b", "start", 2))
+    state.apply(event("a", "update", 3))
+    state.apply(event("a", "end", 4))
+    shown = state.changes(0)[1][0]["events"]
+    assert [(e["id"], e["phase"], e["end_wall_ns"]) for e in shown] == [("b", "start", 2), ("a", "end", 4)]

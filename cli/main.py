@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 from emim_stream.engines.errors import EmimError
 
@@ -41,6 +43,8 @@ COMMANDS: dict[str, str] = {
 
 # Loggers of this project live under this name; every other (third-party) logger is shown from WARNING up unless -v.
 OWN_LOGGER = "emim_stream"
+# Warnings about the libraries' own future (deprecations, changes to come): for their developers, shown with -v.
+HIDDEN_WARNINGS: tuple[type[Warning], ...] = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,12 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: int) -> None:
-    """INFO (DEBUG with ``-v``) on stderr; third-party loggers only from WARNING unless ``-v``."""
+    """INFO (DEBUG with ``-v``) on stderr; third-party loggers only from WARNING unless ``-v``.
+
+    :data:`HIDDEN_WARNINGS` follow the same rule: hidden, or shown with ``-v`` (each once per place),
+    in this process and in the Python processes it starts (cameras, engine builds), unless ``-W`` or
+    ``PYTHONWARNINGS`` chose otherwise.
+    """
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_own_or_warning)
+    if not sys.warnoptions:
+        action = "default" if verbose else "ignore"
+        for category in HIDDEN_WARNINGS:
+            warnings.filterwarnings(action, category=category)
+        os.environ["PYTHONWARNINGS"] = ",".join(f"{action}::{c.__name__}" for c in HIDDEN_WARNINGS)
 
 
 def _own_or_warning(record: logging.LogRecord) -> bool:

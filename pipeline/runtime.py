@@ -59,7 +59,12 @@ class RunReport:
     dropped_frames: dict[str, int] = field(default_factory=dict)
     dropped_windows: dict[str, int] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
+    """Per-window latency summary (after the swap, when an engine was built in the background)."""
     engine: str = ""
+    warmup_latency: dict[str, Any] = field(default_factory=dict)
+    """Per-window latency summary while the engine was built in the background (empty: no swap)."""
+    warmup_engine: str = ""
+    """The backend that served while the engine was built (empty: no swap)."""
     reason: str = ""
     publish_dropped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
@@ -192,6 +197,8 @@ def _report(reason: str, loop: InferenceLoop, cameras: CameraSupervisor, outputs
         dropped_windows={cam_id: s.dropped_windows for cam_id, s in streams.items()},
         latency=loop.latency.summary(),
         engine=loop.engine.describe().summary(),
+        warmup_latency=loop.warmup_latency,
+        warmup_engine=loop.warmup_engine,
         reason=reason,
         publish_dropped=outputs.publisher.dropped,
         failed={cam_id: h.detail for cam_id, h in cameras.cameras.items() if h.finished == CameraExit.SOURCE_ERROR},

@@ -75,7 +75,7 @@ def _run_until_swapped(root: Path) -> WarmupRun:
         output = proc.output()
     finally:
         proc.stop()
-    found = re.search(r"building it in a background process \(pid (\d+)\)", output)
+    found = re.search(r"in the background \(process (\d+),", output)
     return WarmupRun(cache, config, labels, output, code, int(found.group(1)) if found else None)
 
 

@@ -163,8 +163,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"webhook: {w['sent']} sent, {w['dropped']} dropped{problem}")
     if report.snapshots is not None:
         print(f"snapshots: {report.snapshots['encoded']} encoded, {report.snapshots['dropped']} dropped")
+    if report.warmup_latency:
+        print(f"\nper-window latency while the engine was built, served by {report.warmup_engine} (ms):")
+        print(format_table(report.warmup_latency))
     if report.latency:
-        print("\nper-window latency (CLOCK_MONOTONIC, ms; total = publish - capture of the newest frame):")
+        after = ", after the swap" if report.warmup_latency else ""
+        print(f"\nper-window latency{after} (CLOCK_MONOTONIC, ms; total = publish - capture of the newest frame):")
         print(format_table(report.latency))
     for cam_id, why in {**report.failed, **report.misconfigured}.items():
         print(f"emim-stream run: error: camera {cam_id}: {why}", file=sys.stderr)

@@ -16,11 +16,14 @@ CUDA GPUs), with no TensorRT. The VMP stage stays in the pipeline, as for every 
   it with the batch as it comes (any size up to max_batch).
 - Warm-up (docs/architecture.md#warm-up): :class:`BackgroundBuild` builds a missing package in a spawned
   process while another engine serves; :func:`emim_stream.engines.backends.select.start_engine` uses it.
+  That process yields to the serving engine (lowest CPU priority, one thread, one compile worker) and
+  keeps Inductor's own caches under the engine cache (``inductor/``) for the next build.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -61,11 +64,14 @@ __all__ = [
     "build_package",
     "cpp_compiler",
     "open_aoti",
+    "yield_cpu",
 ]
 
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY_S = 10.0
+_INDUCTOR_CACHE = "inductor"
+"""Folder of the engine cache that holds Inductor's own caches (headers, kernels) between builds."""
 _MODEL_PACKAGES = ("models", "layers")
 """Packages under ``engines/`` whose source defines the graph (hashed into the key)."""
 
@@ -214,7 +220,16 @@ def build_package(
 
 
 class NotBuiltError(BackendUnavailableError):
-    """No valid cached package, and the engine was opened with ``build=False``."""
+    """No valid cached package, and the engine was opened with ``build=False``.
+
+    Args:
+        reason: which package is missing.
+        previous_s: how long the last build of this model took on this box (None: never built here).
+    """
+
+    def __init__(self, reason: str, previous_s: float | None = None) -> None:
+        super().__init__("aoti", reason)
+        self.previous_s = previous_s
 
 
 def _previous_build_s(cache: EngineCache, key: AotiKey) -> float | None:
@@ -276,9 +291,13 @@ class AotiEngine(EngineBase):
         key = aoti_key(source, spec, precision, self._kernel, device)
 
         def build_fn() -> tuple[bytes, dict[str, Any]]:
+            from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+            previous_s = _previous_build_s(cache, key)
             if not build:
-                raise NotBuiltError("aoti", f"no valid cached package {cache.paths(key)[0].name}")
-            return build_package(source, spec, self._kernel, device, _previous_build_s(cache, key))
+                raise NotBuiltError(f"no valid cached package {cache.paths(key)[0].name}", previous_s)
+            with temporary_cache_dir(str(cache.root / _INDUCTOR_CACHE)):
+                return build_package(source, spec, self._kernel, device, previous_s)
 
         def load(_: bytes) -> Any:
             return self._load(cache.paths(key)[0], device)
@@ -329,10 +348,26 @@ def open_aoti(source: ModelSource, cfg: EngineConfig, step: Candidate, build: bo
     return AotiEngine(source, device, step.precision, cfg.max_batch, cache, cfg.kernel, cfg.threads, build)
 
 
+def yield_cpu(pid: int) -> str:
+    """Give process ``pid`` (and the processes and threads it starts) the lowest CPU priority; returns which.
+
+    SCHED_IDLE where the kernel allows it (it runs only on CPU time nothing else wants), and nice 19.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, 19)
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or a kernel or sandbox that refuses SCHED_IDLE
+        return "nice 19"
+    return "SCHED_IDLE"
+
+
 def _build_main(cfg: EngineConfig, step: Candidate, conn: Connection, parent_pid: int) -> None:
-    """Body of the build process: its own process group (the compiler included), ends with its parent."""
+    """Body of the build process: its own process group (the compiler included), ends with its parent.
+
+    It compiles in this process alone (one compile worker, one thread): no worker pool to share the
+    CPU with the serving engine or to leave semaphores behind when the build is stopped.
+    """
     os.setpgid(0, 0)
-    os.nice(10)  # the serving engine comes first
 
     def watch_parent() -> None:
         while os.getppid() == parent_pid:
@@ -343,6 +378,8 @@ def _build_main(cfg: EngineConfig, step: Candidate, conn: Connection, parent_pid
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [aoti build] %(name)s: %(message)s")
     from emim_stream.engines.backends.model_source import load_source
 
+    torch._inductor.config.compile_threads = 1
+    cfg = dataclasses.replace(cfg, threads=1)  # not in the package's key: the serving engine sets its own
     try:
         with open_aoti(load_source(cfg), cfg, step):
             pass
@@ -357,10 +394,11 @@ def _build_main(cfg: EngineConfig, step: Candidate, conn: Connection, parent_pid
 class BackgroundBuild:
     """Builds the package of one chain step in a spawned process, while another engine serves.
 
-    The process is its own process group (so the compiler processes it starts end with it), watches
-    its parent (it kills its group when the parent dies without closing it) and reports one line:
-    empty on success, else why the build failed. The finished package is then loaded in a thread,
-    so the serving loop never waits for the build or the load.
+    The process is its own process group (so the compiler processes it starts end with it), runs at
+    the lowest CPU priority (:func:`yield_cpu`), watches its parent (it kills its group when the
+    parent dies without closing it) and reports one line: empty on success, else why the build
+    failed. The finished package is then loaded in a thread, so the serving loop never waits for
+    the build or the load.
 
     Args:
         cfg: the engine config.
@@ -377,6 +415,8 @@ class BackgroundBuild:
         )
         self.started = time.monotonic()
         self._proc.start()
+        self.priority = yield_cpu(self.pid)  # now, while it is one thread: its threads and compilers inherit it
+        """How the build yields the CPU: 'SCHED_IDLE' or 'nice 19'."""
         child_conn.close()
         self._outcome: str | None = None
         self._loader: threading.Thread | None = None

@@ -38,6 +38,10 @@ __all__ = ["fallback_chain", "load_engine", "start_engine"]
 
 log = logging.getLogger(__name__)
 
+
+class _Deferred(BackendUnavailableError):
+    """The step's engine is being built in the background: the chain moves on, and :func:`start_engine` says so."""
+
 _FP = (Precision.FP32, Precision.FP16, Precision.BF16)
 
 
@@ -115,6 +119,8 @@ def load_engine(
             engine = openers[step.backend](source, cfg, step)
         except BackendUnavailableError as err:
             reasons.append(f"{step}: {err.reason}")
+            if isinstance(err, _Deferred):
+                continue
             if i + 1 < len(chain):
                 log.warning("backend %s unavailable (%s); trying %s", step, err.reason, chain[i + 1])
             else:
@@ -126,12 +132,20 @@ def load_engine(
     raise BackendUnavailableError(cfg.backend, "no backend can run here: " + "; ".join(reasons))
 
 
+def _expected_build_time(previous_s: float | None) -> str:
+    if previous_s is None:
+        return "usually a few minutes on a small CPU, longer when the box is busy"
+    about = f"{previous_s:.0f} s" if previous_s < 90 else f"{previous_s / 60:.0f} min"
+    return f"about {about}, as the last build here"
+
+
 def start_engine(cfg: EngineConfig, source: ModelSource | None = None) -> tuple[Engine, BackgroundBuild | None]:
     """:func:`load_engine` that never waits for a compile (docs/architecture.md#warm-up).
 
     An aoti step whose package is not cached yet (and that is not the chain's last step) starts
     building it in a background process and moves the chain on, so the next candidate serves
-    until the build is done; a cached package loads at once.
+    until the build is done (announced at INFO, once: designed behaviour, nothing to act on); a
+    cached package loads at once.
 
     Returns:
         (the serving engine, the background build or None). Swap to ``build.engine()`` once
@@ -146,6 +160,7 @@ def start_engine(cfg: EngineConfig, source: ModelSource | None = None) -> tuple[
     source = source or load_source(cfg)
     last = fallback_chain(cfg)[-1]
     builds: list[BackgroundBuild] = []
+    previous_s: list[float | None] = []
 
     def open_or_defer(source: ModelSource, cfg: EngineConfig, step: Candidate) -> Engine:
         if builds or step == last:
@@ -155,9 +170,8 @@ def start_engine(cfg: EngineConfig, source: ModelSource | None = None) -> tuple[
         except NotBuiltError as err:
             cpp_compiler()  # no compiler: the chain moves on with that reason, no build is started
             builds.append(BackgroundBuild(cfg, step, source))
-            raise BackendUnavailableError(
-                "aoti", f"{err.reason}; building it in a background process (pid {builds[0].pid})"
-            ) from None
+            previous_s.append(err.previous_s)
+            raise _Deferred("aoti", f"{err.reason}; building it in the background") from None
 
     try:
         engine = load_engine(cfg, source, {**BACKENDS, Backend.AOTI.value: open_or_defer})
@@ -165,4 +179,18 @@ def start_engine(cfg: EngineConfig, source: ModelSource | None = None) -> tuple[
         for build in builds:
             build.close()
         raise
-    return engine, (builds[0] if builds else None)
+    if not builds:
+        return engine, None
+    build = builds[0]
+    log.info(
+        "compiling the %s engine for %s in the background (process %d, %s): %s. Labels are served by %s "
+        "meanwhile and it takes over by itself when ready; progress is in the '[aoti build]' lines. "
+        "`emim-stream build-engine` builds it ahead of time.",
+        build.step,
+        source.model_name,
+        build.pid,
+        build.priority,
+        _expected_build_time(previous_s[0]),
+        engine.describe().backend,
+    )
+    return engine, build

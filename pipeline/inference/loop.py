@@ -166,6 +166,11 @@ class InferenceLoop:
         """Total latency of the windows since the last stats message."""
         self.source_states = dict.fromkeys(self.streams, (SourceState.CONNECTING, 0.0))
         """Camera -> (state, fps) of its last heartbeat."""
+        self.warmup_latency: dict[str, dict[str, dict[str, float | int]]] = {}
+        """:attr:`latency`'s summary of the windows served while the engine was built (empty: no swap); the
+        recorder restarts at the swap, so it then holds only the windows of the compiled engine."""
+        self.warmup_engine = ""
+        """The backend that served while the engine was built (empty: no swap)."""
 
     def run(
         self,
@@ -408,6 +413,8 @@ class InferenceLoop:
             new.close()
             return
         previous, self.engine = self.engine, new
+        self.warmup_engine, self.warmup_latency = previous.describe().backend, self.latency.summary()
+        self.latency.reset()
         info = new.describe()
         self.model_info = _model_info(info)
         for observer in self.observers:

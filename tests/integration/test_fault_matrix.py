@@ -13,12 +13,16 @@ camera process (it must be restarted, then SIGTERM ends the run), SIGSTOP of the
 ends the run: the supervisor kills what does not stop). An ended camera has no process, so the two
 camera faults do not apply to it: 16 cases. Three recording cases follow: SIGKILL of the group while recording
 (every file plays), a full disk (an ERROR line within a second, the camera's status, the summary) and a read-only
-record directory (one line, exit 2).
+record directory (one line, exit 2). Last, a first run stopped while its engine is built in the background (Ctrl-C
+5 s in, SIGTERM 30 s in, ``--duration`` ending first): the build's own process group ends with the run, and
+nothing is left and nothing warns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -354,3 +358,100 @@ def test_a_read_only_record_directory_is_one_line_and_exit_2(tmp_path):
     out = run.output()
     assert "Traceback" not in out
     assert f"record.dir: '{disk}' is not writable" in out
+
+
+# --- stopping a first run while its engine is being built ----------------------------------------------------------
+
+BUILD_EXIT_S = 15.0
+"""A stop during the build: the loop's clean stop, then the build's group gets SIGTERM (5 s grace, then SIGKILL)."""
+
+
+def build_config(port: int, cache: Path) -> dict:
+    """One live camera and an aoti engine on an empty cache: the run serves eagerly while the package builds."""
+    return {
+        "cameras": [{"id": "a", "source": "synthetic://?seed=1&fps=15&size=64x48"}],
+        "engine": engine_section(backend="aoti", plan_cache_dir=str(cache)),
+        "window": {"stride": 4},
+        "postprocess": {"print_labels": False},
+        "publish": {"endpoint": f"tcp://127.0.0.1:{port}", "heartbeat_s": 0.2},
+    }
+
+
+def build_pid(run: Run) -> int:
+    """The build process (leader of its own process group), from the run's announcement of the build."""
+    found: list[int] = []
+
+    def announced() -> bool:
+        found[:] = [int(m) for m in re.findall(r"in the background \(process (\d+),", run.output())]
+        return bool(found) or run.proc.poll() is not None
+
+    wait_until(announced, 120, "the announcement of the background build", run.log)
+    assert found, f"no background build announced; run log:\n{run.output()[-3000:]}"
+    return found[0]
+
+
+def assert_first_run_ended_cleanly(run: Run, build: int, files: set[str]) -> None:
+    """Exit 0, no process of either group left, nothing left in /dev/shm, no warning of Python or a library."""
+    assert run.proc.wait(60) == 0, run.output()[-3000:]
+    wait_until(lambda: not group_pids(run.pgid) and not group_pids(build), 30, "the end of both groups", run.log)
+    wait_until(lambda: not any(os.path.exists(f) for f in files), 3, f"removal of {files}", run.log)
+    out = run.output()
+    noisy = [line for line in out.splitlines() if re.search(r"Warning|leaked| WARNING |Traceback", line)]
+    assert not noisy, "\n".join(noisy)
+    announced = [line for line in out.splitlines() if f"(process {build}," in line]
+    assert len(announced) == 1 and " INFO " in announced[0], announced
+
+
+@pytest.mark.parametrize(
+    ("phase", "after_s", "sig"),
+    [
+        pytest.param("export", 5, signal.SIGINT, id="ctrl-c-5s"),
+        pytest.param("compile", 30, signal.SIGTERM, id="term-30s"),
+    ],
+)
+def test_stop_during_the_engine_build(tmp_path, phase, after_s, sig):
+    """Ctrl-C 5 s into the build, SIGTERM 30 s into it (and at least 5 s into the compiler, where a pool of
+    compile workers would leave semaphores): the build's whole tree ends with the run, quietly."""
+    port = free_port()
+    run = Run(tmp_path, build_config(port, tmp_path / "cache"), "run")
+    build = None
+    try:
+        build = build_pid(run)
+        announced = time.monotonic()
+        if phase == "compile":
+            wait_until(lambda: "2/2 AOTInductor compile" in run.output(), 600, "the compile step", run.log)
+            time.sleep(5)
+        time.sleep(max(0.0, announced + after_s - time.monotonic()))
+        assert "package built" not in run.output(), "the build ended before the stop: nothing to test"
+        files = shm_files(group_pids(run.pgid) | group_pids(build))
+        assert any(Path(f).name.startswith(f"emim_{run.pgid}_") for f in files), f"no ring mapped: {files}"
+        start = time.monotonic()
+        os.killpg(run.pgid, sig)
+        assert_first_run_ended_cleanly(run, build, files)
+        took = time.monotonic() - start
+        print(f"stop {after_s} s into the build ({phase}): both groups gone {took:.2f} s after the signal")
+        assert took < BUILD_EXIT_S, f"the run and its build took {took:.2f} s to exit (limit {BUILD_EXIT_S} s)"
+    finally:
+        run.kill_all()
+        if build is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(build, signal.SIGKILL)
+
+
+def test_a_first_run_whose_duration_ends_during_the_build_exits_quietly(tmp_path):
+    """The acceptance case of a new user's first `run --duration`: exit 0, no warning, nothing left behind."""
+    port = free_port()
+    run = Run(tmp_path, build_config(port, tmp_path / "cache"), "run", "--duration", "8")
+    build = None
+    try:
+        build = build_pid(run)
+        wait_for_state(f"tcp://127.0.0.1:{port}", "live", run)
+        files = shm_files(group_pids(run.pgid) | group_pids(build))
+        assert any(Path(f).name.startswith(f"emim_{run.pgid}_") for f in files), f"no ring mapped: {files}"
+        assert_first_run_ended_cleanly(run, build, files)
+        assert "package built" not in run.output(), "the build ended within the run: nothing to test"
+    finally:
+        run.kill_all()
+        if build is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(build, signal.SIGKILL)

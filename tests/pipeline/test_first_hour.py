@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -151,6 +152,40 @@ def test_third_party_info_only_with_verbose(verbose):
     ).stderr
     assert "third-party warning" in err and "own info" in err
     assert ("third-party info" in err) == bool(verbose)
+
+
+_WARNING_PROBE = """
+import multiprocessing, sys, warnings
+from emim_stream.cli.main import configure_logging
+
+def child():
+    warnings.warn("child deprecation", DeprecationWarning)
+
+if __name__ == "__main__":
+    configure_logging(int(sys.argv[1]))
+    warnings.warn("library future change", FutureWarning)
+    warnings.warn("a user warning", UserWarning)
+    proc = multiprocessing.get_context("spawn").Process(target=child)
+    proc.start()
+    proc.join()
+"""
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_library_deprecations_only_with_verbose_here_and_in_started_processes(tmp_path, verbose):
+    probe = tmp_path / "probe.py"
+    probe.write_text(_WARNING_PROBE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+
+    def stderr(*flags: str) -> str:
+        cmd = [sys.executable, *flags, str(probe), str(verbose)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, env=env).stderr
+
+    assert "library future change" in stderr("-W", "default"), "the user's -W wins"
+    err = stderr()
+    assert "a user warning" in err
+    assert ("library future change" in err) == bool(verbose)
+    assert ("child deprecation" in err) == bool(verbose)
 
 
 # --- soak's verdict ------------------------------------------------------------------------------------------

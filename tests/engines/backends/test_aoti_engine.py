@@ -191,7 +191,15 @@ def test_start_engine_serves_eagerly_while_building_and_close_ends_the_build(tmp
         engine, build = start_engine(cfg)
     try:
         assert engine.describe().backend == "torch" and build is not None and not build.done()
-        assert f"building it in a background process (pid {build.pid})" in caplog.text
+        # designed behaviour: one INFO line in a user's words, no WARNING
+        announced = [r for r in caplog.records if f"in the background (process {build.pid}," in r.getMessage()]
+        assert len(announced) == 1 and announced[0].levelno == logging.INFO, caplog.text
+        assert "Labels are served by torch meanwhile" in announced[0].getMessage()
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        # it yields the CPU to the serving engine, its compilers included
+        policy = os.sched_getscheduler(build.pid)
+        assert policy == os.SCHED_IDLE or os.getpriority(os.PRIO_PROCESS, build.pid) == 19
+        assert build.priority == ("SCHED_IDLE" if policy == os.SCHED_IDLE else "nice 19")
         assert engine.infer(torch.zeros(engine.input_spec.shape(1))).shape == (1, len(engine.labels))
     finally:
         build.close()

@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
 
-.PHONY: install system-deps run test test-all lint docs docs-serve ci clean
+.PHONY: install system-deps run engine test test-all lint docs docs-serve ci clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ system-deps:
 
 run: install
 	$(BIN)/emim-stream run --config $(CONFIG)
+
+# Build CONFIG's compiled engine ahead of time (minutes on a small CPU), so that `make run` starts compiled.
+engine: install
+	$(BIN)/emim-stream build-engine --backend aoti --config $(CONFIG)
 
 # The fast set (minutes); test-all adds the slow one: end-to-end pipelines and the AOTInductor build (pyproject's
 # markers, tests/conftest.py).

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import warnings
+from typing import Literal
 
 from emim_stream.engines.errors import EmimError
 
@@ -76,7 +77,7 @@ def configure_logging(verbose: int) -> None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_own_or_warning)
     if not sys.warnoptions:
-        action = "default" if verbose else "ignore"
+        action: Literal["default", "ignore"] = "default" if verbose else "ignore"
         for category in HIDDEN_WARNINGS:
             warnings.filterwarnings(action, category=category)
         os.environ["PYTHONWARNINGS"] = ",".join(f"{action}::{c.__name__}" for c in HIDDEN_WARNINGS)

@@ -71,7 +71,8 @@ log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY_S = 10.0
 _INDUCTOR_CACHE = "inductor"
-"""Folder of the engine cache that holds Inductor's own caches (headers, kernels) between builds."""
+"""Folder of the engine cache that holds Inductor's own caches (headers, kernels) between builds, and the
+exported program of a build stopped before its end."""
 _MODEL_PACKAGES = ("models", "layers")
 """Packages under ``engines/`` whose source defines the graph (hashed into the key)."""
 
@@ -169,13 +170,42 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
+def _load_exported(path: Path) -> torch.export.ExportedProgram | None:
+    """The program an earlier, stopped build exported to ``path`` (None: none, or not readable)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.export.load(path)
+    except Exception as err:  # cut short by a kill, or unreadable: export again
+        log.info("aoti build: not resuming from %s (%s)", path.name, _first_line(err))
+        return None
+
+
+def _save_exported(program: torch.export.ExportedProgram, path: Path) -> None:
+    """Keep ``program`` at ``path`` (written whole or not at all) for a build that is stopped before its end."""
+    part = path.with_name(path.name + ".part")
+    try:
+        torch.export.save(program, part)
+        os.replace(part, path)
+    except Exception as err:  # disk full, or a graph the serialiser refuses: the build goes on without it
+        part.unlink(missing_ok=True)
+        log.info("aoti build: the exported program is not kept (%s)", _first_line(err))
+
+
 def build_package(
-    source: ModelSource, spec: InputSpec, kernel: str, device: torch.device, previous_s: float | None = None
+    source: ModelSource,
+    spec: InputSpec,
+    kernel: str,
+    device: torch.device,
+    previous_s: float | None = None,
+    exported: Path | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Export and compile ``source.model`` into package bytes (the model itself is left as it is).
 
     Args:
         previous_s: how long the last build of this model took (shown in the progress lines).
+        exported: where to keep the exported program until the package is built: a build stopped
+            after its export resumes from there (None: export every time).
 
     Returns:
         (package bytes, sidecar extras: timings, dynamic batch range, compiler).
@@ -185,18 +215,24 @@ def build_package(
             the traceback is logged at debug level).
     """
     compiler = cpp_compiler()
-    model = copy.deepcopy(source.model).to(device=device, dtype=spec.dtype).eval()
-    apply_kernel(model, kernel)
     example_batch = min(2, spec.max_batch)  # export specialises a batch of 1: the package would take only 1
-    example = torch.zeros(spec.shape(example_batch), dtype=spec.dtype, device=device)
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=spec.max_batch)},) if spec.max_batch > 1 else None
     start = time.perf_counter()
-    try:
-        with _progress(f"1/2 torch.export of {source.model_name}, batch 1..{spec.max_batch}"), torch.no_grad():
-            program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
-    except Exception as err:  # export raises many types (UserError, Unsupported, RuntimeError, ...)
-        log.debug("aoti: torch.export failed", exc_info=True)
-        raise BackendUnavailableError("aoti", f"torch.export failed ({_first_line(err)})") from None
+    program = None if exported is None else _load_exported(exported)
+    if program is not None:
+        log.info("aoti build: 1/2 torch.export resumed from %s (kept by a stopped build)", exported)
+    else:
+        model = copy.deepcopy(source.model).to(device=device, dtype=spec.dtype).eval()
+        apply_kernel(model, kernel)
+        example = torch.zeros(spec.shape(example_batch), dtype=spec.dtype, device=device)
+        dynamic = ({0: torch.export.Dim("batch", min=1, max=spec.max_batch)},) if spec.max_batch > 1 else None
+        try:
+            with _progress(f"1/2 torch.export of {source.model_name}, batch 1..{spec.max_batch}"), torch.no_grad():
+                program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
+        except Exception as err:  # export raises many types (UserError, Unsupported, RuntimeError, ...)
+            log.debug("aoti: torch.export failed", exc_info=True)
+            raise BackendUnavailableError("aoti", f"torch.export failed ({_first_line(err)})") from None
+        if exported is not None:
+            _save_exported(program, exported)
     export_s = time.perf_counter() - start
     expect = f"the last build took {previous_s:.0f} s" if previous_s else "minutes on a small CPU"
     with tempfile.TemporaryDirectory(prefix="emim-aoti-") as tmp:
@@ -296,8 +332,13 @@ class AotiEngine(EngineBase):
             previous_s = _previous_build_s(cache, key)
             if not build:
                 raise NotBuiltError(f"no valid cached package {cache.paths(key)[0].name}", previous_s)
-            with temporary_cache_dir(str(cache.root / _INDUCTOR_CACHE)):
-                return build_package(source, spec, self._kernel, device, previous_s)
+            work = cache.root / _INDUCTOR_CACHE
+            work.mkdir(mode=0o700, parents=True, exist_ok=True)
+            exported = work / f"{key.stem}.exported.pt2"
+            with temporary_cache_dir(str(work)):
+                built = build_package(source, spec, self._kernel, device, previous_s, exported)
+            exported.unlink(missing_ok=True)
+            return built
 
         def load(_: bytes) -> Any:
             return self._load(cache.paths(key)[0], device)

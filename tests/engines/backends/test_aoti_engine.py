@@ -227,3 +227,21 @@ def test_emim_s_package_matches_eager_at_a_small_clip(tmp_path):
         for batch in (1, 2):
             clips = torch.randn(engine.input_spec.shape(batch), generator=torch.Generator().manual_seed(batch))
             assert rel_err(engine.infer(clips), eager_logits(source, clips)) < REL, f"batch {batch}"
+
+
+def test_an_exported_program_is_kept_whole_for_a_stopped_build_to_resume_from(tmp_path, caplog):
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.Flatten(), torch.nn.LazyLinear(2)).eval()
+    clips = torch.randn(2, 3, 2, 4, 4)
+    model(clips)
+    program = torch.export.export(model, (clips,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4)},))
+    kept = tmp_path / "aoti-x.exported.pt2"
+    aoti_engine._save_exported(program, kept)
+    assert kept.is_file() and not list(tmp_path.glob("*.part"))
+    resumed = aoti_engine._load_exported(kept)
+    assert resumed is not None
+    torch.testing.assert_close(resumed.module()(clips[:1]), model(clips[:1]))
+    kept.write_bytes(kept.read_bytes()[:100])  # cut short, as by a kill during a write that was not atomic
+    with caplog.at_level(logging.INFO, logger="emim_stream.engines.backends"):
+        assert aoti_engine._load_exported(kept) is None
+    assert "not resuming from aoti-x.exported.pt2" in caplog.text
+    assert aoti_engine._load_exported(tmp_path / "missing.pt2") is None

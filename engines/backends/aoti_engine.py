@@ -183,7 +183,7 @@ def _load_exported(path: Path) -> torch.export.ExportedProgram | None:
 
 def _save_exported(program: torch.export.ExportedProgram, path: Path) -> None:
     """Keep ``program`` at ``path`` (written whole or not at all) for a build that is stopped before its end."""
-    part = path.with_name(path.name + ".part")
+    part = path.with_suffix(".part.pt2")  # torch warns about a name that does not end in .pt2
     try:
         torch.export.save(program, part)
         os.replace(part, path)
@@ -420,6 +420,10 @@ def _build_main(cfg: EngineConfig, step: Candidate, conn: Connection, parent_pid
     from emim_stream.engines.backends.model_source import load_source
 
     torch._inductor.config.compile_threads = 1
+    # Spawned, this process would name its semaphores and register them with the pipeline's resource tracker,
+    # which warns about those a stopped build leaves (tqdm's lock, made during the compile). It starts no
+    # process with multiprocessing, so the fork method's semaphores, unlinked as they are made, serve.
+    multiprocessing.set_start_method("fork", force=True)
     cfg = dataclasses.replace(cfg, threads=1)  # not in the package's key: the serving engine sets its own
     try:
         with open_aoti(load_source(cfg), cfg, step):

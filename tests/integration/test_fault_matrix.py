@@ -367,10 +367,11 @@ BUILD_EXIT_S = 15.0
 
 
 def build_config(port: int, cache: Path) -> dict:
-    """One live camera and an aoti engine on an empty cache: the run serves eagerly while the package builds."""
+    """A new user's first run (the shipped demo model, aoti on the CPU) on an empty cache: the run serves eagerly
+    while the package builds."""
     return {
         "cameras": [{"id": "a", "source": "synthetic://?seed=1&fps=15&size=64x48"}],
-        "engine": engine_section(backend="aoti", plan_cache_dir=str(cache)),
+        "engine": {"backend": "aoti", "device": "cpu", "checkpoint": "emim_xs.demo", "plan_cache_dir": str(cache)},
         "window": {"stride": 4},
         "postprocess": {"print_labels": False},
         "publish": {"endpoint": f"tcp://127.0.0.1:{port}", "heartbeat_s": 0.2},
@@ -419,7 +420,7 @@ def test_stop_during_the_engine_build(tmp_path, phase, after_s, sig):
         build = build_pid(run)
         announced = time.monotonic()
         if phase == "compile":
-            wait_until(lambda: "2/2 AOTInductor compile" in run.output(), 600, "the compile step", run.log)
+            wait_until(lambda: "2/2 AOTInductor compile" in run.output(), 900, "the compile step", run.log)
             time.sleep(5)
         time.sleep(max(0.0, announced + after_s - time.monotonic()))
         assert "package built" not in run.output(), "the build ended before the stop: nothing to test"

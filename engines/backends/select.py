@@ -38,11 +38,11 @@ __all__ = ["fallback_chain", "load_engine", "start_engine"]
 
 log = logging.getLogger(__name__)
 
+_FP = (Precision.FP32, Precision.FP16, Precision.BF16)
+
 
 class _Deferred(BackendUnavailableError):
     """The step's engine is being built in the background: the chain moves on, and :func:`start_engine` says so."""
-
-_FP = (Precision.FP32, Precision.FP16, Precision.BF16)
 
 
 def _torch_step(cfg: EngineConfig, device: str, first: bool, backend: str = Backend.TORCH.value) -> Candidate:

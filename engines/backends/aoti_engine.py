@@ -402,6 +402,22 @@ def yield_cpu(pid: int) -> str:
     return "SCHED_IDLE"
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a process starts, which then ignores it from its first instruction on.
+
+    Only in the main thread (where Python sets handlers); elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _build_main(cfg: EngineConfig, step: Candidate, conn: Connection, parent_pid: int) -> None:
     """Body of the build process: its own process group (the compiler included), ends with its parent.
 
@@ -459,7 +475,8 @@ class BackgroundBuild:
             target=_build_main, args=(cfg, step, child_conn, os.getpid()), name="emim-aoti-build", daemon=False
         )
         self.started = time.monotonic()
-        self._proc.start()
+        with _sigint_ignored():  # kept through exec: a Ctrl-C reaches the pipeline, which ends the build
+            self._proc.start()
         self.priority = yield_cpu(self.pid)  # now, while it is one thread: its threads and compilers inherit it
         """How the build yields the CPU: 'SCHED_IDLE' or 'nice 19'."""
         child_conn.close()

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,6 +202,10 @@ def test_start_engine_serves_eagerly_while_building_and_close_ends_the_build(tmp
         policy = os.sched_getscheduler(build.pid)
         assert policy == os.SCHED_IDLE or os.getpriority(os.PRIO_PROCESS, build.pid) == 19
         assert build.priority == ("SCHED_IDLE" if policy == os.SCHED_IDLE else "nice 19")
+        # Ctrl-C goes to the pipeline, which ends the build: the build ignores it from its start
+        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{build.pid}/status").read_text().splitlines())
+        assert int(status["SigIgn"], 16) & (1 << (signal.SIGINT - 1))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
         assert engine.infer(torch.zeros(engine.input_spec.shape(1))).shape == (1, len(engine.labels))
     finally:
         build.close()

@@ -67,7 +67,7 @@ def _libatomic_fence() -> Callable[[int], None] | None:
         fence = lib.atomic_thread_fence
         fence.argtypes = [ctypes.c_int]
         fence.restype = None
-        return fence  # type: ignore[no-any-return]
+        return fence
     return None
 
 

@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
 
-.PHONY: install system-deps run test test-all lint docs docs-serve ci clean
+.PHONY: install system-deps run test test-all test-arm64 lint docs docs-serve ci clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,11 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q
+
+# The ring's and the camera's tests on an arm64 Python under QEMU (Debian, root; builds its environment once
+# under ~/.cache/emim-stream-arm64). Proves the code and its aarch64 wheels work, not weak memory ordering.
+test-arm64:
+	tools/test-arm64
 
 lint: install
 	$(BIN)/ruff check .

@@ -293,3 +293,37 @@ def test_stats_carry_the_cameras_counts_and_latency_percentiles_of_the_interval(
         assert camera.latency_ms.max == pytest.approx(max(totals), abs=1e-3)
     every = [m.latency_ms["total"] for m in rig.labels]
     assert stats.latency_ms.p99 == pytest.approx(np.percentile(every, 99), abs=1e-3)
+
+
+class FinishedBuild:
+    """A background build that has finished: its engine is another :class:`FixedEngine`."""
+
+    step = "'fake' on cpu (fp32)"
+
+    def __init__(self, engine: FixedEngine) -> None:
+        self._engine, self.started = engine, time.monotonic()
+
+    def done(self) -> bool:
+        return True
+
+    def engine(self) -> FixedEngine:
+        return self._engine
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_swap_splits_the_latency_into_while_built_and_after(make_rig):
+    rig = make_rig()
+    rig.write("cam1", range(5))
+    assert rig.loop.step() and rig.loop.warmup_latency == {} and rig.loop.warmup_engine == ""
+    served_by_first = rig.latency.summary()
+    compiled = FixedEngine(logits=(0.0, 3.0, 0.0))
+    rig.loop.swap_engine(FinishedBuild(compiled))
+    assert rig.loop.engine is compiled
+    assert rig.loop.warmup_engine == "fake" and rig.loop.warmup_latency == served_by_first
+    assert served_by_first["all"]["total"]["count"] == 1 and rig.latency.summary() == {}
+    rig.write("cam1", range(5, 7))
+    assert rig.loop.step()
+    after = rig.latency.summary()
+    assert after["all"]["total"]["count"] == 1 and rig.labels[-1].topk[0][0] == "right"

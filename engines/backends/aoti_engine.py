@@ -186,6 +186,7 @@ def _save_exported(program: torch.export.ExportedProgram, path: Path) -> None:
     part = path.with_suffix(".part.pt2")  # torch warns about a name that does not end in .pt2
     try:
         torch.export.save(program, part)
+        part.chmod(0o600)  # as the cache's own files
         os.replace(part, path)
     except Exception as err:  # disk full, or a graph the serialiser refuses: the build goes on without it
         part.unlink(missing_ok=True)

@@ -243,6 +243,7 @@ def test_an_exported_program_is_kept_whole_for_a_stopped_build_to_resume_from(tm
     kept = tmp_path / "aoti-x.exported.pt2"
     aoti_engine._save_exported(program, kept)
     assert kept.is_file() and list(tmp_path.iterdir()) == [kept]
+    assert kept.stat().st_mode & 0o777 == 0o600
     resumed = aoti_engine._load_exported(kept)
     assert resumed is not None
     torch.testing.assert_close(resumed.module()(clips[:1]), model(clips[:1]))

@@ -1,8 +1,9 @@
 """Frame sources: video files, RTSP/HTTP streams and USB cameras through OpenCV, and the synthetic scene.
 
 Every source implements :class:`FrameSource` and is a context manager (``with open_source(uri) as src``
-opens it, leaving the block closes it). Colour order: **every source returns BGR** (OpenCV's decode
-order; the synthetic source converts), so one ``Preprocessor(..., bgr=True)`` path serves all.
+opens it, leaving the block closes it). Colour order: these sources return BGR at the source's size (OpenCV's
+decode order; the synthetic source converts), so one ``Preprocessor(..., bgr=True)`` path serves them; the FFmpeg
+decoder (:mod:`emim_stream.pipeline.capture.ffmpeg`) returns :class:`PreparedFrame` s, RGB at the ring's size.
 
 States (:class:`SourceState`, published on ``status/<camera_id>/``): a source is CONNECTING until its
 first ``open()`` succeeds (RECONNECTING on later attempts and after a loss), LIVE while frames arrive,
@@ -39,9 +40,11 @@ from emim_stream.engines.uris import SYNTHETIC_SIZE, SyntheticQuery, is_syntheti
 from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, SourceError
 
 __all__ = [
+    "DECODERS",
     "SOURCES",
     "FrameSource",
     "OpenCvSource",
+    "PreparedFrame",
     "SourceFrame",
     "SourceInfo",
     "SourceState",
@@ -55,7 +58,7 @@ _log = logging.getLogger(__name__)
 _NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 _RTSP_TRANSPORTS = ("auto", "tcp", "udp")
 _FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
-_FALLBACK_FPS = 30.0  # pacing rate for a file whose container does not state a usable fps
+FALLBACK_FPS = 30.0  # pacing rate for a file whose container does not state a usable fps
 _MAX_LAG_S = 1.0  # a paced source that falls this far behind its schedule restarts the schedule
 
 
@@ -96,6 +99,43 @@ class SourceFrame:
     capture_wall_ns: int
     source_pts_ns: int
 
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the decoded picture."""
+        return self.image.shape[1], self.image.shape[0]
+
+
+class PreparedFrame:
+    """One frame from a source that crops and scales while decoding (the FFmpeg decoder).
+
+    ``image`` is ``[h, w, 3]`` uint8 **RGB** at the ring's size, made on its first access: a frame the model does not
+    sample is never converted or scaled. The clocks are :class:`SourceFrame`'s; ``source_size`` is ``(width,
+    height)`` of the decoded picture.
+    """
+
+    __slots__ = ("_image", "_make", "capture_mono_ns", "capture_wall_ns", "source_pts_ns", "source_size")
+
+    def __init__(
+        self,
+        make: Callable[[], np.ndarray],
+        capture_mono_ns: int,
+        capture_wall_ns: int,
+        source_pts_ns: int,
+        source_size: tuple[int, int],
+    ) -> None:
+        self._make = make
+        self._image: np.ndarray | None = None
+        self.capture_mono_ns = capture_mono_ns
+        self.capture_wall_ns = capture_wall_ns
+        self.source_pts_ns = source_pts_ns
+        self.source_size = source_size
+
+    @property
+    def image(self) -> np.ndarray:
+        if self._image is None:
+            self._image = self._make()
+        return self._image
+
 
 @runtime_checkable
 class FrameSource(Protocol):
@@ -108,7 +148,7 @@ class FrameSource(Protocol):
         """Connect / open; may be called again after ``close()`` or an error to reconnect."""
         ...
 
-    def read(self) -> SourceFrame | None:
+    def read(self) -> SourceFrame | PreparedFrame | None:
         """The next frame, or None when none is available right now (a stall)."""
         ...
 
@@ -121,7 +161,32 @@ class FrameSource(Protocol):
     ) -> None: ...
 
 
-class _Pacer:
+def classify_uri(uri: str | int) -> tuple[str, str | int]:
+    """``(kind, target)`` of a source URI: ``camera`` (an index, or a ``/dev`` character device), ``network`` (a URL
+    of a streaming scheme) or ``file`` (a path, ``file://`` removed)."""
+    if isinstance(uri, int) or uri.strip().isdigit():
+        return "camera", int(uri)
+    if urllib.parse.urlsplit(uri).scheme.lower() in _NETWORK_SCHEMES:
+        return "network", uri
+    path = uri.removeprefix("file://")
+    is_device = path.startswith("/dev/") and os.path.exists(path) and stat.S_ISCHR(os.stat(path).st_mode)
+    return ("camera" if is_device else "file"), path
+
+
+def rtsp_transports(uri: str | int, rtsp_transport: str) -> list[str | None]:
+    """The RTP transports to try, in order, for ``uri``: ``[None]`` (nothing to choose) unless it is RTSP.
+
+    Raises:
+        ConfigError: an unknown transport.
+    """
+    if rtsp_transport not in _RTSP_TRANSPORTS:
+        raise ConfigError(f"rtsp_transport must be one of {', '.join(_RTSP_TRANSPORTS)}, got {rtsp_transport!r}")
+    if urllib.parse.urlsplit(str(uri)).scheme.lower() not in ("rtsp", "rtsps"):
+        return [None]
+    return ["tcp", "udp"] if rtsp_transport == "auto" else [rtsp_transport]
+
+
+class Pacer:
     """Releases item ``n`` at ``start + n / fps`` on the monotonic clock: sleeping never accumulates drift."""
 
     def __init__(self, fps: float) -> None:
@@ -176,26 +241,13 @@ class OpenCvSource:
             raise ConfigError(
                 f"source timeouts must be > 0, got open_timeout_s={open_timeout_s}, read_timeout_s={read_timeout_s}"
             )
-        if rtsp_transport not in _RTSP_TRANSPORTS:
-            raise ConfigError(f"rtsp_transport must be one of {', '.join(_RTSP_TRANSPORTS)}, got {rtsp_transport!r}")
-        self._target: str | int
-        if isinstance(uri, int) or uri.strip().isdigit():
-            self._kind, self._target = "camera", int(uri)
-        elif urllib.parse.urlsplit(uri).scheme.lower() in _NETWORK_SCHEMES:
-            self._kind, self._target = "network", uri
-        else:
-            path = uri.removeprefix("file://")
-            is_device = path.startswith("/dev/") and os.path.exists(path) and stat.S_ISCHR(os.stat(path).st_mode)
-            self._kind, self._target = ("camera" if is_device else "file"), path
+        self._kind, self._target = classify_uri(uri)
         self.uri_redacted = redact_uri(uri)
         self.loop = loop
         self.pace = pace
         self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
-        is_rtsp = self._kind == "network" and urllib.parse.urlsplit(str(uri)).scheme.lower() in ("rtsp", "rtsps")
-        self._transports: list[str | None] = (
-            [None] if not is_rtsp else ["tcp", "udp"] if rtsp_transport == "auto" else [rtsp_transport]
-        )
+        self._transports = rtsp_transports(uri, rtsp_transport)
         self.rtsp_transport_used: str | None = None
         """The RTP transport of the open RTSP stream (``tcp`` / ``udp``), None for other sources."""
         self._is_live = self._kind != "file"
@@ -204,7 +256,7 @@ class OpenCvSource:
         self._opened_before = False
         self._exhausted = False
         self._pending: np.ndarray | None = None  # a file's first frame, decoded by _connect() as a probe
-        self._pacer: _Pacer | None = None
+        self._pacer: Pacer | None = None
         self._released = 0  # frames released since open (indexes the pacing schedule)
         self._pts_offset_ns = 0  # added to a file's timestamps after each loop
         self._last_pts_ns = -1
@@ -231,8 +283,8 @@ class OpenCvSource:
         self._pacer = None
         if self.pace and not self._is_live:
             if fps == 0.0:
-                _log.warning("%s: no usable fps in the file; pacing at %.0f fps", self.uri_redacted, _FALLBACK_FPS)
-            self._pacer = _Pacer(fps or _FALLBACK_FPS)
+                _log.warning("%s: no usable fps in the file; pacing at %.0f fps", self.uri_redacted, FALLBACK_FPS)
+            self._pacer = Pacer(fps or FALLBACK_FPS)
         self._exhausted = False
         self._released = 0
         self._pts_offset_ns = 0
@@ -295,7 +347,7 @@ class OpenCvSource:
     def _connect(self) -> tuple[cv2.VideoCapture, np.ndarray]:
         """A capture that has delivered its first frame, or the error that says why not."""
         if self._kind == "file" and not os.path.isfile(self._target):
-            raise SourceError(_missing_file_message(str(self._target), self.uri_redacted))
+            raise SourceError(missing_file_message(str(self._target), self.uri_redacted))
         for attempt, transport in enumerate(self._transports):
             cap = self._capture(transport)
             ok, first = cap.read() if cap.isOpened() else (False, None)
@@ -367,7 +419,7 @@ class OpenCvSource:
         except SourceError:
             self.close()
             raise
-        self._pts_offset_ns = self._last_pts_ns + round(1e9 / (_usable_fps(self._cap) or _FALLBACK_FPS))
+        self._pts_offset_ns = self._last_pts_ns + round(1e9 / (_usable_fps(self._cap) or FALLBACK_FPS))
 
     def _stall(self) -> None:
         """A live source gave no frame: STALLED, or lost once silent for ``read_timeout_s``."""
@@ -420,7 +472,7 @@ class SyntheticSource:
             raise ConfigError(f"synthetic source parameter 'style': {err}") from None
         self._state = SourceState.CONNECTING
         self._is_open = False
-        self._pacer: _Pacer | None = None
+        self._pacer: Pacer | None = None
         self._next = 0
 
     @property
@@ -431,7 +483,7 @@ class SyntheticSource:
         """Start the camera at scene frame 0 (again, after ``close()``)."""
         self._is_open = True
         self._next = 0
-        self._pacer = _Pacer(self.fps) if self.pace else None
+        self._pacer = Pacer(self.fps) if self.pace else None
         self._state = SourceState.LIVE
         return SourceInfo(self.uri, self.width, self.height, self.fps, True, "synthetic")
 
@@ -467,7 +519,7 @@ class SyntheticSource:
         self.close()
 
 
-def _missing_file_message(path: str, shown: str) -> str:
+def missing_file_message(path: str, shown: str) -> str:
     """Why a source that is not a network URL or camera index cannot be a video file."""
     if os.path.isdir(path):
         return f"{shown} is a directory, not a video file"
@@ -506,8 +558,22 @@ def _usable_fps(cap: cv2.VideoCapture) -> float:
     return fps if math.isfinite(fps) and 0 < fps <= 1000 else 0.0
 
 
-SOURCES: dict[str, Callable[..., FrameSource]] = {"opencv": OpenCvSource, "synthetic": SyntheticSource}
-"""Source kind -> class; :func:`open_source` picks by URI scheme ('synthetic://' or anything OpenCV reads)."""
+def _ffmpeg_source(uri: str, height: int, width: int, **options: object) -> FrameSource:
+    """An :class:`~emim_stream.pipeline.capture.ffmpeg.FfmpegSource` (PyAV is imported only by cameras that use it)."""
+    from emim_stream.pipeline.capture.ffmpeg import FfmpegSource
+
+    return FfmpegSource(uri, height, width, **options)  # type: ignore[arg-type]
+
+
+SOURCES: dict[str, Callable[..., FrameSource]] = {
+    "opencv": OpenCvSource,
+    "ffmpeg": _ffmpeg_source,
+    "synthetic": SyntheticSource,
+}
+"""Source kind -> class; :func:`open_source` picks by URI scheme and decoder."""
+
+DECODERS = ("opencv", "ffmpeg")
+"""The decoders of files, streams and cameras (``cameras[].decoder``)."""
 
 
 def open_source(
@@ -518,20 +584,30 @@ def open_source(
     open_timeout_s: float = 10.0,
     read_timeout_s: float = 5.0,
     rtsp_transport: str = "auto",
+    decoder: str = "opencv",
+    size: tuple[int, int] | None = None,
+    resize: str = "area",
+    hwaccel: str = "none",
 ) -> FrameSource:
     """Build the source for ``uri`` (not yet opened: call ``open()`` or use it in a ``with`` block).
 
     ``synthetic://...`` gives a :class:`SyntheticSource` (which takes only ``pace``: it is endless and
-    local, so ``loop``, the timeouts and ``rtsp_transport`` do not apply); anything else an
-    :class:`OpenCvSource`.
+    local, so ``loop``, the timeouts, ``rtsp_transport`` and the decoder do not apply). With ``decoder``
+    ``'ffmpeg'``, files and streams give an :class:`~emim_stream.pipeline.capture.ffmpeg.FfmpegSource` that hands out
+    ``size`` (height, width) RGB frames made with ``resize`` on the ``hwaccel`` preset's device; anything else
+    (and USB cameras whatever the decoder) an :class:`OpenCvSource`.
+
+    Raises:
+        ConfigError: an unknown decoder, ``'ffmpeg'`` without ``size``, or a setting the source rejects.
     """
+    if decoder not in DECODERS:
+        raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if is_synthetic(uri):
         return SOURCES["synthetic"](uri, pace=pace)
-    return SOURCES["opencv"](
-        uri,
-        loop=loop,
-        pace=pace,
-        open_timeout_s=open_timeout_s,
-        read_timeout_s=read_timeout_s,
-        rtsp_transport=rtsp_transport,
-    )
+    options = {"loop": loop, "pace": pace, "open_timeout_s": open_timeout_s, "read_timeout_s": read_timeout_s,
+               "rtsp_transport": rtsp_transport}  # fmt: skip
+    if decoder == "ffmpeg" and classify_uri(uri)[0] != "camera":
+        if size is None:
+            raise ConfigError("decoder 'ffmpeg' scales while decoding and needs the output size")
+        return SOURCES["ffmpeg"](str(uri), *size, resize=resize, hwaccel=hwaccel, **options)
+    return SOURCES["opencv"](uri, **options)

@@ -97,6 +97,12 @@ def _seconds(default: float) -> Any:
     return ranged(default, 0, MAX_SECONDS, low_open=True, unit="s")
 
 
+Decoder = Literal["opencv", "ffmpeg"]
+"""``cameras[].decoder``: how files and streams are decoded."""
+Hwaccel = Literal["none", "nvidia", "vaapi", "qsv", "jetson"]
+"""``cameras[].hwaccel`` (the presets of :mod:`emim_stream.pipeline.capture.hwaccel`)."""
+
+
 @dataclass(frozen=True)
 class CameraConfig:
     """One camera: where its frames come from and how they are prepared."""
@@ -122,11 +128,11 @@ class CameraConfig:
     ``window.frame_interval``)."""
     rtsp_transport: Literal["auto", "tcp", "udp"] = "auto"
     """RTSP sources: RTP over ``tcp`` or ``udp``; ``auto`` tries TCP, then UDP, and logs which one worked."""
-    decoder: Literal["opencv", "ffmpeg"] = "opencv"
+    decoder: Decoder = "opencv"
     """Files and streams: ``opencv`` decodes to full-size BGR, then resizes; ``ffmpeg`` (PyAV) crops and scales to the
     model's size while decoding, only the frames the model samples (about 1.6x less CPU at 1080p; pixels differ
     from the OpenCV resize training uses by about 2 levels in 255). USB cameras always use OpenCV."""
-    hwaccel: Literal["none", "nvidia", "vaapi", "qsv", "jetson"] = "none"
+    hwaccel: Hwaccel = "none"
     """``decoder: ffmpeg`` only: decode on this device (presets as Frigate's; see the cameras page for what each
     needs); ``emim-stream doctor`` lists the ones this box's FFmpeg supports."""
 

@@ -1,7 +1,7 @@
 """The FFmpeg decoder of a camera (``cameras[].decoder: ffmpeg``): decode, crop and scale in one FFmpeg pass.
 
 :class:`FfmpegSource` decodes with PyAV (FFmpeg's libraries inside the camera process: no child process to leave
-behind on a kill, and the frames never cross a pipe) and hands out :class:`~emim_stream.pipeline.capture.sources.
+behind on a kill, and the frames never cross a pipe) and hands out :class:`~emim_stream.pipeline.capture.frames.
 PreparedFrame` s whose image is made on first use by an FFmpeg filter graph: the centre window that covers the
 model's size is cropped, scaled in the decoder's own pixel format (YUV: a third of the bytes of RGB) and only then
 converted to RGB at the model's size. A frame the model does not sample is decoded and never converted or scaled
@@ -40,8 +40,7 @@ from av.video.stream import VideoStream
 from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.transforms import check_resize
 from emim_stream.engines.uris import redact_uri
-from emim_stream.pipeline.capture.hwaccel import HWACCELS, PRESETS, cover_crop, scale_flags
-from emim_stream.pipeline.capture.sources import (
+from emim_stream.pipeline.capture.frames import (
     FALLBACK_FPS,
     Pacer,
     PreparedFrame,
@@ -51,6 +50,7 @@ from emim_stream.pipeline.capture.sources import (
     missing_file_message,
     rtsp_transports,
 )
+from emim_stream.pipeline.capture.hwaccel import HWACCELS, PRESETS, cover_crop, scale_flags
 from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, SourceError
 
 __all__ = ["FfmpegSource"]
@@ -221,13 +221,12 @@ class FfmpegSource:
         if not self._is_live and not os.path.isfile(self._target):
             raise SourceError(missing_file_message(self._target, self.uri_redacted))
         reason, opened = "", False
+        # PyAV checks a timeout from FFmpeg's I/O callbacks, under the interpreter lock: streams only
+        timeout = (self.open_timeout_s, self.read_timeout_s) if self._is_live else None
         for attempt, transport in enumerate(self._transports):
             options = {} if transport is None else {"rtsp_transport": transport}
             try:
-                container = av.open(
-                    self._target, options=options, timeout=(self.open_timeout_s, self.read_timeout_s),
-                    hwaccel=self._hwaccel(),
-                )  # fmt: skip
+                container = av.open(self._target, options=options, timeout=timeout, hwaccel=self._hwaccel())
             except _AV_ERRORS as err:
                 reason = _why(err)
                 continue

@@ -128,10 +128,10 @@ class CameraConfig:
     ``window.frame_interval``)."""
     rtsp_transport: Literal["auto", "tcp", "udp"] = "auto"
     """RTSP sources: RTP over ``tcp`` or ``udp``; ``auto`` tries TCP, then UDP, and logs which one worked."""
-    decoder: Decoder = "opencv"
-    """Files and streams: ``opencv`` decodes to full-size BGR, then resizes; ``ffmpeg`` (PyAV) crops and scales to the
-    model's size while decoding, only the frames the model samples (about 1.6x less CPU at 1080p; pixels differ
-    from the OpenCV resize training uses by about 2 levels in 255). USB cameras always use OpenCV."""
+    decoder: Decoder = "ffmpeg"
+    """Files and streams: ``ffmpeg`` (PyAV) crops and scales to the model's size while decoding, and only the frames
+    the model samples; ``opencv`` decodes every frame to full-size BGR, then resizes. The pictures differ by about
+    one level in 255 (``emim-stream bench-decode`` measures both). USB cameras always use OpenCV."""
     hwaccel: Hwaccel = "none"
     """``decoder: ffmpeg`` only: decode on this device (presets as Frigate's; see the cameras page for what each
     needs); ``emim-stream doctor`` lists the ones this box's FFmpeg supports."""

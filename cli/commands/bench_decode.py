@@ -52,8 +52,8 @@ def _run(args: argparse.Namespace, folder: Path) -> int:
         videos[name] = path
     print(
         f"decode and prepare to {args.size}x{args.size} RGB, {args.frames} frames per row, unpaced, CPU of all "
-        f"threads; 'all': every frame prepared (recorder on), '1/{args.every}': the model's frames only; cameras per core at "
-        f"{_FPS} fps, 1/{args.every} prepared"
+        f"threads; 'all': every frame prepared (recorder on), '1/{args.every}': the model's frames only; "
+        f"cameras per core at {_FPS} fps, 1/{args.every} prepared"
     )
     print(f"{'video':<6} {'decoder':<7} {'resize':<8} {'ms/frame all':>12} {'ms/frame 1/' + str(args.every):>13} "
           f"{'frames/s all':>12} {'cameras/core':>12}")  # fmt: skip

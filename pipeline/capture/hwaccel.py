@@ -85,13 +85,15 @@ PRESETS: dict[str, HwaccelPreset] = {
 HWACCELS: tuple[str, ...] = tuple(PRESETS)
 """The preset names, for config checks and messages."""
 
-_FLAGS = {ResizeMethod.AREA: "area", ResizeMethod.LINEAR: "bilinear", ResizeMethod.PYRAMID: "area"}
+_FLAGS = {ResizeMethod.AREA: "area", ResizeMethod.LINEAR: "neighbor", ResizeMethod.PYRAMID: "area"}
 
 
 def scale_flags(method: str) -> str:
-    """FFmpeg's scaler flag for a :class:`~emim_stream.engines.transforms.ResizeMethod` (``pyramid`` is area's
-    shortcut in OpenCV; FFmpeg's area is already one pass)."""
-    return _FLAGS[ResizeMethod(method)]
+    """FFmpeg's scaler flags for a :class:`~emim_stream.engines.transforms.ResizeMethod`, chosen for the picture
+    closest to OpenCV's: ``area`` for area and pyramid (area's shortcut in OpenCV), ``neighbor`` for linear (OpenCV's
+    INTER_LINEAR samples rather than averages when it shrinks); chroma is interpolated at full resolution, as OpenCV
+    converts to BGR before it resizes."""
+    return f"{_FLAGS[ResizeMethod(method)]}+full_chroma_int"
 
 
 def cover_crop(in_w: int, in_h: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -152,7 +154,8 @@ def ffmpeg_command(
     in_w, in_h = source_size
     vf = ffmpeg_filters(preset, in_w, in_h, height, width, method)
     head = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", *preset.input_args]
-    return [*head, *(["-re"] if realtime else []), "-i", source, "-an", "-vf", vf, "-f", "rawvideo", "pipe:1"]
+    tail = ["-an", "-vf", vf, "-pix_fmt", "rgb24", "-f", "rawvideo", "pipe:1"]
+    return [*head, *(["-re"] if realtime else []), "-i", source, *tail]
 
 
 def ffmpeg_hwaccels(ffmpeg: str | None = None) -> list[str]:

@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
 
-.PHONY: install system-deps run test test-all lint docs docs-serve ci clean
+.PHONY: install system-deps run test test-all test-py3.10 test-py3.12 test-arm64 lint docs docs-serve ci clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,16 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q
+
+# The fast set on the other supported Pythons (3.10: Jetson's JetPack 6, 3.12: JetPack 7), each in an environment
+# that tools/python-env builds once under ~/.cache/emim-stream-envs and reuses until pyproject.toml changes.
+test-py3.10 test-py3.12:
+	py="$$(tools/python-env $(patsubst test-py%,%,$@))" && "$$py" -m pytest -q -m "not slow" -p no:cacheprovider
+
+# The ring's and the camera's tests on an arm64 Python under QEMU (Debian, root; builds its environment once
+# under ~/.cache/emim-stream-arm64). Proves the code and its aarch64 wheels work, not weak memory ordering.
+test-arm64:
+	tools/test-arm64
 
 lint: install
 	$(BIN)/ruff check .

@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from emim_stream.pipeline.capture.ordering import MemoryOrdering, strongly_ordered
     from emim_stream.pipeline.measure.benchmarks import frame_overhead, ring_throughput
 
     if args.camera is not None:
@@ -47,12 +48,24 @@ def main(args: argparse.Namespace) -> int:
             f"{T:>4} {r['write_us']:>8.1f} {r['read_us']:>8.1f} {r['vmp_us']:>8.1f} {r['window_us']:>8.1f} "
             f"{r['total_us']:>8.1f}"
         )
-    t = ring_throughput(args.frames * 5, args.size, args.size, args.slots)
+    orderings = [MemoryOrdering.FENCED]
+    if strongly_ordered():  # the plain ring of earlier releases, correct only here: what the fences cost
+        orderings.append(MemoryOrdering.PLAIN)
     print(
-        f"\nring throughput between two processes at {args.size}x{args.size}: {t['fps']:.0f} frames/s "
-        f"({t['mb_per_s']:.0f} MB/s), {t['delivered']} delivered, {t['dropped']} dropped, {t['torn']} torn, "
-        f"{t['corrupt']} corrupt"
+        f"\nring throughput between two processes at {args.size}x{args.size}, {args.frames * 5} frames; "
+        "time per frame (us):"
     )
+    print(
+        f"{'memory ordering':<16} {'frames/s':>9} {'MB/s':>7} {'write p50':>10} {'write p99':>10} "
+        f"{'read p50':>9} {'read p99':>9} {'dropped':>8} {'torn':>5} {'corrupt':>8}"
+    )
+    for ordering in orderings:
+        t = ring_throughput(args.frames * 5, args.size, args.size, args.slots, ordering=ordering)
+        print(
+            f"{ordering.value:<16} {t['fps']:>9.0f} {t['mb_per_s']:>7.0f} {t['write_p50_us']:>10.1f} "
+            f"{t['write_p99_us']:>10.1f} {t['read_p50_us']:>9.1f} {t['read_p99_us']:>9.1f} {t['dropped']:>8} "
+            f"{t['torn']:>5} {t['corrupt']:>8}"
+        )
     return 0
 
 

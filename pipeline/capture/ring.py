@@ -20,9 +20,13 @@ numbers the model's samples (:class:`emim_stream.engines.sampling.FrameSampler`)
 ``sample_seq .. sample_seq + samples - 1``, and ``samples`` 0 marks a frame written for the recorder only.
 
 Seqlock: the writer makes a slot's ``version`` odd, writes the slot's meta and image, makes it even again, then
-publishes ``latest_seq``. A reader checks that ``version`` is even before its copy and unchanged after it.
-Python cannot emit memory fences, so this relies on the CPU keeping stores (and loads) in program order, which
-x86-64 guarantees (TSO). On weakly ordered CPUs (aarch64) a torn copy could in principle go undetected.
+publishes ``latest_seq``, with a release fence between each two of these steps. A reader loads ``latest_seq``,
+the slot's ``version``, the slot's meta and image, and ``version`` again, with an acquire fence between each
+two; it keeps the copy only when both versions are equal and even. The fences
+(:mod:`emim_stream.pipeline.capture.ordering`) make this hold on weakly ordered CPUs (aarch64) as on x86-64: if
+any load of the copy saw a store of a later write, the second version load sees that write's odd version (the
+writer's fence puts the odd version before its data; the reader's puts its data before the second version
+load); and the meta and image are never older than the first version load says.
 
 Resource tracking: the creating process owns the segment and unlinks it (its resource tracker also unlinks it
 if the owner dies). Attaching processes never register the segment with their resource tracker, so a reader
@@ -51,6 +55,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
+from emim_stream.pipeline.capture.ordering import MemoryOrdering, fences
 from emim_stream.pipeline.errors import PipelineError
 
 __all__ = [
@@ -188,8 +193,11 @@ class SharedRing:
     closes and unlinks.
     """
 
-    def __init__(self, shm: SharedMemory, *, owner: bool) -> None:
+    def __init__(
+        self, shm: SharedMemory, *, owner: bool, ordering: MemoryOrdering = MemoryOrdering.FENCED
+    ) -> None:
         """Wrap an open segment; use :meth:`create` or :meth:`attach` instead."""
+        self._acquire, self._release = fences(ordering)
         self._shm = shm
         self._owner = owner
         self._unlinked = False
@@ -209,17 +217,27 @@ class SharedRing:
         )
 
     @classmethod
-    def create(cls, slots: int, height: int, width: int, name: str | None = None) -> SharedRing:
+    def create(
+        cls,
+        slots: int,
+        height: int,
+        width: int,
+        name: str | None = None,
+        ordering: MemoryOrdering = MemoryOrdering.FENCED,
+    ) -> SharedRing:
         """Create and own a new ring segment.
 
         Args:
             slots: number of frames kept (>= 2).
             height, width: frame size in pixels (frames are [height, width, 3] uint8).
             name: segment name; default ``emim_<pid>_<random hex>`` (the pid lets a later run reclaim it).
+            ordering: PLAIN only to measure the fences' cost (x86-64); every process of a ring uses the same.
 
         Raises:
-            PipelineError: a segment of that name exists, or the size is invalid.
+            PipelineError: a segment of that name exists, the size is invalid, or this CPU cannot order the ring's
+                memory accesses (:func:`~emim_stream.pipeline.capture.ordering.fences`).
         """
+        fences(ordering)  # fail before creating anything
         if slots < 2 or height < 1 or width < 1:
             raise PipelineError(
                 f"invalid ring geometry slots={slots}, height={height}, width={width}; "
@@ -242,19 +260,26 @@ class SharedRing:
         )
         header[[_H_LATEST_SEQ, _H_LATEST_FRAME_SEQ, _H_LATEST_SAMPLE_SEQ]] = -1
         del header
-        ring = cls(shm, owner=True)
+        ring = cls(shm, owner=True, ordering=ordering)
         ring._meta[:, _M_SEQ] = -1
+        ring._release()
         ring._header[_H_MAGIC] = _MAGIC  # last: an attacher that sees the magic sees a complete ring
         _LOG.debug("created ring %s: %d slots of %dx%d (%d bytes)", name, slots, height, width, size)
         return ring
 
     @classmethod
-    def attach(cls, name: str) -> SharedRing:
+    def attach(cls, name: str, ordering: MemoryOrdering = MemoryOrdering.FENCED) -> SharedRing:
         """Attach to an existing ring by segment name; geometry comes from its header.
 
+        Args:
+            name: the segment's name (:attr:`name` of the owner's ring).
+            ordering: as the owner's (:meth:`create`).
+
         Raises:
-            PipelineError: no such segment, or it is not an emim-stream ring of this layout version.
+            PipelineError: no such segment, it is not an emim-stream ring of this layout version, or this CPU
+                cannot order the ring's memory accesses.
         """
+        fences(ordering)
         try:
             shm = _attach_untracked(name)
         except FileNotFoundError as err:
@@ -265,7 +290,7 @@ class SharedRing:
             raise PipelineError(f"cannot attach shared-memory ring {name!r}: {err}") from err
         try:
             cls._check_header(shm)
-            return cls(shm, owner=False)
+            return cls(shm, owner=False, ordering=ordering)
         except BaseException:
             shm.close()
             raise
@@ -365,6 +390,7 @@ class SharedRing:
         meta = self._meta
         version = int(meta[slot, _M_VERSION]) | 1  # odd: write in progress
         meta[slot, _M_VERSION] = version
+        self._release()  # the odd version before any of the slot's new contents
         frame_seq = seq if frame_seq is None else frame_seq
         sample_seq = seq if sample_seq is None else sample_seq
         meta[slot, _M_SEQ : _M_SOURCE_PTS + 1] = (seq, capture_mono_ns, capture_wall_ns, source_pts_ns)
@@ -372,7 +398,9 @@ class SharedRing:
         self._copy_in(slot, image)
         now = time.monotonic_ns()
         meta[slot, _M_RING_MONO] = now
+        self._release()  # the slot's contents before the even version
         meta[slot, _M_VERSION] = version + 1  # even: slot consistent
+        self._release()  # the even version before latest_seq
         header[_H_LATEST_SEQ] = seq
         header[_H_LATEST_FRAME_SEQ] = frame_seq
         if samples:
@@ -494,9 +522,12 @@ class RingReader:
         ring = self._ring
         if seq > ring.latest_seq:
             return ReadResult(ReadStatus.NOT_YET)
+        acquire = ring._acquire
+        acquire()  # the slot no older than latest_seq
         slot = seq % ring.slots
         meta = ring._meta
         version = int(meta[slot, _M_VERSION])
+        acquire()  # the slot's contents no older than this version
         slot_seq, capture_mono_ns, capture_wall_ns, source_pts_ns, ring_mono_ns, frame_seq, sample_seq, samples = (
             int(v) for v in meta[slot, _M_SEQ : _M_SAMPLES + 1]
         )
@@ -508,6 +539,7 @@ class RingReader:
         if out is None:
             out = np.empty((ring.height, ring.width, 3), dtype=np.uint8)
         self._copy_out(slot, out)
+        acquire()  # the copy before the second version load
         if int(meta[slot, _M_VERSION]) != version:
             return ReadResult(ReadStatus.TORN, slot_seq=slot_seq)
         frame = RingFrame(

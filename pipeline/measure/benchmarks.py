@@ -2,7 +2,8 @@
 
 - :func:`frame_overhead`: per-frame cost of ring write -> ring read -> VMP prompt -> clip window, in one
   process, for several clip lengths T (the cost must not grow with T: windows are views, not copies).
-- :func:`ring_throughput`: frames/s through a ring between two processes.
+- :func:`ring_throughput`: frames/s through a ring between two processes and the p50/p99 time of one write and of
+  one read, with the ring's memory fences or (x86-64 only, for comparison) without.
 - :func:`camera_cost`: ring writes per second and CPU of a real camera process (and of draining its ring) for a
   clip sampling: what sampling in the camera saves.
 """
@@ -14,7 +15,7 @@ import multiprocessing as mp
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import psutil
@@ -22,6 +23,7 @@ import torch
 
 from emim_stream.engines.layers.vmp import VmpLayer
 from emim_stream.engines.sampling import SamplingRequest
+from emim_stream.pipeline.capture.ordering import MemoryOrdering
 from emim_stream.pipeline.capture.ring import RingReader, SharedRing
 from emim_stream.pipeline.capture.supervisor import CameraSupervisor
 from emim_stream.pipeline.config import CameraConfig, SupervisorConfig
@@ -79,19 +81,25 @@ def frame_overhead(
     }
 
 
-def _throughput_writer(name: str, frames: int, reader_next: ctypes.c_longlong, conn: Connection) -> None:
-    """Benchmark writer process: write ``frames`` frames, staying less than a ring behind the reader."""
-    ring = SharedRing.attach(name)
+def _throughput_writer(
+    name: str, frames: int, reader_next: ctypes.c_longlong, conn: Connection, ordering: MemoryOrdering
+) -> None:
+    """Benchmark writer process: write ``frames`` frames, staying less than a ring behind the reader; sends the
+    elapsed ns and each write's duration in ns."""
+    ring = SharedRing.attach(name, ordering)
     try:
         images = [np.full((ring.height, ring.width, 3), i, dtype=np.uint8) for i in range(251)]
+        write_ns = np.zeros(frames, dtype=np.int64)
         conn.send("ready")
         conn.recv()
         start_ns = time.monotonic_ns()
         for seq in range(frames):
             while seq - reader_next.value >= ring.slots - 1:  # benchmark flow control only
                 time.sleep(0)
+            t0 = time.perf_counter_ns()
             ring.write(images[seq % 251], seq, time.monotonic_ns(), time.time_ns())
-        conn.send(time.monotonic_ns() - start_ns)
+            write_ns[seq] = time.perf_counter_ns() - t0
+        conn.send((time.monotonic_ns() - start_ns, write_ns))
     finally:
         ring.close()
 
@@ -108,7 +116,12 @@ def _recv_from(process: BaseProcess, conn: Connection, timeout_s: float) -> obje
 
 
 def ring_throughput(
-    frames: int, height: int, width: int, slots: int, timeout_s: float = 60.0
+    frames: int,
+    height: int,
+    width: int,
+    slots: int,
+    timeout_s: float = 60.0,
+    ordering: MemoryOrdering = MemoryOrdering.FENCED,
 ) -> dict[str, Any]:
     """Sustained frames/s through a ring between two processes: a spawned writer, the reader in the caller.
 
@@ -121,11 +134,13 @@ def ring_throughput(
         height, width: frame size in pixels.
         slots: ring size (>= 2).
         timeout_s: give up after this long.
+        ordering: the ring's memory ordering (PLAIN: x86-64 only, to measure what the fences cost).
 
     Returns:
-        ``{"frames", "height", "width", "slots", "delivered", "dropped", "torn", "corrupt", "fps", "mb_per_s",
-        "elapsed_s"}``: ``fps`` = frames delivered per second from the writer's start to the last frame read;
-        ``corrupt`` = delivered frames whose payload was wrong (must be 0).
+        ``{"frames", "height", "width", "slots", "ordering", "delivered", "dropped", "torn", "corrupt", "fps",
+        "mb_per_s", "elapsed_s", "write_p50_us", "write_p99_us", "read_p50_us", "read_p99_us"}``: ``fps`` = frames
+        delivered per second from the writer's start to the last frame read; ``corrupt`` = delivered frames whose
+        payload was wrong (must be 0); write and read times are per frame (a read: ``read_next`` that delivered).
 
     Raises:
         PipelineError: the writer process failed or the run timed out.
@@ -133,9 +148,9 @@ def ring_throughput(
     ctx = mp.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe()
     reader_next = ctx.Value("q", 0, lock=False)
-    with SharedRing.create(slots, height, width) as ring:
+    with SharedRing.create(slots, height, width, ordering=ordering) as ring:
         writer = ctx.Process(
-            target=_throughput_writer, args=(ring.name, frames, reader_next, child_conn), daemon=True
+            target=_throughput_writer, args=(ring.name, frames, reader_next, child_conn, ordering), daemon=True
         )
         writer.start()
         try:
@@ -143,32 +158,39 @@ def ring_throughput(
             reader = RingReader(ring, start_seq=0)
             out = np.empty((height, width, 3), dtype=np.uint8)
             delivered = corrupt = 0
+            read_ns = np.zeros(frames, dtype=np.int64)
             parent_conn.send("go")
             start_ns = end_ns = time.monotonic_ns()
             deadline_ns = start_ns + int(timeout_s * 1e9)
             while reader.next_seq < frames:
+                t0 = time.perf_counter_ns()
                 frame = reader.read_next(out)
+                t1 = time.perf_counter_ns()
                 if frame is None:
                     if time.monotonic_ns() > deadline_ns or (not writer.is_alive() and ring.latest_seq < frames - 1):
                         raise PipelineError(f"ring benchmark stopped at seq {ring.latest_seq} of {frames}")
                     continue
                 reader_next.value = reader.next_seq
+                read_ns[delivered] = t1 - t0
                 delivered += 1
                 value = frame.seq % 251
                 corrupt += int(frame.image[0, 0, 0] != value or frame.image[-1, -1, -1] != value)
                 end_ns = time.monotonic_ns()
-            _recv_from(writer, parent_conn, timeout_s)  # the writer's elapsed ns
+            _, write_ns = cast("tuple[int, np.ndarray]", _recv_from(writer, parent_conn, timeout_s))
         finally:
             writer.join(timeout=5)
             if writer.is_alive():
                 writer.terminate()
                 writer.join()
     elapsed_s = max(end_ns - start_ns, 1) / 1e9
+    write_us = np.percentile(write_ns, [50, 99]) / 1e3
+    read_us = np.percentile(read_ns[:delivered], [50, 99]) / 1e3 if delivered else np.zeros(2)
     return {
         "frames": frames,
         "height": height,
         "width": width,
         "slots": slots,
+        "ordering": ordering.value,
         "delivered": delivered,
         "dropped": reader.dropped,
         "torn": reader.torn,
@@ -176,6 +198,10 @@ def ring_throughput(
         "fps": delivered / elapsed_s,
         "mb_per_s": delivered * height * width * 3 / elapsed_s / 1e6,
         "elapsed_s": elapsed_s,
+        "write_p50_us": float(write_us[0]),
+        "write_p99_us": float(write_us[1]),
+        "read_p50_us": float(read_us[0]),
+        "read_p99_us": float(read_us[1]),
     }
 
 

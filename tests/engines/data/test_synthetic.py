@@ -11,7 +11,6 @@ in flat, noisy regions is guesswork.
 from __future__ import annotations
 
 import itertools
-import time
 
 import cv2
 import numpy as np
@@ -92,16 +91,6 @@ def test_clip_seeds_of_splits_are_disjoint_and_labels_balanced():
     assert not seeds["train"] & seeds["val"] and not seeds["train"] & seeds["test"] and not seeds["val"] & seeds["test"]
     counts = np.bincount([label_of(i) for i in range(900)], minlength=len(CLASSES))
     assert counts.tolist() == [100] * len(CLASSES)
-
-
-def test_render_clip_is_fast():
-    """< 1 ms per 128x128 frame on one core is the aim; the bound leaves room for a loaded CI host."""
-    render_clip("approach", 0, 2, 128, 128)
-    start = time.perf_counter()
-    for seed in range(4):
-        render_clip(label_of(seed), seed, 16, 128, 128)
-    per_frame_ms = (time.perf_counter() - start) / 64 * 1e3
-    assert per_frame_ms < 5.0
 
 
 # --- scene ------------------------------------------------------------------------------------------

@@ -6,13 +6,19 @@ from __future__ import annotations
 import pytest
 
 from emim_stream.engines.sampling import SamplingRequest
+from emim_stream.pipeline.capture.ordering import MemoryOrdering, strongly_ordered
 from emim_stream.pipeline.measure.benchmarks import camera_cost, ring_throughput
 
 
-def test_ring_throughput_between_processes():
-    result = ring_throughput(frames=600, height=64, width=64, slots=8)
+@pytest.mark.parametrize("ordering", list(MemoryOrdering))
+def test_ring_throughput_between_processes(ordering):
+    if ordering is MemoryOrdering.PLAIN and not strongly_ordered():
+        pytest.skip("the plain ordering is refused on weakly ordered CPUs")
+    result = ring_throughput(frames=600, height=64, width=64, slots=8, ordering=ordering)
     assert result["delivered"] == 600 and result["dropped"] == 0 and result["corrupt"] == 0
-    assert result["fps"] > 0 and result["mb_per_s"] > 0
+    assert result["fps"] > 0 and result["mb_per_s"] > 0 and result["ordering"] == ordering.value
+    assert 0 < result["write_p50_us"] <= result["write_p99_us"]
+    assert 0 < result["read_p50_us"] <= result["read_p99_us"]
 
 
 @pytest.mark.parametrize(("interval", "all_frames", "share"), [(1, False, 1.0), (4, False, 0.25), (4, True, 1.0)])

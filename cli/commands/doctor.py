@@ -32,8 +32,28 @@ def main(args: argparse.Namespace) -> int:
         width = max((len(k) for k, _ in section.rows), default=0)
         for key, value in section.rows:
             print(f"  {key:<{width}}  {value}")
+    _report_decoders()
     _report_stale_rings(args.clean_stale_rings)
     return 0
+
+
+def _report_decoders() -> None:
+    """The ``[decoders]`` section: which ``cameras[].hwaccel`` presets this box's FFmpeg supports."""
+    import av
+    from av.codec.hwaccel import hwdevices_available
+
+    from emim_stream.pipeline.capture.hwaccel import HWACCELS, ffmpeg_hwaccels, preset_support
+
+    hwaccels, devices = ffmpeg_hwaccels(), list(hwdevices_available())
+    rows = [
+        ("ffmpeg -hwaccels", ", ".join(hwaccels) or "no ffmpeg command, or none"),
+        (f"PyAV {av.__version__} devices", ", ".join(devices) or "none"),
+        *((f"hwaccel {name}", preset_support(name, hwaccels, devices, set(av.codecs_available))) for name in HWACCELS),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("[decoders]")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
 
 
 def _report_stale_rings(clean: bool) -> None:

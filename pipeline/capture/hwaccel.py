@@ -25,7 +25,16 @@ from dataclasses import dataclass
 from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.transforms import ResizeMethod
 
-__all__ = ["HWACCELS", "PRESETS", "HwaccelPreset", "cover_crop", "ffmpeg_command", "ffmpeg_hwaccels", "scale_flags"]
+__all__ = [
+    "HWACCELS",
+    "PRESETS",
+    "HwaccelPreset",
+    "cover_crop",
+    "ffmpeg_command",
+    "ffmpeg_hwaccels",
+    "preset_support",
+    "scale_flags",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +178,19 @@ def ffmpeg_hwaccels(ffmpeg: str | None = None) -> list[str]:
         return []
     lines = [line.strip() for line in done.stdout.splitlines()]
     return [line for line in lines if line and not line.endswith(":")]
+
+
+def preset_support(name: str, hwaccels: list[str], devices: list[str], decoders: set[str]) -> str:
+    """Whether preset ``name`` can run here, in words: ``hwaccels`` as :func:`ffmpeg_hwaccels` lists them (the
+    ``ffmpeg`` command), ``devices`` and ``decoders`` those of the FFmpeg the camera process decodes with (PyAV)."""
+    preset = _preset(name, "hwaccel")
+    if preset.device_type is None and preset.decoder is None:
+        return "yes"
+    if preset.decoder is not None:
+        return "yes" if preset.decoder in decoders else f"no: this FFmpeg has no {preset.decoder} decoder"
+    camera = "yes" if preset.device_type in devices else "no"
+    command = "yes" if preset.device_type in hwaccels else "no"
+    return f"camera process {camera}, ffmpeg command {command} ({preset.device_type}); needs {preset.needs}"
 
 
 def _preset(name: str, field: str) -> HwaccelPreset:

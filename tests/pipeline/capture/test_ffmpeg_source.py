@@ -16,7 +16,7 @@ import pytest
 
 from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.capture.ffmpeg import FfmpegSource
-from emim_stream.pipeline.capture.hwaccel import HWACCELS, PRESETS, ffmpeg_command, ffmpeg_hwaccels
+from emim_stream.pipeline.capture.hwaccel import HWACCELS, PRESETS, ffmpeg_command, ffmpeg_hwaccels, preset_support
 from emim_stream.pipeline.capture.preprocess import Preprocessor
 from emim_stream.pipeline.capture.sources import (
     DECODERS,
@@ -222,7 +222,8 @@ def test_preset_command_lines():
     device_vf = "{}=w=398:h=224,hwdownload,format=nv12,crop=224:224:87:0,format=rgb24"  # cover 398x224, then crop
     assert line("none") == (["-i", "rtsp://cam/main"], cpu_vf)
     assert line("nvidia") == (
-        ["-hwaccel", "cuda", "-hwaccel_output_format", "cuda", "-i", "rtsp://cam/main"], device_vf.format("scale_cuda")
+        ["-hwaccel", "cuda", "-hwaccel_output_format", "cuda", "-i", "rtsp://cam/main"],
+        device_vf.format("scale_cuda"),
     )
     assert line("vaapi") == (
         ["-hwaccel", "vaapi", "-hwaccel_device", "/dev/dri/renderD128", "-hwaccel_output_format", "vaapi",
@@ -273,3 +274,11 @@ def test_a_preset_this_ffmpeg_cannot_use_is_a_config_error_naming_it(video):
         FfmpegSource(str(video), *OUT, hwaccel="jetson")
     with pytest.raises(ConfigError, match="hwaccel 'gpu' is not a preset"):
         FfmpegSource(str(video), *OUT, hwaccel="gpu")
+
+
+def test_preset_support_reads_the_lists_doctor_gives_it():
+    assert preset_support("none", [], [], set()) == "yes"
+    nvidia = preset_support("nvidia", ["vaapi", "cuda"], ["qsv"], set())
+    assert nvidia.startswith("camera process no, ffmpeg command yes (cuda); needs an NVIDIA GPU")
+    assert preset_support("jetson", [], [], {"h264_nvmpi"}) == "yes"
+    assert preset_support("jetson", ["cuda"], ["cuda"], {"h264"}) == "no: this FFmpeg has no h264_nvmpi decoder"

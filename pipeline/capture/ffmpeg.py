@@ -241,6 +241,8 @@ class FfmpegSource:
                 self._rtsp_worked(transport, tried=self._transports[:attempt])
             self._container = container
             return first
+        if self.preset.name != "none":
+            reason += f"; hwaccel {self.preset.name!r} needs {self.preset.needs}"
         if self._is_live:
             what = "sent no frame" if opened else "cannot be reached"
             tried = " or ".join(str(t).upper() for t in self._transports)
@@ -250,6 +252,8 @@ class FfmpegSource:
                 f"read_timeout_s={self.read_timeout_s}; FFmpeg: {reason})"
             )
         what = "cannot decode its first frame" if opened else "cannot open it (not a video, or corrupt)"
+        if not opened and self.preset.name != "none":
+            what = f"cannot open it on hwaccel {self.preset.name!r}"
         raise SourceError(f"video file {self.uri_redacted}: FFmpeg {what} ({reason})")
 
     def _hwaccel(self) -> HWAccel | None:

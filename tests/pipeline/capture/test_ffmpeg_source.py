@@ -282,3 +282,13 @@ def test_preset_support_reads_the_lists_doctor_gives_it():
     assert nvidia.startswith("camera process no, ffmpeg command yes (cuda); needs an NVIDIA GPU")
     assert preset_support("jetson", [], [], {"h264_nvmpi"}) == "yes"
     assert preset_support("jetson", ["cuda"], ["cuda"], {"h264"}) == "no: this FFmpeg has no h264_nvmpi decoder"
+
+
+@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="an NVIDIA GPU is attached: the nvidia preset would open")
+def test_a_device_preset_without_its_device_says_what_it_needs(video):
+    from av.codec.hwaccel import hwdevices_available
+
+    if "cuda" not in hwdevices_available():
+        pytest.skip("this PyAV has no cuda devices at all (a ConfigError, tested above)")
+    with pytest.raises(SourceError, match="cannot open it on hwaccel 'nvidia' .*needs an NVIDIA GPU and driver"):
+        FfmpegSource(str(video), *OUT, hwaccel="nvidia").open()

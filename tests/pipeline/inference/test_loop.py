@@ -272,7 +272,7 @@ def test_stats_carry_the_cameras_counts_and_latency_percentiles_of_the_interval(
                 pass
         received = None
         for _ in range(100):  # the subscriber joins within a few rounds (ZeroMQ's slow joiner)
-            rig.loop.last_stats_mono = 0.0
+            rig.loop.last_stats_mono = time.monotonic() - 3600.0  # an interval is due (whatever the uptime)
             if received is None or received.message.latency_ms is not None:
                 rig.loop.interval_latency.reset()
                 for label in rig.labels:  # the same samples each round

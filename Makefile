@@ -47,7 +47,7 @@ test-all: install
 	$(BIN)/python -m pytest -q
 
 # The fast set on the other supported Pythons (3.10: Jetson's JetPack 6, 3.12: JetPack 7), each in an environment
-# that tools/python-env builds once under ~/.cache/emim-stream-envs and reuses until pyproject.toml changes.
+# that tools/python-env builds once under ~/.cache/emim-stream-envs and reuses until the dependencies in pyproject.toml change.
 test-py3.10 test-py3.12:
 	py="$$(tools/python-env $(patsubst test-py%,%,$@))" && "$$py" -m pytest -q -m "not slow" -p no:cacheprovider
 

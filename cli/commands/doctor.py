@@ -56,12 +56,13 @@ def _report_decoders() -> None:
         print(f"  {key:<{width}}  {value}")
 
 
-def _report_stale_rings(clean: bool) -> None:
-    """The ``[shared memory]`` section: rings left in /dev/shm by runs whose owner process is gone."""
+def _report_stale_rings(clean: bool, shm_dir: str | None = None) -> None:
+    """The ``[shared memory]`` section: rings left in ``shm_dir`` (default /dev/shm) by runs whose owner is gone."""
     from emim_stream.pipeline.capture.ring import SHM_DIR, reclaim_stale_rings, stale_rings
 
-    stale = reclaim_stale_rings() if clean else stale_rings()
-    listed = ", ".join(f"{SHM_DIR}/{n}" for n in stale) or "none"
+    shm_dir = shm_dir or SHM_DIR
+    stale = reclaim_stale_rings(shm_dir) if clean else stale_rings(shm_dir)
+    listed = ", ".join(f"{shm_dir}/{n}" for n in stale) or "none"
     hint = " (their owner is gone; --clean-stale-rings removes them)" if stale and not clean else ""
     print("[shared memory]")
     print(f"  {'removed stale rings' if clean else 'stale rings'}  {listed}{hint}")

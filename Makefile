@@ -47,11 +47,12 @@ engine: install
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Every test: the end-to-end tests at normal CPU priority beside the others at the lowest (tools/test-all).
 test-all: install
-	$(BIN)/python -m pytest -q
+	PYTHON=$(BIN)/python tools/test-all
 
 # The fast set on the other supported Pythons (3.10: Jetson's JetPack 6, 3.12: JetPack 7), each in an environment
-# that tools/python-env builds once under ~/.cache/emim-stream-envs and reuses until pyproject.toml changes.
+# that tools/python-env builds once under ~/.cache/emim-stream-envs and reuses until the dependencies in pyproject.toml change.
 test-py3.10 test-py3.12:
 	py="$$(tools/python-env $(patsubst test-py%,%,$@))" && "$$py" -m pytest -q -m "not slow" -p no:cacheprovider
 

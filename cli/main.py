@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "keys": "keys",
     "bench-pipeline": "bench_pipeline",
     "bench-cameras": "bench_cameras",
+    "bench-decode": "bench_decode",
     "soak": "soak",
     "info": "info",
     "export": "export",

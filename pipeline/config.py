@@ -97,6 +97,12 @@ def _seconds(default: float) -> Any:
     return ranged(default, 0, MAX_SECONDS, low_open=True, unit="s")
 
 
+Decoder = Literal["opencv", "ffmpeg"]
+"""``cameras[].decoder``: how files and streams are decoded."""
+Hwaccel = Literal["none", "nvidia", "vaapi", "qsv", "jetson"]
+"""``cameras[].hwaccel`` (the presets of :mod:`emim_stream.pipeline.capture.hwaccel`)."""
+
+
 @dataclass(frozen=True)
 class CameraConfig:
     """One camera: where its frames come from and how they are prepared."""
@@ -122,6 +128,13 @@ class CameraConfig:
     ``window.frame_interval``)."""
     rtsp_transport: Literal["auto", "tcp", "udp"] = "auto"
     """RTSP sources: RTP over ``tcp`` or ``udp``; ``auto`` tries TCP, then UDP, and logs which one worked."""
+    decoder: Decoder = "ffmpeg"
+    """Files and streams: ``ffmpeg`` (PyAV) crops and scales to the model's size while decoding, and only the frames
+    the model samples; ``opencv`` decodes every frame to full-size BGR, then resizes. The pictures differ by about
+    one level in 255 (``emim-stream bench-decode`` measures both). USB cameras always use OpenCV."""
+    hwaccel: Hwaccel = "none"
+    """``decoder: ffmpeg`` only: decode on this device (presets as Frigate's; see the cameras page for what each
+    needs); ``emim-stream doctor`` lists the ones this box's FFmpeg supports."""
 
     def __post_init__(self) -> None:
         if not self.id or not all(c.isalnum() or c in "-_." for c in self.id) or len(self.id) > 64:
@@ -130,6 +143,8 @@ class CameraConfig:
             raise FieldError("id", "'all' is reserved (latency summaries use it for all cameras)")
         if not str(self.source).strip():
             raise FieldError("source", "must not be empty")
+        if self.hwaccel != "none" and self.decoder != "ffmpeg":
+            raise FieldError("hwaccel", f"{self.hwaccel!r} needs decoder: ffmpeg (the OpenCV decoder has no presets)")
         check_ranges(self, FieldError)
 
 

@@ -13,6 +13,8 @@ group, then SIGKILL), so a failing or hanging step never loses the others' resul
    the groups that compile (``table-compile``, ``table-aoti``) come last, after
 5. ``op``: the EMIM op kernels (what ``emim-stream bench --op`` runs) per dtype, and
 6. ``cameras``: the pipeline's camera capacity (what ``emim-stream bench-cameras`` runs).
+7. ``decode``: N 1080p30 H.264 streams at once through the ``nvidia`` hardware decode preset's ``ffmpeg`` command
+   (``cameras[].hwaccel``; the rehearsal runs ``none`` at 360p): frames/s per stream and CPU per frame.
 
 ``gpu-check.json`` (every figure, versions, date), ``gpu-check.md`` (the tables) and
 ``gpu-check.log`` (every step's output) are rewritten after each step in the output folder.
@@ -77,6 +79,7 @@ class Plan:
     """Table groups that compile (torch.compile, aoti): run last, as their time is the least certain."""
     op: str
     cameras: str
+    decode: str
     doctor: str
     env: dict[str, str] = field(default_factory=dict)
     on_request: frozenset[str] = frozenset()
@@ -94,13 +97,14 @@ def gpu_plan() -> Plan:
             "wheels": 20,
             "env": 30,
             "doctor": 25,
-            "pytest": 160,
+            "pytest": 140,
             "table-eager": 45,
             "table-graphs": 25,
             "table-compile": 40,
             "table-aoti": 45,
             "op": 25,
             "cameras": 55,
+            "decode": 20,
         },
         table=[
             ("table-eager", f"{shape} --mode eager --kernels triton reference --precisions bf16 fp16 fp32"),
@@ -112,6 +116,7 @@ def gpu_plan() -> Plan:
         ],
         op="--precisions bf16 fp32 --min-time 0.3",
         cameras=f"{clip} --precision bf16 --max-batch 32 --counts 1 8 16 32 --seconds 10",
+        decode="--preset nvidia --counts 1 4 8 16 --video-s 4",
         doctor="--device cuda --model emim_s",
     )
 
@@ -137,6 +142,7 @@ def rehearsal_plan() -> Plan:
             "table-graphs": 15,
             "op": 20,
             "cameras": 30,
+            "decode": 10,
             "table-aoti": 420,
         },
         table=[
@@ -153,6 +159,7 @@ def rehearsal_plan() -> Plan:
         on_request=frozenset({"table-aoti"}),
         op="--tiny --no-natten --precisions fp32 --min-time 0.1 --warmup 0 --min-iters 1 --threads 2",
         cameras=f"{clip} --precision fp32 --max-batch 2 --threads 1 --counts 1 2 --seconds 6",
+        decode="--preset none --counts 1 2 --video-s 1 --source-size 640 360 --size 64",
         doctor="--device cpu --model emim_xs",
         env={"TRITON_INTERPRET": "1"},  # the Triton kernel runs on the CPU only through its interpreter
     )
@@ -382,6 +389,7 @@ class Check:
             self.measure(name, ["table", *cache, *shlex.split(args)])
         self.measure("op", ["op", *shlex.split(self.plan.op)])
         self.measure("cameras", ["cameras", *shlex.split(self.plan.cameras)])
+        self.measure("decode", ["decode", *shlex.split(self.plan.decode)])
         for name, args in self.plan.compiled:
             self.measure(name, ["table", *cache, *shlex.split(args)])
         self.report["shm_left"] = sorted(n for n in _shm() if n.split("_")[1] in {str(p) for p in self.pids})
@@ -555,6 +563,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_f(r['p99_ms'], '.1f')} | {'sustained' if r['sustained'] else 'NOT sustained'} |"
             for r in cams["rows"]
         ]
+    dec = steps.get("decode", {})
+    if dec.get("rows"):
+        m = dec.get("meta", {})
+        lines += [
+            "",
+            f"**Decode** (`cameras[].hwaccel: {m.get('preset')}`): N streams of {m.get('source')} H.264 at once, "
+            f"each decoded and scaled by `{' '.join(m.get('command', []))}`",
+            "",
+            "| streams | frames/s per stream | CPU ms per frame | complete |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['streams']} | {_f(r['fps_per_stream'], '.1f')} | {_f(r['cpu_ms_per_frame'], '.2f')} | "
+            f"{'yes' if r['ok'] else 'NO'} |"
+            for r in dec["rows"]
+        ]
     t = report.get("targets") or targets(report["steps"])
     goals = t["goals"]
     lines += [
@@ -577,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", nargs="?", help="folder for gpu-check.json/.md/.log (default: $OUT, else ./gpu-check)")
     parser.add_argument("--cpu-rehearsal", action="store_true", help="every step on the CPU at tiny sizes (< 3 min)")
     parser.add_argument(
-        "--only", nargs="+", metavar="STEP", help="run only these steps (wheels env doctor pytest table op cameras)"
+        "--only", nargs="+", metavar="STEP",
+        help="run only these steps (wheels env doctor pytest table op cameras decode)",
     )
     parser.add_argument(
         "--box", action="append", default=[], metavar="STEP=SECONDS", help="another time box for a step (repeatable)"

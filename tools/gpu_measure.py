@@ -10,6 +10,9 @@ rows it finished are kept. Sub-commands:
 - ``op``: :func:`emim_stream.engines.diagnostics.bench.bench_op` (what ``emim-stream bench --op`` runs) per dtype.
 - ``cameras``: :func:`emim_stream.pipeline.measure.capacity.camera_capacity` (what ``emim-stream bench-cameras`` runs)
   at each of the given camera counts (unlike ``bench-cameras``, it goes on after a count not sustained).
+- ``decode``: N streams of a 1080p30 H.264 file decoded and scaled at once by a ``cameras[].hwaccel`` preset's
+  ``ffmpeg`` command line (:func:`emim_stream.pipeline.capture.hwaccel.ffmpeg_command`): frames/s per stream and
+  the CPU each stream costs, per stream count.
 
 Run from the repository root: ``python tools/gpu_measure.py table --out rows.jsonl ...``.
 """
@@ -17,11 +20,13 @@ Run from the repository root: ``python tools/gpu_measure.py table --out rows.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import functools
 import json
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -323,11 +328,67 @@ def cameras(args: argparse.Namespace, out: IO[str]) -> None:
         camera_capacity(cfg, [count], args.seconds, stop=stop, on_step=on_step)
 
 
+def _drain(proc: subprocess.Popen[bytes], frame_bytes: int, frames: list[int], cpu: list[float], i: int) -> None:
+    """Count one stream's frames (ffmpeg blocks on a full pipe: none is lost) and keep its CPU seconds so far."""
+    import psutil
+
+    watched = psutil.Process(proc.pid)
+    assert proc.stdout is not None
+    while chunk := proc.stdout.read(frame_bytes * 16):
+        frames[i] += len(chunk) // frame_bytes
+        with contextlib.suppress(psutil.NoSuchProcess):
+            cpu[i] = sum(watched.cpu_times()[:4])
+
+
+def decode(args: argparse.Namespace, out: IO[str]) -> None:
+
+    from emim_stream.pipeline.capture.hwaccel import ffmpeg_command
+    from emim_stream.pipeline.measure.decode import make_test_video
+
+    width, height = args.source_size
+    with tempfile.TemporaryDirectory(prefix="gpu-decode-") as tmp:
+        video = make_test_video(Path(tmp) / "in.mp4", width, height, 30, args.video_s, args.bitrate)
+        cmd = ffmpeg_command(args.preset, str(video), (width, height), args.size, args.size)
+        emit(out, {"kind": "meta", "preset": args.preset, "command": cmd, "source": f"{width}x{height}@30"})
+        frame_bytes = args.size * args.size * 3
+        for count in args.counts:
+            t0 = time.monotonic()
+            procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(count)]
+            frames, cpu = [0] * count, [0.0] * count
+
+            threads = [
+                threading.Thread(target=_drain, args=(p, frame_bytes, frames, cpu, i)) for i, p in enumerate(procs)
+            ]
+            try:
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            finally:
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                    proc.wait()
+            wall = time.monotonic() - t0
+            total = sum(frames)
+            emit(
+                out,
+                {
+                    "kind": "row",
+                    "preset": args.preset,
+                    "streams": count,
+                    "fps_per_stream": total / count / wall,
+                    "cpu_ms_per_frame": 1000 * sum(cpu) / max(total, 1),
+                    "ok": all(p.returncode == 0 for p in procs) and total == count * round(30 * args.video_s),
+                },
+            )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    e, t, o, c = (sub.add_parser(name) for name in ("env", "table", "op", "cameras"))
-    for p in (e, t, o, c):
+    e, t, o, c, d = (sub.add_parser(name) for name in ("env", "table", "op", "cameras", "decode"))
+    for p in (e, t, o, c, d):
         p.add_argument("--out", required=True, help="JSON lines file to append to")
         p.add_argument("--device", default="cuda")
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -361,6 +422,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--stride", type=int, default=4)
     c.add_argument("--max-batch", type=int, default=32)
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    d.add_argument("--preset", default="nvidia", help="a cameras[].hwaccel preset")
+    d.add_argument("--counts", type=int, nargs="+", default=[1, 4, 8])
+    d.add_argument("--source-size", type=int, nargs=2, default=[1920, 1080], metavar=("W", "H"))
+    d.add_argument("--size", type=int, default=224, help="output height and width")
+    d.add_argument("--video-s", type=float, default=10.0, help="length of the test video (each stream decodes it)")
+    d.add_argument("--bitrate", default="6M")
     return parser
 
 
@@ -368,7 +435,7 @@ def main() -> int:
     args = _parser().parse_args()
     with open(args.out, "a") as out:
         try:
-            {"env": env, "table": table, "op": op, "cameras": cameras}[args.what](args, out)
+            {"env": env, "table": table, "op": op, "cameras": cameras, "decode": decode}[args.what](args, out)
         except KeyboardInterrupt:  # gpu-check's time box: the rows so far are written
             return 130
     return 0

@@ -32,16 +32,37 @@ def main(args: argparse.Namespace) -> int:
         width = max((len(k) for k, _ in section.rows), default=0)
         for key, value in section.rows:
             print(f"  {key:<{width}}  {value}")
+    _report_decoders()
     _report_stale_rings(args.clean_stale_rings)
     return 0
 
 
-def _report_stale_rings(clean: bool) -> None:
-    """The ``[shared memory]`` section: rings left in /dev/shm by runs whose owner process is gone."""
+def _report_decoders() -> None:
+    """The ``[decoders]`` section: which ``cameras[].hwaccel`` presets this box's FFmpeg supports."""
+    import av
+    from av.codec.hwaccel import hwdevices_available
+
+    from emim_stream.pipeline.capture.hwaccel import HWACCELS, ffmpeg_hwaccels, preset_support
+
+    hwaccels, devices = ffmpeg_hwaccels(), list(hwdevices_available())
+    rows = [
+        ("ffmpeg -hwaccels", ", ".join(hwaccels) or "no ffmpeg command, or none"),
+        (f"PyAV {av.__version__} devices", ", ".join(devices) or "none"),
+        *((f"hwaccel {name}", preset_support(name, hwaccels, devices, set(av.codecs_available))) for name in HWACCELS),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("[decoders]")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def _report_stale_rings(clean: bool, shm_dir: str | None = None) -> None:
+    """The ``[shared memory]`` section: rings left in ``shm_dir`` (default /dev/shm) by runs whose owner is gone."""
     from emim_stream.pipeline.capture.ring import SHM_DIR, reclaim_stale_rings, stale_rings
 
-    stale = reclaim_stale_rings() if clean else stale_rings()
-    listed = ", ".join(f"{SHM_DIR}/{n}" for n in stale) or "none"
+    shm_dir = shm_dir or SHM_DIR
+    stale = reclaim_stale_rings(shm_dir) if clean else stale_rings(shm_dir)
+    listed = ", ".join(f"{shm_dir}/{n}" for n in stale) or "none"
     hint = " (their owner is gone; --clean-stale-rings removes them)" if stale and not clean else ""
     print("[shared memory]")
     print(f"  {'removed stale rings' if clean else 'stale rings'}  {listed}{hint}")

@@ -1,5 +1,8 @@
 """The camera process: source -> decode -> sampling -> RGB, resize, centre crop -> shared-memory ring.
 
+With ``decoder: ffmpeg`` the source crops, scales and converts the sampled frames itself
+(:mod:`emim_stream.pipeline.capture.ffmpeg`), and the preprocessor is not used.
+
 One spawned process per camera (``camera_main``). It never waits for the consumer: the ring
 overwrites its oldest slots. Every frame is decoded; only the frames the model sees (the checkpoint's
 clip sampling matched to this camera's frame rate, :mod:`emim_stream.engines.sampling`) are prepared and
@@ -31,7 +34,7 @@ from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.sampling import FrameSampler, SamplingPlan, SamplingRequest, plan_sampling
 from emim_stream.pipeline.capture.preprocess import Preprocessor
 from emim_stream.pipeline.capture.ring import SharedRing
-from emim_stream.pipeline.capture.sources import SourceFrame, SourceInfo, SourceState, open_source
+from emim_stream.pipeline.capture.sources import PreparedFrame, SourceFrame, SourceInfo, SourceState, open_source
 from emim_stream.pipeline.config import CameraConfig
 from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, SourceError
 
@@ -121,13 +124,14 @@ class _CaptureState:
                 )
         self.plan = plan
 
-    def feed(self, frame: SourceFrame) -> None:
-        """Prepare and write ``frame`` if the model sees it (once per sample), or once for the recorder."""
+    def feed(self, frame: SourceFrame | PreparedFrame) -> None:
+        """Prepare and write ``frame`` if the model sees it (once per sample), or once for the recorder; a frame the
+        FFmpeg decoder prepares is scaled here, on first use, or never."""
         if self.sampler is None:  # pragma: no cover - a caller bug
             raise RuntimeError("feed() before start_sampling()")
         first, count = self.sampler.offer(frame.source_pts_ns, frame.capture_mono_ns)
         if count or self.all_frames:
-            image = self.pre(frame.image, bgr=True)
+            image = frame.image if isinstance(frame, PreparedFrame) else self.pre(frame.image, bgr=True)
             writes = [(first, count)] if self.all_frames else [(first + k, 1) for k in range(count)]
             for sample, samples in writes:
                 self.ring.write(
@@ -240,6 +244,10 @@ def _capture_loop(cam: _CaptureState, stop: StopWatch) -> int:
             open_timeout_s=cfg.open_timeout_s,
             read_timeout_s=cfg.read_timeout_s,
             rtsp_transport=cfg.rtsp_transport,
+            decoder=cfg.decoder,
+            size=(cam.ring.height, cam.ring.width),
+            resize=cfg.resize,
+            hwaccel=cfg.hwaccel,
         )
         try:
             cam.status(SourceState.RECONNECTING if cam.reconnects else SourceState.CONNECTING, force=True)
@@ -259,8 +267,8 @@ def _capture_loop(cam: _CaptureState, stop: StopWatch) -> int:
                 if frame is None:
                     cam.status(source.state)
                     continue
-                if frame.image.shape[1::-1] != cam.size:
-                    cam.size = frame.image.shape[1::-1]
+                if frame.source_size != cam.size:
+                    cam.size = frame.source_size
                     cam.note(f"source resolution changed to {cam.size[0]}x{cam.size[1]}")
                 cam.feed(frame)
                 cam.count_frame(frame.capture_mono_ns)

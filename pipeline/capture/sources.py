@@ -1,8 +1,9 @@
 """Frame sources: video files, RTSP/HTTP streams and USB cameras through OpenCV, and the synthetic scene.
 
 Every source implements :class:`FrameSource` and is a context manager (``with open_source(uri) as src``
-opens it, leaving the block closes it). Colour order: **every source returns BGR** (OpenCV's decode
-order; the synthetic source converts), so one ``Preprocessor(..., bgr=True)`` path serves all.
+opens it, leaving the block closes it). Colour order: these sources return BGR at the source's size (OpenCV's
+decode order; the synthetic source converts), so one ``Preprocessor(..., bgr=True)`` path serves them; the FFmpeg
+decoder (:mod:`emim_stream.pipeline.capture.ffmpeg`) returns :class:`PreparedFrame` s, RGB at the ring's size.
 
 States (:class:`SourceState`, published on ``status/<camera_id>/``): a source is CONNECTING until its
 first ``open()`` succeeds (RECONNECTING on later attempts and after a loss), LIVE while frames arrive,
@@ -21,14 +22,10 @@ import contextlib
 import logging
 import math
 import os
-import stat
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from enum import Enum
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import get_args
 
 import cv2
 import numpy as np
@@ -36,12 +33,28 @@ import numpy as np
 from emim_stream.engines.data.synthetic import SEGMENT_S, SyntheticScene, label_index
 from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.uris import SYNTHETIC_SIZE, SyntheticQuery, is_synthetic, redact_uri
+from emim_stream.pipeline.capture.ffmpeg import FfmpegSource
+from emim_stream.pipeline.capture.frames import (
+    FALLBACK_FPS,
+    FrameSource,
+    Pacer,
+    PreparedFrame,
+    SourceFrame,
+    SourceInfo,
+    SourceState,
+    classify_uri,
+    missing_file_message,
+    rtsp_transports,
+)
+from emim_stream.pipeline.config import Decoder
 from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, SourceError
 
 __all__ = [
+    "DECODERS",
     "SOURCES",
     "FrameSource",
     "OpenCvSource",
+    "PreparedFrame",
     "SourceFrame",
     "SourceInfo",
     "SourceState",
@@ -52,90 +65,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-_NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
-_RTSP_TRANSPORTS = ("auto", "tcp", "udp")
 _FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
-_FALLBACK_FPS = 30.0  # pacing rate for a file whose container does not state a usable fps
-_MAX_LAG_S = 1.0  # a paced source that falls this far behind its schedule restarts the schedule
-
-
-class SourceState(str, Enum):
-    """Where a source stands; the value is what ``status/<camera_id>/`` messages carry."""
-
-    CONNECTING = "connecting"
-    LIVE = "live"
-    STALLED = "stalled"
-    RECONNECTING = "reconnecting"
-    ENDED = "ended"
-
-
-@dataclass(frozen=True, slots=True)
-class SourceInfo:
-    """What ``open()`` found out about a source."""
-
-    uri_redacted: str
-    width: int
-    height: int
-    fps: float  # the source's nominal frame rate; 0.0 if it does not say
-    is_live: bool  # a camera or stream (frames come at their own pace) rather than a file
-    backend: str  # OpenCV backend name ('FFMPEG', 'V4L2', ...) or 'synthetic'
-
-
-@dataclass(frozen=True, slots=True)
-class SourceFrame:
-    """One decoded frame.
-
-    ``image`` is ``[H, W, 3]`` uint8 **BGR**, C-contiguous and owned by the frame. ``capture_mono_ns`` /
-    ``capture_wall_ns`` are ``time.monotonic_ns()`` / ``time.time_ns()`` when the frame became available
-    (decoded from a live source; released on schedule from a paced file). ``source_pts_ns`` is the
-    stream's own presentation time (monotonic across file loops), -1 if unknown.
-    """
-
-    image: np.ndarray
-    capture_mono_ns: int
-    capture_wall_ns: int
-    source_pts_ns: int
-
-
-@runtime_checkable
-class FrameSource(Protocol):
-    """What the camera process needs from a source."""
-
-    @property
-    def state(self) -> SourceState: ...
-
-    def open(self) -> SourceInfo:
-        """Connect / open; may be called again after ``close()`` or an error to reconnect."""
-        ...
-
-    def read(self) -> SourceFrame | None:
-        """The next frame, or None when none is available right now (a stall)."""
-        ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> FrameSource: ...
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
-
-
-class _Pacer:
-    """Releases item ``n`` at ``start + n / fps`` on the monotonic clock: sleeping never accumulates drift."""
-
-    def __init__(self, fps: float) -> None:
-        self._period_ns = 1e9 / fps
-        self._start_ns: float | None = None
-
-    def wait(self, n: int) -> None:
-        now = time.monotonic_ns()
-        if self._start_ns is None or now - (self._start_ns + n * self._period_ns) > _MAX_LAG_S * 1e9:
-            self._start_ns = now - n * self._period_ns  # first item, or too far behind: restart here
-            return
-        delay_ns = self._start_ns + n * self._period_ns - now
-        if delay_ns > 0:
-            time.sleep(delay_ns / 1e9)
 
 
 class OpenCvSource:
@@ -176,26 +106,13 @@ class OpenCvSource:
             raise ConfigError(
                 f"source timeouts must be > 0, got open_timeout_s={open_timeout_s}, read_timeout_s={read_timeout_s}"
             )
-        if rtsp_transport not in _RTSP_TRANSPORTS:
-            raise ConfigError(f"rtsp_transport must be one of {', '.join(_RTSP_TRANSPORTS)}, got {rtsp_transport!r}")
-        self._target: str | int
-        if isinstance(uri, int) or uri.strip().isdigit():
-            self._kind, self._target = "camera", int(uri)
-        elif urllib.parse.urlsplit(uri).scheme.lower() in _NETWORK_SCHEMES:
-            self._kind, self._target = "network", uri
-        else:
-            path = uri.removeprefix("file://")
-            is_device = path.startswith("/dev/") and os.path.exists(path) and stat.S_ISCHR(os.stat(path).st_mode)
-            self._kind, self._target = ("camera" if is_device else "file"), path
+        self._kind, self._target = classify_uri(uri)
         self.uri_redacted = redact_uri(uri)
         self.loop = loop
         self.pace = pace
         self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
-        is_rtsp = self._kind == "network" and urllib.parse.urlsplit(str(uri)).scheme.lower() in ("rtsp", "rtsps")
-        self._transports: list[str | None] = (
-            [None] if not is_rtsp else ["tcp", "udp"] if rtsp_transport == "auto" else [rtsp_transport]
-        )
+        self._transports = rtsp_transports(uri, rtsp_transport)
         self.rtsp_transport_used: str | None = None
         """The RTP transport of the open RTSP stream (``tcp`` / ``udp``), None for other sources."""
         self._is_live = self._kind != "file"
@@ -204,7 +121,7 @@ class OpenCvSource:
         self._opened_before = False
         self._exhausted = False
         self._pending: np.ndarray | None = None  # a file's first frame, decoded by _connect() as a probe
-        self._pacer: _Pacer | None = None
+        self._pacer: Pacer | None = None
         self._released = 0  # frames released since open (indexes the pacing schedule)
         self._pts_offset_ns = 0  # added to a file's timestamps after each loop
         self._last_pts_ns = -1
@@ -231,8 +148,8 @@ class OpenCvSource:
         self._pacer = None
         if self.pace and not self._is_live:
             if fps == 0.0:
-                _log.warning("%s: no usable fps in the file; pacing at %.0f fps", self.uri_redacted, _FALLBACK_FPS)
-            self._pacer = _Pacer(fps or _FALLBACK_FPS)
+                _log.warning("%s: no usable fps in the file; pacing at %.0f fps", self.uri_redacted, FALLBACK_FPS)
+            self._pacer = Pacer(fps or FALLBACK_FPS)
         self._exhausted = False
         self._released = 0
         self._pts_offset_ns = 0
@@ -295,7 +212,7 @@ class OpenCvSource:
     def _connect(self) -> tuple[cv2.VideoCapture, np.ndarray]:
         """A capture that has delivered its first frame, or the error that says why not."""
         if self._kind == "file" and not os.path.isfile(self._target):
-            raise SourceError(_missing_file_message(str(self._target), self.uri_redacted))
+            raise SourceError(missing_file_message(str(self._target), self.uri_redacted))
         for attempt, transport in enumerate(self._transports):
             cap = self._capture(transport)
             ok, first = cap.read() if cap.isOpened() else (False, None)
@@ -367,7 +284,7 @@ class OpenCvSource:
         except SourceError:
             self.close()
             raise
-        self._pts_offset_ns = self._last_pts_ns + round(1e9 / (_usable_fps(self._cap) or _FALLBACK_FPS))
+        self._pts_offset_ns = self._last_pts_ns + round(1e9 / (_usable_fps(self._cap) or FALLBACK_FPS))
 
     def _stall(self) -> None:
         """A live source gave no frame: STALLED, or lost once silent for ``read_timeout_s``."""
@@ -420,7 +337,7 @@ class SyntheticSource:
             raise ConfigError(f"synthetic source parameter 'style': {err}") from None
         self._state = SourceState.CONNECTING
         self._is_open = False
-        self._pacer: _Pacer | None = None
+        self._pacer: Pacer | None = None
         self._next = 0
 
     @property
@@ -431,7 +348,7 @@ class SyntheticSource:
         """Start the camera at scene frame 0 (again, after ``close()``)."""
         self._is_open = True
         self._next = 0
-        self._pacer = _Pacer(self.fps) if self.pace else None
+        self._pacer = Pacer(self.fps) if self.pace else None
         self._state = SourceState.LIVE
         return SourceInfo(self.uri, self.width, self.height, self.fps, True, "synthetic")
 
@@ -467,16 +384,6 @@ class SyntheticSource:
         self.close()
 
 
-def _missing_file_message(path: str, shown: str) -> str:
-    """Why a source that is not a network URL or camera index cannot be a video file."""
-    if os.path.isdir(path):
-        return f"{shown} is a directory, not a video file"
-    if path.startswith("/dev/"):
-        what = "is not a camera (not a character device)" if os.path.exists(path) else "does not exist"
-        return f"camera device {shown} {what}; is the camera plugged in (ls /dev/video*)?"
-    return f"video file not found: {shown}"
-
-
 @contextlib.contextmanager
 def _ffmpeg_capture_option(key: str, value: str | None) -> Iterator[None]:
     """Set one FFmpeg option in ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (``k;v|k;v``) while a capture opens.
@@ -506,8 +413,15 @@ def _usable_fps(cap: cv2.VideoCapture) -> float:
     return fps if math.isfinite(fps) and 0 < fps <= 1000 else 0.0
 
 
-SOURCES: dict[str, Callable[..., FrameSource]] = {"opencv": OpenCvSource, "synthetic": SyntheticSource}
-"""Source kind -> class; :func:`open_source` picks by URI scheme ('synthetic://' or anything OpenCV reads)."""
+SOURCES: dict[str, Callable[..., FrameSource]] = {
+    "opencv": OpenCvSource,
+    "ffmpeg": FfmpegSource,
+    "synthetic": SyntheticSource,
+}
+"""Source kind -> class; :func:`open_source` picks by URI scheme and decoder."""
+
+DECODERS: tuple[Decoder, ...] = get_args(Decoder)
+"""The decoders of files, streams and cameras (``cameras[].decoder``)."""
 
 
 def open_source(
@@ -518,20 +432,30 @@ def open_source(
     open_timeout_s: float = 10.0,
     read_timeout_s: float = 5.0,
     rtsp_transport: str = "auto",
+    decoder: str = "opencv",
+    size: tuple[int, int] | None = None,
+    resize: str = "area",
+    hwaccel: str = "none",
 ) -> FrameSource:
     """Build the source for ``uri`` (not yet opened: call ``open()`` or use it in a ``with`` block).
 
     ``synthetic://...`` gives a :class:`SyntheticSource` (which takes only ``pace``: it is endless and
-    local, so ``loop``, the timeouts and ``rtsp_transport`` do not apply); anything else an
-    :class:`OpenCvSource`.
+    local, so ``loop``, the timeouts, ``rtsp_transport`` and the decoder do not apply). With ``decoder``
+    ``'ffmpeg'``, files and streams give an :class:`~emim_stream.pipeline.capture.ffmpeg.FfmpegSource` that hands out
+    ``size`` (height, width) RGB frames made with ``resize`` on the ``hwaccel`` preset's device; anything else
+    (and USB cameras whatever the decoder) an :class:`OpenCvSource`.
+
+    Raises:
+        ConfigError: an unknown decoder, ``'ffmpeg'`` without ``size``, or a setting the source rejects.
     """
+    if decoder not in DECODERS:
+        raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if is_synthetic(uri):
         return SOURCES["synthetic"](uri, pace=pace)
-    return SOURCES["opencv"](
-        uri,
-        loop=loop,
-        pace=pace,
-        open_timeout_s=open_timeout_s,
-        read_timeout_s=read_timeout_s,
-        rtsp_transport=rtsp_transport,
-    )
+    options = {"loop": loop, "pace": pace, "open_timeout_s": open_timeout_s, "read_timeout_s": read_timeout_s,
+               "rtsp_transport": rtsp_transport}  # fmt: skip
+    if decoder == "ffmpeg" and classify_uri(uri)[0] != "camera":
+        if size is None:
+            raise ConfigError("decoder 'ffmpeg' scales while decoding and needs the output size")
+        return SOURCES["ffmpeg"](str(uri), *size, resize=resize, hwaccel=hwaccel, **options)
+    return SOURCES["opencv"](uri, **options)

@@ -81,6 +81,11 @@ class CameraSupervisor:
                 pace=cam.pace,
                 open_timeout_s=cam.open_timeout_s,
                 read_timeout_s=cam.read_timeout_s,
+                rtsp_transport=cam.rtsp_transport,
+                decoder=cam.decoder,
+                size=(height, width),
+                resize=cam.resize,
+                hwaccel=cam.hwaccel,
             )
         self.cfg, self.sampling, self.all_frames = cfg, dict(sampling), all_frames
         self._ctx = multiprocessing.get_context("spawn")

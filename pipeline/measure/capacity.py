@@ -9,6 +9,7 @@ are of the time from the first label to the end of the run, so engine loading is
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -80,6 +81,16 @@ def camera_capacity(
     return steps
 
 
+def _on_a_free_port(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` publishing on a free loopback port: labels are counted in-process, and a pipeline already serving on
+    the configured endpoint of this box keeps it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    publish = dataclasses.replace(cfg.publish, endpoint=f"tcp://127.0.0.1:{port}", allow_remote=False)
+    return dataclasses.replace(cfg, publish=publish)
+
+
 def _measure(
     cfg: PipelineConfig, seconds: float, min_served: float, max_drift: float, stop: threading.Event | None
 ) -> CapacityStep:
@@ -88,7 +99,7 @@ def _measure(
     def on_label(msg: LabelMessage) -> None:
         labelled.append((time.monotonic(), msg.latency_ms["total"]))
 
-    report = run(cfg, seconds, stop, on_label)
+    report = run(_on_a_free_port(cfg), seconds, stop, on_label)
     first = labelled[0][0] if labelled else time.monotonic()
     span = max(time.monotonic() - first, 1e-9)
     stamps = [(t - first, ms) for t, ms in labelled]

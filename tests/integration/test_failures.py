@@ -31,12 +31,13 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.parametrize("decoder", ["opencv", "ffmpeg"])
 @pytest.mark.parametrize("kind", ["missing", "corrupt"])
-def test_bad_video_file_is_reported_with_exit_code_6(pipeline_factory, tmp_path, kind):
+def test_bad_video_file_is_reported_with_exit_code_6(pipeline_factory, tmp_path, kind, decoder):
     path = tmp_path / "video.mp4"
     if kind == "corrupt":
         path.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
-    p = pipeline_factory(base_config(free_port(), str(path)), duration=60)
+    p = pipeline_factory(base_config(free_port(), str(path), decoder=decoder), duration=60)
     assert p.wait(60) == 6
     out = p.output()
     assert "error: camera cam1:" in out and "video.mp4" in out
@@ -73,10 +74,11 @@ def test_truncated_checkpoint_exits_3(tmp_path):
     assert result.returncode == 3 and "cut.pt" in result.stderr and "cannot be read" in result.stderr
 
 
-def test_rtsp_camera_drop_reconnect_and_resolution_change(pipeline_factory, rtsp_camera, record_property):
+@pytest.mark.parametrize("decoder", ["opencv", "ffmpeg"])
+def test_rtsp_camera_drop_reconnect_and_resolution_change(pipeline_factory, rtsp_camera, record_property, decoder):
     camera = rtsp_camera(size=(320, 240))
     port = free_port()
-    cfg = base_config(port, camera.url, open_timeout_s=2.0, read_timeout_s=1.0, rtsp_transport="udp")
+    cfg = base_config(port, camera.url, open_timeout_s=2.0, read_timeout_s=1.0, rtsp_transport="udp", decoder=decoder)
     p = pipeline_factory(cfg)
     endpoint = f"tcp://127.0.0.1:{port}"
     with Subscriber(endpoint, topics=(b"labels/", b"status/"), timeout_s=1.0) as sub:
@@ -101,8 +103,8 @@ def test_rtsp_camera_drop_reconnect_and_resolution_change(pipeline_factory, rtsp
         status = StatusMessage.from_payload(
             wait_for(lambda m: m["kind"] == "status" and m["state"] == "live" and m["source_width"] == 480, 20)
         )
-    record_property("reconnect_to_label_s", round(reconnect_s, 2))
-    print(f"RTSP: camera back -> first label {reconnect_s:.2f} s; frames lost {status.frames_lost}")
+    record_property(f"{decoder}_reconnect_to_label_s", round(reconnect_s, 2))
+    print(f"RTSP ({decoder}): camera back -> first label {reconnect_s:.2f} s; frames lost {status.frames_lost}")
     assert status.reconnects >= 1 and status.frames_lost > 0
     # frames the camera sent while away are lost upstream of the ring (status frames_lost), not frames the reader
     # dropped; the camera's frame numbers count them, so the first window after the outage starts past them

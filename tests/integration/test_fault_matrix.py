@@ -11,7 +11,8 @@ nothing listens) and ``ended`` (a short video file that has ended; a second, liv
 going). Faults: SIGTERM / SIGINT to the group, SIGKILL of main, SIGKILL of the group, SIGKILL of the
 camera process (it must be restarted, then SIGTERM ends the run), SIGSTOP of the camera (then SIGTERM
 ends the run: the supervisor kills what does not stop). An ended camera has no process, so the two
-camera faults do not apply to it: 16 cases. Three recording cases follow: SIGKILL of the group while recording
+camera faults do not apply to it: 16 cases, and the 6 faults of the reconnecting state again with the OpenCV decoder
+(the others use FFmpeg's, the default). Three recording cases follow: SIGKILL of the group while recording
 (every file plays), a full disk (an ERROR line within a second, the camera's status, the summary) and a read-only
 record directory (one line, exit 2). Last, a first run stopped while its engine is built in the background (Ctrl-C
 5 s in, SIGTERM 30 s in, ``--duration`` ending first): the build's own process group ends with the run, and
@@ -52,11 +53,13 @@ ORPHAN_EXIT_S = 5.0
 STATES = ("live", "reconnecting", "ended")
 FAULTS = ("term-group", "int-group", "kill-main", "kill-group", "kill-camera", "stop-camera")
 CASES = [
-    pytest.param(state, fault, id=f"{fault}-{state}")
+    pytest.param(state, fault, "ffmpeg", id=f"{fault}-{state}")
     for fault in FAULTS
     for state in STATES
     if not (state == "ended" and fault.endswith("-camera"))
-]
+] + [pytest.param("reconnecting", fault, "opencv", id=f"{fault}-reconnecting-opencv") for fault in FAULTS]
+"""Cameras read files and streams with the default decoder (FFmpeg in the camera process); the reconnecting cases run
+with the OpenCV decoder too."""
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -125,13 +128,13 @@ def ended_video(tmp_path_factory) -> Path:
     return path
 
 
-def config_for(state: str, port: int, video: Path) -> dict:
+def config_for(state: str, port: int, video: Path, decoder: str = "ffmpeg") -> dict:
     live = {"id": "b", "source": "synthetic://?seed=3&fps=15&size=64x48"}
     camera = {
         "live": {"id": "a", "source": "synthetic://?seed=1&fps=15&size=64x48"},
         "reconnecting": {"id": "a", "source": f"rtsp://127.0.0.1:{free_port()}/cam", "open_timeout_s": 2.0},
         "ended": {"id": "a", "source": str(video)},
-    }[state]
+    }[state] | {"decoder": decoder}
     return {
         "cameras": [camera, live] if state == "ended" else [camera],
         "engine": engine_section(),
@@ -186,10 +189,10 @@ def wait_for_state(endpoint: str, state: str, run: Run, timeout_s: float = 60) -
     raise AssertionError(f"camera a never reported {state!r}; run log:\n{run.output()[-3000:]}")
 
 
-@pytest.mark.parametrize(("state", "fault"), CASES)
-def test_fault(tmp_path, ended_video, state, fault, record_property):
+@pytest.mark.parametrize(("state", "fault", "decoder"), CASES)
+def test_fault(tmp_path, ended_video, state, fault, decoder, record_property):
     port = free_port()
-    run = Run(tmp_path, config_for(state, port, ended_video), "run")
+    run = Run(tmp_path, config_for(state, port, ended_video, decoder), "run")
     try:
         wait_for_state(f"tcp://127.0.0.1:{port}", state, run)
         cameras = camera_pids(run.pgid)

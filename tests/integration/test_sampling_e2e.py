@@ -3,7 +3,8 @@ of the same file, sampled the way the checkpoint says.
 
 Real parts throughout: video files written with OpenCV at 15, 25 and 30 fps, ``emim-stream run`` in a
 subprocess with paced file cameras (camera processes, shared memory, the torch engine), labels received over
-ZeroMQ. The offline side decodes each file with OpenCV, picks the frame nearest to each of the checkpoint's
+ZeroMQ. The offline side decodes each file with the cameras' decoder (FFmpeg's, the default; OpenCV's in one
+case, with training's resize), picks the frame nearest to each of the checkpoint's
 sampling times (exact rational arithmetic on the files' nominal timelines, ties to the earlier frame:
 independent of the pipeline's sampler), prepares frames as training and evaluation do and classifies each
 window with ``evaluate``'s forward pass. Every published label must name the same first and last frame
@@ -12,6 +13,7 @@ numbers and the same probabilities (within 1e-4) as the offline window it covers
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from fractions import Fraction
 from pathlib import Path
@@ -27,8 +29,10 @@ from emim_stream.engines.layers.vmp import VmpLayer
 from emim_stream.engines.models import build_model
 from emim_stream.engines.training.evaluate import forward_clips
 from emim_stream.engines.transforms import fit_frame
+from emim_stream.pipeline.capture.ffmpeg import FfmpegSource
 from emim_stream.pipeline.comms.messages import LabelMessage
 from emim_stream.pipeline.comms.subscribe import Subscriber
+from emim_stream.pipeline.errors import EndOfStream
 
 pytestmark = pytest.mark.slow
 
@@ -78,10 +82,15 @@ def nearest_frames(fps: int, count: int, sampled_fps: Fraction) -> list[int]:
         indices.append(min(range(count), key=lambda j: (abs(frame_t[j] - t), j)))
 
 
-def offline_windows(video: Path, fps: int, checkpoint: Path) -> dict[tuple[int, int], list[np.ndarray]]:
-    """(first frame, last frame) of every window of the sampled file -> its probabilities (each window in the
-    stream: a window ends at every sample once T + 1 are in)."""
-    ck = load_checkpoint(checkpoint)
+def prepared_frames(video: Path, decoder: str) -> list[np.ndarray]:
+    """Every frame of ``video`` as the model sees it: decoded and prepared as training does (OpenCV), or by the
+    camera's FFmpeg decoder (its own decode and scale, run offline on the whole file)."""
+    if decoder == "ffmpeg":
+        frames = []
+        with FfmpegSource(str(video), SIZE, SIZE, pace=False) as source, contextlib.suppress(EndOfStream):
+            while True:
+                frames.append(source.read().image)
+        return frames
     cap = cv2.VideoCapture(str(video))
     prepared = []
     while True:
@@ -90,6 +99,16 @@ def offline_windows(video: Path, fps: int, checkpoint: Path) -> dict[tuple[int, 
             break
         prepared.append(cv2.cvtColor(fit_frame(bgr, SIZE, SIZE, "area"), cv2.COLOR_BGR2RGB))
     cap.release()
+    return prepared
+
+
+def offline_windows(
+    video: Path, fps: int, checkpoint: Path, decoder: str = "ffmpeg"
+) -> dict[tuple[int, int], list[np.ndarray]]:
+    """(first frame, last frame) of every window of the sampled file -> its probabilities (each window in the
+    stream: a window ends at every sample once T + 1 are in)."""
+    ck = load_checkpoint(checkpoint)
+    prepared = prepared_frames(video, decoder)
     rate = Fraction(ck.clip.sampling.sampled_fps(ck.clip.frames)).limit_denominator(1000)
     index = nearest_frames(fps, len(prepared), rate)
     T = ck.clip.frames
@@ -103,10 +122,10 @@ def offline_windows(video: Path, fps: int, checkpoint: Path) -> dict[tuple[int, 
     return windows
 
 
-def files_config(tmp_path: Path, checkpoint: Path, videos: dict[str, Path]) -> dict:
+def files_config(tmp_path: Path, checkpoint: Path, videos: dict[str, Path], decoder: str = "ffmpeg") -> dict:
     """Paced file cameras, the checkpoint on the torch engine, every probability in the labels."""
     return {
-        "cameras": [{"id": cam, "source": str(path)} for cam, path in videos.items()],
+        "cameras": [{"id": cam, "source": str(path), "decoder": decoder} for cam, path in videos.items()],
         "engine": {"backend": "torch", "device": "cpu", "checkpoint": str(checkpoint), "threads": 1,
                    "max_batch": len(videos)},
         "window": {"stride": STRIDE},
@@ -146,14 +165,17 @@ def check_camera(labels: list[LabelMessage], windows: dict, cam: str, T: int) ->
         assert (m.window.frames, m.window.stride) == (T, STRIDE)
 
 
-@pytest.mark.parametrize("interval", [1, 2, 4])
-def test_streamed_labels_equal_the_offline_evaluation_of_the_sampled_files(pipeline_factory, tmp_path, interval):
-    """16x4-style sampling (one frame in ``interval`` at 30 fps) on cameras of 15, 25 and 30 fps."""
+@pytest.mark.parametrize(("interval", "decoder"), [(1, "ffmpeg"), (2, "ffmpeg"), (4, "ffmpeg"), (4, "opencv")])
+def test_streamed_labels_equal_the_offline_evaluation_of_the_sampled_files(
+    pipeline_factory, tmp_path, interval, decoder
+):
+    """16x4-style sampling (one frame in ``interval`` at 30 fps) on cameras of 15, 25 and 30 fps; the offline side
+    prepares the frames with the cameras' decoder."""
     checkpoint = make_checkpoint(tmp_path / "ck.pt", 4, ClipSampling(frame_interval=interval, fps=30.0))
     videos = {f"cam{fps}": write_video(tmp_path / f"scene{fps}.avi", fps, 2.4) for fps in RATES}
-    labels = run_files(pipeline_factory, files_config(tmp_path, checkpoint, videos))
+    labels = run_files(pipeline_factory, files_config(tmp_path, checkpoint, videos, decoder))
     for fps in RATES:
-        check_camera(labels, offline_windows(videos[f"cam{fps}"], fps, checkpoint), f"cam{fps}", 4)
+        check_camera(labels, offline_windows(videos[f"cam{fps}"], fps, checkpoint, decoder), f"cam{fps}", 4)
     spans = {(m.camera_id, m.window.last_seq - m.window.first_seq) for m in labels if m.camera_id != "cam25"}
     # T - 1 = 3 steps of `interval` frames at 30 fps, of half as many at 15 fps (at 30 samples/s each frame twice)
     expected = {1: {("cam30", 3), ("cam15", 1), ("cam15", 2)}, 2: {("cam30", 6), ("cam15", 3)},

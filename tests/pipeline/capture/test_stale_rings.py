@@ -41,15 +41,16 @@ def test_only_rings_of_gone_owners_are_reclaimed(tmp_path, caplog):
     assert reclaim_stale_rings(str(tmp_path)) == []
 
 
-def test_doctor_lists_then_cleans_a_stale_segment_in_dev_shm():
+def test_doctor_lists_then_cleans_a_stale_segment(tmp_path):
+    """doctor's section on a folder of its own: every pipeline that starts on this box reclaims stale segments in
+    /dev/shm, so one made there could vanish before doctor looks."""
     name = f"emim_{dead_pid()}_0fface"
-    path = Path("/dev/shm") / name
+    path = tmp_path / name
     path.write_bytes(b"\0" * 64)
-    try:
-        cmd = [sys.executable, "-c", "from emim_stream.cli.commands.doctor import _report_stale_rings as r; r({})"]
-        listed = subprocess.run([*cmd[:2], cmd[2].format(False)], capture_output=True, text=True, check=True)
-        assert f"stale rings  /dev/shm/{name}" in listed.stdout and path.exists()
-        cleaned = subprocess.run([*cmd[:2], cmd[2].format(True)], capture_output=True, text=True, check=True)
-        assert f"removed stale rings  /dev/shm/{name}" in cleaned.stdout and not path.exists()
-    finally:
-        path.unlink(missing_ok=True)
+    code = "from emim_stream.cli.commands.doctor import _report_stale_rings as r; r({}, {!r})"
+    listed = subprocess.run([sys.executable, "-c", code.format(False, str(tmp_path))], capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert f"stale rings  {path}" in listed.stdout and path.exists()
+    cleaned = subprocess.run([sys.executable, "-c", code.format(True, str(tmp_path))], capture_output=True, text=True)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert f"removed stale rings  {path}" in cleaned.stdout and not path.exists()

@@ -83,11 +83,18 @@ def _run_until_swapped(root: Path) -> WarmupRun:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The slow set (``make test`` runs ``-m "not slow"``): tests marked ``slow``, every end-to-end test
     (tests/integration/, each starts real pipeline processes) and every test that needs the session's
-    AOTInductor build; slow tests get :data:`SLOW_TIMEOUT_S` unless they set their own ``timeout``."""
+    AOTInductor build; slow tests get :data:`SLOW_TIMEOUT_S` unless they set their own ``timeout``.
+
+    The real-time set (``realtime``, also slow): the end-to-end tests and every test of a real RTSP camera, whose
+    checks depend on pacing, timeouts and frame rates; ``make test-all`` runs it at normal CPU priority beside the
+    others at the lowest (tools/test-all)."""
     integration = Path(__file__).parent / "integration"
     for item in items:
-        builds = "aoti_warmup" in getattr(item, "fixturenames", ())
-        if builds or item.path.is_relative_to(integration):
+        fixtures = getattr(item, "fixturenames", ())
+        builds = "aoti_warmup" in fixtures
+        if item.path.is_relative_to(integration) or "rtsp_camera" in fixtures:
+            item.add_marker(pytest.mark.realtime)
+        if builds or item.get_closest_marker("realtime"):
             item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("slow") and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S + (WARMUP_TIMEOUT_S if builds else 0)))

@@ -65,7 +65,8 @@ MAX_INFLIGHT = 100
 """Messages handed to paho and not yet confirmed (QoS >= 1) or written (QoS 0); more wait in the sink's queue."""
 _PROTOCOLS = {"3.1.1": MQTTProtocolVersion.MQTTv311, "5": MQTTProtocolVersion.MQTTv5}
 _RETAINED_KINDS = ("action", "snapshot")
-_SYNC_TIMEOUT_S = 5.0  # an announcement's read-back gives up clearing stale topics after this long
+_SYNC_TIMEOUT_S = 15.0
+"""An announcement's read-back gives up clearing stale topics after this long (a loaded box, a distant broker)."""
 ONLINE, OFFLINE, STOPPED = b"online", b"offline", b"stopped"
 
 

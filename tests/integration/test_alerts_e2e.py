@@ -216,6 +216,7 @@ def test_lifecycle_availability_and_discovery_over_three_starts(tmp_path, mosqui
         deadline = time.monotonic() + 30
         while "cleared 4 stale" not in third.output() and time.monotonic() < deadline:
             time.sleep(0.2)
+        assert "cleared 4 stale" in third.output(), third.output()[-3000:]
         now = retained(broker.port, "homeassistant/#")
         check_discovery(now, ["cam1"])
         assert now == {t: c for t, c in configs.items() if "/emim_box1/cam2_" not in t}

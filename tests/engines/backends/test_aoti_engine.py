@@ -187,7 +187,16 @@ def test_start_engine_loads_a_cached_package_at_once(demo_package_cache):
         assert build is None and engine.describe().backend == "aoti"
 
 
-def test_start_engine_serves_eagerly_while_building_and_close_ends_the_build(tmp_path, caplog):
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler in this process while the test runs (a background job starts with SIGINT
+    ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_start_engine_serves_eagerly_while_building_and_close_ends_the_build(tmp_path, caplog, default_sigint):
     cfg = dataclasses.replace(DEMO, plan_cache_dir=str(tmp_path))
     with caplog.at_level(logging.INFO, logger="emim_stream.engines.backends"):
         engine, build = start_engine(cfg)

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterator
 from fractions import Fraction
 from functools import partial
-from types import TracebackType
 
 import av
 import av.filter
@@ -42,16 +40,14 @@ from emim_stream.engines.transforms import check_resize
 from emim_stream.engines.uris import redact_uri
 from emim_stream.pipeline.capture.frames import (
     FALLBACK_FPS,
-    Pacer,
+    DecodingSource,
     PreparedFrame,
     SourceInfo,
     SourceState,
-    classify_uri,
     missing_file_message,
-    rtsp_transports,
 )
 from emim_stream.pipeline.capture.hwaccel import HWACCELS, PRESETS, cover_crop, scale_flags
-from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, SourceError
+from emim_stream.pipeline.errors import SourceConnectionError, SourceError
 
 __all__ = ["FfmpegSource"]
 
@@ -60,7 +56,7 @@ _log = logging.getLogger(__name__)
 _AV_ERRORS = (av.FFmpegError, OSError, EOFError)
 
 
-class FfmpegSource:
+class FfmpegSource(DecodingSource[VideoFrame, PreparedFrame]):
     """A file or network stream decoded by FFmpeg (PyAV), its frames cropped and scaled to ``height x width`` RGB.
 
     Args:
@@ -89,19 +85,11 @@ class FfmpegSource:
         rtsp_transport: str = "auto",
         hwaccel: str = "none",
     ) -> None:
-        if not (open_timeout_s > 0 and read_timeout_s > 0):
-            raise ConfigError(
-                f"source timeouts must be > 0, got open_timeout_s={open_timeout_s}, read_timeout_s={read_timeout_s}"
-            )
+        super().__init__(uri, loop, pace, open_timeout_s, read_timeout_s, rtsp_transport)
         if height < 1 or width < 1:
             raise ConfigError(f"decoder output size must be positive, got {width}x{height}")
-        self.uri_redacted = redact_uri(uri)
-        kind, target = classify_uri(uri)
-        if kind == "camera":
+        if self._kind == "camera":
             raise ConfigError(f"decoder 'ffmpeg' reads files and streams; camera {self.uri_redacted} needs 'opencv'")
-        self._is_live = kind == "network"
-        self._target = str(target)
-        self._transports = rtsp_transports(uri, rtsp_transport)
         if hwaccel not in PRESETS:
             raise ConfigError(f"hwaccel {hwaccel!r} is not a preset; expected one of {', '.join(HWACCELS)}")
         self.preset = PRESETS[hwaccel]
@@ -114,28 +102,11 @@ class FfmpegSource:
             raise ConfigError(f"hwaccel {hwaccel!r}: this FFmpeg has no {self.preset.decoder} decoder")
         self.height, self.width = height, width
         self.flags = scale_flags(check_resize(resize, "resize"))
-        self.loop, self.pace = loop, pace
-        self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
-        self.rtsp_transport_used: str | None = None
-        """The RTP transport of the open RTSP stream (``tcp`` / ``udp``), None for other sources."""
         self._container: InputContainer | None = None
         self._frames: Iterator[VideoFrame] = iter(())
         self._fps = 0.0
-        self._state = SourceState.CONNECTING
-        self._opened_before = False
-        self._exhausted = False
-        self._pending: VideoFrame | None = None  # a file's first frame, decoded by _connect() as a probe
-        self._pacer: Pacer | None = None
-        self._released = 0
-        self._pts_offset_ns = 0
-        self._last_pts_ns = -1
-        self._last_frame_mono_ns = 0
         self._graph: av.filter.Graph | None = None
         self._graph_key: tuple[int, int, str] | None = None
-
-    @property
-    def state(self) -> SourceState:
-        return self._state
 
     def open(self) -> SourceInfo:
         """Open (or re-open, from the start) the source and check that it delivers a frame.
@@ -144,56 +115,14 @@ class FfmpegSource:
             SourceError: missing or undecodable file.
             SourceConnectionError: a network stream that cannot be reached or sends no frame.
         """
-        self.close()
-        self._state = SourceState.RECONNECTING if self._opened_before else SourceState.CONNECTING
-        self._opened_before = True
-        self._pts_offset_ns = 0
+        self._opening()
         first = self._connect()
-        self._pending = None if self._is_live else first  # a live stream has more; a file must not lose it
-        self._pacer = None
-        if self.pace and not self._is_live:
-            if self._fps == 0.0:
-                _log.warning("%s: no usable fps in the file; pacing at %.0f fps", self.uri_redacted, FALLBACK_FPS)
-            self._pacer = Pacer(self._fps or FALLBACK_FPS)
-        self._exhausted = False
-        self._released = 0
-        self._last_frame_mono_ns = time.monotonic_ns()
-        self._state = SourceState.LIVE
+        self._serving(first, self._fps)
         backend = "FFmpeg" if self.preset.name == "none" else f"FFmpeg ({self.preset.name})"
         info = SourceInfo(self.uri_redacted, first.width, first.height, self._fps, self._is_live, backend)
         _log.info("opened %s: %dx%d at %.2f fps via %s", self.uri_redacted, first.width, first.height, self._fps,
                   backend)  # fmt: skip
         return info
-
-    def read(self) -> PreparedFrame | None:
-        """The next frame; None while a live source stalls (after a short wait, so callers do not spin).
-
-        Raises:
-            EndOfStream: a file without ``loop`` is exhausted (also on every later call).
-            SourceConnectionError: a live source delivered nothing for ``read_timeout_s``.
-            SourceError: a looping file cannot be opened or decoded again after its end.
-        """
-        if self._exhausted:
-            raise EndOfStream(f"{self.uri_redacted}: no more frames")
-        frame = self._decode()
-        if frame is None and not self._is_live:
-            if not self.loop:
-                self.close()
-                self._exhausted = True
-                raise EndOfStream(f"{self.uri_redacted}: end of file after {self._released} frames")
-            self._rewind()
-            frame = self._decode()
-        if frame is None:
-            self._stall()
-            return None
-        if self._pacer is not None:
-            self._pacer.wait(self._released)
-        self._released += 1
-        now = time.monotonic_ns()
-        self._last_frame_mono_ns = now
-        self._state = SourceState.LIVE
-        return PreparedFrame(partial(self._prepare, frame), now, time.time_ns(), self._last_pts_ns,
-                             (frame.width, frame.height))  # fmt: skip
 
     def close(self) -> None:
         """Close the container; the state becomes ENDED. Safe to call twice."""
@@ -206,27 +135,21 @@ class FfmpegSource:
         if self._opened_before:
             self._state = SourceState.ENDED
 
-    def __enter__(self) -> FfmpegSource:
-        if self._container is None:
-            self.open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def _is_open(self) -> bool:
+        return self._container is not None
 
     def _connect(self) -> VideoFrame:
         """Open the container and decode its first frame, or raise the error that says why not."""
-        if not self._is_live and not os.path.isfile(self._target):
-            raise SourceError(missing_file_message(self._target, self.uri_redacted))
+        target = str(self._target)  # a file or a URL: cameras are refused at construction
+        if not self._is_live and not os.path.isfile(target):
+            raise SourceError(missing_file_message(target, self.uri_redacted))
         reason, opened = "", False
         # PyAV checks a timeout from FFmpeg's I/O callbacks, under the interpreter lock: streams only
         timeout = (self.open_timeout_s, self.read_timeout_s) if self._is_live else None
         for attempt, transport in enumerate(self._transports):
             options = {} if transport is None else {"rtsp_transport": transport}
             try:
-                container = av.open(self._target, options=options, timeout=timeout, hwaccel=self._hwaccel())
+                container = av.open(target, options=options, timeout=timeout, hwaccel=self._hwaccel())
             except _AV_ERRORS as err:
                 reason = _why(err)
                 continue
@@ -270,15 +193,6 @@ class FfmpegSource:
         self._set_pts(frame)
         return frame
 
-    def _rtsp_worked(self, transport: str, tried: list[str | None]) -> None:
-        """Remember (and log, when it changes) the transport that worked; it goes first on a reconnect."""
-        if transport != self.rtsp_transport_used:
-            failed = f" ({', '.join(str(t).upper() for t in tried)} failed)" if tried else ""
-            _log.info("%s: RTP over %s%s", self.uri_redacted, transport.upper(), failed)
-        self.rtsp_transport_used = transport
-        self._transports.remove(transport)
-        self._transports.insert(0, transport)
-
     def _decode(self) -> VideoFrame | None:
         """The next decoded frame (the probe frame first), updating ``_last_pts_ns``; None at the end or on error."""
         if self._container is None:
@@ -315,15 +229,9 @@ class FfmpegSource:
         self._pts_offset_ns = last_pts_ns + round(1e9 / (self._fps or FALLBACK_FPS))
         self._set_pts(self._pending)
 
-    def _stall(self) -> None:
-        """A live source gave no frame: STALLED, or lost once silent for ``read_timeout_s``."""
-        silent_s = (time.monotonic_ns() - self._last_frame_mono_ns) / 1e9
-        if silent_s >= self.read_timeout_s:
-            self.close()
-            self._state = SourceState.RECONNECTING
-            raise SourceConnectionError(f"stream {self.uri_redacted} lost: no frame for {silent_s:.1f} s")
-        self._state = SourceState.STALLED
-        time.sleep(min(0.05, self.read_timeout_s - silent_s))
+    def _frame(self, decoded: VideoFrame, mono_ns: int, wall_ns: int) -> PreparedFrame:
+        return PreparedFrame(partial(self._prepare, decoded), mono_ns, wall_ns, self._last_pts_ns,
+                             (decoded.width, decoded.height))  # fmt: skip
 
     def _prepare(self, frame: VideoFrame) -> np.ndarray:
         """``frame`` cropped, scaled and converted: ``[height, width, 3]`` uint8 RGB, C-contiguous."""

@@ -7,6 +7,8 @@ which picks one) and :mod:`emim_stream.pipeline.capture.ffmpeg` (FFmpeg through 
 
 from __future__ import annotations
 
+import abc
+import logging
 import os
 import stat
 import time
@@ -15,14 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from emim_stream.engines.errors import ConfigError
+from emim_stream.engines.uris import redact_uri
+from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError
 
 __all__ = [
     "FALLBACK_FPS",
+    "DecodingSource",
     "FrameSource",
     "Pacer",
     "PreparedFrame",
@@ -39,6 +44,8 @@ _RTSP_TRANSPORTS = ("auto", "tcp", "udp")
 FALLBACK_FPS = 30.0
 """Pacing rate of a file whose container does not state a usable fps."""
 _MAX_LAG_S = 1.0  # a paced source that falls this far behind its schedule restarts the schedule
+
+_log = logging.getLogger(__name__)
 
 
 class SourceState(str, Enum):
@@ -190,3 +197,164 @@ def missing_file_message(path: str, shown: str) -> str:
         what = "is not a camera (not a character device)" if os.path.exists(path) else "does not exist"
         return f"camera device {shown} {what}; is the camera plugged in (ls /dev/video*)?"
     return f"video file not found: {shown}"
+
+
+Decoded = TypeVar("Decoded")
+"""What a decoder's ``_decode`` gives (an OpenCV image, a PyAV frame)."""
+Frame = TypeVar("Frame", SourceFrame, PreparedFrame)
+"""What its ``read`` hands out."""
+
+
+_Source = TypeVar("_Source", bound="DecodingSource[Any, Any]")
+
+
+class DecodingSource(abc.ABC, Generic[Decoded, Frame]):
+    """What the decoders of files and streams share: the states, file pacing and loops, the end of a file, a live
+    source's stalls and loss, and the order of RTSP transports to try.
+
+    A decoder implements ``open`` (between :meth:`_opening` and :meth:`_serving`), ``close``, ``_is_open``,
+    ``_decode`` (the next decoded frame, the probe frame first, setting ``_last_pts_ns``; None at the end or on a
+    failure), ``_rewind`` (a file from its start, timestamps carrying on) and ``_frame`` (what ``read`` hands out).
+    Arguments as :class:`~emim_stream.pipeline.capture.sources.OpenCvSource`.
+
+    Raises:
+        ConfigError: a non-positive timeout or an unknown transport.
+    """
+
+    def __init__(
+        self,
+        uri: str | int,
+        loop: bool,
+        pace: bool,
+        open_timeout_s: float,
+        read_timeout_s: float,
+        rtsp_transport: str,
+    ) -> None:
+        if not (open_timeout_s > 0 and read_timeout_s > 0):
+            raise ConfigError(
+                f"source timeouts must be > 0, got open_timeout_s={open_timeout_s}, read_timeout_s={read_timeout_s}"
+            )
+        self.uri_redacted = redact_uri(uri)
+        self._kind, self._target = classify_uri(uri)
+        self.loop, self.pace = loop, pace
+        self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
+        self._transports = rtsp_transports(uri, rtsp_transport)
+        self.rtsp_transport_used: str | None = None
+        """The RTP transport of the open RTSP stream (``tcp`` / ``udp``), None for other sources."""
+        self._is_live = self._kind != "file"
+        self._state = SourceState.CONNECTING
+        self._opened_before = False
+        self._exhausted = False
+        self._pending: Decoded | None = None  # a file's first frame, decoded by the probe in open()
+        self._pacer: Pacer | None = None
+        self._released = 0  # frames released since open (indexes the pacing schedule)
+        self._pts_offset_ns = 0  # added to a file's timestamps after each loop
+        self._last_pts_ns = -1
+        self._last_frame_mono_ns = 0
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    @abc.abstractmethod
+    def open(self) -> SourceInfo:
+        ...
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        ...
+
+    @abc.abstractmethod
+    def _is_open(self) -> bool:
+        ...
+
+    @abc.abstractmethod
+    def _decode(self) -> Decoded | None:
+        ...
+
+    @abc.abstractmethod
+    def _rewind(self) -> None:
+        ...
+
+    @abc.abstractmethod
+    def _frame(self, decoded: Decoded, mono_ns: int, wall_ns: int) -> Frame:
+        ...
+
+    def _opening(self) -> None:
+        """The start of ``open``: the previous connection closed, the state CONNECTING (RECONNECTING after one)."""
+        self.close()
+        self._state = SourceState.RECONNECTING if self._opened_before else SourceState.CONNECTING
+        self._opened_before = True
+        self._pts_offset_ns = 0
+        self._last_pts_ns = -1
+
+    def _serving(self, first: Decoded, fps: float) -> None:
+        """The end of ``open``: ``first`` (the probe) kept for a file, pacing at ``fps`` set up, the state LIVE."""
+        self._pending = None if self._is_live else first  # a live stream has more; a file must not lose it
+        self._pacer = None
+        if self.pace and not self._is_live:
+            if fps == 0.0:
+                _log.warning("%s: no usable fps in the file; pacing at %.0f fps", self.uri_redacted, FALLBACK_FPS)
+            self._pacer = Pacer(fps or FALLBACK_FPS)
+        self._exhausted = False
+        self._released = 0
+        self._last_frame_mono_ns = time.monotonic_ns()
+        self._state = SourceState.LIVE
+
+    def read(self) -> Frame | None:
+        """The next frame; None while a live source stalls (after a short wait, so callers do not spin).
+
+        Raises:
+            EndOfStream: a file without ``loop`` is exhausted (also on every later call).
+            SourceConnectionError: a live source delivered nothing for ``read_timeout_s``.
+            SourceError: a looping file cannot be opened or decoded again after its end.
+        """
+        if self._exhausted:
+            raise EndOfStream(f"{self.uri_redacted}: no more frames")
+        decoded = self._decode()
+        if decoded is None and not self._is_live:
+            if not self.loop:
+                self.close()
+                self._exhausted = True
+                raise EndOfStream(f"{self.uri_redacted}: end of file after {self._released} frames")
+            self._rewind()
+            decoded = self._decode()
+        if decoded is None:
+            self._stall()
+            return None
+        if self._pacer is not None:
+            self._pacer.wait(self._released)
+        self._released += 1
+        now = time.monotonic_ns()
+        self._last_frame_mono_ns = now
+        self._state = SourceState.LIVE
+        return self._frame(decoded, now, time.time_ns())
+
+    def __enter__(self: _Source) -> _Source:
+        if not self._is_open():
+            self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _rtsp_worked(self, transport: str, tried: list[str | None]) -> None:
+        """Remember (and log, when it changes) the transport that worked; it goes first on a reconnect."""
+        if transport != self.rtsp_transport_used:
+            failed = f" ({', '.join(str(t).upper() for t in tried)} failed)" if tried else ""
+            _log.info("%s: RTP over %s%s", self.uri_redacted, transport.upper(), failed)
+        self.rtsp_transport_used = transport
+        self._transports.remove(transport)
+        self._transports.insert(0, transport)
+
+    def _stall(self) -> None:
+        """A live source gave no frame: STALLED, or lost once silent for ``read_timeout_s``."""
+        silent_s = (time.monotonic_ns() - self._last_frame_mono_ns) / 1e9
+        if silent_s >= self.read_timeout_s:
+            self.close()
+            self._state = SourceState.RECONNECTING
+            raise SourceConnectionError(f"stream {self.uri_redacted} lost: no frame for {silent_s:.1f} s")
+        self._state = SourceState.STALLED
+        time.sleep(min(0.05, self.read_timeout_s - silent_s))

@@ -36,6 +36,7 @@ from emim_stream.engines.uris import SYNTHETIC_SIZE, SyntheticQuery, is_syntheti
 from emim_stream.pipeline.capture.ffmpeg import FfmpegSource
 from emim_stream.pipeline.capture.frames import (
     FALLBACK_FPS,
+    DecodingSource,
     FrameSource,
     Pacer,
     PreparedFrame,
@@ -44,10 +45,9 @@ from emim_stream.pipeline.capture.frames import (
     SourceState,
     classify_uri,
     missing_file_message,
-    rtsp_transports,
 )
 from emim_stream.pipeline.config import Decoder
-from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, SourceError
+from emim_stream.pipeline.errors import SourceConnectionError, SourceError
 
 __all__ = [
     "DECODERS",
@@ -68,7 +68,7 @@ _log = logging.getLogger(__name__)
 _FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 
 
-class OpenCvSource:
+class OpenCvSource(DecodingSource[np.ndarray, SourceFrame]):
     """A source decoded by ``cv2.VideoCapture``: a video file, an RTSP/HTTP(S) stream or a USB camera.
 
     Files are finite (``is_live`` False); network URLs (HTTP(S) included) and cameras are live.
@@ -102,34 +102,8 @@ class OpenCvSource:
         read_timeout_s: float = 5.0,
         rtsp_transport: str = "auto",
     ) -> None:
-        if not (open_timeout_s > 0 and read_timeout_s > 0):
-            raise ConfigError(
-                f"source timeouts must be > 0, got open_timeout_s={open_timeout_s}, read_timeout_s={read_timeout_s}"
-            )
-        self._kind, self._target = classify_uri(uri)
-        self.uri_redacted = redact_uri(uri)
-        self.loop = loop
-        self.pace = pace
-        self.open_timeout_s = open_timeout_s
-        self.read_timeout_s = read_timeout_s
-        self._transports = rtsp_transports(uri, rtsp_transport)
-        self.rtsp_transport_used: str | None = None
-        """The RTP transport of the open RTSP stream (``tcp`` / ``udp``), None for other sources."""
-        self._is_live = self._kind != "file"
+        super().__init__(uri, loop, pace, open_timeout_s, read_timeout_s, rtsp_transport)
         self._cap: cv2.VideoCapture | None = None
-        self._state = SourceState.CONNECTING
-        self._opened_before = False
-        self._exhausted = False
-        self._pending: np.ndarray | None = None  # a file's first frame, decoded by _connect() as a probe
-        self._pacer: Pacer | None = None
-        self._released = 0  # frames released since open (indexes the pacing schedule)
-        self._pts_offset_ns = 0  # added to a file's timestamps after each loop
-        self._last_pts_ns = -1
-        self._last_frame_mono_ns = 0
-
-    @property
-    def state(self) -> SourceState:
-        return self._state
 
     def open(self) -> SourceInfo:
         """Open (or re-open, from the start) the source and check that it delivers a frame.
@@ -138,56 +112,14 @@ class OpenCvSource:
             SourceError: missing or undecodable file, camera that does not open or sends nothing.
             SourceConnectionError: a network stream that cannot be reached or sends no frame.
         """
-        self.close()
-        self._state = SourceState.RECONNECTING if self._opened_before else SourceState.CONNECTING
-        self._opened_before = True
+        self._opening()
         self._cap, first = self._connect()
         height, width = first.shape[:2]
         fps = _usable_fps(self._cap)
-        self._pending = None if self._is_live else first  # a live stream has more; a file must not lose it
-        self._pacer = None
-        if self.pace and not self._is_live:
-            if fps == 0.0:
-                _log.warning("%s: no usable fps in the file; pacing at %.0f fps", self.uri_redacted, FALLBACK_FPS)
-            self._pacer = Pacer(fps or FALLBACK_FPS)
-        self._exhausted = False
-        self._released = 0
-        self._pts_offset_ns = 0
-        self._last_pts_ns = -1
-        self._last_frame_mono_ns = time.monotonic_ns()
-        self._state = SourceState.LIVE
+        self._serving(first, fps)
         info = SourceInfo(self.uri_redacted, width, height, fps, self._is_live, self._cap.getBackendName())
         _log.info("opened %s: %dx%d at %.2f fps via %s", self.uri_redacted, width, height, fps, info.backend)
         return info
-
-    def read(self) -> SourceFrame | None:
-        """The next frame; None while a live source stalls (after a short wait, so callers do not spin).
-
-        Raises:
-            EndOfStream: a file without ``loop`` is exhausted (also on every later call).
-            SourceConnectionError: a live source delivered nothing for ``read_timeout_s``.
-            SourceError: a looping file cannot be opened or decoded again after its end.
-        """
-        if self._exhausted:
-            raise EndOfStream(f"{self.uri_redacted}: no more frames")
-        image = self._decode()
-        if image is None and not self._is_live:
-            if not self.loop:
-                self.close()
-                self._exhausted = True
-                raise EndOfStream(f"{self.uri_redacted}: end of file after {self._released} frames")
-            self._rewind()
-            image = self._decode()
-        if image is None:
-            self._stall()
-            return None
-        if self._pacer is not None:
-            self._pacer.wait(self._released)
-        self._released += 1
-        now = time.monotonic_ns()
-        self._last_frame_mono_ns = now
-        self._state = SourceState.LIVE
-        return SourceFrame(image, now, time.time_ns(), self._last_pts_ns)
 
     def close(self) -> None:
         """Release the capture; the state becomes ENDED. Safe to call twice."""
@@ -199,15 +131,8 @@ class OpenCvSource:
         if self._opened_before:
             self._state = SourceState.ENDED
 
-    def __enter__(self) -> OpenCvSource:
-        if self._cap is None:
-            self.open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def _is_open(self) -> bool:
+        return self._cap is not None
 
     def _connect(self) -> tuple[cv2.VideoCapture, np.ndarray]:
         """A capture that has delivered its first frame, or the error that says why not."""
@@ -247,15 +172,6 @@ class OpenCvSource:
         with _ffmpeg_capture_option("rtsp_transport", rtsp_transport):
             return cv2.VideoCapture(self._target, cv2.CAP_FFMPEG, params)
 
-    def _rtsp_worked(self, transport: str, tried: list[str | None]) -> None:
-        """Remember (and log, when it changes) the transport that worked; it goes first on a reconnect."""
-        if transport != self.rtsp_transport_used:
-            failed = f" ({', '.join(str(t).upper() for t in tried)} failed)" if tried else ""
-            _log.info("%s: RTP over %s%s", self.uri_redacted, transport.upper(), failed)
-        self.rtsp_transport_used = transport
-        self._transports.remove(transport)
-        self._transports.insert(0, transport)
-
     def _open_capture(self) -> cv2.VideoCapture:
         if self._cap is None:
             raise RuntimeError(f"{self.uri_redacted}: read() on a source that is not open")
@@ -286,15 +202,8 @@ class OpenCvSource:
             raise
         self._pts_offset_ns = self._last_pts_ns + round(1e9 / (_usable_fps(self._cap) or FALLBACK_FPS))
 
-    def _stall(self) -> None:
-        """A live source gave no frame: STALLED, or lost once silent for ``read_timeout_s``."""
-        silent_s = (time.monotonic_ns() - self._last_frame_mono_ns) / 1e9
-        if silent_s >= self.read_timeout_s:
-            self.close()
-            self._state = SourceState.RECONNECTING
-            raise SourceConnectionError(f"stream {self.uri_redacted} lost: no frame for {silent_s:.1f} s")
-        self._state = SourceState.STALLED
-        time.sleep(min(0.05, self.read_timeout_s - silent_s))
+    def _frame(self, decoded: np.ndarray, mono_ns: int, wall_ns: int) -> SourceFrame:
+        return SourceFrame(decoded, mono_ns, wall_ns, self._last_pts_ns)
 
 
 class SyntheticSource:

@@ -14,17 +14,9 @@ from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.comms.mqtt import Announcement, MqttSink
 from emim_stream.pipeline.config import MqttConfig
 from tests.mqtt_broker import MISSING, Recorder
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
-
-
-def _wait(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def _payload(kind: str, n: int) -> dict:
@@ -46,7 +38,7 @@ def test_messages_arrive_with_documented_topics_payloads_and_retained_status(mos
             assert sink.send("label", "cam1", _payload("label", 0))
             assert sink.send("status", "cam1", _payload("status", 0))
             assert live.wait_for(lambda m: len(m) == 4)
-            assert _wait(lambda: sink.stats()["sent"] == 3)  # the pipeline's messages; availability is not counted
+            assert wait_for(lambda: sink.stats()["sent"] == 3)  # the pipeline's messages; availability is not counted
             assert sink.stats() == {
                 "state": "connected", "sent": 3, "dropped": 0, "refused": 0, "queued": 0, "reconnects": 0,
                 "detail": "",
@@ -78,7 +70,7 @@ def test_kinds_not_configured_are_not_sent(mosquitto):
     with MqttSink(MqttConfig(host="127.0.0.1", port=broker.port, box_id="b")) as sink:  # default: no labels
         assert not sink.send("label", "cam1", _payload("label", 0))
         assert sink.send("event", "cam1", _payload("event", 0))
-        assert _wait(lambda: sink.stats()["sent"] == 1)
+        assert wait_for(lambda: sink.stats()["sent"] == 1)
 
 
 def test_unreachable_broker_at_start_is_reported_once_and_retried(mosquitto, caplog):
@@ -90,13 +82,13 @@ def test_unreachable_broker_at_start_is_reported_once_and_retried(mosquitto, cap
         for n in range(3):
             assert sink.send("event", "cam1", _payload("event", n))
         assert time.monotonic() - started < 0.1  # never waits for the broker
-        assert _wait(lambda: sink.stats()["state"] == "unreachable")
+        assert wait_for(lambda: sink.stats()["state"] == "unreachable")
         time.sleep(1.0)  # several retries
         unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(unreachable) == 1 and unreachable[0].levelno == logging.WARNING
         assert f"broker 127.0.0.1:{broker.port} unreachable" in sink.stats()["detail"]
         broker.start()
-        assert _wait(lambda: sink.stats()["sent"] == 3), sink.stats()
+        assert wait_for(lambda: sink.stats()["sent"] == 3), sink.stats()
         assert sink.stats()["state"] == "connected" and sink.stats()["dropped"] == 0
 
 
@@ -109,7 +101,7 @@ def test_refused_credentials_are_one_clear_line_without_the_password(mosquitto, 
     )  # fmt: skip
     assert "wrong-password" not in repr(cfg)
     with MqttSink(cfg) as sink:
-        assert _wait(lambda: sink.stats()["state"] == "refused")
+        assert wait_for(lambda: sink.stats()["state"] == "refused")
         time.sleep(0.8)  # it keeps retrying: still one line
         stats = sink.stats()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -125,7 +117,7 @@ def test_good_credentials_from_the_environment(mosquitto, monkeypatch):
     cfg = MqttConfig(host="127.0.0.1", port=broker.port, box_id="b", username="emim", password_env="EMIM_MQTT_PASSWORD")
     with MqttSink(cfg) as sink:
         assert sink.send("event", "cam1", _payload("event", 0))
-        assert _wait(lambda: sink.stats()["sent"] == 1), sink.stats()
+        assert wait_for(lambda: sink.stats()["sent"] == 1), sink.stats()
 
 
 def test_full_queue_drops_the_oldest_and_counts_them(mosquitto):
@@ -140,7 +132,7 @@ def test_full_queue_drops_the_oldest_and_counts_them(mosquitto):
             sink.send("event", "cam1", _payload("event", n))
         assert sink.stats()["dropped"] == 7 and sink.stats()["queued"] == 5
         broker.start()
-        assert _wait(lambda: sink.stats()["sent"] == 5), sink.stats()
+        assert wait_for(lambda: sink.stats()["sent"] == 5), sink.stats()
     recorder = Recorder(broker.port, "emim/#", persistent=True)
     try:
         events = lambda m: [p["msg_seq"] for t, p, _ in m if t.endswith("/event")]  # noqa: E731
@@ -155,7 +147,7 @@ def test_tls_with_the_brokers_ca_delivers_and_an_unknown_ca_does_not(mosquitto):
     good = MqttConfig(host="127.0.0.1", port=broker.port, box_id="b", tls=True, ca_file=str(broker.ca_file))
     with MqttSink(good) as sink:
         assert sink.send("event", "cam1", _payload("event", 0))
-        assert _wait(lambda: sink.stats()["sent"] == 1), sink.stats()
+        assert wait_for(lambda: sink.stats()["sent"] == 1), sink.stats()
     untrusted = MqttConfig(host="127.0.0.1", port=broker.port, box_id="b", tls=True, reconnect_min_s=0.1,
                            reconnect_max_s=0.2)  # system CAs: the test CA is not among them
     with MqttSink(untrusted) as sink:
@@ -176,7 +168,7 @@ def test_a_broker_that_refuses_every_publish_is_reported_in_state_and_stats(mosq
     with MqttSink(cfg) as sink:
         for n in range(20):
             sink.send("label", "cam1", _payload("label", n))
-        assert _wait(lambda: sink.stats()["refused"] == 20), sink.stats()
+        assert wait_for(lambda: sink.stats()["refused"] == 20), sink.stats()
         stats = sink.stats()
     assert stats["state"] == "rejecting" and stats["sent"] == 0 and stats["dropped"] == 20
     assert "refuses every message" in stats["detail"] and "Not authorized" in stats["detail"]
@@ -192,7 +184,7 @@ def test_snapshots_and_actions_are_retained_and_stats_go_to_the_box_topic(mosqui
         assert sink.send("snapshot", "cam1", jpeg)
         assert sink.send("action", "cam1", _payload("label", 4))
         assert sink.send("stats", None, {"schema": 1, "kind": "stats", "msg_seq": 0})
-        assert _wait(lambda: sink.stats()["sent"] == 3), sink.stats()
+        assert wait_for(lambda: sink.stats()["sent"] == 3), sink.stats()
     late = Recorder(broker.port, "emim/#", client_id="late")
     try:
         assert late.wait_for(lambda m: len(m) == 3)
@@ -208,7 +200,7 @@ def test_snapshots_and_actions_are_retained_and_stats_go_to_the_box_topic(mosqui
 def _announce(broker, topics: dict[str, bytes]) -> MqttSink:
     cfg = MqttConfig(host="127.0.0.1", port=broker.port, box_id="b")
     sink = MqttSink(cfg, announcement=Announcement("ha/+/node_b/+/config", topics)).start()
-    assert _wait(lambda: sink.announced == len(topics)), sink.stats()
+    assert wait_for(lambda: sink.announced == len(topics)), sink.stats()
     return sink
 
 

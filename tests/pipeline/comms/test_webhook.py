@@ -14,6 +14,7 @@ from emim_stream.pipeline.comms.messages import EventMessage
 from emim_stream.pipeline.comms.webhook import WebhookSink
 from emim_stream.pipeline.config import WebhookConfig
 from tests.http_hook import FRIGATE_CREATE_KEYS, HookServer
+from tests.polling import wait_for
 
 WALL = 1_767_225_600_000_000_000
 
@@ -23,15 +24,6 @@ def event(n: int, phase: str, label: str = "left", camera: str = "cam1") -> dict
                         "exit" if phase == "end" else None, msg_seq=n).to_payload()  # fmt: skip
 
 
-def _wait(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_events_arrive_in_order_with_the_bearer_token(monkeypatch):
     monkeypatch.setenv("HOOK_TOKEN", "t0ken")
     with HookServer() as server:
@@ -39,7 +31,7 @@ def test_events_arrive_in_order_with_the_bearer_token(monkeypatch):
         with WebhookSink(cfg) as sink:
             sent = [event(0, "start"), event(0, "update"), event(0, "end")]
             assert all(sink.send(p) for p in sent)
-            assert _wait(lambda: sink.stats()["sent"] == 3), sink.stats()
+            assert wait_for(lambda: sink.stats()["sent"] == 3), sink.stats()
             assert sink.stats() == {"state": "ok", "sent": 3, "dropped": 0, "queued": 0, "detail": ""}
         assert [(r.method, r.path, r.body) for r in server.requests] == [("POST", "/hook", p) for p in sent]
         assert {r.headers["authorization"] for r in server.requests} == {"Bearer t0ken"}
@@ -50,7 +42,7 @@ def test_phases_not_configured_are_not_sent():
     with HookServer() as server, WebhookSink(WebhookConfig(urls=(server.url,))) as sink:
         assert not sink.send(event(0, "update"))
         assert sink.send(event(0, "start"))
-        assert _wait(lambda: sink.stats()["sent"] == 1)
+        assert wait_for(lambda: sink.stats()["sent"] == 1)
 
 
 def test_a_500_is_retried_with_backoff_then_dropped_and_counted(caplog):
@@ -59,7 +51,7 @@ def test_a_500_is_retried_with_backoff_then_dropped_and_counted(caplog):
         cfg = WebhookConfig(urls=(server.url,), retries=2, backoff_s=0.2)
         with WebhookSink(cfg) as sink:
             sink.send(event(0, "start"))
-            assert _wait(lambda: sink.stats()["dropped"] == 1), sink.stats()
+            assert wait_for(lambda: sink.stats()["dropped"] == 1), sink.stats()
             stats = sink.stats()
             assert stats["state"] == "failing" and f"POST {server.url} answered HTTP 500" in stats["detail"]
             times = [r.mono_s for r in server.requests]
@@ -67,7 +59,7 @@ def test_a_500_is_retried_with_backoff_then_dropped_and_counted(caplog):
             assert times[2] - times[1] >= 0.2 * 2 - 0.02  # backoff: at once, then 0.2 x 2
             server.set_mode("ok")
             sink.send(event(1, "start"))
-            assert _wait(lambda: sink.stats()["sent"] == 1)
+            assert wait_for(lambda: sink.stats()["sent"] == 1)
             assert sink.stats()["state"] == "ok"
     assert "answered HTTP 500" in caplog.text and "delivering again" in caplog.text
 
@@ -86,7 +78,7 @@ def test_a_hanging_server_never_blocks_send_and_overflow_drops_the_oldest():
             assert (stats["dropped"], stats["queued"]) == (7, 4)  # 3 queued + the one in flight
             assert "queue of 3 full" in stats["detail"]
             server.set_mode("ok")
-            assert _wait(lambda: sink.stats()["sent"] == 4), sink.stats()
+            assert wait_for(lambda: sink.stats()["sent"] == 4), sink.stats()
         assert [r.body["msg_seq"] for r in server.requests] == [0, 8, 9, 10]  # the newest survive
 
 
@@ -107,11 +99,11 @@ def test_https_with_the_servers_ca_and_refused_without_it(tmp_path):
         trusted = WebhookConfig(urls=(server.url,), ca_file=str(server.ca_file), retries=0)
         with WebhookSink(trusted) as sink:
             sink.send(event(0, "start"))
-            assert _wait(lambda: sink.stats()["sent"] == 1), sink.stats()
+            assert wait_for(lambda: sink.stats()["sent"] == 1), sink.stats()
         untrusted = WebhookConfig(urls=(server.url,), retries=0)  # system CAs: the test CA is not among them
         with WebhookSink(untrusted) as sink:
             sink.send(event(0, "start"))
-            assert _wait(lambda: sink.stats()["dropped"] == 1), sink.stats()
+            assert wait_for(lambda: sink.stats()["dropped"] == 1), sink.stats()
             assert "CERTIFICATE_VERIFY_FAILED" in sink.stats()["detail"]
         assert len(server.requests) == 1
 
@@ -123,7 +115,7 @@ def test_frigate_format_creates_a_manual_event_at_start_and_ends_it_at_end():
             sink.send(event(0, "start", label="air drumming", camera="front_door"))
             sink.send(event(0, "end", label="air drumming", camera="front_door"))
             sink.send(event(1, "end"))  # its start never reached Frigate
-            assert _wait(lambda: sink.stats()["sent"] + sink.stats()["dropped"] == 3), sink.stats()
+            assert wait_for(lambda: sink.stats()["sent"] + sink.stats()["dropped"] == 3), sink.stats()
             stats = sink.stats()
         create, end = server.requests
         assert (create.method, create.path) == ("POST", "/api/events/front_door/air%20drumming/create")

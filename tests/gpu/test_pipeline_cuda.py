@@ -6,6 +6,7 @@ Real camera processes, shared-memory rings and ZeroMQ sockets, as in tests/integ
 from __future__ import annotations
 
 import collections
+import os
 
 import pytest
 import yaml
@@ -14,7 +15,7 @@ from emim_stream.pipeline.config import load_config
 from emim_stream.pipeline.inference import vmp_stage
 from emim_stream.pipeline.runtime import run
 from tests.gpu.conftest import GPU
-from tests.integration.conftest import free_port, shm_segments
+from tests.integration.conftest import free_port, rings_of
 from tests.integration.test_pipeline_e2e import check_label_stream, collect
 
 pytestmark = [*GPU, pytest.mark.slow]
@@ -63,11 +64,10 @@ def test_vmp_prompts_are_computed_on_the_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(vmp_stage.VmpStage, "push", recording_push)
     path = tmp_path / "cuda.yaml"
     path.write_text(yaml.safe_dump(cuda_config(free_port())))
-    before = shm_segments()
     labels: collections.Counter[str] = collections.Counter()
     cfg = load_config(path, ["postprocess.print_labels=false"])
     report = run(cfg, 8.0, on_label=lambda m: labels.update([m.camera_id]))
     assert set(labels) == set(CAMERAS) and min(labels.values()) >= 10, labels
     assert devices["cuda"] >= 4 * 30 and set(devices) == {"cuda"}, devices
     assert report.engine.startswith("torch fp32 on cuda")
-    assert shm_segments() <= before
+    assert not rings_of(os.getpid())  # the runtime in this process unlinked its rings

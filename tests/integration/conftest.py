@@ -20,10 +20,14 @@ from tests.rtsp_rig import rtsp_camera  # noqa: F401 - a fixture for the tests h
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def shm_segments() -> set[str]:
-    """The pipeline's shared-memory segments in /dev/shm (rings are named emim_*)."""
+def rings_of(*owners: int) -> set[str]:
+    """The shared-memory rings in /dev/shm that the processes ``owners`` created (named emim_<pid>_...).
+
+    Only these: other pipelines on the box (a test session beside this one) come and go meanwhile.
+    """
+    prefixes = tuple(f"emim_{pid}_" for pid in owners)
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith("emim_")}
+        return {n for n in os.listdir("/dev/shm") if n.startswith(prefixes)}
     except FileNotFoundError:  # pragma: no cover - not Linux
         return set()
 
@@ -102,7 +106,6 @@ def engine_section(**extra) -> dict:
 @pytest.fixture
 def pipeline_factory(tmp_path):
     started: list[PipelineProcess] = []
-    before = shm_segments()
 
     def start(config: dict, duration: float | None = None, extra: tuple[str, ...] = ()) -> PipelineProcess:
         p = PipelineProcess(tmp_path, config, duration, extra)
@@ -119,6 +122,5 @@ def pipeline_factory(tmp_path):
         for c in leftover:
             os.kill(c, signal.SIGKILL)
         assert not leftover, f"camera processes outlived the pipeline: {leftover}"
-    owners = {str(p.proc.pid) for p in started}  # rings are emim_<owner pid>_...: other runs on the box are not ours
-    left = {n for n in shm_segments() - before if n.split("_")[1] in owners}
+    left = rings_of(*(p.proc.pid for p in started))
     assert not left, f"shared memory left behind: {left}"

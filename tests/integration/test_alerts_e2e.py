@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.integration.conftest import ROOT, engine_section, free_port, shm_segments
+from tests.integration.conftest import ROOT, engine_section, free_port, rings_of
 from tests.mqtt_broker import MISSING
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
@@ -166,7 +166,6 @@ def test_lifecycle_availability_and_discovery_over_three_starts(tmp_path, mosqui
     broker = mosquitto()
     sub = MosquittoSub(broker.port, "fleet/box1/+/event", "fleet/box1/available")
     runs: list[Run] = []
-    before = shm_segments()
     try:
         # 1: lifecycle, discovery, clean stop
         runs.append(first := Run(tmp_path, "first", config(broker.port, ["cam1", "cam2"])))
@@ -242,6 +241,5 @@ def test_lifecycle_availability_and_discovery_over_three_starts(tmp_path, mosqui
         sub.close()
         for run in runs:
             run.kill_all()
-    owners = {str(run.proc.pid) for run in runs}
-    left = {n for n in shm_segments() - before if n.split("_")[1] in owners}
+    left = rings_of(*(run.proc.pid for run in runs))
     assert not left, f"shared memory left behind: {left}"

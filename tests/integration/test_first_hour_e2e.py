@@ -19,7 +19,7 @@ from emim_stream.pipeline.capture.sources import SyntheticSource
 from emim_stream.pipeline.comms.messages import LabelMessage
 from emim_stream.pipeline.comms.subscribe import Subscriber
 from emim_stream.pipeline.config import DEFAULT_CONFIG
-from tests.integration.conftest import ROOT, engine_section, free_port, shm_segments
+from tests.integration.conftest import ROOT, engine_section, free_port, rings_of
 
 EMIM_STREAM = str(Path(sys.executable).with_name("emim-stream"))  # the installed entry point
 _LABEL_LINE = re.compile(r"^\s+cam1 frames\s+\d+-(\d+)\s+(\S+)\s+[\d.]+\s+\(.*\)\s+latency [\d.]+ ms(.*)$")
@@ -45,7 +45,6 @@ def _cli(*argv: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedPro
 
 def test_run_from_anywhere_uses_the_embedded_default_and_scores_against_the_truth(tmp_path):
     """`emim-stream run --duration` in an empty directory: the packaged default, labels with their truth."""
-    before = shm_segments()
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     stdout, stderr = (tmp_path / "run.out").open("w+"), (tmp_path / "run.err").open("w+")
     proc = subprocess.Popen(
@@ -88,7 +87,7 @@ def test_run_from_anywhere_uses_the_embedded_default_and_scores_against_the_trut
     if scored:
         summary = re.search(r"top-1 vs truth ([\d.]+)% \((\d+)/(\d+) windows\)", out)
         assert summary and (int(summary[2]), int(summary[3])) == (right, len(scored)), out[-2000:]
-    assert not {n for n in shm_segments() - before if n.startswith(f"emim_{proc.pid}_")}  # its rings are unlinked
+    assert not rings_of(proc.pid)  # its rings are unlinked
 
 
 def _write_video(path: Path, labels: list[str], frames_each: int, fps: float = 30.0) -> None:

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from emim_stream.pipeline.comms.messages import LabelMessage, StatusMessage
 from emim_stream.pipeline.comms.subscribe import Subscriber
-from tests.integration.conftest import ROOT, alive, engine_section, free_port, shm_segments
+from tests.integration.conftest import ROOT, alive, engine_section, free_port, rings_of
 
 
 def collect(endpoint: str, count: int, timeout_s: float, topics=(b"labels/",), proc=None) -> list:
@@ -100,19 +100,15 @@ def test_video_file_source_runs_to_its_end(pipeline_factory, tmp_path):
 
 def test_sigterm_stops_children_and_frees_shared_memory(pipeline_factory):
     port = free_port()
-    before = shm_segments()
     p = pipeline_factory(synthetic_config(port))
 
-    def rings() -> set[str]:  # this run's (emim_<pid>_...): another pipeline on the box may come and go meanwhile
-        return {n for n in shm_segments() - before if n.startswith(f"emim_{p.proc.pid}_")}
-
     assert collect(f"tcp://127.0.0.1:{port}", 2, 60, proc=p)
-    assert rings(), "the ring should exist while running"
+    assert rings_of(p.proc.pid), "the ring should exist while running"
     children = p.watch_children()
     assert p.terminate() == 0
     time.sleep(0.2)
     assert not [c for c in children if alive(c)]
-    assert not rings()
+    assert not rings_of(p.proc.pid)
 
 
 def test_killed_camera_process_is_restarted(pipeline_factory):

@@ -15,7 +15,15 @@ from collections.abc import Callable, Sequence
 
 from emim_stream.engines.errors import ConfigError
 
-__all__ = ["MAX_SYNTHETIC_SIDE", "SYNTHETIC_SCHEME", "SYNTHETIC_SIZE", "SyntheticQuery", "is_synthetic", "redact_uri"]
+__all__ = [
+    "MAX_SYNTHETIC_SIDE",
+    "SYNTHETIC_SCHEME",
+    "SYNTHETIC_SIZE",
+    "SyntheticQuery",
+    "is_network_stream",
+    "is_synthetic",
+    "redact_uri",
+]
 
 SYNTHETIC_SCHEME = "synthetic"
 SYNTHETIC_SIZE: tuple[int, int] = (320, 240)
@@ -23,6 +31,7 @@ SYNTHETIC_SIZE: tuple[int, int] = (320, 240)
 MAX_SYNTHETIC_SIDE = 4096
 """Largest synthetic frame side in pixels (a 4K frame fits); the smallest is 8."""
 
+_NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/]*@")
 _SECRET_QUERY = re.compile(  # any query key that names a credential: passphrase, pwd, api_key, X-Auth-Token, ...
     r"(?P<key>[?&;][^?&;=#\s]*(?:pass|pwd|secret|token|auth|key|sig|cred|session)[^?&;=#\s]*=)[^&;#\s]*",
@@ -42,6 +51,11 @@ def redact_uri(uri: str | int | os.PathLike[str]) -> str:
     text = os.fspath(uri) if isinstance(uri, os.PathLike) else str(uri)
     text = _USERINFO.sub(r"\g<scheme>***@", text)
     return _SECRET_QUERY.sub(r"\g<key>***", text)
+
+
+def is_network_stream(uri: object) -> bool:
+    """Whether ``uri`` is a URL of a streaming scheme (RTSP, RTMP, HTTP(S), UDP, TCP, SRT)."""
+    return isinstance(uri, str) and urllib.parse.urlsplit(uri).scheme.lower() in _NETWORK_SCHEMES
 
 
 def is_synthetic(uri: object) -> bool:

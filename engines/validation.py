@@ -128,7 +128,7 @@ def explain(err: msgspec.ValidationError, data: Any, tp: Any) -> tuple[str, str]
         return path_text(path), f"must be one of {list(choices)}{got}"
     if text in _RULES:
         return path_text(path), _RULES[text]
-    if rule := re.fullmatch(r"(\w+): (.*)", text, re.S):
+    if rule := re.fullmatch(r"([\w.\[\]]+): (.*)", text, re.S):  # a FieldError: "name: rule"
         return path_text([*path, rule[1]]), rule[2]
     return path_text(path), text
 

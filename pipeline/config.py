@@ -25,6 +25,7 @@ import yaml
 from emim_stream.engines.backends.base import EngineConfig
 from emim_stream.engines.errors import ConfigError
 from emim_stream.engines.transforms import ResizeMethod
+from emim_stream.engines.uris import is_network_stream, redact_uri
 from emim_stream.engines.validation import check_ranges, closest_key, explain, path_text, ranged
 from emim_stream.pipeline.endpoints import port_problem
 
@@ -135,6 +136,10 @@ class CameraConfig:
     hwaccel: Hwaccel = "none"
     """``decoder: ffmpeg`` only: decode on this device (presets as Frigate's; see the cameras page for what each
     needs); ``emim-stream doctor`` lists the ones this box's FFmpeg supports."""
+    record_source: str | None = None
+    """The camera's main stream (a network URL), recorded as it comes, without decoding, into ``record.dir`` while
+    ``source`` (its low-resolution sub-stream) feeds the model; without it the recording is ``source``'s frames at
+    the model's size with the labels drawn on them. Needs ``record.dir``."""
 
     def __post_init__(self) -> None:
         if not self.id or not all(c.isalnum() or c in "-_." for c in self.id) or len(self.id) > 64:
@@ -143,6 +148,12 @@ class CameraConfig:
             raise FieldError("id", "'all' is reserved (latency summaries use it for all cameras)")
         if not str(self.source).strip():
             raise FieldError("source", "must not be empty")
+        if self.record_source is not None and not is_network_stream(self.record_source):
+            raise FieldError(
+                "record_source",
+                f"must be a stream URL (rtsp://, http(s)://, ...): the camera's main stream, got "
+                f"{redact_uri(self.record_source)!r}",
+            )
         if self.hwaccel != "none" and self.decoder != "ffmpeg":
             raise FieldError("hwaccel", f"{self.hwaccel!r} needs decoder: ffmpeg (the OpenCV decoder has no presets)")
         check_ranges(self, FieldError)
@@ -499,6 +510,9 @@ class PipelineConfig:
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise FieldError("cameras", f"camera ids must be unique, repeated: {dup}")
+        for i, cam in enumerate(self.cameras):
+            if cam.record_source is not None and self.record.dir is None:
+                raise FieldError(f"cameras[{i}].record_source", "needs record.dir (where its recordings go)")
 
     def stride_of(self, camera: CameraConfig) -> int:
         """The window stride of ``camera`` (sampled frames)."""

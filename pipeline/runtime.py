@@ -43,7 +43,7 @@ from emim_stream.pipeline.inference.stream import build_stream
 from emim_stream.pipeline.outputs.dispatch import Outputs
 from emim_stream.pipeline.outputs.metrics import Metrics
 from emim_stream.pipeline.outputs.preview import PreviewTap
-from emim_stream.pipeline.outputs.record import Recorder
+from emim_stream.pipeline.outputs.record import Recorder, frames_wanted
 from emim_stream.pipeline.outputs.snapshot import Snapshots
 
 __all__ = ["RunReport", "run"]
@@ -137,7 +137,7 @@ def run(
         cameras = resources.enter_context(
             CameraSupervisor(
                 cfg.cameras, cfg.ring.slots, spec.height, spec.width, cfg.supervisor, sampling,
-                all_frames=cfg.record.dir is not None,  # the recorder shows every frame, not only the model's
+                all_frames=frames_wanted(cfg.record, cfg.cameras),
             )
         )
         outputs = Outputs(
@@ -293,6 +293,7 @@ def _preview_tap(cfg: PipelineConfig, resources: ExitStack) -> PreviewTap | None
 def _recorder(cfg: PipelineConfig, resources: ExitStack) -> Recorder | None:
     if cfg.record.dir is None:
         return None
-    recorder = Recorder(cfg.record, [c.id for c in cfg.cameras])
+    backoff = (cfg.supervisor.restart_backoff_s, cfg.supervisor.restart_backoff_max_s)
+    recorder = Recorder(cfg.record, cfg.cameras, backoff)
     resources.callback(recorder.close)
     return recorder

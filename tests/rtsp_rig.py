@@ -1,5 +1,6 @@
 """A real RTSP camera on loopback for tests: ``rtsp-server-perl`` relays an H.264 test pattern that ``ffmpeg``
-pushes, served at ``rtsp://127.0.0.1:PORT/cam``.
+pushes, served at ``rtsp://127.0.0.1:PORT/cam`` (and, like an IP camera's low-resolution sub-stream, a second one
+at ``.../sub`` when asked for).
 
 ffmpeg cannot serve RTSP itself; Debian's ``rtsp-server-perl`` accepts a stream pushed to its source port
 (ANNOUNCE/RECORD) and serves it to clients on its client port, RTP over UDP only: readers need
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -45,17 +47,26 @@ class RtspCamera:
         size: (width, height) of the pushed test pattern.
         fps: its frame rate (ffmpeg pushes in real time, ``-re``).
         gop: frames between key frames; a reader (re)starts decoding at the next one.
+        sub_size: (width, height) of a sub-stream served at :attr:`sub_url` (None: none). One server serves both:
+            two servers on one box would share the RTP port rtsp-server-perl falls back to.
     """
 
-    def __init__(self, log_dir: Path, size: tuple[int, int] = (320, 240), fps: int = 30, gop: int = 15) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        size: tuple[int, int] = (320, 240),
+        fps: int = 30,
+        gop: int = 15,
+        sub_size: tuple[int, int] | None = None,
+    ) -> None:
         if MISSING:
             raise RuntimeError(MISSING)
         self.log_dir = log_dir
-        self.size, self.fps, self.gop = size, fps, gop
+        self.size, self.fps, self.gop, self.sub_size = size, fps, gop, sub_size
         self.client_port, self.source_port = free_port(), free_port()
         self.rtp_start_port = _free_udp_range(_RTP_PORTS)
         self._server: subprocess.Popen | None = None
-        self._ffmpeg: subprocess.Popen | None = None
+        self._pushers: list[subprocess.Popen] = []
 
     @property
     def url(self) -> str:
@@ -63,8 +74,13 @@ class RtspCamera:
         return f"rtsp://127.0.0.1:{self.client_port}/cam"
 
     @property
+    def sub_url(self) -> str:
+        """The sub-stream (``sub_size``): ``rtsp://127.0.0.1:PORT/sub``."""
+        return f"rtsp://127.0.0.1:{self.client_port}/sub"
+
+    @property
     def running(self) -> bool:
-        return all(p is not None and p.poll() is None for p in (self._server, self._ffmpeg))
+        return all(p is not None and p.poll() is None for p in (self._server, *self._pushers))
 
     def start(self, timeout_s: float = 10.0) -> float:
         """Start the server and the pusher; return once the stream is served (seconds that took).
@@ -89,17 +105,20 @@ class RtspCamera:
                 "rtsp-server.log",
             )  # fmt: skip
             self._wait(lambda: accepts(self.source_port), deadline, "the server to listen")
-            width, height = self.size
-            self._ffmpeg = self._spawn(
-                [
-                    FFMPEG, "-hide_banner", "-loglevel", "warning", "-nostdin", "-re",
-                    "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={self.fps}",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(self.gop),
-                    "-f", "rtsp", "-rtsp_transport", "udp", f"rtsp://127.0.0.1:{self.source_port}/cam",
-                ],
-                "ffmpeg.log",
-            )  # fmt: skip
-            self._wait(lambda: _describe_ok(self.client_port), deadline, "the stream to be served")
+            streams = [("cam", self.size, "ffmpeg.log")]
+            if self.sub_size is not None:
+                streams.append(("sub", self.sub_size, "ffmpeg-sub.log"))
+            for path, (width, height), log_name in streams:
+                self._pushers.append(self._spawn(
+                    [
+                        FFMPEG, "-hide_banner", "-loglevel", "warning", "-nostdin", "-re",
+                        "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={self.fps}",
+                        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(self.gop),
+                        "-f", "rtsp", "-rtsp_transport", "udp", f"rtsp://127.0.0.1:{self.source_port}/{path}",
+                    ],
+                    log_name,
+                ))  # fmt: skip
+                self._wait(partial(_describe_ok, self.client_port, path), deadline, f"/{path} to be served")
         except BaseException:
             self.stop()
             raise
@@ -107,22 +126,23 @@ class RtspCamera:
 
     def stop(self) -> None:
         """Stop both processes (SIGTERM, then SIGKILL after 3 s): the camera is gone. Safe to call twice."""
-        for proc in (self._ffmpeg, self._server):
+        processes = [*self._pushers, self._server]
+        for proc in processes:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-        for proc in (self._ffmpeg, self._server):
+        for proc in processes:
             if proc is not None:
                 try:
                     proc.wait(3)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(3)
-        self._ffmpeg = self._server = None
+        self._pushers, self._server = [], None
 
     def logs(self) -> str:
         """The tail of both logs, for assertion messages."""
         parts = []
-        for name in ("rtsp-server.log", "ffmpeg.log"):
+        for name in ("rtsp-server.log", "ffmpeg.log", "ffmpeg-sub.log"):
             path = self.log_dir / name
             text = path.read_text(errors="replace")[-2000:] if path.exists() else "(none)"
             parts.append(f"--- {name}\n{text}")
@@ -136,7 +156,7 @@ class RtspCamera:
 
     def _wait(self, ready, deadline: float, what: str) -> None:
         while not ready():
-            exited = [p.args[0] for p in (self._server, self._ffmpeg) if p is not None and p.poll() is not None]
+            exited = [p.args[0] for p in (self._server, *self._pushers) if p is not None and p.poll() is not None]
             if exited:
                 raise RuntimeError(f"{', '.join(exited)} exited while waiting for {what}\n{self.logs()}")
             if time.monotonic() > deadline:
@@ -190,9 +210,9 @@ def _free_udp_range(count: int) -> int:
     raise RuntimeError(f"found no {count} consecutive free UDP ports on 127.0.0.1")
 
 
-def _describe_ok(port: int) -> bool:
-    """True once ``rtsp://127.0.0.1:PORT/cam`` answers DESCRIBE with 200 (a source is pushing to it)."""
-    request = f"DESCRIBE rtsp://127.0.0.1:{port}/cam RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n"
+def _describe_ok(port: int, path: str) -> bool:
+    """True once ``rtsp://127.0.0.1:PORT/<path>`` answers DESCRIBE with 200 (a source is pushing to it)."""
+    request = f"DESCRIBE rtsp://127.0.0.1:{port}/{path} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n"
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
             conn.sendall(request.encode())

@@ -1,5 +1,6 @@
 """``emim-stream bench-decode``: CPU per frame, frames/s and cameras per core of each decoder and resize method, on
-1080p and 720p H.264 files it makes with FFmpeg, then the camera process itself with each decoder."""
+1080p, 720p and 360p H.264 files it makes with FFmpeg; a 360p sub-stream with the 1080p stream recorded as it comes
+(``record_source``); then the camera process itself with each decoder."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
-HELP = "compare the decoders and resize methods: CPU per frame, frames/s and cameras per core at 1080p and 720p"
+HELP = (
+    "compare the decoders and resize methods: CPU per frame, frames/s and cameras per core at 1080p, 720p and 360p, "
+    "and a sub-stream with the main stream recorded as it comes"
+)
 
-_VIDEOS = (("1080p", 1920, 1080, "6M"), ("720p", 1280, 720, "3M"))  # name, width, height, H.264 bitrate
+_VIDEOS = (("1080p", 1920, 1080, "6M"), ("720p", 1280, 720, "3M"), ("360p", 640, 360, "1M"))  # name, size, bitrate
 _ROWS = (("opencv", "area"), ("opencv", "pyramid"), ("opencv", "linear"), ("ffmpeg", "area"), ("ffmpeg", "linear"))
 _FPS = 30
 
@@ -41,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, folder: Path) -> int:
-    from emim_stream.pipeline.measure.decode import decode_cost, make_test_video, pixel_difference
+    from emim_stream.pipeline.measure.decode import copy_cost, decode_cost, make_test_video, pixel_difference
 
     seconds = max(args.frames / _FPS, 2.0)
     videos = {}
@@ -57,15 +61,25 @@ def _run(args: argparse.Namespace, folder: Path) -> int:
     )
     print(f"{'video':<6} {'decoder':<7} {'resize':<8} {'ms/frame all':>12} {'ms/frame 1/' + str(args.every):>13} "
           f"{'frames/s all':>12} {'cameras/core':>12}")  # fmt: skip
+    sampled_ms: dict[tuple[str, str, str], float] = {}
     for name, path in videos.items():
         for decoder, resize in _ROWS:
             every = decode_cost(path, decoder, resize, args.size, args.frames)
             sampled = decode_cost(path, decoder, resize, args.size, args.frames, args.every)
+            sampled_ms[name, decoder, resize] = sampled.cpu_ms_per_frame
             print(
                 f"{name:<6} {decoder:<7} {resize:<8} {every.cpu_ms_per_frame:>12.2f} {sampled.cpu_ms_per_frame:>13.2f} "
                 f"{every.fps:>12.1f} {sampled.cameras_per_core(_FPS):>12.2f}",
                 flush=True,
             )
+    copy_ms = copy_cost(videos["1080p"], args.frames, folder)
+    main_ms, sub_ms = sampled_ms["1080p", "ffmpeg", "area"], sampled_ms["360p", "ffmpeg", "area"]
+    print(
+        f"sub-stream: the model's frames from the 360p stream ({sub_ms:.2f} ms/frame) and the 1080p stream recorded "
+        f"as it comes (record_source, packets copied: {copy_ms:.2f} ms/frame) cost {sub_ms + copy_ms:.2f} ms/frame, "
+        f"{main_ms / (sub_ms + copy_ms):.2f}x less than decoding the 1080p stream ({main_ms:.2f}; ffmpeg, area, "
+        f"1/{args.every})"
+    )
     for resize in ("area", "linear"):
         mean, p99, top = pixel_difference(videos["1080p"], resize, args.size)
         print(f"ffmpeg vs opencv, {resize}, 1080p, same frames: |difference| mean {mean:.2f}, p99 {p99:.0f}, "

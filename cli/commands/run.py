@@ -152,11 +152,14 @@ def main(args: argparse.Namespace) -> int:
         if m["refused"] and not m["sent"]:
             print(f"mqtt: the broker refused every message ({m['refused']}): none reached a subscriber")
     for cam_id, rec in (report.record or {}).items():
+        copied = "reconnects" in rec  # its record_source, copied as it comes
         print(
-            f"recording {cam_id}: {rec['written']} frames in {rec['files']} file(s), {rec['dropped']} dropped "
-            f"(encoder behind), {rec['lost']} frames lost to write errors"
+            f"recording {cam_id}: {rec['written']} frames "
+            + (f"of its record_source in {rec['files']} file(s), {rec['reconnects']} reconnects, " if copied else
+               f"in {rec['files']} file(s), {rec['dropped']} dropped (encoder behind), ")
+            + f"{rec['lost']} frames lost to write errors"
             + (f" (last: {rec['detail']})" if rec["detail"] else "")
-        )
+        )  # fmt: skip
     if report.webhook is not None:
         w = report.webhook
         problem = f" (last problem: {w['detail']})" if w["detail"] else ""

@@ -49,7 +49,7 @@ from emim_stream.pipeline.capture.frames import (
 from emim_stream.pipeline.capture.hwaccel import HWACCELS, PRESETS, cover_crop, scale_flags
 from emim_stream.pipeline.errors import SourceConnectionError, SourceError
 
-__all__ = ["FfmpegSource"]
+__all__ = ["FfmpegSource", "av_reason"]
 
 _log = logging.getLogger(__name__)
 
@@ -151,14 +151,14 @@ class FfmpegSource(DecodingSource[VideoFrame, PreparedFrame]):
             try:
                 container = av.open(target, options=options, timeout=timeout, hwaccel=self._hwaccel())
             except _AV_ERRORS as err:
-                reason = _why(err)
+                reason = av_reason(err)
                 continue
             opened = True
             try:
                 first = self._start(container)
             except (*_AV_ERRORS, StopIteration, IndexError) as err:
                 container.close()
-                reason = _why(err)
+                reason = av_reason(err)
                 continue
             if transport is not None:
                 self._rtsp_worked(transport, tried=self._transports[:attempt])
@@ -205,7 +205,7 @@ class FfmpegSource(DecodingSource[VideoFrame, PreparedFrame]):
         except StopIteration:
             return None
         except _AV_ERRORS as err:  # a read timeout, a dropped connection, a corrupt end of a file
-            _log.debug("%s: %s", self.uri_redacted, _why(err))
+            _log.debug("%s: %s", self.uri_redacted, av_reason(err))
             self._frames = iter(())
             return None
         self._set_pts(frame)
@@ -275,7 +275,7 @@ def _decoded(container: InputContainer, stream: VideoStream, decoder: str | None
                 yield frame
 
 
-def _why(err: BaseException) -> str:
+def av_reason(err: BaseException) -> str:
     """FFmpeg's reason for ``err`` without the URL it repeats (credentials redacted all the same)."""
     if isinstance(err, StopIteration):
         return "no video frame"

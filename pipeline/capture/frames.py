@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 import numpy as np
 
 from emim_stream.engines.errors import ConfigError
-from emim_stream.engines.uris import redact_uri
+from emim_stream.engines.uris import is_network_stream, redact_uri
 from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "rtsp_transports",
 ]
 
-_NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 _RTSP_TRANSPORTS = ("auto", "tcp", "udp")
 FALLBACK_FPS = 30.0
 """Pacing rate of a file whose container does not state a usable fps."""
@@ -152,7 +151,7 @@ def classify_uri(uri: str | int) -> tuple[str, str | int]:
     of a streaming scheme) or ``file`` (a path, ``file://`` removed)."""
     if isinstance(uri, int) or uri.strip().isdigit():
         return "camera", int(uri)
-    if urllib.parse.urlsplit(uri).scheme.lower() in _NETWORK_SCHEMES:
+    if is_network_stream(uri):
         return "network", uri
     path = uri.removeprefix("file://")
     is_device = path.startswith("/dev/") and os.path.exists(path) and stat.S_ISCHR(os.stat(path).st_mode)

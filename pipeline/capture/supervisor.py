@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -61,7 +61,8 @@ class CameraSupervisor:
         slots, height, width: ring geometry (frames are written at the model's input size).
         cfg: restart backoff settings.
         sampling: per camera id, the model's sampling it must deliver.
-        all_frames: cameras write every frame, the model's samples marked (the recorder wants them all).
+        all_frames: ids of the cameras that write every frame, the model's samples marked (the recorder wants
+            them all).
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class CameraSupervisor:
         width: int,
         cfg: SupervisorConfig,
         sampling: Mapping[str, SamplingRequest],
-        all_frames: bool = False,
+        all_frames: Collection[str] = (),
     ) -> None:
         for cam in cameras:  # bad source URIs fail here, in the main process, with the field named
             open_source(
@@ -87,7 +88,7 @@ class CameraSupervisor:
                 resize=cam.resize,
                 hwaccel=cam.hwaccel,
             )
-        self.cfg, self.sampling, self.all_frames = cfg, dict(sampling), all_frames
+        self.cfg, self.sampling, self.all_frames = cfg, dict(sampling), frozenset(all_frames)
         self._ctx = multiprocessing.get_context("spawn")
         self._stop_r, self._stop_w = self._ctx.Pipe(duplex=False)
         self._stopping = False
@@ -111,7 +112,8 @@ class CameraSupervisor:
         process = self._ctx.Process(
             target=camera_main,
             args=(
-                handle.cfg, handle.ring.name, self._stop_r, send, self.sampling[handle.cfg.id], self.all_frames,
+                handle.cfg, handle.ring.name, self._stop_r, send, self.sampling[handle.cfg.id],
+                handle.cfg.id in self.all_frames,
                 backoff, logging.getLogger().level,
             ),
             name=f"camera-{handle.cfg.id}",

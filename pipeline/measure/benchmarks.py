@@ -230,7 +230,8 @@ def camera_cost(
     camera = CameraConfig("bench", source, loop=True)
     stage = VmpStage(VmpLayer())
     window = ClipWindow(sampling.frames, sampling.stride, size, size)
-    with CameraSupervisor((camera,), slots, size, size, SupervisorConfig(), {"bench": sampling}, all_frames) as cams:
+    everything = ("bench",) if all_frames else ()
+    with CameraSupervisor((camera,), slots, size, size, SupervisorConfig(), {"bench": sampling}, everything) as cams:
         cams.start()
         handle = cams.cameras["bench"]
         reader = RingReader(handle.ring, start_seq=0)

@@ -4,6 +4,8 @@
 - :func:`decode_cost`: CPU per frame and frames per second of a decoder reading a file as fast as it can, in this
   process, preparing (resize, crop, RGB) every N-th frame as a camera does for the frames the model samples.
 - :func:`pixel_difference`: how far the FFmpeg decoder's frames are from the OpenCV path's, on the same frames.
+- :func:`copy_cost`: CPU per frame of recording a stream as it comes (``cameras[].record_source``: its packets
+  copied into a segment, never decoded).
 
 - :func:`camera_process_costs`: real camera processes, one per decoder, on the same file at the same time: the CPU
   of each over the same interval.
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 import psutil
 
@@ -29,8 +32,9 @@ from emim_stream.pipeline.capture.sources import DECODERS, PreparedFrame, Source
 from emim_stream.pipeline.capture.supervisor import CameraSupervisor
 from emim_stream.pipeline.config import CameraConfig, Decoder, SupervisorConfig
 from emim_stream.pipeline.errors import EndOfStream, PipelineError
+from emim_stream.pipeline.outputs.segments import CopiedFile
 
-__all__ = ["DecodeCost", "camera_process_costs", "decode_cost", "make_test_video", "pixel_difference"]
+__all__ = ["DecodeCost", "camera_process_costs", "copy_cost", "decode_cost", "make_test_video", "pixel_difference"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,26 @@ def decode_cost(path: Path, decoder: str, resize: str, size: int, frames: int, e
     return DecodeCost(decoded, prepared, 1000 * cpu / decoded, decoded / wall)
 
 
+def copy_cost(path: Path, frames: int, folder: Path) -> float:
+    """CPU milliseconds per frame of recording ``path``'s video as ``record_source`` does: its packets read and
+    copied into a fragmented MP4 segment in ``folder`` (the file read again from its start until ``frames``)."""
+    copied, cpu = 0, time.process_time()
+    while copied < frames:
+        with av.open(str(path)) as source:
+            stream = source.streams.video[0]
+            segment: CopiedFile | None = None
+            for packet in source.demux(stream):
+                if packet.dts is None or copied >= frames:
+                    continue
+                if segment is None:
+                    segment = CopiedFile(folder / f"copy{copied}.mp4", stream, packet)
+                copied += segment.write(packet)
+            if segment is None:
+                raise PipelineError(f"copy benchmark: {path} has no video packet")
+            segment.close()
+    return 1000 * (time.process_time() - cpu) / copied
+
+
 def pixel_difference(path: Path, resize: str, size: int, frames: int = 30) -> tuple[float, float, int]:
     """``(mean, 99th percentile, max)`` absolute difference in levels (0-255) between the FFmpeg decoder's frames and
     the OpenCV path's (decode, :class:`Preprocessor`) on the first ``frames`` frames of ``path``."""
@@ -145,7 +169,8 @@ def camera_process_costs(
     """
     cameras = tuple(CameraConfig(decoder, source, loop=True, resize=resize, decoder=decoder) for decoder in decoders)
     requests: dict[str, SamplingRequest] = {decoder: sampling for decoder in decoders}
-    with CameraSupervisor(cameras, 16, size, size, SupervisorConfig(), requests, all_frames) as cams:
+    everything = decoders if all_frames else ()
+    with CameraSupervisor(cameras, 16, size, size, SupervisorConfig(), requests, everything) as cams:
         cams.start()
         deadline = time.monotonic() + 30
         while any(h.ring.latest_seq < 0 for h in cams.cameras.values()):

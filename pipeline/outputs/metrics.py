@@ -300,3 +300,11 @@ class _RecordCollector:
         for camera, values in stats.items():
             failing.add_metric([camera], 1 if values["state"] == "write_error" else 0)
         yield failing
+        copied = {camera: values for camera, values in stats.items() if "reconnects" in values}  # record_source
+        if copied:
+            up = GaugeMetricFamily(
+                "emim_record_source_up", "1 while the camera's record_source (main stream) is read", labels=["camera"]
+            )
+            for camera, values in copied.items():
+                up.add_metric([camera], 1 if values["state"] in ("recording", "write_error") else 0)
+            yield up

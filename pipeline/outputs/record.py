@@ -14,6 +14,11 @@ stay visible), adds a text band above it (top-1 label on the left; score and tot
 MPEG-4 part 2. A write error (full disk, removed or read-only directory) is one camera writer's problem: it is
 logged, counted and retried there, and the other cameras go on recording.
 
+A camera with ``record_source`` (its main stream, while ``source`` is a sub-stream for the model) is recorded from
+that stream instead, copied as it comes (:class:`~emim_stream.pipeline.outputs.stream_copy.StreamCopy`): same file
+names, segments and retention, no labels drawn; its camera process then writes only the model's samples, unless
+event clips want every frame (:func:`frames_wanted`).
+
 With ``record.event_clips``, the writer also keeps the last ``clip_max_s + clip_pre_s`` seconds of each camera's
 frames, and for every ended action event (``on_event``, :mod:`emim_stream.pipeline.inference.events`) writes
 ``DIR/events/<camera>_<label>_<UTC start>_<id prefix>.mp4`` (:meth:`Recorder.event_paths`; camera and label
@@ -30,6 +35,7 @@ import os
 import queue
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,11 +46,19 @@ import numpy as np
 from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.capture.ring import RingFrame
 from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage
-from emim_stream.pipeline.config import RecordConfig
+from emim_stream.pipeline.config import CameraConfig, RecordConfig
 from emim_stream.pipeline.outputs.filenames import safe_name
-from emim_stream.pipeline.outputs.segments import WRITE_ERRORS, SegmentWriter, VideoFile, probe_codec, utc_stamp
+from emim_stream.pipeline.outputs.segments import (
+    WRITE_ERRORS,
+    SegmentFiles,
+    SegmentWriter,
+    VideoFile,
+    probe_codec,
+    utc_stamp,
+)
+from emim_stream.pipeline.outputs.stream_copy import StreamCopy
 
-__all__ = ["Overlay", "OverlayLayout", "Recorder", "draw_overlay", "overlay_layout"]
+__all__ = ["Overlay", "OverlayLayout", "Recorder", "draw_overlay", "frames_wanted", "overlay_layout"]
 
 _log = logging.getLogger(__name__)
 
@@ -128,6 +142,14 @@ def draw_overlay(image_rgb: np.ndarray, overlay: Overlay | None, layout: Overlay
     return out
 
 
+def frames_wanted(cfg: RecordConfig, cameras: Sequence[CameraConfig]) -> set[str]:
+    """The cameras whose every frame the recorder wants (not only the model's samples): those recorded from their
+    frames, and all of them for event clips."""
+    if cfg.dir is None:
+        return set()
+    return {cam.id for cam in cameras if cam.record_source is None or cfg.event_clips}
+
+
 def _clip_fps(frames: list[tuple[RingFrame, Overlay | None]]) -> float:
     """Frame rate of a clip from the capture times of its frames (30 when they cannot tell), in 1..240."""
     span_ns = frames[-1][0].capture_mono_ns - frames[0][0].capture_mono_ns
@@ -140,16 +162,20 @@ class Recorder:
 
     Args:
         cfg: the ``record:`` section (``dir`` must be set).
-        camera_ids: the cameras to record.
+        cameras: the cameras to record; those with ``record_source`` from that stream.
+        backoff: (first, max) delay before a dropped ``record_source`` is opened again.
 
     Counters: ``dropped`` frames per camera (queue full), ``clips`` (paths, in order) per camera; each camera's
-    :class:`~emim_stream.pipeline.outputs.segments.SegmentWriter` in ``writers`` counts what it wrote and lost.
+    :class:`~emim_stream.pipeline.outputs.segments.SegmentWriter` in ``writers`` (or
+    :class:`~emim_stream.pipeline.outputs.stream_copy.StreamCopy` in ``copies``) counts what it wrote and lost.
 
     Raises:
         ConfigError: the directory cannot be created or no codec can be encoded.
     """
 
-    def __init__(self, cfg: RecordConfig, camera_ids: list[str]) -> None:
+    def __init__(
+        self, cfg: RecordConfig, cameras: Sequence[CameraConfig], backoff: tuple[float, float] = (0.5, 10.0)
+    ) -> None:
         if cfg.dir is None:
             raise ValueError("Recorder needs record.dir")
         self.cfg = cfg
@@ -161,9 +187,18 @@ class Recorder:
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise ConfigError(f"record.dir: {str(self.directory)!r} is not writable")
         self.codec = probe_codec(cfg.codec)
-        self.writers = {c: self._writer(c) for c in camera_ids}
-        for writer in self.writers.values():
-            writer.remove_unplayable_leftover()
+        camera_ids = [cam.id for cam in cameras]
+        self.writers = {
+            cam.id: SegmentWriter(self._segments(cam.id), self.codec, cfg.segment_s, cfg.max_mb * 1e6, cfg.retry_s)
+            for cam in cameras
+            if cam.record_source is None
+        }
+        self.copies = {
+            cam.id: StreamCopy(cam, self._segments(cam.id), cfg.segment_s, cfg.max_mb * 1e6, cfg.retry_s, backoff)
+            for cam in cameras
+            if cam.record_source is not None
+        }
+        self._series: dict[str, SegmentWriter | StreamCopy] = {**self.writers, **self.copies}
         self.dropped = dict.fromkeys(camera_ids, 0)
         self.clips: dict[str, list[Path]] = {c: [] for c in camera_ids}
         self._overlay: dict[str, Overlay] = {}
@@ -176,36 +211,37 @@ class Recorder:
         self._thread.start()
         _log.info("recording to %s (%s)", self.directory, self.codec)
 
-    def _writer(self, camera_id: str) -> SegmentWriter:
+    def _segments(self, camera_id: str) -> SegmentFiles:
+        """The camera's segment files, the unplayable leftover of a killed run removed."""
         cfg = self.cfg
-        return SegmentWriter(
+        segments = SegmentFiles(
             camera_id,
             self.directory,
-            self.codec,
-            cfg.segment_s,
-            cfg.max_mb * 1e6,
-            cfg.retry_s,
             retain_bytes=None if cfg.retain_gb is None else cfg.retain_gb * 1e9,
             retain_s=None if cfg.retain_days is None else cfg.retain_days * 86400,
         )
+        segments.remove_unplayable_leftover()
+        return segments
 
     @property
     def written(self) -> dict[str, int]:
         """Frames written into segments, per camera."""
-        return {c: w.written for c, w in self.writers.items()}
+        return {c: w.written for c, w in self._series.items()}
 
     @property
     def files(self) -> dict[str, list[Path]]:
         """Segment files, per camera, in order."""
-        return {c: w.files for c, w in self.writers.items()}
+        return {c: w.files for c, w in self._series.items()}
 
     def stats(self, camera_id: str) -> dict[str, Any]:
-        """The camera's recording state for status messages and metrics: the writer's
-        :meth:`~emim_stream.pipeline.outputs.segments.SegmentWriter.stats` and ``dropped``."""
-        return {**self.writers[camera_id].stats(), "dropped": self.dropped[camera_id]}
+        """The camera's recording state for status messages and metrics: its writer's (or stream copy's) ``stats()``
+        and ``dropped``."""
+        return {**self._series[camera_id].stats(), "dropped": self.dropped[camera_id]}
 
     def on_frame(self, camera_id: str, frame: RingFrame) -> None:
         """Queue a copy of a frame just read with the camera's newest label; drop it when the queue is full."""
+        if camera_id in self.copies and not self.cfg.event_clips:
+            return  # recorded from its main stream
         copy = replace(frame, image=frame.image.copy())
         try:
             self._queue.put_nowait((camera_id, copy, self._overlay.get(camera_id)))
@@ -251,8 +287,8 @@ class Recorder:
             camera_id, frame, overlay = item
             if self.cfg.event_clips:
                 self._clip_frame(camera_id, frame, overlay)
-            image = draw_overlay(frame.image, overlay, self._layout(frame.image))
-            self.writers[camera_id].write(image, frame.capture_mono_ns)
+            if (writer := self.writers.get(camera_id)) is not None:
+                writer.write(draw_overlay(frame.image, overlay, self._layout(frame.image)), frame.capture_mono_ns)
         for writer in self.writers.values():
             writer.close()
         self._write_clips(final=True)
@@ -309,10 +345,14 @@ class Recorder:
     def close(self) -> None:
         """Write what is queued, close the files and stop the thread. Idempotent."""
         if self._thread.is_alive():
+            for copy in self.copies.values():
+                copy.stop()  # all at once: each may wait for a read to time out
+            for copy in self.copies.values():
+                copy.close()
             self._queue.put(None)
             self._thread.join(timeout=30)
-            for camera_id, writer in self.writers.items():
+            for camera_id, series in self._series.items():
                 _log.info(
                     "recorded %s: %d frames in %d file(s), %d dropped (encoder behind), %d lost to write errors",
-                    camera_id, writer.written, len(writer.files), self.dropped[camera_id], writer.lost,
+                    camera_id, series.written, len(series.files), self.dropped[camera_id], series.lost,
                 )

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import re
+import struct
 import time
 from collections.abc import Iterable
 from fractions import Fraction
@@ -37,8 +38,11 @@ __all__ = [
     "ENCODERS",
     "FRAGMENT_S",
     "WRITE_ERRORS",
+    "CopiedFile",
+    "SegmentFiles",
     "SegmentWriter",
     "VideoFile",
+    "cut_to_whole_fragments",
     "playable_frames",
     "probe_codec",
     "prune",
@@ -133,17 +137,109 @@ class VideoFile:
         """Flush the encoder, write the last fragment and sync the file to disk. Raises on a write error."""
         for packet in self._stream.encode(None):
             self._container.mux(packet)
-        self._container.close()
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _close_synced(self._container, self.path)
 
     def abandon(self) -> None:
         """Close after a write error, ignoring further errors (what reached the disk stays)."""
         with contextlib.suppress(*WRITE_ERRORS):
             self._container.close()
+
+
+class CopiedFile:
+    """A fragmented MP4 being written from a stream's compressed video packets as they come: no decoding, no
+    encoding (see :mod:`emim_stream.pipeline.outputs.stream_copy`).
+
+    Args:
+        path: the file to create.
+        template: the input video stream whose packets are copied (its codec and parameters are the file's).
+        first: the segment's first packet, a key frame: time 0 of the file.
+
+    Raises:
+        OSError, av.FFmpegError: the file cannot be created.
+    """
+
+    def __init__(self, path: Path, template: VideoStream, first: av.Packet[Any]) -> None:
+        self.path, self.frames = path, 0
+        self._container: Any = av.open(str(path), "w", format="mp4", options=_FRAGMENTED)
+        try:
+            self._stream = self._container.add_stream_from_template(template)
+        except BaseException:
+            self.abandon()
+            raise
+        self._time_base = template.time_base or Fraction(1, 90000)
+        self._origin = first.dts if first.dts is not None else 0
+        self._last_dts: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Video time written so far."""
+        return float((self._last_dts or 0) * self._time_base)
+
+    def write(self, packet: av.Packet[Any]) -> bool:
+        """Copy one packet of the template stream; False (nothing written) when its time does not move forward,
+        which a muxer refuses. Raises OSError / av.FFmpegError when the write fails."""
+        if packet.dts is None:
+            return False
+        dts = packet.dts - self._origin
+        if self._last_dts is not None and dts <= self._last_dts:
+            return False
+        pts = (packet.pts if packet.pts is not None else packet.dts) - self._origin
+        packet.dts, packet.pts = dts, max(pts, dts)
+        packet.stream = self._stream
+        self._container.mux(packet)
+        self._last_dts = dts
+        self.frames += 1
+        return True
+
+    def size(self) -> int:
+        """Bytes on disk so far."""
+        return self.path.stat().st_size
+
+    def close(self) -> None:
+        """Write the last fragment and sync the file to disk. Raises on a write error."""
+        _close_synced(self._container, self.path)
+
+    def abandon(self) -> None:
+        """Close after a write error, ignoring further errors (what reached the disk stays)."""
+        with contextlib.suppress(*WRITE_ERRORS):
+            self._container.close()
+
+
+def _close_synced(container: Any, path: Path) -> None:
+    """Close an output container (its last fragment written) and sync its file to disk."""
+    container.close()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def cut_to_whole_fragments(path: Path) -> None:
+    """Truncate a fragmented MP4 after its last whole fragment (``moof`` and its ``mdat``).
+
+    A write that failed (full disk) or a process killed while writing can leave part of a fragment at the end,
+    which players may stop at or decode into garbage; cut there, every frame left in the file decodes. A file
+    without one whole fragment keeps only its header (no frame plays). Raises OSError (e.g. read-only file system).
+    """
+    size = path.stat().st_size
+    whole = offset = 0
+    with path.open("r+b") as file:
+        while offset + 8 <= size:
+            file.seek(offset)
+            header = file.read(16)
+            box_size, kind = struct.unpack(">I4s", header[:8])
+            if box_size == 1 and len(header) == 16:  # a 64-bit size follows the type
+                box_size = struct.unpack(">Q", header[8:])[0]
+            elif box_size == 0:  # the box runs to the end of the file
+                box_size = size - offset
+            if box_size < 8 or offset + box_size > size:
+                break
+            offset += box_size
+            if kind != b"moof":  # a moof is whole only with the mdat after it
+                whole = offset
+        if whole < size:
+            file.truncate(whole)
 
 
 def playable_frames(path: Path) -> int:
@@ -190,43 +286,101 @@ def prune(files: Iterable[Path], max_bytes: float | None, max_age_s: float | Non
     return deleted
 
 
-class SegmentWriter:
-    """One camera's series of fragmented MP4 segments in ``directory`` (see the module docstring).
+class SegmentFiles:
+    """One camera's segment files in ``directory``: their names, retention, and the leftover of a killed run.
 
     Args:
         camera_id: the camera (sanitised into the file names).
         directory: where the segments go (created again if it is removed).
+        retain_bytes, retain_s: retention of this camera's closed segments (None = keep).
+
+    ``files`` lists the segments started by this run, in order (retention may have deleted the oldest since).
+    """
+
+    def __init__(
+        self, camera_id: str, directory: Path, retain_bytes: float | None = None, retain_s: float | None = None
+    ) -> None:
+        self.camera_id, self.directory = camera_id, directory
+        self.retain_bytes, self.retain_s = retain_bytes, retain_s
+        self.files: list[Path] = []
+        self._pattern = segment_pattern(camera_id)
+
+    def new_path(self) -> Path:
+        """A fresh ``<camera>_<UTC now>.mp4`` (the directory made again if need be), added to ``files``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = unique_path(self.directory / f"{safe_name(self.camera_id)}_{utc_stamp()}", ".mp4")
+        self.files.append(path)
+        return path
+
+    def forget(self, path: Path) -> None:
+        """Remove ``path``, a segment of which nothing plays, from the disk and from ``files``."""
+        with contextlib.suppress(OSError):
+            path.unlink()
+        if path in self.files:
+            self.files.remove(path)
+
+    def salvage(self, file: VideoFile | CopiedFile) -> int:
+        """After a write error: close ``file``, keep its whole fragments (removed when none); its frames lost."""
+        file.abandon()
+        with contextlib.suppress(OSError):  # a read-only file system keeps the file as it is
+            cut_to_whole_fragments(file.path)
+        playable = playable_frames(file.path)
+        if playable == 0:
+            self.forget(file.path)
+        return file.frames - playable
+
+    def apply_retention(self) -> None:
+        """Delete this camera's oldest segments beyond ``retain_bytes`` and those older than ``retain_s``."""
+        if self.retain_bytes is None and self.retain_s is None:
+            return
+        closed = [p for p in self.directory.iterdir() if self._pattern.fullmatch(p.name)]
+        for path in prune(closed, self.retain_bytes, self.retain_s):
+            _log.info("recording %s: deleted %s (retention)", self.camera_id, path.name)
+
+    def remove_unplayable_leftover(self) -> None:
+        """At start: the newest segment of a previous run (the one being written when it was killed) is cut to its
+        whole fragments, and removed when not one frame of it plays."""
+        if not self.directory.is_dir():
+            return
+        mine = sorted(
+            (p for p in self.directory.iterdir() if self._pattern.fullmatch(p.name)), key=lambda p: p.stat().st_mtime
+        )
+        if mine:
+            with contextlib.suppress(OSError):
+                cut_to_whole_fragments(mine[-1])
+        if mine and playable_frames(mine[-1]) == 0:
+            with contextlib.suppress(OSError):
+                mine[-1].unlink()
+                _log.warning("recording %s: removed %s, left unplayable by an earlier run", self.camera_id, mine[-1])
+
+
+class SegmentWriter:
+    """One camera's series of fragmented MP4 segments in ``directory`` (see the module docstring).
+
+    Args:
+        segments: the camera's segment files (names, retention).
         codec: ``h264`` or ``mpeg4``.
         segment_s, max_bytes: a segment ends after this much video or this size.
         retry_s: after a write error, how often a new segment is tried.
-        retain_bytes, retain_s: retention of this camera's closed segments (None = keep).
 
     Counters: ``written`` (frames in segments), ``lost`` (frames that did not reach the disk because of write
     errors), ``write_errors``; ``files`` (the segments written, in order; retention may have deleted the oldest
     since); ``state`` is ``recording`` or ``write_error`` and ``detail`` the last error.
     """
 
-    def __init__(
-        self,
-        camera_id: str,
-        directory: Path,
-        codec: str,
-        segment_s: float,
-        max_bytes: float,
-        retry_s: float,
-        retain_bytes: float | None = None,
-        retain_s: float | None = None,
-    ) -> None:
-        self.camera_id, self.directory, self.codec = camera_id, directory, codec
+    def __init__(self, segments: SegmentFiles, codec: str, segment_s: float, max_bytes: float, retry_s: float) -> None:
+        self.segments, self.camera_id, self.codec = segments, segments.camera_id, codec
         self.segment_s, self.max_bytes, self.retry_s = segment_s, max_bytes, retry_s
-        self.retain_bytes, self.retain_s = retain_bytes, retain_s
         self.written = self.lost = self.write_errors = 0
-        self.files: list[Path] = []
         self.state, self.detail = "recording", ""
         self._current: VideoFile | None = None
         self._first: list[tuple[np.ndarray, int]] = []
         self._retry_at: float | None = None
-        self._pattern = segment_pattern(camera_id)
+
+    @property
+    def files(self) -> list[Path]:
+        """The segments written, in order."""
+        return self.segments.files
 
     def write(self, image_bgr: np.ndarray, capture_mono_ns: int) -> None:
         """Add one frame; never raises for a write error (it is logged and counted)."""
@@ -256,11 +410,13 @@ class SegmentWriter:
         """Open the next segment at the frame rate of the first frames and write them."""
         first = self._first
         height, width = first[0][0].shape[:2]
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = unique_path(self.directory / f"{safe_name(self.camera_id)}_{utc_stamp()}", ".mp4")
-        self._current = VideoFile(path, self.codec, _fps_of([t for _, t in first]), width, height)
+        path = self.segments.new_path()
+        try:
+            self._current = VideoFile(path, self.codec, _fps_of([t for _, t in first]), width, height)
+        except WRITE_ERRORS:
+            self.segments.forget(path)
+            raise
         self._first = []
-        self.files.append(path)
         _log.info("recording %s to %s at %.2f fps", self.camera_id, path, self._current.fps)
         for i, (image, _) in enumerate(first):
             try:
@@ -289,10 +445,7 @@ class SegmentWriter:
             self._current = current
             self._fail(err)
             return
-        if self.retain_bytes is not None or self.retain_s is not None:
-            closed = [p for p in self.directory.iterdir() if self._pattern.fullmatch(p.name)]
-            for path in prune(closed, self.retain_bytes, self.retain_s):
-                _log.info("recording %s: deleted %s (retention)", self.camera_id, path.name)
+        self.segments.apply_retention()
 
     def _fail(self, err: BaseException) -> None:
         """A write failed: report it (first: at once), keep what plays of the segment (or remove it), retry later."""
@@ -307,15 +460,9 @@ class SegmentWriter:
         self._first = []
         current, self._current = self._current, None
         if current is not None:
-            current.abandon()
-            playable = playable_frames(current.path)
-            self.lost += current.frames - playable
-            self.written -= current.frames - playable
-            if playable == 0:
-                with contextlib.suppress(OSError):
-                    current.path.unlink()
-                if current.path in self.files:
-                    self.files.remove(current.path)
+            unplayable = self.segments.salvage(current)
+            self.lost += unplayable
+            self.written -= unplayable
         self._retry_at = time.monotonic() + self.retry_s
 
     def close(self) -> None:
@@ -342,16 +489,3 @@ class SegmentWriter:
             "files": len(self.files),
             "detail": self.detail,
         }
-
-    def remove_unplayable_leftover(self) -> None:
-        """At start: the newest segment of a previous run (the one being written when it was killed) is removed
-        when not one frame of it plays."""
-        if not self.directory.is_dir():
-            return
-        mine = sorted(
-            (p for p in self.directory.iterdir() if self._pattern.fullmatch(p.name)), key=lambda p: p.stat().st_mtime
-        )
-        if mine and playable_frames(mine[-1]) == 0:
-            with contextlib.suppress(OSError):
-                mine[-1].unlink()
-                _log.warning("recording %s: removed %s, left unplayable by an earlier run", self.camera_id, mine[-1])

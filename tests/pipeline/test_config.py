@@ -89,6 +89,17 @@ def test_frame_interval_overrides_the_checkpoints_sampling_per_camera(tmp_path):
         ("cameras: [{id: a, source: x}]\n", ["webhook.retries=11"], r"webhook.retries: must be in 0..10"),
         ("cameras: [{id: a, source: x}]\n", ["webhook.timeout_s=0"], "webhook.timeout_s: must be > 0"),
         ("cameras: [{id: a, source: x}]\n", ["webhook.queue_size=0"], r"webhook.queue_size: must be in 1..100000"),
+        (
+            "cameras: [{id: a, source: x, record_source: 'main.mp4'}]\nrecord: {dir: rec}\n",
+            [],
+            r"cameras\[0\]\.record_source: must be a stream URL \(rtsp://, http\(s\)://, \.\.\.\): the camera's main "
+            r"stream, got 'main.mp4'",
+        ),
+        (
+            "cameras: [{id: a, source: x}, {id: b, source: y, record_source: 'rtsp://u:secret@cam/main'}]\n",
+            [],
+            r"config '.*': cameras\[1\]\.record_source: needs record.dir \(where its recordings go\)$",
+        ),
     ],
 )
 def test_bad_values_name_the_field(tmp_path, text, overrides, message):

@@ -15,6 +15,7 @@ from emim_stream.pipeline.outputs.dispatch import Outputs
 from emim_stream.pipeline.outputs.record import Recorder
 from tests.mqtt_broker import MISSING
 from tests.mqtt_broker import Recorder as MqttRecorder
+from tests.pipeline.outputs.test_record import cameras
 
 
 def label(seq: int, top: str) -> LabelMessage:
@@ -55,7 +56,7 @@ def test_action_goes_out_when_the_top_label_changes_and_after_each_heartbeat(mos
 
 def test_an_event_says_where_its_clip_and_snapshot_are_when_recording_clips(tmp_path):
     event = EventMessage("cam1", "ab" * 16, "start", "left", 0, 15, 0, 1_700_000_000_000_000_000, 1, 1, 0.9, 0.9, 15, 3)
-    recorder = Recorder(RecordConfig(dir=str(tmp_path), height=64, event_clips=True), ["cam1"])
+    recorder = Recorder(RecordConfig(dir=str(tmp_path), height=64, event_clips=True), cameras("cam1"))
     try:
         with Publisher(f"ipc://{tmp_path}/x.sock") as publisher:
             published = Outputs(publisher, recorder=recorder).event(event)

@@ -9,11 +9,16 @@ import pytest
 from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.capture.ring import RingFrame
 from emim_stream.pipeline.comms.messages import EventMessage, LabelMessage, ModelInfo, WindowInfo
-from emim_stream.pipeline.config import RecordConfig
+from emim_stream.pipeline.config import CameraConfig, RecordConfig
 from emim_stream.pipeline.outputs.record import Overlay, Recorder, draw_overlay, overlay_layout
 from emim_stream.pipeline.outputs.segments import ENCODERS, probe_codec
 
 FPS = 30.0
+
+
+def cameras(*ids: str) -> list[CameraConfig]:
+    """Cameras ``ids`` (recorded from their frames: no record_source)."""
+    return [CameraConfig(id=i, source="synthetic://") for i in ids]
 
 
 def frames(n: int, size: tuple[int, int] = (64, 64), start_seq: int = 0):
@@ -73,7 +78,7 @@ def test_codec_probe_picks_what_ffmpeg_can_encode():
 
 def test_recordings_rotate_by_duration_and_decode_with_the_overlay(tmp_path):
     cfg = RecordConfig(dir=str(tmp_path), height=128, segment_s=1.0, queue_frames=1000)
-    recorder = Recorder(cfg, ["cam1"])
+    recorder = Recorder(cfg, cameras("cam1"))
     all_frames = list(frames(75))
     recorder.on_label(label_message("left", 0.97, 23.0))
     overlay = Overlay("left", 0.97, 23.0)
@@ -104,7 +109,7 @@ def test_recordings_rotate_by_duration_and_decode_with_the_overlay(tmp_path):
 
 
 def test_a_full_queue_drops_frames_instead_of_waiting(tmp_path):
-    recorder = Recorder(RecordConfig(dir=str(tmp_path), height=720, queue_frames=1), ["cam1"])
+    recorder = Recorder(RecordConfig(dir=str(tmp_path), height=720, queue_frames=1), cameras("cam1"))
     offered = list(frames(300, size=(224, 224)))
     for f in offered:
         recorder.on_frame("cam1", f)
@@ -120,7 +125,7 @@ def test_record_config_is_checked(tmp_path):
 
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="record.dir: cannot create"):
-        Recorder(RecordConfig(dir=str(tmp_path / "file" / "sub")), ["cam1"])
+        Recorder(RecordConfig(dir=str(tmp_path / "file" / "sub")), cameras("cam1"))
 
     with pytest.raises(ConfigError, match="record.height: must be in 32..2160"):
         load_config(None, ["cameras=[{id: c, source: 'synthetic://'}]", "record.height=8"])
@@ -152,7 +157,7 @@ def event_message(first_seq: int, last_seq: int, label: str = "left", phase: str
 
 def test_event_clips_span_the_event_with_pre_and_post_roll(tmp_path):
     cfg = RecordConfig(dir=str(tmp_path), height=64, event_clips=True, clip_pre_s=1.0, clip_post_s=0.5, clip_max_s=4.0)
-    recorder = Recorder(cfg, ["cam1"])
+    recorder = Recorder(cfg, cameras("cam1"))
     stream = frames(300)
     for f in stream:
         recorder.on_frame("cam1", f)
@@ -174,7 +179,7 @@ def test_event_clips_span_the_event_with_pre_and_post_roll(tmp_path):
 
 
 def test_events_make_no_clip_unless_asked(tmp_path):
-    recorder = Recorder(RecordConfig(dir=str(tmp_path), height=64), ["cam1"])
+    recorder = Recorder(RecordConfig(dir=str(tmp_path), height=64), cameras("cam1"))
     for f in frames(60):
         recorder.on_frame("cam1", f)
     recorder.on_event(event_message(10, 30))

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,8 +21,8 @@ from emim_stream.pipeline.config import RecordConfig
 from emim_stream.pipeline.outputs.filenames import MAX_NAME_BYTES, safe_name
 from emim_stream.pipeline.outputs.metrics import Metrics
 from emim_stream.pipeline.outputs.record import Recorder
-from emim_stream.pipeline.outputs.segments import playable_frames, prune
-from tests.pipeline.outputs.test_record import event_message, frames
+from emim_stream.pipeline.outputs.segments import VideoFile, cut_to_whole_fragments, playable_frames, probe_codec, prune
+from tests.pipeline.outputs.test_record import cameras, event_message, frames
 from tests.tmpfs import remount, small_tmpfs
 
 FPS = 30.0
@@ -118,7 +119,7 @@ def test_an_odd_label_neither_escapes_the_folder_nor_stops_any_recording(tmp_pat
     """Issue 29 (3): a label with '/' or 300 characters went unsanitised into the clip's file name, and the
     error ended the writer thread for every camera ('recording stopped: [Errno 2] ...')."""
     cfg = RecordConfig(dir=str(tmp_path / "rec"), height=64, event_clips=True, clip_pre_s=0.2, clip_post_s=0.2)
-    recorder = Recorder(cfg, ["cam1", "cam2"])
+    recorder = Recorder(cfg, cameras("cam1", "cam2"))
     for f in frames(120):
         recorder.on_frame("cam1", f)
         recorder.on_frame("cam2", f)
@@ -136,7 +137,7 @@ def test_an_odd_label_neither_escapes_the_folder_nor_stops_any_recording(tmp_pat
 
 def test_one_cameras_write_error_never_stops_another_camera(tmp_path, errors):
     """A camera whose frames its encoder refuses (libx264: a picture wider than 16,384 px) fails alone."""
-    recorder = Recorder(RecordConfig(dir=str(tmp_path), height=32, retry_s=0.1), ["wide", "cam1"])
+    recorder = Recorder(RecordConfig(dir=str(tmp_path), height=32, retry_s=0.1), cameras("wide", "cam1"))
     for f in frames(90):
         recorder.on_frame("cam1", f)
         recorder.on_frame("wide", RingFrame(f.seq, np.zeros((2, 1056, 3), np.uint8), f.capture_mono_ns, 0, 0))
@@ -166,15 +167,16 @@ def test_a_full_disk_is_reported_at_once_and_recording_resumes_when_space_return
         ballast = disk / "ballast"
         ballast.write_bytes(b"\1" * 1_500_000)
         cfg = RecordConfig(dir=str(disk / "rec"), height=128, queue_frames=100_000, retry_s=0.3)
-        recorder = Recorder(cfg, ["cam1"])
+        recorder = Recorder(cfg, cameras("cam1"))
         writer = recorder.writers["cam1"]
-        full_at: list[float] = []
+        free: list[tuple[int, float]] = []  # (free blocks, since when)
         stop = threading.Event()
 
-        def watch() -> None:  # full: the write that does not fit takes the last free block, then fails
-            while not stop.is_set() and not full_at:
-                if os.statvfs(disk).f_bavail == 0:
-                    full_at.append(time.monotonic())
+        def watch() -> None:  # the write that does not fit takes the last free blocks, then fails (and the part
+            while not stop.is_set():  # of a fragment it wrote is cut off again, so the full disk lasts moments)
+                blocks = os.statvfs(disk).f_bavail
+                if not free or blocks < free[-1][0]:
+                    free.append((blocks, time.monotonic()))
                 time.sleep(0.005)
 
         watcher = threading.Thread(target=watch)
@@ -191,7 +193,8 @@ def test_a_full_disk_is_reported_at_once_and_recording_resumes_when_space_return
         recorder.close()
         (error_at, text), *more = errors.seen
         assert "recording cam1" in text and "No space left on device" in text and not more, errors.seen
-        assert full_at and error_at - full_at[0] < 1.0, "the ERROR line comes within a second of the disk filling"
+        full_at = free[-1][1]  # the least free space seen: the disk filling
+        assert error_at - full_at < 1.0, "the ERROR line comes within a second of the disk filling"
         stats = recorder.stats("cam1")
         assert stats["lost"] >= lost_while_full > 0 and stats["write_errors"] >= 1
         assert stats["written"] + stats["lost"] + stats["dropped"] == seq
@@ -201,7 +204,7 @@ def test_a_full_disk_is_reported_at_once_and_recording_resumes_when_space_return
 def test_a_read_only_file_system_is_reported_and_recording_resumes_after_remount(tmp_path, errors):
     with small_tmpfs(tmp_path / "disk", "32m") as disk:
         cfg = RecordConfig(dir=str(disk), height=64, segment_s=1.0, queue_frames=100_000, retry_s=0.2)
-        recorder = Recorder(cfg, ["cam1"])
+        recorder = Recorder(cfg, cameras("cam1"))
         writer = recorder.writers["cam1"]
         # the first segment opens at the 8th frame and closes after the 30th: then no file is open for writing,
         # which a remount to read-only needs (it is refused while one is)
@@ -233,7 +236,7 @@ def test_a_read_only_file_system_is_reported_and_recording_resumes_after_remount
 
 def test_a_removed_directory_is_reported_and_created_again(tmp_path, errors):
     cfg = RecordConfig(dir=str(tmp_path / "rec"), height=64, queue_frames=100_000, retry_s=0.2)
-    recorder = Recorder(cfg, ["cam1"])
+    recorder = Recorder(cfg, cameras("cam1"))
     writer = recorder.writers["cam1"]
     seq = feed_until(recorder, 0, lambda: writer.written > 30, "recording")
     shutil.rmtree(tmp_path / "rec")
@@ -249,7 +252,7 @@ def test_a_removed_directory_is_reported_and_created_again(tmp_path, errors):
 
 def test_retention_deletes_the_oldest_segments_above_the_limit(tmp_path):
     cfg = RecordConfig(dir=str(tmp_path), height=192, segment_s=0.5, retain_gb=0.001, queue_frames=100_000)
-    recorder = Recorder(cfg, ["cam1", "cam1_x"])
+    recorder = Recorder(cfg, cameras("cam1", "cam1_x"))
     for seq in range(150):
         recorder.on_frame("cam1", noise(seq, (96, 96)))
         recorder.on_frame("cam1_x", noise(seq, (96, 96)))
@@ -268,3 +271,28 @@ def test_prune_by_age(tmp_path):
     new.write_bytes(b"x")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert prune([old, new], None, 3600) == [old] and not old.exists() and new.exists()
+
+
+def test_a_partly_written_fragment_is_cut_off_and_every_frame_left_decodes(tmp_path):
+    """What a write that failed half-way (or a kill) leaves at a segment's end: cut, the rest plays to its end."""
+    path = tmp_path / "cam1_20261208T000000Z.mp4"
+    video = VideoFile(path, probe_codec("auto"), 30.0, 64, 64)
+    for seq in range(90):  # three seconds: fragments of half a second
+        video.write(noise(seq).image)
+    video.close()
+    whole = path.read_bytes()
+    cut_to_whole_fragments(path)
+    assert path.read_bytes() == whole, "a whole file is left as it is"
+
+    cut = len(whole) * 4 // 5  # within a fragment's data (noise: the frames are most of the file)
+    path.write_bytes(whole[:cut])
+    cut_to_whole_fragments(path)
+    kept = path.read_bytes()
+    assert kept == whole[: len(kept)] and len(kept) < cut, "only cut, at a fragment's end"
+    with av.open(str(path)) as container:
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert 30 <= decoded < 90 and playable_frames(path) == decoded
+
+    path.write_bytes(whole[:600])  # within the first fragment: only the header stays, nothing plays
+    cut_to_whole_fragments(path)
+    assert playable_frames(path) == 0 and path.stat().st_size < 600

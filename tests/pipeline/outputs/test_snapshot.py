@@ -14,6 +14,7 @@ from emim_stream.pipeline.comms.messages import EventMessage
 from emim_stream.pipeline.config import RecordConfig
 from emim_stream.pipeline.outputs.record import Recorder
 from emim_stream.pipeline.outputs.snapshot import Snapshots
+from tests.pipeline.outputs.test_record import cameras
 
 H, W, HEIGHT = 48, 64, 96  # frames the model sees, scaled 2x
 
@@ -113,7 +114,7 @@ def test_a_full_queue_drops_the_oldest_snapshot_and_counts_it():
 
 
 def test_recorder_keeps_the_snapshot_beside_the_event_clip(tmp_path):
-    recorder = Recorder(RecordConfig(dir=str(tmp_path), height=64, event_clips=True), ["cam1"])
+    recorder = Recorder(RecordConfig(dir=str(tmp_path), height=64, event_clips=True), cameras("cam1"))
     try:
         ev = event("end", 24)
         recorder.save_snapshot(ev, b"\xff\xd8first\xff\xd9")

@@ -12,9 +12,10 @@ going). Faults: SIGTERM / SIGINT to the group, SIGKILL of main, SIGKILL of the g
 camera process (it must be restarted, then SIGTERM ends the run), SIGSTOP of the camera (then SIGTERM
 ends the run: the supervisor kills what does not stop). An ended camera has no process, so the two
 camera faults do not apply to it: 16 cases, and the 6 faults of the reconnecting state again with the OpenCV decoder
-(the others use FFmpeg's, the default). Three recording cases follow: SIGKILL of the group while recording
-(every file plays), a full disk (an ERROR line within a second, the camera's status, the summary) and a read-only
-record directory (one line, exit 2). Last, a first run stopped while its engine is built in the background (Ctrl-C
+(the others use FFmpeg's, the default). Recording cases follow: SIGKILL of the group while recording
+(every file plays), SIGTERM and SIGKILL of the group while a camera's main stream is recorded as it comes from a
+real RTSP camera (no process left, every segment decodes), a full disk (an ERROR line within a second, the camera's
+status, the summary) and a read-only record directory (one line, exit 2). Last, a first run stopped while its engine is built in the background (Ctrl-C
 5 s in, SIGTERM 30 s in, ``--duration`` ending first): the build's own process group ends with the run, and
 nothing is left and nothing warns.
 """
@@ -31,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -38,6 +40,7 @@ import yaml
 
 from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, engine_section, free_port
+from tests.rtsp_rig import rtsp_camera  # noqa: F401 - a fixture
 from tests.tmpfs import remount, small_tmpfs
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the fault matrix reads /proc and /dev/shm (Linux)")
@@ -316,6 +319,42 @@ def test_sigkill_while_recording_loses_at_most_the_last_fragment(tmp_path, recor
     print(f"recorded {recorded_s:.1f} s in {len(files)} segments, playable after SIGKILL {playable_s:.1f} s")
     assert len(files) >= 20 / SEGMENT_S
     assert recorded_s - SEGMENT_S <= playable_s <= recorded_s + SEGMENT_S
+
+
+@pytest.mark.parametrize("fault", ["term-group", "kill-group"])
+def test_a_main_stream_recording_ends_with_the_group_and_every_segment_plays(tmp_path, rtsp_camera, fault):  # noqa: F811
+    """A camera on its sub-stream, its main stream recorded as it comes (``record_source``, a thread of the main
+    process): SIGTERM or SIGKILL of the group leaves no process, and every segment decodes from its first key frame
+    to its end (after SIGKILL, once the next start cut the half-written fragment)."""
+    camera = rtsp_camera(size=(640, 360), sub_size=(320, 240))
+    port, directory = free_port(), tmp_path / "rec"
+    config = recording_config(port, directory)
+    config["cameras"][0].update(source=camera.sub_url, record_source=camera.url, open_timeout_s=2.0, read_timeout_s=2.0)
+    run = Run(tmp_path, config, "run")
+    try:
+        wait_for_state(f"tcp://127.0.0.1:{port}", "live", run)
+        wait_until(lambda: len(list(directory.glob("a_*.mp4"))) >= 2, 60, "a second segment", run.log)
+        time.sleep(1.0)  # into the second segment
+        os.killpg(run.pgid, signal.SIGTERM if fault == "term-group" else signal.SIGKILL)
+        assert run.proc.wait(30) == (0 if fault == "term-group" else -signal.SIGKILL), run.output()[-3000:]
+        wait_until(lambda: not group_pids(run.pgid), 15, "the end of every process of the group", run.log)
+    finally:
+        run.kill_all()
+    if fault == "kill-group":
+        # the next start looks at the leftover; its main stream is unreachable, so it adds no file
+        config["cameras"][0].update(source="synthetic://?seed=1&fps=15&size=96x96", record_source="rtsp://127.0.0.1:9/x")
+        config["publish"]["endpoint"] = f"tcp://127.0.0.1:{free_port()}"
+        nxt = Run(tmp_path, config, "next", "--duration", "0.5")
+        try:
+            assert nxt.proc.wait(60) == 0, nxt.output()[-3000:]
+        finally:
+            nxt.kill_all()
+    files = sorted(directory.glob("a_*.mp4"))
+    assert len(files) >= 2
+    for path in files:
+        with av.open(str(path)) as container:
+            pictures = list(container.decode(video=0))
+        assert pictures and pictures[0].key_frame and (pictures[0].width, pictures[0].height) == (640, 360), path
 
 
 def test_a_full_disk_while_recording_is_an_error_line_a_status_and_a_summary(tmp_path):

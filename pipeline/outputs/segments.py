@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import av
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "WRITE_ERRORS",
     "CopiedFile",
     "SegmentFiles",
+    "SegmentSeries",
     "SegmentWriter",
     "VideoFile",
     "cut_to_whole_fragments",
@@ -354,27 +355,27 @@ class SegmentFiles:
                 _log.warning("recording %s: removed %s, left unplayable by an earlier run", self.camera_id, mine[-1])
 
 
-class SegmentWriter:
-    """One camera's series of fragmented MP4 segments in ``directory`` (see the module docstring).
+SegmentFile = TypeVar("SegmentFile", VideoFile, CopiedFile)
+
+
+class SegmentSeries(Generic[SegmentFile]):
+    """What every camera's series of segments shares, however its frames get into the files: the counters, the
+    state, closing a segment, and write errors (logged once, counted, retried every ``retry_s``).
 
     Args:
         segments: the camera's segment files (names, retention).
-        codec: ``h264`` or ``mpeg4``.
-        segment_s, max_bytes: a segment ends after this much video or this size.
         retry_s: after a write error, how often a new segment is tried.
 
     Counters: ``written`` (frames in segments), ``lost`` (frames that did not reach the disk because of write
     errors), ``write_errors``; ``files`` (the segments written, in order; retention may have deleted the oldest
-    since); ``state`` is ``recording`` or ``write_error`` and ``detail`` the last error.
+    since); ``state`` (``recording`` or ``write_error``, and what a subclass adds) and ``detail`` the last problem.
     """
 
-    def __init__(self, segments: SegmentFiles, codec: str, segment_s: float, max_bytes: float, retry_s: float) -> None:
-        self.segments, self.camera_id, self.codec = segments, segments.camera_id, codec
-        self.segment_s, self.max_bytes, self.retry_s = segment_s, max_bytes, retry_s
+    def __init__(self, segments: SegmentFiles, retry_s: float) -> None:
+        self.segments, self.camera_id, self.retry_s = segments, segments.camera_id, retry_s
         self.written = self.lost = self.write_errors = 0
         self.state, self.detail = "recording", ""
-        self._current: VideoFile | None = None
-        self._first: list[tuple[np.ndarray, int]] = []
+        self._current: SegmentFile | None = None
         self._retry_at: float | None = None
 
     @property
@@ -382,13 +383,82 @@ class SegmentWriter:
         """The segments written, in order."""
         return self.segments.files
 
+    def _waiting_to_retry(self) -> bool:
+        """True while a write error's retry is not due (the caller's frame is then counted lost)."""
+        if self._retry_at is None:
+            return False
+        if time.monotonic() < self._retry_at:
+            self.lost += 1
+            return True
+        self._retry_at = None
+        return False
+
+    def _recording(self) -> None:
+        """A segment was opened: the state is ``recording`` again (said when a write error ends)."""
+        if self.state == "write_error":
+            _log.info("recording %s resumed after %d frame(s) lost to write errors", self.camera_id, self.lost)
+        self.state, self.detail = "recording", ""
+
+    def _finish(self) -> None:
+        """Close the current segment, then apply retention to the closed ones."""
+        current, self._current = self._current, None
+        if current is None:
+            return
+        try:
+            current.close()
+        except WRITE_ERRORS as err:
+            self._current = current
+            self._fail(err)
+            return
+        self.segments.apply_retention()
+
+    def _fail(self, err: BaseException) -> None:
+        """A write failed: report it (the first at once), keep what plays of the segment, retry later."""
+        detail = f"write error: {err}"
+        if self.state != "write_error":
+            _log.error("recording %s: %s; retrying every %g s", self.camera_id, detail, self.retry_s)
+        else:
+            _log.debug("recording %s: still failing: %s", self.camera_id, detail)
+        self.state, self.detail = "write_error", detail
+        self.write_errors += 1
+        current, self._current = self._current, None
+        if current is not None:
+            unplayable = self.segments.salvage(current)
+            self.lost += unplayable
+            self.written -= unplayable
+        self._retry_at = time.monotonic() + self.retry_s
+
+    def stats(self) -> dict[str, Any]:
+        """``state``, ``written``, ``lost`` (to write errors), ``write_errors``, ``files`` (count), ``detail``."""
+        return {
+            "state": self.state,
+            "written": self.written,
+            "lost": self.lost,
+            "write_errors": self.write_errors,
+            "files": len(self.files),
+            "detail": self.detail,
+        }
+
+
+class SegmentWriter(SegmentSeries[VideoFile]):
+    """One camera's series of encoded fragmented MP4 segments (see the module docstring).
+
+    Args:
+        segments: the camera's segment files (names, retention).
+        codec: ``h264`` or ``mpeg4``.
+        segment_s, max_bytes: a segment ends after this much video or this size.
+        retry_s: after a write error, how often a new segment is tried.
+    """
+
+    def __init__(self, segments: SegmentFiles, codec: str, segment_s: float, max_bytes: float, retry_s: float) -> None:
+        super().__init__(segments, retry_s)
+        self.codec, self.segment_s, self.max_bytes = codec, segment_s, max_bytes
+        self._first: list[tuple[np.ndarray, int]] = []
+
     def write(self, image_bgr: np.ndarray, capture_mono_ns: int) -> None:
         """Add one frame; never raises for a write error (it is logged and counted)."""
-        if self._retry_at is not None:
-            if time.monotonic() < self._retry_at:
-                self.lost += 1
-                return
-            self._retry_at = None
+        if self._waiting_to_retry():
+            return
         try:
             if self._current is None:
                 self._first.append((image_bgr, capture_mono_ns))
@@ -425,45 +495,17 @@ class SegmentWriter:
                 self.lost += len(first) - i
                 raise
             self.written += 1
-        if self.state == "write_error":
-            _log.info("recording %s resumed after %d frame(s) lost to write errors", self.camera_id, self.lost)
-            self.state, self.detail = "recording", ""
+        self._recording()
 
     def _full(self, current: VideoFile) -> bool:
         if current.frames / current.fps >= self.segment_s:
             return True
         return current.frames % _SIZE_CHECK_FRAMES == 0 and current.size() >= self.max_bytes
 
-    def _finish(self) -> None:
-        """Close the current segment, then apply retention to the closed ones."""
-        current, self._current = self._current, None
-        if current is None:
-            return
-        try:
-            current.close()
-        except WRITE_ERRORS as err:
-            self._current = current
-            self._fail(err)
-            return
-        self.segments.apply_retention()
-
     def _fail(self, err: BaseException) -> None:
-        """A write failed: report it (first: at once), keep what plays of the segment (or remove it), retry later."""
-        detail = f"write error: {err}"
-        if self.state != "write_error":
-            _log.error("recording %s: %s; retrying every %g s", self.camera_id, detail, self.retry_s)
-        else:
-            _log.debug("recording %s: still failing: %s", self.camera_id, detail)
-        self.state, self.detail = "write_error", detail
-        self.write_errors += 1
-        self.lost += len(self._first)
+        super()._fail(err)
+        self.lost += len(self._first)  # frames waiting for a segment that did not open
         self._first = []
-        current, self._current = self._current, None
-        if current is not None:
-            unplayable = self.segments.salvage(current)
-            self.lost += unplayable
-            self.written -= unplayable
-        self._retry_at = time.monotonic() + self.retry_s
 
     def close(self) -> None:
         """Write the frames of a camera that ended within its first frames, close the segment. Idempotent."""
@@ -478,14 +520,3 @@ class SegmentWriter:
         if self._current is not None:  # closing failed
             self._current.abandon()
             self._current = None
-
-    def stats(self) -> dict[str, Any]:
-        """``state``, ``written``, ``lost`` (to write errors), ``write_errors``, ``files`` (count), ``detail``."""
-        return {
-            "state": self.state,
-            "written": self.written,
-            "lost": self.lost,
-            "write_errors": self.write_errors,
-            "files": len(self.files),
-            "detail": self.detail,
-        }

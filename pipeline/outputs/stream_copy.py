@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from pathlib import Path
 from typing import Any
 
 import av
@@ -31,7 +29,7 @@ from emim_stream.engines.uris import redact_uri
 from emim_stream.pipeline.capture.ffmpeg import av_reason
 from emim_stream.pipeline.capture.frames import rtsp_transports
 from emim_stream.pipeline.config import CameraConfig
-from emim_stream.pipeline.outputs.segments import WRITE_ERRORS, CopiedFile, SegmentFiles
+from emim_stream.pipeline.outputs.segments import WRITE_ERRORS, CopiedFile, SegmentFiles, SegmentSeries
 
 __all__ = ["StreamCopy"]
 
@@ -41,7 +39,7 @@ _READ_ERRORS = (av.FFmpegError, OSError, EOFError, IndexError)
 """What opening or reading a stream raises (IndexError: it has no video stream)."""
 
 
-class StreamCopy:
+class StreamCopy(SegmentSeries[CopiedFile]):
     """Records ``camera.record_source`` into ``segments`` from a thread of its own (see the module docstring).
 
     Args:
@@ -51,8 +49,7 @@ class StreamCopy:
         retry_s: after a write error, how often a new segment is tried.
         backoff: (first, max) delay in seconds before opening a dropped stream again; it doubles per failure.
 
-    Counters: ``written`` (frames in segments), ``lost`` (frames that did not reach the disk because of write
-    errors), ``write_errors``, ``reconnects``.
+    Counters: those of :class:`~emim_stream.pipeline.outputs.segments.SegmentSeries` and ``reconnects``.
     """
 
     def __init__(
@@ -66,24 +63,17 @@ class StreamCopy:
     ) -> None:
         if camera.record_source is None:
             raise ValueError(f"camera {camera.id!r} has no record_source")
-        self.camera_id, self.segments = camera.id, segments
+        super().__init__(segments, retry_s)
         self.uri, self.uri_redacted = camera.record_source, redact_uri(camera.record_source)
-        self.segment_s, self.max_bytes, self.retry_s = segment_s, max_bytes, retry_s
+        self.segment_s, self.max_bytes = segment_s, max_bytes
         self._transports = rtsp_transports(self.uri, camera.rtsp_transport)
         self._timeout = (camera.open_timeout_s, camera.read_timeout_s)
         self._backoff = backoff
-        self.written = self.lost = self.write_errors = self.reconnects = 0
-        self.state, self.detail = "connecting", ""
-        self._current: CopiedFile | None = None
-        self._retry_at: float | None = None
+        self.reconnects = 0
+        self.state = "connecting"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"record-{camera.id}", daemon=True)
         self._thread.start()
-
-    @property
-    def files(self) -> list[Path]:
-        """The segments written, in order."""
-        return self.segments.files
 
     def _run(self) -> None:
         delay, opened_before = self._backoff[0], False
@@ -133,11 +123,8 @@ class StreamCopy:
 
     def _write(self, packet: av.Packet[Any], stream: Any) -> None:
         """Copy one packet; a segment starts at a key frame; write errors are counted, never raised."""
-        if self._retry_at is not None:
-            if time.monotonic() < self._retry_at:
-                self.lost += 1
-                return
-            self._retry_at = None
+        if self._waiting_to_retry():
+            return
         current = self._current
         if current is not None and packet.is_keyframe and self._full(current):
             self._finish()
@@ -161,40 +148,11 @@ class StreamCopy:
             self.segments.forget(path)
             raise
         _log.info("recording %s to %s", self.camera_id, path)
-        if self.state != "recording":
-            if self.state == "write_error":
-                _log.info("recording %s resumed after %d frame(s) lost to write errors", self.camera_id, self.lost)
-            self.state, self.detail = "recording", ""
+        self._recording()
         return self._current
 
     def _full(self, current: CopiedFile) -> bool:
         return current.seconds >= self.segment_s or current.size() >= self.max_bytes
-
-    def _finish(self) -> None:
-        """Close the current segment, then apply retention."""
-        current, self._current = self._current, None
-        if current is None:
-            return
-        try:
-            current.close()
-        except WRITE_ERRORS as err:
-            self._current = current
-            self._fail(err)
-            return
-        self.segments.apply_retention()
-
-    def _fail(self, err: BaseException) -> None:
-        """A write failed: report it (the first at once), keep what plays of the segment, retry later."""
-        if self.state != "write_error":
-            _log.error("recording %s: write error: %s; retrying every %g s", self.camera_id, err, self.retry_s)
-        self.state, self.detail = "write_error", f"write error: {err}"
-        self.write_errors += 1
-        current, self._current = self._current, None
-        if current is not None:
-            unplayable = self.segments.salvage(current)
-            self.lost += unplayable
-            self.written -= unplayable
-        self._retry_at = time.monotonic() + self.retry_s
 
     def _set(self, state: str, detail: str, level: int) -> None:
         """Enter ``state`` for ``detail``: logged at ``level`` when that is news, else at DEBUG."""
@@ -203,17 +161,8 @@ class StreamCopy:
         self.state, self.detail = state, detail
 
     def stats(self) -> dict[str, Any]:
-        """``state``, ``written``, ``lost`` (to write errors), ``write_errors``, ``files`` (count), ``detail``,
-        ``reconnects``."""
-        return {
-            "state": self.state,
-            "written": self.written,
-            "lost": self.lost,
-            "write_errors": self.write_errors,
-            "files": len(self.files),
-            "detail": self.detail,
-            "reconnects": self.reconnects,
-        }
+        """:meth:`SegmentSeries.stats` and ``reconnects``."""
+        return {**super().stats(), "reconnects": self.reconnects}
 
     def stop(self) -> None:
         """Ask the copy to stop (:meth:`close` waits for it)."""

@@ -19,6 +19,7 @@ import pytest
 from emim_stream.engines.data.synthetic import SyntheticScene
 from emim_stream.engines.errors import ConfigError
 from emim_stream.pipeline.capture.sources import (
+    DECODERS,
     SOURCES,
     FrameSource,
     OpenCvSource,
@@ -30,6 +31,7 @@ from emim_stream.pipeline.errors import EndOfStream, SourceConnectionError, Sour
 from tests.loopback import free_port
 
 FRAMES, WIDTH, HEIGHT, FPS = 12, 64, 48, 25.0
+OUT = (32, 40)  # (height, width) the FFmpeg decoder scales to: another aspect than the 64x48 files, so it crops
 
 
 def _write_video(path: Path, fourcc: str) -> Path:
@@ -95,8 +97,14 @@ def test_file_info_and_reopen(video):
         source.read()
 
 
-def test_loop_wraps_and_keeps_timestamps_increasing(video):
-    with OpenCvSource(video.as_posix(), loop=True, pace=False) as source:
+def _decoding(uri: str, decoder: str, **options) -> FrameSource:
+    """A file or stream source of ``decoder`` (``ffmpeg`` scales to OUT; OpenCV gives the source's size)."""
+    return open_source(uri, decoder=decoder, size=OUT, **options)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_loop_wraps_and_keeps_timestamps_increasing(video, decoder):
+    with _decoding(video.as_posix(), decoder, loop=True, pace=False) as source:
         frames = [source.read() for _ in range(2 * FRAMES + 5)]
     assert _levels(frames) == [i % FRAMES for i in range(2 * FRAMES + 5)]
     np.testing.assert_array_equal(frames[FRAMES + 3].image, frames[3].image)
@@ -104,8 +112,9 @@ def test_loop_wraps_and_keeps_timestamps_increasing(video):
     assert all(b - a == pytest.approx(40e6, abs=1e6) for a, b in itertools.pairwise(pts))
 
 
-def test_pace_follows_the_files_fps_without_drift(video):
-    with OpenCvSource(str(video), pace=True) as source:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_pace_follows_the_files_fps_without_drift(video, decoder):
+    with _decoding(str(video), decoder, pace=True) as source:
         frames = [source.read() for _ in range(10)]
     period_ns = 1e9 / FPS
     offsets = [f.capture_mono_ns - frames[0].capture_mono_ns for f in frames]
@@ -147,10 +156,11 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_unreachable_stream_is_a_connection_error_without_credentials():
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_unreachable_stream_is_a_connection_error_without_credentials(decoder):
     uri = f"rtsp://admin:hunter2@127.0.0.1:{_closed_port()}/cam"
-    source = OpenCvSource(uri, open_timeout_s=2.0)
-    with pytest.raises(SourceConnectionError) as err:
+    source = _decoding(uri, decoder, open_timeout_s=2.0)
+    with pytest.raises(SourceConnectionError, match="cannot be reached over TCP or UDP") as err:
         source.open()
     assert "hunter2" not in str(err.value) and "rtsp://***@127.0.0.1" in str(err.value)
     assert source.state is SourceState.CONNECTING
@@ -159,14 +169,15 @@ def test_unreachable_stream_is_a_connection_error_without_credentials():
     assert source.state is SourceState.RECONNECTING
 
 
-def test_silent_server_hits_the_open_timeout():
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_silent_server_hits_the_open_timeout(decoder):
     with socket.socket() as server:  # the kernel accepts the connection; nobody ever answers
         server.bind(("127.0.0.1", 0))
         server.listen(4)
         uri = f"http://127.0.0.1:{server.getsockname()[1]}/video?token=s3cret"
         start = time.monotonic()
         with pytest.raises(SourceConnectionError) as err:
-            OpenCvSource(uri, open_timeout_s=0.5, read_timeout_s=0.5).open()
+            _decoding(uri, decoder, open_timeout_s=0.5, read_timeout_s=0.5).open()
         assert 0.3 < time.monotonic() - start < 3.0
     assert "s3cret" not in str(err.value) and "token=***" in str(err.value)
 
@@ -206,9 +217,10 @@ def _mjpeg_server(frames_per_connection: int) -> Iterator[int]:
         thread.join(timeout=10)
 
 
-def test_live_stream_is_lost_after_read_timeout_and_reconnects():
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_live_stream_is_lost_after_read_timeout_and_reconnects(decoder):
     with _mjpeg_server(frames_per_connection=6) as port:
-        source = OpenCvSource(f"http://user:pw@127.0.0.1:{port}/video", read_timeout_s=0.5, open_timeout_s=3.0)
+        source = _decoding(f"http://user:pw@127.0.0.1:{port}/video", decoder, read_timeout_s=0.5, open_timeout_s=3.0)
         info = source.open()
         assert info.is_live and (info.width, info.height) == (WIDTH, HEIGHT)
         frames = []

@@ -110,6 +110,7 @@ class VideoFile:
 
     def __init__(self, path: Path, codec: str, fps: float, width: int, height: int) -> None:
         self.path, self.fps, self.frames = path, fps, 0
+        self.header_bytes: int | None = None
         self._container: Any = av.open(str(path), "w", format="mp4", options=_FRAGMENTED)
         try:
             encoder = ENCODERS[codec]
@@ -129,10 +130,16 @@ class VideoFile:
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
         self.frames += 1
+        if self.frames == 1:
+            self.header_bytes = self.size()
 
     def size(self) -> int:
         """Bytes on disk so far."""
         return self.path.stat().st_size
+
+    def fragment_on_disk(self) -> bool:
+        """Whether a fragment has reached the disk: the file grew past the header its first write put there."""
+        return self.header_bytes is not None and self.size() > self.header_bytes
 
     def close(self) -> None:
         """Flush the encoder, write the last fragment and sync the file to disk. Raises on a write error."""
@@ -161,6 +168,7 @@ class CopiedFile:
 
     def __init__(self, path: Path, template: VideoStream, first: av.Packet[Any]) -> None:
         self.path, self.frames = path, 0
+        self.header_bytes: int | None = None
         self._container: Any = av.open(str(path), "w", format="mp4", options=_FRAGMENTED)
         try:
             self._stream = self._container.add_stream_from_template(template)
@@ -190,11 +198,17 @@ class CopiedFile:
         self._container.mux(packet)
         self._last_dts = dts
         self.frames += 1
+        if self.frames == 1:
+            self.header_bytes = self.size()
         return True
 
     def size(self) -> int:
         """Bytes on disk so far."""
         return self.path.stat().st_size
+
+    def fragment_on_disk(self) -> bool:
+        """Whether a fragment has reached the disk: the file grew past the header its first write put there."""
+        return self.header_bytes is not None and self.size() > self.header_bytes
 
     def close(self) -> None:
         """Write the last fragment and sync the file to disk. Raises on a write error."""
@@ -393,10 +407,20 @@ class SegmentSeries(Generic[SegmentFile]):
         self._retry_at = None
         return False
 
-    def _recording(self) -> None:
-        """A segment was opened: the state is ``recording`` again (said when a write error ends)."""
-        if self.state == "write_error":
-            _log.info("recording %s resumed after %d frame(s) lost to write errors", self.camera_id, self.lost)
+    def _opened(self) -> None:
+        """A segment was opened: the state is ``recording``, unless a write error is not over yet."""
+        if self.state != "write_error":
+            self.state, self.detail = "recording", ""
+
+    def _wrote(self, current: SegmentFile) -> None:
+        """One frame more in ``current``; after a write error, recording has resumed once a fragment of the new
+        segment reached the disk (a full disk often takes a new segment's header and first frames, then fails)."""
+        self.written += 1
+        if self.state == "write_error" and current.fragment_on_disk():
+            self._resumed()
+
+    def _resumed(self) -> None:
+        _log.info("recording %s resumed after %d frame(s) lost to write errors", self.camera_id, self.lost)
         self.state, self.detail = "recording", ""
 
     def _finish(self) -> None:
@@ -410,6 +434,8 @@ class SegmentSeries(Generic[SegmentFile]):
             self._current = current
             self._fail(err)
             return
+        if self.state == "write_error":  # a whole segment reached the disk
+            self._resumed()
         self.segments.apply_retention()
 
     def _fail(self, err: BaseException) -> None:
@@ -470,7 +496,7 @@ class SegmentWriter(SegmentSeries[VideoFile]):
             except WRITE_ERRORS:
                 self.lost += 1  # the frame in hand
                 raise
-            self.written += 1
+            self._wrote(self._current)
             if self._full(self._current):
                 self._finish()
         except WRITE_ERRORS as err:
@@ -494,8 +520,8 @@ class SegmentWriter(SegmentSeries[VideoFile]):
             except WRITE_ERRORS:
                 self.lost += len(first) - i
                 raise
-            self.written += 1
-        self._recording()
+            self._wrote(self._current)
+        self._opened()
 
     def _full(self, current: VideoFile) -> bool:
         if current.frames / current.fps >= self.segment_s:

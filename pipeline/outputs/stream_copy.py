@@ -135,7 +135,7 @@ class StreamCopy(SegmentSeries[CopiedFile]):
             if current is None:
                 current = self._start(stream, packet)
             if current.write(packet):
-                self.written += 1
+                self._wrote(current)
         except WRITE_ERRORS as err:
             self.lost += 1
             self._fail(err)
@@ -148,7 +148,7 @@ class StreamCopy(SegmentSeries[CopiedFile]):
             self.segments.forget(path)
             raise
         _log.info("recording %s to %s", self.camera_id, path)
-        self._recording()
+        self._opened()
         return self._current
 
     def _full(self, current: CopiedFile) -> bool:

@@ -15,9 +15,9 @@ camera faults do not apply to it: 16 cases, and the 6 faults of the reconnecting
 (the others use FFmpeg's, the default). Recording cases follow: SIGKILL of the group while recording
 (every file plays), SIGTERM and SIGKILL of the group while a camera's main stream is recorded as it comes from a
 real RTSP camera (no process left, every segment decodes), a full disk (an ERROR line within a second, the camera's
-status, the summary) and a read-only record directory (one line, exit 2). Last, a first run stopped while its engine is built in the background (Ctrl-C
-5 s in, SIGTERM 30 s in, ``--duration`` ending first): the build's own process group ends with the run, and
-nothing is left and nothing warns.
+status, the summary) and a read-only record directory (one line, exit 2). Last, a first run stopped while its
+engine is built in the background (Ctrl-C 5 s in, SIGTERM 30 s in, ``--duration`` ending first): the build's own
+process group ends with the run, and nothing is left and nothing warns.
 """
 
 from __future__ import annotations

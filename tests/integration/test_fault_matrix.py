@@ -41,7 +41,7 @@ import yaml
 from emim_stream.pipeline.comms.subscribe import Subscriber
 from tests.integration.conftest import ROOT, engine_section, free_port
 from tests.rtsp_rig import rtsp_camera  # noqa: F401 - a fixture
-from tests.tmpfs import remount, small_tmpfs
+from tests.tmpfs import filling, remount, small_tmpfs
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the fault matrix reads /proc and /dev/shm (Linux)")
 
@@ -365,10 +365,9 @@ def test_a_full_disk_while_recording_is_an_error_line_a_status_and_a_summary(tmp
         run = Run(tmp_path, recording_config(port, disk / "rec"), "run")
         try:
             wait_for_state(f"tcp://127.0.0.1:{port}", "live", run)
-
-            # full: the write that does not fit takes the last free block, then fails with ENOSPC
-            wait_until(lambda: os.statvfs(disk).f_bavail == 0, 60, "a full disk", run.log)
-            took = wait_until(lambda: "No space left on device" in run.output(), 5, "the ERROR line", run.log)
+            with filling(disk) as filled_at:
+                wait_until(lambda: "No space left on device" in run.output(), 60, "the ERROR line", run.log)
+            took = time.monotonic() - filled_at[0]
             print(f"ERROR line {took:.2f} s after the disk filled")
             assert took < 1.0
             with Subscriber(f"tcp://127.0.0.1:{port}", topics=(b"status/a/",), timeout_s=1.0) as sub:

@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from emim_stream.pipeline.outputs.metrics import Metrics
 from emim_stream.pipeline.outputs.record import Recorder
 from emim_stream.pipeline.outputs.segments import VideoFile, cut_to_whole_fragments, playable_frames, probe_codec, prune
 from tests.pipeline.outputs.test_record import cameras, event_message, frames
-from tests.tmpfs import remount, small_tmpfs
+from tests.tmpfs import filling, remount, small_tmpfs
 
 FPS = 30.0
 FFPROBE = shutil.which("ffprobe")
@@ -169,23 +168,8 @@ def test_a_full_disk_is_reported_at_once_and_recording_resumes_when_space_return
         cfg = RecordConfig(dir=str(disk / "rec"), height=128, queue_frames=100_000, retry_s=0.3)
         recorder = Recorder(cfg, cameras("cam1"))
         writer = recorder.writers["cam1"]
-        free: list[tuple[int, float]] = []  # (free blocks, since when)
-        stop = threading.Event()
-
-        def watch() -> None:  # the write that does not fit takes the last free blocks, then fails (and the part
-            while not stop.is_set():  # of a fragment it wrote is cut off again, so the full disk lasts moments)
-                blocks = os.statvfs(disk).f_bavail
-                if not free or blocks < free[-1][0]:
-                    free.append((blocks, time.monotonic()))
-                time.sleep(0.005)
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
+        with filling(disk) as filled_at:
             seq = feed_until(recorder, 0, lambda: writer.state == "write_error", "a write error")
-        finally:
-            stop.set()
-            watcher.join()
         lost_while_full = writer.lost
         ballast.unlink()  # space returns
         seq = feed_until(recorder, seq, lambda: writer.state == "recording", "resume")
@@ -193,8 +177,7 @@ def test_a_full_disk_is_reported_at_once_and_recording_resumes_when_space_return
         recorder.close()
         (error_at, text), *more = errors.seen
         assert "recording cam1" in text and "No space left on device" in text and not more, errors.seen
-        full_at = free[-1][1]  # the least free space seen: the disk filling
-        assert error_at - full_at < 1.0, "the ERROR line comes within a second of the disk filling"
+        assert error_at - filled_at[0] < 1.0, "the ERROR line comes within a second of the disk filling"
         stats = recorder.stats("cam1")
         assert stats["lost"] >= lost_while_full > 0 and stats["write_errors"] >= 1
         assert stats["written"] + stats["lost"] + stats["dropped"] == seq

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -29,6 +29,7 @@ __all__ = [
     "FALLBACK_FPS",
     "DecodingSource",
     "FrameSource",
+    "OpenableSource",
     "Pacer",
     "PreparedFrame",
     "SourceFrame",
@@ -204,10 +205,43 @@ Frame = TypeVar("Frame", SourceFrame, PreparedFrame)
 """What its ``read`` hands out."""
 
 
-_Source = TypeVar("_Source", bound="DecodingSource[Any, Any]")
+_Source = TypeVar("_Source", bound="OpenableSource")
 
 
-class DecodingSource(abc.ABC, Generic[Decoded, Frame]):
+class OpenableSource(abc.ABC):
+    """What every source shares: its ``state``, and a ``with`` block that opens it (unless it is open) and closes
+    it. A source implements ``open``, ``close`` and ``_is_open`` and keeps ``_state``."""
+
+    _state: SourceState
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    @abc.abstractmethod
+    def open(self) -> SourceInfo:
+        ...
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        ...
+
+    @abc.abstractmethod
+    def _is_open(self) -> bool:
+        ...
+
+    def __enter__(self: _Source) -> _Source:
+        if not self._is_open():
+            self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class DecodingSource(OpenableSource, Generic[Decoded, Frame]):
     """What the decoders of files and streams share: the states, file pacing and loops, the end of a file, a live
     source's stalls and loss, and the order of RTSP transports to try.
 
@@ -250,22 +284,6 @@ class DecodingSource(abc.ABC, Generic[Decoded, Frame]):
         self._pts_offset_ns = 0  # added to a file's timestamps after each loop
         self._last_pts_ns = -1
         self._last_frame_mono_ns = 0
-
-    @property
-    def state(self) -> SourceState:
-        return self._state
-
-    @abc.abstractmethod
-    def open(self) -> SourceInfo:
-        ...
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        ...
-
-    @abc.abstractmethod
-    def _is_open(self) -> bool:
-        ...
 
     @abc.abstractmethod
     def _decode(self) -> Decoded | None:
@@ -328,16 +346,6 @@ class DecodingSource(abc.ABC, Generic[Decoded, Frame]):
         self._last_frame_mono_ns = now
         self._state = SourceState.LIVE
         return self._frame(decoded, now, time.time_ns())
-
-    def __enter__(self: _Source) -> _Source:
-        if not self._is_open():
-            self.open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def _rtsp_worked(self, transport: str, tried: list[str | None]) -> None:
         """Remember (and log, when it changes) the transport that worked; it goes first on a reconnect."""

@@ -24,7 +24,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import get_args
 
 import cv2
@@ -38,6 +37,7 @@ from emim_stream.pipeline.capture.frames import (
     FALLBACK_FPS,
     DecodingSource,
     FrameSource,
+    OpenableSource,
     Pacer,
     PreparedFrame,
     SourceFrame,
@@ -206,7 +206,7 @@ class OpenCvSource(DecodingSource[np.ndarray, SourceFrame]):
         return SourceFrame(decoded, mono_ns, wall_ns, self._last_pts_ns)
 
 
-class SyntheticSource:
+class SyntheticSource(OpenableSource):
     """A live camera that films :class:`emim_stream.engines.data.synthetic.SyntheticScene` (BGR frames, like OpenCV).
 
     URI: ``synthetic://?seed=1&fps=30&size=320x240&label=left&segment_s=4&style=photo``, every parameter
@@ -245,17 +245,13 @@ class SyntheticSource:
         except ConfigError as err:
             raise ConfigError(f"synthetic source parameter 'style': {err}") from None
         self._state = SourceState.CONNECTING
-        self._is_open = False
+        self._running = False
         self._pacer: Pacer | None = None
         self._next = 0
 
-    @property
-    def state(self) -> SourceState:
-        return self._state
-
     def open(self) -> SourceInfo:
         """Start the camera at scene frame 0 (again, after ``close()``)."""
-        self._is_open = True
+        self._running = True
         self._next = 0
         self._pacer = Pacer(self.fps) if self.pace else None
         self._state = SourceState.LIVE
@@ -263,7 +259,7 @@ class SyntheticSource:
 
     def read(self) -> SourceFrame:
         """The next scene frame (BGR), released on schedule when paced."""
-        if not self._is_open:
+        if not self._running:
             raise RuntimeError(f"{self.uri}: read() on a source that is not open")
         n = self._next
         image = cv2.cvtColor(self.scene.frame(n), cv2.COLOR_RGB2BGR)
@@ -278,19 +274,12 @@ class SyntheticSource:
 
     def close(self) -> None:
         """Stop; the state becomes ENDED."""
-        if self._is_open:
+        if self._running:
             self._state = SourceState.ENDED
-        self._is_open = False
+        self._running = False
 
-    def __enter__(self) -> SyntheticSource:
-        if not self._is_open:
-            self.open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def _is_open(self) -> bool:
+        return self._running
 
 
 @contextlib.contextmanager

@@ -199,6 +199,7 @@ class Recorder:
             if cam.record_source is not None
         }
         self._series: dict[str, SegmentWriter | StreamCopy] = {**self.writers, **self.copies}
+        self._wanted = frames_wanted(cfg, cameras)
         self.dropped = dict.fromkeys(camera_ids, 0)
         self.clips: dict[str, list[Path]] = {c: [] for c in camera_ids}
         self._overlay: dict[str, Overlay] = {}
@@ -240,8 +241,8 @@ class Recorder:
 
     def on_frame(self, camera_id: str, frame: RingFrame) -> None:
         """Queue a copy of a frame just read with the camera's newest label; drop it when the queue is full."""
-        if camera_id in self.copies and not self.cfg.event_clips:
-            return  # recorded from its main stream
+        if camera_id not in self._wanted:
+            return  # recorded from its main stream, and no event clips
         copy = replace(frame, image=frame.image.copy())
         try:
             self._queue.put_nowait((camera_id, copy, self._overlay.get(camera_id)))

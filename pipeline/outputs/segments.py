@@ -39,6 +39,7 @@ __all__ = [
     "FRAGMENT_S",
     "WRITE_ERRORS",
     "CopiedFile",
+    "FragmentedFile",
     "SegmentFiles",
     "SegmentSeries",
     "SegmentWriter",
@@ -95,8 +96,51 @@ def probe_codec(choice: str) -> str:
     )
 
 
-class VideoFile:
-    """An MP4 being written (fragmented: playable up to its last whole fragment at any moment).
+class FragmentedFile:
+    """A fragmented MP4 being written (playable up to its last whole fragment at any moment): what the encoded
+    and the copied segment files share.
+
+    Raises:
+        OSError, av.FFmpegError: the file cannot be created.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.frames = path, 0
+        self.header_bytes: int | None = None
+        """Bytes on disk after the first frame: the header (a fragment is written when it ends)."""
+        self._container: Any = av.open(str(path), "w", format="mp4", options=_FRAGMENTED)
+
+    def _counted(self) -> None:
+        """One frame more handed to the muxer."""
+        self.frames += 1
+        if self.frames == 1:
+            self.header_bytes = self.size()
+
+    def size(self) -> int:
+        """Bytes on disk so far."""
+        return self.path.stat().st_size
+
+    def fragment_on_disk(self) -> bool:
+        """Whether a fragment has reached the disk: the file grew past the header its first write put there."""
+        return self.header_bytes is not None and self.size() > self.header_bytes
+
+    def close(self) -> None:
+        """Write the last fragment and sync the file to disk. Raises on a write error."""
+        self._container.close()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def abandon(self) -> None:
+        """Close after a write error, ignoring further errors (what reached the disk stays)."""
+        with contextlib.suppress(*WRITE_ERRORS):
+            self._container.close()
+
+
+class VideoFile(FragmentedFile):
+    """A fragmented MP4 segment encoded from frames.
 
     Args:
         path: the file to create.
@@ -109,9 +153,8 @@ class VideoFile:
     """
 
     def __init__(self, path: Path, codec: str, fps: float, width: int, height: int) -> None:
-        self.path, self.fps, self.frames = path, fps, 0
-        self.header_bytes: int | None = None
-        self._container: Any = av.open(str(path), "w", format="mp4", options=_FRAGMENTED)
+        super().__init__(path)
+        self.fps = fps
         try:
             encoder = ENCODERS[codec]
             rate = Fraction(round(fps * 100), 100)
@@ -129,32 +172,17 @@ class VideoFile:
         frame.pts = self.frames
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
-        self.frames += 1
-        if self.frames == 1:
-            self.header_bytes = self.size()
-
-    def size(self) -> int:
-        """Bytes on disk so far."""
-        return self.path.stat().st_size
-
-    def fragment_on_disk(self) -> bool:
-        """Whether a fragment has reached the disk: the file grew past the header its first write put there."""
-        return self.header_bytes is not None and self.size() > self.header_bytes
+        self._counted()
 
     def close(self) -> None:
         """Flush the encoder, write the last fragment and sync the file to disk. Raises on a write error."""
         for packet in self._stream.encode(None):
             self._container.mux(packet)
-        _close_synced(self._container, self.path)
-
-    def abandon(self) -> None:
-        """Close after a write error, ignoring further errors (what reached the disk stays)."""
-        with contextlib.suppress(*WRITE_ERRORS):
-            self._container.close()
+        super().close()
 
 
-class CopiedFile:
-    """A fragmented MP4 being written from a stream's compressed video packets as they come: no decoding, no
+class CopiedFile(FragmentedFile):
+    """A fragmented MP4 segment written from a stream's compressed video packets as they come: no decoding, no
     encoding (see :mod:`emim_stream.pipeline.outputs.stream_copy`).
 
     Args:
@@ -167,9 +195,7 @@ class CopiedFile:
     """
 
     def __init__(self, path: Path, template: VideoStream, first: av.Packet[Any]) -> None:
-        self.path, self.frames = path, 0
-        self.header_bytes: int | None = None
-        self._container: Any = av.open(str(path), "w", format="mp4", options=_FRAGMENTED)
+        super().__init__(path)
         try:
             self._stream = self._container.add_stream_from_template(template)
         except BaseException:
@@ -197,37 +223,8 @@ class CopiedFile:
         packet.stream = self._stream
         self._container.mux(packet)
         self._last_dts = dts
-        self.frames += 1
-        if self.frames == 1:
-            self.header_bytes = self.size()
+        self._counted()
         return True
-
-    def size(self) -> int:
-        """Bytes on disk so far."""
-        return self.path.stat().st_size
-
-    def fragment_on_disk(self) -> bool:
-        """Whether a fragment has reached the disk: the file grew past the header its first write put there."""
-        return self.header_bytes is not None and self.size() > self.header_bytes
-
-    def close(self) -> None:
-        """Write the last fragment and sync the file to disk. Raises on a write error."""
-        _close_synced(self._container, self.path)
-
-    def abandon(self) -> None:
-        """Close after a write error, ignoring further errors (what reached the disk stays)."""
-        with contextlib.suppress(*WRITE_ERRORS):
-            self._container.close()
-
-
-def _close_synced(container: Any, path: Path) -> None:
-    """Close an output container (its last fragment written) and sync its file to disk."""
-    container.close()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def cut_to_whole_fragments(path: Path) -> None:
@@ -334,7 +331,7 @@ class SegmentFiles:
         if path in self.files:
             self.files.remove(path)
 
-    def salvage(self, file: VideoFile | CopiedFile) -> int:
+    def salvage(self, file: FragmentedFile) -> int:
         """After a write error: close ``file``, keep its whole fragments (removed when none); its frames lost."""
         file.abandon()
         with contextlib.suppress(OSError):  # a read-only file system keeps the file as it is
